@@ -1,0 +1,187 @@
+"""Read one file's DICOM header (file meta included, pixel data not read).
+
+This is the one function the kernels call to parse a header; a faster parser can
+replace it as long as it returns the same :class:`Header`.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from dicomlake.dicom.json import BINARY_VRS, JsonConverter, JsonDict, bulk_data_uri
+
+#: (7FE0,0010) Pixel Data, (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel Data
+PIXEL_TAGS = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
+_EXPLICIT_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI "
+    b"UL UN UR US UT UV".split()
+)
+_LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
+_DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
+_ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
+
+
+class _Truncated(Exception):
+    """Encapsulated pixel data ends before its delimiter; args[0] is the length read."""
+
+
+class NotDicom(Exception):
+    """The bytes are not a DICOM file (no DICM prefix and no recognisable dataset)."""
+
+
+@dataclass(slots=True)
+class Header:
+    """A parsed header: DICOM JSON, whether pixel data is present, and warnings."""
+
+    meta: JsonDict
+    has_pixel_data: bool
+    warnings: list[str] = field(default_factory=list)
+
+
+def sniff(head: bytes) -> bool:
+    """Return True when ``head`` (the first 132+ bytes) looks like DICOM.
+
+    Accepts the standard 128-byte preamble + ``DICM``, and datasets written without
+    them (the first element a group 0002 or 0008 tag with a plausible VR or length).
+    """
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    if head[4:6] in _EXPLICIT_VRS:  # explicit VR, little or big endian
+        return head[:2] in (b"\x02\x00", b"\x08\x00", b"\x00\x02", b"\x00\x08")
+    group, _elem, length = struct.unpack_from("<HHL", head)
+    return group in (0x0002, 0x0008) and length < 1 << 16  # implicit VR, short first value
+
+
+def read_header(fp: BinaryIO, *, uri: str, bulk_threshold: int = 1024) -> Header:
+    """Parse the header of the DICOM file open in ``fp``.
+
+    Args:
+        fp: A seekable binary file positioned at its start.
+        uri: The file's URI, used in BulkDataURIs.
+        bulk_threshold: Binary values longer than this many bytes become bulk data.
+
+    Returns:
+        The header as DICOM JSON (file meta group first), ``has_pixel_data``, and
+        warnings about elements that could not be converted.
+
+    Raises:
+        NotDicom: The file is not DICOM.
+        Exception: Any parsing error of a DICOM file (truncated, broken element).
+    """
+    head = fp.read(132)
+    if not sniff(head):
+        raise NotDicom("no DICM prefix and no DICOM dataset at the start")
+    fp.seek(0)
+    try:
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=bulk_threshold, force=True)
+    except InvalidDicomError as exc:
+        raise NotDicom(str(exc)) from exc
+    tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
+    deflated = tsyntax in _DEFLATED
+    if deflated:  # offsets point into the inflated stream: inline every value
+        fp.seek(0)
+        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        pixel_start = None
+    else:
+        pixel_start = fp.tell()
+
+    def bulk(offset: int, length: int) -> str:
+        return bulk_data_uri(uri, offset, length)
+
+    converter = JsonConverter(
+        fp, bulk_handler=None if deflated else bulk, bulk_threshold=bulk_threshold
+    )
+    meta = converter.dataset(ds.file_meta) if ds.file_meta else {}
+    if not meta and not ds._dict:
+        raise ValueError("no data elements could be read")
+    meta.update(converter.dataset(ds))
+    has_pixels = False
+    if pixel_start is not None:
+        implicit, little = ds.original_encoding
+        pixel = _pixel_element(fp, pixel_start, bool(implicit), little is not False)
+        if pixel is not None:
+            tag, vr, offset, length, truncated = pixel
+            has_pixels = True
+            if truncated:
+                converter.warnings.append("pixel data truncated: no sequence delimiter")
+            meta[f"{tag:08X}"] = converter.element(
+                pydicom.dataelem.RawDataElement(
+                    pydicom.tag.Tag(tag), vr, length, None, offset, bool(implicit), little
+                ),
+                None,
+            )
+    return Header(meta=meta, has_pixel_data=has_pixels, warnings=converter.warnings)
+
+
+def _pixel_element(
+    fp: BinaryIO, start: int, implicit: bool, little: bool
+) -> tuple[int, str, int, int, bool] | None:
+    """Locate the pixel data element: (tag, VR, value offset, length, truncated).
+
+    Encapsulated (undefined length) values are walked item by item, reading only
+    the 8-byte item headers, to find where the value ends.
+    """
+    fp.seek(start)
+    header = fp.read(8)
+    if len(header) < 8:
+        return None
+    end = "<" if little else ">"
+    group, elem = struct.unpack(end + "HH", header[:4])
+    tag = group << 16 | elem
+    if tag not in PIXEL_TAGS:
+        return None
+    if implicit:
+        vr = PIXEL_TAGS[tag]
+        (length,) = struct.unpack(end + "L", header[4:8])
+        offset = start + 8
+    else:
+        vr = header[4:6].decode("latin-1")
+        if header[4:6] in _LONG_LENGTH_VRS:
+            (length,) = struct.unpack(end + "L", fp.read(4))
+            offset = start + 12
+        else:
+            (length,) = struct.unpack(end + "H", header[6:8])
+            offset = start + 8
+        if vr not in BINARY_VRS:
+            vr = PIXEL_TAGS[tag]
+    truncated = False
+    if length == 0xFFFFFFFF:
+        try:
+            length = _encapsulated_length(fp, offset, end)
+        except _Truncated as exc:
+            length, truncated = exc.args[0], True
+    return tag, vr, offset, length, truncated
+
+
+def _encapsulated_length(fp: BinaryIO, offset: int, end: str) -> int:
+    """Return the byte length of an encapsulated value, up to its delimiter."""
+    position = offset
+    item = struct.Struct(end + "HHL")
+    while True:
+        fp.seek(position)
+        raw = fp.read(8)
+        if len(raw) < 8:
+            raise _Truncated(position - offset)
+        group, elem, length = item.unpack(raw)
+        tag = group << 16 | elem
+        if tag == _SEQ_DELIM:
+            return position - offset
+        if tag != _ITEM or length == 0xFFFFFFFF:
+            raise ValueError(f"unexpected tag ({group:04X},{elem:04X}) in encapsulated pixel data")
+        position += 8 + length
+
+
+def first_value(meta: JsonDict, key: str) -> Any:
+    """Return the first value of element ``key`` ('GGGGEEEE') in ``meta``, or None."""
+    element = meta.get(key)
+    if not element:
+        return None
+    values = element.get("Value")
+    return values[0] if values else None

@@ -1,0 +1,83 @@
+"""The lake's column contract: the Arrow schema of the ``instances`` table.
+
+Every engine and kernel produces rows in exactly this schema, and the SQL views are
+written against it. Adding a column is fine; renaming or retyping one breaks users.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Promoted DICOM tags, by keyword, with the Arrow type of their typed column.
+#: Multi-valued tags are lists; dates are DATE; numbers are numbers.
+PROMOTED_TAGS: dict[str, pa.DataType] = {
+    "SOPInstanceUID": pa.string(),
+    "SOPClassUID": pa.string(),
+    "StudyInstanceUID": pa.string(),
+    "SeriesInstanceUID": pa.string(),
+    "PatientID": pa.string(),
+    "PatientName": pa.string(),
+    "PatientSex": pa.string(),
+    "PatientAge": pa.string(),
+    "PatientBirthDate": pa.date32(),
+    "StudyDate": pa.date32(),
+    "StudyTime": pa.string(),
+    "StudyDescription": pa.string(),
+    "SeriesDescription": pa.string(),
+    "SeriesNumber": pa.int64(),
+    "InstanceNumber": pa.int64(),
+    "AccessionNumber": pa.string(),
+    "Modality": pa.string(),
+    "BodyPartExamined": pa.string(),
+    "Manufacturer": pa.string(),
+    "ManufacturerModelName": pa.string(),
+    "TransferSyntaxUID": pa.string(),
+    "Rows": pa.int32(),
+    "Columns": pa.int32(),
+    "NumberOfFrames": pa.int32(),
+    "BitsAllocated": pa.int32(),
+    "BitsStored": pa.int32(),
+    "PhotometricInterpretation": pa.string(),
+    "SamplesPerPixel": pa.int32(),
+    "PixelSpacing": pa.list_(pa.float64()),
+    "SliceThickness": pa.float64(),
+    "ImagePositionPatient": pa.list_(pa.float64()),
+    "ImageOrientationPatient": pa.list_(pa.float64()),
+    "RescaleSlope": pa.float64(),
+    "RescaleIntercept": pa.float64(),
+    "WindowCenter": pa.list_(pa.float64()),
+    "WindowWidth": pa.list_(pa.float64()),
+}
+
+#: Where a row came from: one per file or zip member.
+SOURCE_FIELDS: list[pa.Field] = [
+    pa.field("row_id", pa.int64(), nullable=False),
+    pa.field("path", pa.string(), nullable=False),
+    pa.field("relative_path", pa.string()),
+    pa.field("extension", pa.string()),
+    pa.field("path_tags", pa.list_(pa.string())),
+    pa.field("size", pa.int64()),
+    pa.field("modification_time", pa.timestamp("us", tz="UTC")),
+]
+
+#: How parsing went. ``status`` is one of :data:`STATUSES`; ``error`` is null when ok.
+#: ``warnings`` lists problems that did not stop the row (an element that could not be
+#: converted, an unparseable date), so a row is never silently partial.
+PARSE_FIELDS: list[pa.Field] = [
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error", pa.string()),
+    pa.field("warnings", pa.list_(pa.string())),
+]
+
+STATUSES = ("ok", "not_dicom", "error")
+
+INSTANCES_SCHEMA: pa.Schema = pa.schema(
+    SOURCE_FIELDS
+    + PARSE_FIELDS
+    + [pa.field(name, typ) for name, typ in PROMOTED_TAGS.items()]
+    + [
+        pa.field("has_pixel_data", pa.bool_()),
+        pa.field("meta", pa.string()),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
