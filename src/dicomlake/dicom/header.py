@@ -83,9 +83,14 @@ def read_header(fp: BinaryIO, *, uri: str, bulk_threshold: int = 1024) -> Header
         ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=bulk_threshold, force=True)
     except InvalidDicomError as exc:
         raise NotDicom(str(exc)) from exc
+    _check_complete(ds, fp)
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
     deflated = tsyntax in _DEFLATED
+    deflated_pixels: str | None = None
     if deflated:  # offsets point into the inflated stream: inline every value
+        fp.seek(0)
+        full = pydicom.dcmread(fp, force=True)
+        deflated_pixels = next((PIXEL_TAGS[t] for t in PIXEL_TAGS if t in full), None)
         fp.seek(0)
         ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
         pixel_start = None
@@ -103,6 +108,10 @@ def read_header(fp: BinaryIO, *, uri: str, bulk_threshold: int = 1024) -> Header
         raise ValueError("no data elements could be read")
     meta.update(converter.dataset(ds))
     has_pixels = False
+    if deflated_pixels is not None:
+        # the value lies inside the deflated stream: the URI names the whole file
+        has_pixels = True
+        meta["7FE00010"] = {"vr": deflated_pixels, "BulkDataURI": uri}
     if pixel_start is not None:
         implicit, little = ds.original_encoding
         pixel = _pixel_element(fp, pixel_start, bool(implicit), little is not False)
@@ -110,7 +119,7 @@ def read_header(fp: BinaryIO, *, uri: str, bulk_threshold: int = 1024) -> Header
             tag, vr, offset, length, truncated = pixel
             has_pixels = True
             if truncated:
-                converter.warnings.append("pixel data truncated: no sequence delimiter")
+                converter.warnings.append("pixel data truncated: the file ends inside it")
             meta[f"{tag:08X}"] = converter.element(
                 pydicom.dataelem.RawDataElement(
                     pydicom.tag.Tag(tag), vr, length, None, offset, bool(implicit), little
@@ -118,6 +127,35 @@ def read_header(fp: BinaryIO, *, uri: str, bulk_threshold: int = 1024) -> Header
                 None,
             )
     return Header(meta=meta, has_pixel_data=has_pixels, warnings=converter.warnings)
+
+
+class TruncatedFile(ValueError):
+    """The file ends inside its header."""
+
+
+def _check_complete(ds: pydicom.Dataset, fp: BinaryIO) -> None:
+    """Raise TruncatedFile when the header ends early or has no data set.
+
+    pydicom stops quietly at the end of the file, so a header cut short would
+    otherwise look like a complete, smaller one.
+    """
+    position = fp.tell()
+    size = fp.seek(0, 2)
+    fp.seek(position)
+    for dataset in (ds.file_meta, ds):
+        for elem in dataset._dict.values():
+            if not isinstance(elem, pydicom.dataelem.RawDataElement):
+                continue
+            if elem.length == 0xFFFFFFFF:
+                continue
+            short = elem.value is not None and len(elem.value) < elem.length
+            if short or elem.value_tell + elem.length > size:
+                raise TruncatedFile(
+                    f"file ends inside element ({elem.tag >> 16:04X},{elem.tag & 0xFFFF:04X}): "
+                    f"{size} bytes, the element needs {elem.value_tell + elem.length}"
+                )
+    if not ds._dict:
+        raise TruncatedFile(f"no data set after the file meta information ({size} bytes)")
 
 
 def _pixel_element(
@@ -137,7 +175,7 @@ def _pixel_element(
     tag = group << 16 | elem
     if tag not in PIXEL_TAGS:
         return None
-    if implicit:
+    if implicit or not header[4:6].isalpha():  # some writers switch to implicit VR here
         vr = PIXEL_TAGS[tag]
         (length,) = struct.unpack(end + "L", header[4:8])
         offset = start + 8
@@ -157,6 +195,10 @@ def _pixel_element(
             length = _encapsulated_length(fp, offset, end)
         except _Truncated as exc:
             length, truncated = exc.args[0], True
+    else:
+        available = fp.seek(0, 2) - offset
+        if available < length:
+            length, truncated = max(available, 0), True
     return tag, vr, offset, length, truncated
 
 

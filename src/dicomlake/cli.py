@@ -1,0 +1,328 @@
+"""The ``dicomlake`` command line: a thin layer over the Python API.
+
+Each command parses its options, calls the public API, and turns a
+:class:`~dicomlake.errors.DicomLakeError` into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from dicomlake.errors import DicomLakeError
+
+if TYPE_CHECKING:
+    from dicomlake.ingest import IngestSummary
+
+app = typer.Typer(
+    name="dicomlake",
+    help="Turn folders, zips and buckets of DICOM files into a Delta Lake you query with SQL.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,  # locals can hold patient data
+    add_completion=False,
+)
+
+LakeOption = Annotated[
+    str, typer.Option("--lake", "-l", help="Lake folder or URI (s3://bucket/prefix).")
+]
+
+
+class OutputFormat(enum.StrEnum):
+    """Output formats of ``dicomlake sql``."""
+
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"dicomlake: error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _interactive(quiet: bool) -> bool:
+    return not quiet and sys.stderr.isatty()
+
+
+@app.command()
+def ingest(
+    sources: Annotated[
+        list[str],
+        typer.Argument(help="Folders, files, zip archives or fsspec URLs to ingest."),
+    ],
+    lake: LakeOption,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", min=0, help="Worker processes (default: all cores)."),
+    ] = None,
+    sync: Annotated[
+        bool, typer.Option("--sync", help="Remove rows of files that no longer exist.")
+    ] = False,
+    file_timeout: Annotated[
+        float,
+        typer.Option(min=1.0, help="Seconds one file may take before it becomes an error row."),
+    ] = 120.0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the summary line.")
+    ] = False,
+) -> None:
+    """Extract the DICOM header of every file under SOURCES into the lake."""
+    from dicomlake.ingest import ingest as run_ingest
+
+    display = _Progress() if _interactive(quiet) else None
+    try:
+        with display or _nullcontext():
+            summary = run_ingest(
+                sources,
+                lake,
+                workers=workers,
+                sync=sync,
+                file_timeout=file_timeout,
+                progress=display.update if display else None,
+            )
+    except DicomLakeError as exc:
+        raise _fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; committed rows are kept, re-run to resume", 130) from None
+    if display:
+        _print_summary_table(summary)
+    else:
+        typer.echo(summary_line(summary))
+
+
+def summary_line(summary: IngestSummary) -> str:
+    """Return the one-line summary printed by quiet runs."""
+    errors = ", ".join(f"{k} {v}" for k, v in summary.errors.most_common())
+    parts = [
+        f"{summary.listed} files",
+        f"{summary.ok} ok",
+        f"{summary.not_dicom} not_dicom",
+        f"{summary.error_count} errors" + (f" ({errors})" if errors else ""),
+        f"{summary.skipped_unchanged} skipped unchanged",
+    ]
+    if summary.deleted:
+        parts.append(f"{summary.deleted} deleted")
+    rate = summary.files_per_second
+    return "ingested: " + ", ".join(parts) + f" in {summary.seconds:.1f} s ({rate:.0f} files/s)"
+
+
+def _print_summary_table(summary: IngestSummary) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="dicomlake ingest", show_header=False)
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    table.add_row("files", str(summary.listed))
+    table.add_row("ok", str(summary.ok))
+    table.add_row("not_dicom", str(summary.not_dicom))
+    table.add_row("errors", str(summary.error_count))
+    for name, count in summary.errors.most_common():
+        table.add_row(f"  {name}", str(count))
+    table.add_row("skipped unchanged", str(summary.skipped_unchanged))
+    if summary.changed:
+        table.add_row("re-extracted (changed)", str(summary.changed))
+    if summary.deleted:
+        table.add_row("deleted (--sync)", str(summary.deleted))
+    table.add_row("seconds", f"{summary.seconds:.1f}")
+    table.add_row("files/s", f"{summary.files_per_second:.0f}")
+    Console(stderr=True).print(table)
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+class _Progress:
+    """A live progress line on stderr: files done, files/s, errors so far."""
+
+    def __enter__(self) -> _Progress:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self._progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            transient=True,
+        )
+        self._progress.__enter__()
+        self._task = self._progress.add_task("listing…", total=None)
+        return self
+
+    def update(self, summary: IngestSummary) -> None:
+        """Redraw with the running summary."""
+        text = (
+            f"{summary.done} extracted · {summary.files_per_second:.0f} files/s · "
+            f"{summary.error_count} errors · {summary.not_dicom} not DICOM · "
+            f"{summary.skipped_unchanged} unchanged"
+        )
+        self._progress.update(self._task, description=text)
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+
+@app.command()
+def sql(
+    query: Annotated[str, typer.Argument(help="SQL over instances, series, studies.")],
+    lake: LakeOption,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="Output format.")
+    ] = OutputFormat.table,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
+    ] = None,
+) -> None:
+    """Run a SQL query (DuckDB) against the lake."""
+    import duckdb
+
+    from dicomlake.lake.sql import connect
+
+    if output_format is OutputFormat.parquet and output is None:
+        raise _fail("--format parquet needs --output FILE")
+    try:
+        con = connect(lake)
+        relation = con.sql(query)
+    except DicomLakeError as exc:
+        raise _fail(str(exc)) from None
+    except duckdb.Error as exc:
+        raise _fail(f"query failed: {str(exc).splitlines()[0]}") from None
+    if relation is None:  # a statement with no result set
+        return
+    try:
+        table = relation.to_arrow_table()
+    except duckdb.Error as exc:
+        raise _fail(f"query failed: {str(exc).splitlines()[0]}") from None
+    _write_result(table, output_format, output)
+
+
+def _write_result(table: Any, output_format: OutputFormat, output: Path | None) -> None:
+    import pyarrow.csv as pa_csv
+    import pyarrow.parquet as pq
+
+    if output_format is OutputFormat.parquet:
+        pq.write_table(table, output)
+        return
+    if output_format is OutputFormat.csv:
+        if output is not None:
+            pa_csv.write_csv(table, output)
+        else:
+            sink = _StdoutBytes()
+            pa_csv.write_csv(table, sink)
+        return
+    if output_format is OutputFormat.json:
+        import orjson
+
+        text = orjson.dumps(
+            table.to_pylist(),
+            default=str,
+            option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
+        ).decode()
+        if output is not None:
+            output.write_text(text + "\n")
+        else:
+            typer.echo(text)
+        return
+    _print_table(table, output)
+
+
+class _StdoutBytes:
+    """A binary sink for pyarrow writers that goes to stdout."""
+
+    closed = False
+
+    def write(self, data: bytes) -> int:
+        sys.stdout.buffer.write(data)
+        return len(data)
+
+    def flush(self) -> None:
+        sys.stdout.buffer.flush()
+
+
+def _print_table(table: Any, output: Path | None, limit: int = 1000) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    view = Table(show_lines=False)
+    for name in table.column_names:
+        view.add_column(name, overflow="fold")
+    for row in table.slice(0, limit).to_pylist():
+        view.add_row(*("" if v is None else str(v) for v in row.values()))
+    if output is not None:
+        with output.open("w") as handle:
+            Console(file=handle, width=200).print(view)
+        return
+    console = Console()
+    console.print(view)
+    if table.num_rows > limit:
+        console.print(f"({table.num_rows} rows, first {limit} shown; use --format csv for all)")
+
+
+@app.command()
+def info(lake: LakeOption) -> None:
+    """Show what the lake holds: files, statuses, errors, studies, series, modalities."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dicomlake.lake.sql import connect, lake_summary
+
+    try:
+        summary = lake_summary(connect(lake))
+    except DicomLakeError as exc:
+        raise _fail(str(exc)) from None
+    table = Table(title=f"lake {lake}", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for key, value in summary.items():
+        if isinstance(value, dict):
+            table.add_row(str(key), "")
+            for sub, count in value.items():
+                table.add_row(f"  {sub}", str(count))
+        else:
+            table.add_row(str(key), str(value))
+    Console().print(table)
+
+
+@app.command()
+def demo(
+    lake: Annotated[str, typer.Option("--lake", "-l", help="Where to build the lake.")] = (
+        "demo-lake"
+    ),
+    data: Annotated[Path, typer.Option("--data", help="Where to write the sample files.")] = Path(
+        "demo-data"
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Build sample data (pydicom's test files, a zip, bad files), ingest it, query it."""
+    from dicomlake.sample import write_sample_corpus
+
+    corpus = write_sample_corpus(data)
+    typer.echo(f"sample data: {corpus}", err=True)
+    ingest([str(corpus)], lake, workers=None, sync=True, file_timeout=120.0, quiet=quiet)
+    query = (
+        "SELECT Modality, count(*) AS files, count(DISTINCT SeriesInstanceUID) AS series "
+        "FROM instances WHERE status = 'ok' GROUP BY ALL ORDER BY files DESC"
+    )
+    typer.echo(f'\n$ dicomlake sql --lake {lake} "{query}"')
+    sql(query, lake, OutputFormat.table, None)
+    query = "SELECT status, error, count(*) AS files FROM instances GROUP BY ALL ORDER BY 1, 3 DESC"
+    typer.echo(f'\n$ dicomlake sql --lake {lake} "{query}"')
+    sql(query, lake, OutputFormat.table, None)
+
+
+def main() -> None:
+    """Entry point of the ``dicomlake`` script."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,254 @@
+"""The local engine: a process pool over all cores, fed from a stream of tasks.
+
+Why not ``concurrent.futures``: a file on a stalled mount can hang a read forever, and
+a process pool cannot cancel one task. Here each worker publishes which file it is on
+and since when; the coordinator kills a worker stuck past the per-file timeout, turns
+that one file into an error row, and hands the rest of the task to a fresh worker.
+The same path covers a worker that dies (a codec crashing the interpreter).
+
+Tasks are pulled from the caller's iterator only when a worker has room, so memory
+stays flat whatever the corpus size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing as mp
+import os
+import queue
+import time
+import warnings
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from dicomlake.catalog import FileRef
+
+logger = logging.getLogger(__name__)
+
+
+class Kernel(Protocol):
+    """What the engine runs: one row per file, then one batch per task (picklable)."""
+
+    def row(self, ref: FileRef) -> dict[str, Any]:
+        """Return the row of one file; never raises for a bad file."""
+        ...
+
+    def batch(self, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
+        """Return the rows as one RecordBatch."""
+        ...
+
+    def error_row(self, ref: FileRef, reason: str) -> dict[str, Any]:
+        """Return the row of a file that timed out or crashed its worker."""
+        ...
+
+
+_TASKS_PER_WORKER = 2
+_POLL_SECONDS = 0.2
+_SLOT = 3  # shared state per worker: task id, file index, start time
+
+
+@dataclass
+class Task:
+    """A batch of files and what the caller wants back with its result."""
+
+    refs: Sequence[FileRef]
+    context: Any = None
+    task_id: int = 0
+
+
+@dataclass
+class _Worker:
+    process: Any
+    inbox: Any
+    slot: int
+    tasks: deque[Task] = field(default_factory=deque)
+
+
+def _worker_main(kernel: Kernel, inbox: Any, outbox: Any, state: Any, slot: int) -> None:
+    """Worker loop: run tasks from ``inbox``, publishing progress in ``state``."""
+    warnings.simplefilter("ignore")  # pydicom warns on every odd value; rows say it
+    base = slot * _SLOT
+    while True:
+        message = inbox.get()
+        if message is None:
+            return
+        task_id, refs = message
+        rows = []
+        for index, ref in enumerate(refs):
+            with state.get_lock():
+                state[base], state[base + 1], state[base + 2] = task_id, index, time.monotonic()
+            rows.append(kernel.row(ref))
+        with state.get_lock():
+            state[base + 2] = 0.0
+        outbox.put((task_id, kernel.batch(rows)))
+
+
+class LocalEngine:
+    """Run a kernel over a stream of tasks on a pool of worker processes.
+
+    Args:
+        kernel: Picklable object making rows and batches (see :class:`Kernel`).
+        workers: Number of processes; 0 runs the kernel in this process (no timeout).
+        file_timeout: Seconds one file may take before its worker is killed.
+    """
+
+    def __init__(
+        self,
+        kernel: Kernel,
+        *,
+        workers: int | None = None,
+        file_timeout: float = 120.0,
+    ) -> None:
+        self.kernel = kernel
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.file_timeout = file_timeout
+        self.timeouts = 0
+        self.crashes = 0
+
+    def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, pa.RecordBatch]]:
+        """Yield (task, batch) for every task, in completion order."""
+        if self.workers <= 0:
+            for task in tasks:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    rows = [self.kernel.row(ref) for ref in task.refs]
+                yield task, self.kernel.batch(rows)
+            return
+        yield from _Pool(self).run(iter(tasks))
+
+
+class _Pool:
+    """One run of the pool: owns the processes and the bookkeeping."""
+
+    def __init__(self, engine: LocalEngine) -> None:
+        self.engine = engine
+        self.ctx = mp.get_context("spawn")
+        self.state = self.ctx.Array("d", engine.workers * _SLOT)
+        self.outbox = self.ctx.Queue()
+        self.workers: list[_Worker] = []
+        self.next_id = 0
+        self.by_id: dict[int, Task] = {}
+        self.retry: deque[Task] = deque()
+
+    def _start(self, slot: int) -> _Worker:
+        inbox = self.ctx.Queue()
+        process = self.ctx.Process(
+            target=_worker_main,
+            args=(self.engine.kernel, inbox, self.outbox, self.state, slot),
+            daemon=True,
+        )
+        process.start()
+        return _Worker(process=process, inbox=inbox, slot=slot)
+
+    def _send(self, worker: _Worker, task: Task) -> None:
+        self.next_id += 1
+        task.task_id = self.next_id
+        self.by_id[task.task_id] = task
+        worker.tasks.append(task)
+        worker.inbox.put((task.task_id, list(task.refs)))
+
+    def run(self, tasks: Iterator[Task]) -> Iterator[tuple[Task, pa.RecordBatch]]:
+        self.workers = [self._start(slot) for slot in range(self.engine.workers)]
+        exhausted = False
+        try:
+            while True:
+                if not exhausted or self.retry:
+                    exhausted = self._fill(tasks, exhausted)
+                if exhausted and not self.retry and not self.by_id:
+                    return
+                try:
+                    task_id, batch = self.outbox.get(timeout=_POLL_SECONDS)
+                except queue.Empty:
+                    yield from self._check_stuck()
+                    continue
+                task = self.by_id.pop(task_id, None)
+                if task is None:  # a result from a worker we already gave up on
+                    continue
+                for worker in self.workers:
+                    if worker.tasks and worker.tasks[0].task_id == task_id:
+                        worker.tasks.popleft()
+                        break
+                yield task, batch
+        finally:
+            self._shutdown()
+
+    def _fill(self, tasks: Iterator[Task], exhausted: bool) -> bool:
+        for worker in self.workers:
+            while len(worker.tasks) < _TASKS_PER_WORKER:
+                if self.retry:
+                    task = self.retry.popleft()
+                elif not exhausted:
+                    task = next(tasks, None)
+                    if task is None:
+                        exhausted = True
+                        break
+                else:
+                    break
+                self._send(worker, task)
+        return exhausted
+
+    def _check_stuck(self) -> Iterator[tuple[Task, pa.RecordBatch]]:
+        now = time.monotonic()
+        for i, worker in enumerate(self.workers):
+            if not worker.tasks:
+                continue
+            base = worker.slot * _SLOT
+            with self.state.get_lock():
+                task_id, index, started = (
+                    int(self.state[base]),
+                    int(self.state[base + 1]),
+                    self.state[base + 2],
+                )
+            dead = not worker.process.is_alive()
+            stuck = started > 0 and now - started > self.engine.file_timeout
+            if not (dead or stuck):
+                continue
+            current = worker.tasks[0]
+            if task_id != current.task_id or started == 0:
+                index = 0  # died before it started this task: blame nobody's file
+                if not dead:
+                    continue
+            reason = (
+                f"Timeout: no result after {self.engine.file_timeout:g} s"
+                if stuck and not dead
+                else f"WorkerCrashed: the worker process died (exit code {worker.process.exitcode})"
+            )
+            if stuck and not dead:
+                self.engine.timeouts += 1
+            else:
+                self.engine.crashes += 1
+            logger.warning("%s while reading %s", reason, current.refs[index].path)
+            worker.process.kill()
+            worker.process.join()
+            for task in worker.tasks:
+                self.by_id.pop(task.task_id, None)
+            bad = current.refs[index]
+            rest = [r for j, r in enumerate(current.refs) if j != index]
+            if rest:
+                self.retry.append(Task(refs=rest, context=current.context))
+            for task in list(worker.tasks)[1:]:
+                self.retry.append(Task(refs=task.refs, context=task.context))
+            with self.state.get_lock():
+                self.state[base + 2] = 0.0
+            self.workers[i] = self._start(worker.slot)
+            kernel = self.engine.kernel
+            batch = kernel.batch([kernel.error_row(bad, reason)])
+            yield Task(refs=[bad], context=current.context), batch
+
+    def _shutdown(self) -> None:
+        for worker in self.workers:
+            if worker.process.is_alive():
+                with contextlib.suppress(OSError, ValueError):
+                    worker.inbox.put(None)
+        deadline = time.monotonic() + 5
+        for worker in self.workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+        self.outbox.close()

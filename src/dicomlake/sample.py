@@ -1,0 +1,161 @@
+"""Built-in sample data: real DICOM files that installed packages ship, plus bad ones.
+
+The demo, the tests and the benchmarks all start from here: pydicom's own test files,
+the ``pydicom-data`` package's larger files, a zip archive read in place, and a folder
+of files that are not clean DICOM, so a first run already shows error rows.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import random
+import shutil
+import zipfile
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+#: Files of pydicom's test data used for the zip archive and the bad-file cases.
+_ZIPPED = ("CT_small.dcm", "MR_small.dcm", "rtstruct.dcm", "JPEG2000.dcm")
+
+
+def pydicom_test_files() -> list[Path]:
+    """Return every file of pydicom's test data and of the pydicom-data package."""
+    roots = [Path(pydicom.__file__).parent / "data" / "test_files"]
+    spec = importlib.util.find_spec("data_store")  # the pydicom-data package
+    if spec is not None and spec.origin is not None:
+        roots.append(Path(spec.origin).parent / "data")
+    files: list[Path] = []
+    for root in roots:
+        files.extend(sorted(p for p in root.rglob("*") if p.is_file() and p.name != "__init__.py"))
+    return files
+
+
+def test_file(name: str) -> Path:
+    """Return the path of one of pydicom's test files by name.
+
+    Raises:
+        FileNotFoundError: No test file has that name.
+    """
+    for path in pydicom_test_files():
+        if path.name == name:
+            return path
+    raise FileNotFoundError(f"no pydicom test file named {name!r}")
+
+
+def private_blob_file(dest: Path, size: int = 6 * 1024 * 1024) -> Path:
+    """Write a small CT-like file carrying a ``size``-byte private OB value."""
+    ds = pydicom.dcmread(test_file("CT_small.dcm"))
+    block = ds.private_block(0x0099, "DICOMLAKE TEST", create=True)
+    block.add_new(
+        0x01, "OB", bytes(random.Random(7).getrandbits(8) for _ in range(256)) * (size // 256)
+    )
+    ds.SOPInstanceUID = generate_uid()
+    ds.save_as(dest, enforce_file_format=True)
+    return dest
+
+
+def no_preamble_file(dest: Path) -> Path:
+    """Write a valid dataset with no 128-byte preamble and no DICM prefix."""
+    ds = pydicom.dcmread(test_file("CT_small.dcm"))
+    buffer = io.BytesIO()
+    ds.save_as(buffer, implicit_vr=False, little_endian=True)  # dataset only
+    dest.write_bytes(buffer.getvalue())
+    return dest
+
+
+def no_pixel_file(dest: Path) -> Path:
+    """Write a Basic Text SR-like instance with no pixel data."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid()
+    ds.SeriesInstanceUID = generate_uid()
+    ds.Modality = "SR"
+    ds.PatientID = "SR-0001"
+    ds.PatientName = "Report^Only"
+    ds.StudyDate = "20240102"
+    ds.save_as(dest, enforce_file_format=True)
+    return dest
+
+
+def write_bad_files(dest: Path) -> dict[str, str]:
+    """Write files that are not clean DICOM; return {relative name: expected status}."""
+    dest.mkdir(parents=True, exist_ok=True)
+    ct = test_file("CT_small.dcm").read_bytes()
+    rng = random.Random(42)
+    (dest / "empty.dcm").write_bytes(b"")
+    (dest / "random-bytes.dcm").write_bytes(bytes(rng.getrandbits(8) for _ in range(4096)))
+    (dest / "notes.txt").write_text("This is not a DICOM file.\n" * 20)
+    garbage = bytes(rng.getrandbits(8) for _ in range(2048))
+    (dest / "dicm-then-garbage.dcm").write_bytes(b"\0" * 128 + b"DICM" + garbage)
+    (dest / "truncated-header.dcm").write_bytes(ct[:200])
+    return {
+        "empty.dcm": "not_dicom",
+        "random-bytes.dcm": "not_dicom",
+        "notes.txt": "not_dicom",
+        "dicm-then-garbage.dcm": "error",
+        "truncated-header.dcm": "error",
+    }
+
+
+def write_broken_zip(dest: Path) -> Path:
+    """Write a zip whose second member's compressed bytes are corrupted (bad CRC)."""
+    with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.write(test_file("CT_small.dcm"), "good/CT_small.dcm")
+        archive.write(test_file("MR_small.dcm"), "broken/MR_small.dcm")
+    data = bytearray(dest.read_bytes())
+    with zipfile.ZipFile(dest) as archive:
+        info = archive.getinfo("broken/MR_small.dcm")
+    start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+    for i in range(start + 100, start + 160):
+        data[i] ^= 0x5A
+    dest.write_bytes(bytes(data))
+    return dest
+
+
+def write_sample_corpus(dest: Path | str, *, include_pydicom_data: bool = True) -> Path:
+    """Write the demo corpus under ``dest`` and return its folder.
+
+    Layout: ``pydicom/`` (pydicom's test files, DICOM or not, as shipped),
+    ``pydicom-data/`` (the larger files of the pydicom-data package), ``archive.zip``
+    (members read in place), ``broken-member.zip``, ``bad/`` (files that are not clean
+    DICOM), ``special/`` (a 6 MB private tag, no preamble, no pixel data, a file name
+    with spaces, unicode and brackets).
+    """
+    root = Path(dest)
+    if root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True)
+    for path in pydicom_test_files():
+        is_pydicom = "test_files" in path.parts
+        if not is_pydicom and not include_pydicom_data:
+            continue
+        base = Path(pydicom.__file__).parent / "data" / "test_files"
+        target = (
+            root / "pydicom" / path.relative_to(base)
+            if is_pydicom
+            else (root / "pydicom-data" / path.name)
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    with zipfile.ZipFile(root / "archive.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name in _ZIPPED:
+            archive.write(test_file(name), f"series/{name}")
+    write_broken_zip(root / "broken-member.zip")
+    write_bad_files(root / "bad")
+    special = root / "special"
+    special.mkdir()
+    private_blob_file(special / "private-6MB-blob.dcm")
+    no_preamble_file(special / "no-preamble.dcm")
+    no_pixel_file(special / "report-no-pixels.dcm")
+    shutil.copyfile(test_file("MR_small.dcm"), special / "MR scan ü [1]")
+    return root
