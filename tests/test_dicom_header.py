@@ -220,9 +220,9 @@ def test_large_private_value_becomes_bulk_data_uri(tmp_path: Path) -> None:
 
 
 def test_small_binary_values_are_inlined() -> None:
-    from dicomlake.sample import test_file
+    from dicomlake.sample import sample_file
 
-    path = test_file("CT_small.dcm")
+    path = sample_file("CT_small.dcm")
     header = _ours(path)
     inline = [v for v in header.meta.values() if "InlineBinary" in v]
     assert inline, "CT_small has short OB values (file meta version)"

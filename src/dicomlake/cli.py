@@ -70,6 +70,12 @@ def ingest(
     quiet: Annotated[
         bool, typer.Option("--quiet", "-q", help="Print only the summary line.")
     ] = False,
+    commit_rows: Annotated[
+        int, typer.Option(min=1, help="Commit to the lake at least every N rows...")
+    ] = 5000,
+    commit_seconds: Annotated[
+        float, typer.Option(min=0.1, help="...or every S seconds, whichever comes first.")
+    ] = 5.0,
 ) -> None:
     """Extract the DICOM header of every file under SOURCES into the lake."""
     from dicomlake.ingest import ingest as run_ingest
@@ -83,6 +89,8 @@ def ingest(
                 workers=workers,
                 sync=sync,
                 file_timeout=file_timeout,
+                commit_rows=commit_rows,
+                commit_seconds=commit_seconds,
                 progress=display.update if display else None,
             )
     except DicomLakeError as exc:
@@ -307,7 +315,8 @@ def demo(
 
     corpus = write_sample_corpus(data)
     typer.echo(f"sample data: {corpus}", err=True)
-    ingest([str(corpus)], lake, workers=None, sync=True, file_timeout=120.0, quiet=quiet)
+    ingest([str(corpus)], lake, workers=None, sync=True, file_timeout=120.0, quiet=quiet,
+           commit_rows=5000, commit_seconds=5.0)
     query = (
         "SELECT Modality, count(*) AS files, count(DISTINCT SeriesInstanceUID) AS series "
         "FROM instances WHERE status = 'ok' GROUP BY ALL ORDER BY files DESC"

@@ -34,7 +34,7 @@ def pydicom_test_files() -> list[Path]:
     return files
 
 
-def test_file(name: str) -> Path:
+def sample_file(name: str) -> Path:
     """Return the path of one of pydicom's test files by name.
 
     Raises:
@@ -48,7 +48,7 @@ def test_file(name: str) -> Path:
 
 def private_blob_file(dest: Path, size: int = 6 * 1024 * 1024) -> Path:
     """Write a small CT-like file carrying a ``size``-byte private OB value."""
-    ds = pydicom.dcmread(test_file("CT_small.dcm"))
+    ds = pydicom.dcmread(sample_file("CT_small.dcm"))
     block = ds.private_block(0x0099, "DICOMLAKE TEST", create=True)
     block.add_new(
         0x01, "OB", bytes(random.Random(7).getrandbits(8) for _ in range(256)) * (size // 256)
@@ -60,7 +60,7 @@ def private_blob_file(dest: Path, size: int = 6 * 1024 * 1024) -> Path:
 
 def no_preamble_file(dest: Path) -> Path:
     """Write a valid dataset with no 128-byte preamble and no DICM prefix."""
-    ds = pydicom.dcmread(test_file("CT_small.dcm"))
+    ds = pydicom.dcmread(sample_file("CT_small.dcm"))
     buffer = io.BytesIO()
     ds.save_as(buffer, implicit_vr=False, little_endian=True)  # dataset only
     dest.write_bytes(buffer.getvalue())
@@ -90,7 +90,7 @@ def no_pixel_file(dest: Path) -> Path:
 def write_bad_files(dest: Path) -> dict[str, str]:
     """Write files that are not clean DICOM; return {relative name: expected status}."""
     dest.mkdir(parents=True, exist_ok=True)
-    ct = test_file("CT_small.dcm").read_bytes()
+    ct = sample_file("CT_small.dcm").read_bytes()
     rng = random.Random(42)
     (dest / "empty.dcm").write_bytes(b"")
     (dest / "random-bytes.dcm").write_bytes(bytes(rng.getrandbits(8) for _ in range(4096)))
@@ -110,8 +110,8 @@ def write_bad_files(dest: Path) -> dict[str, str]:
 def write_broken_zip(dest: Path) -> Path:
     """Write a zip whose second member's compressed bytes are corrupted (bad CRC)."""
     with zipfile.ZipFile(dest, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.write(test_file("CT_small.dcm"), "good/CT_small.dcm")
-        archive.write(test_file("MR_small.dcm"), "broken/MR_small.dcm")
+        archive.write(sample_file("CT_small.dcm"), "good/CT_small.dcm")
+        archive.write(sample_file("MR_small.dcm"), "broken/MR_small.dcm")
     data = bytearray(dest.read_bytes())
     with zipfile.ZipFile(dest) as archive:
         info = archive.getinfo("broken/MR_small.dcm")
@@ -149,7 +149,7 @@ def write_sample_corpus(dest: Path | str, *, include_pydicom_data: bool = True) 
         shutil.copyfile(path, target)
     with zipfile.ZipFile(root / "archive.zip", "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name in _ZIPPED:
-            archive.write(test_file(name), f"series/{name}")
+            archive.write(sample_file(name), f"series/{name}")
     write_broken_zip(root / "broken-member.zip")
     write_bad_files(root / "bad")
     special = root / "special"
@@ -157,5 +157,5 @@ def write_sample_corpus(dest: Path | str, *, include_pydicom_data: bool = True) 
     private_blob_file(special / "private-6MB-blob.dcm")
     no_preamble_file(special / "no-preamble.dcm")
     no_pixel_file(special / "report-no-pixels.dcm")
-    shutil.copyfile(test_file("MR_small.dcm"), special / "MR scan ü [1]")
+    shutil.copyfile(sample_file("MR_small.dcm"), special / "MR scan ü [1]")
     return root

@@ -1,0 +1,127 @@
+"""Benchmark: header extraction, dicomlake vs the pixels accelerator's way, in one run.
+
+Builds a corpus of real DICOM files (copies of pydicom's test files, cycled), then
+times on the same files:
+
+  (a) baseline, as the pixels accelerator does it: a pool of 32 threads, each file
+      ``pydicom.dcmread(stop_before_pixels=True, defer_size=...)``, ``to_json_dict``,
+      ``json.dumps`` (results kept in memory, nothing written);
+  (b) ``dicomlake.ingest`` into a fresh Delta lake with 1 worker, and with all cores
+      (listing, parsing, typed columns, Arrow, Delta commits included).
+
+Prints files/s, the ratios to the baseline, and peak RSS.
+
+    python bench/ingest.py [--files 5000] [--workers N] [--keep]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pydicom
+
+import dicomlake
+from dicomlake.sample import pydicom_test_files
+
+
+def build_corpus(dest: Path, count: int) -> list[Path]:
+    """Copy small real DICOM test files (cycled) into nested folders."""
+    sources = []
+    for path in pydicom_test_files():
+        if path.suffix != ".dcm" or path.stat().st_size > 2_000_000:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pydicom.dcmread(path, stop_before_pixels=True)
+        except Exception:
+            continue
+        sources.append(path)
+    files = []
+    for i in range(count):
+        source = sources[i % len(sources)]
+        target = dest / f"d{i % 50:02d}" / f"{i:06d}_{source.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+        files.append(target)
+    return files
+
+
+def _pixels_style(path: Path) -> str:
+    ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size="1 KB")
+    return json.dumps(ds.to_json_dict())
+
+
+def baseline(files: list[Path]) -> float:
+    """Seconds for the pixels-style extraction over ``files``."""
+    start = time.perf_counter()
+    with warnings.catch_warnings(), ThreadPoolExecutor(max_workers=32) as pool:
+        warnings.simplefilter("ignore")
+        results = list(pool.map(_pixels_style, files))
+    assert len(results) == len(files)
+    return time.perf_counter() - start
+
+
+def ours(corpus: Path, lake: Path, workers: int) -> tuple[float, int]:
+    """Seconds for ``dicomlake.ingest`` of ``corpus`` into a fresh lake; rows ok."""
+    shutil.rmtree(lake, ignore_errors=True)
+    start = time.perf_counter()
+    summary = dicomlake.ingest([str(corpus)], str(lake), workers=workers)
+    return time.perf_counter() - start, summary.ok
+
+
+def peak_rss_mib() -> tuple[float, float]:
+    """Peak RSS of this process and of its largest finished child, in MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return own, children
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--keep", action="store_true", help="keep the corpus and lakes")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="dicomlake-bench-"))
+    try:
+        corpus = work / "corpus"
+        files = build_corpus(corpus, args.files)
+        print(f"corpus: {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.0f} MiB")
+        # warm the page cache so every contender reads from memory
+        for path in files:
+            path.read_bytes()
+
+        base = baseline(files)
+        one, ok_one = ours(corpus, work / "lake1", 1)
+        many, ok_many = ours(corpus, work / "lakeN", args.workers)
+        assert ok_one == ok_many == len(files), (ok_one, ok_many)
+
+        n = len(files)
+        print(f"{'contender':<44}{'files/s':>10}{'x baseline':>12}")
+        print(f"{'baseline (pixels-style, 32 threads)':<44}{n / base:>10.0f}{1.0:>12.2f}")
+        print(f"{'dicomlake ingest, 1 worker':<44}{n / one:>10.0f}{base / one:>12.2f}")
+        label = f"dicomlake ingest, {args.workers} workers"
+        print(f"{label:<44}{n / many:>10.0f}{base / many:>12.2f}")
+        print(f"scaling 1 -> {args.workers} workers: {one / many:.2f}x")
+        own, child = peak_rss_mib()
+        print(f"peak RSS: coordinator {own:.0f} MiB, largest worker {child:.0f} MiB")
+    finally:
+        if args.keep:
+            print(f"kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

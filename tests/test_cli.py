@@ -1,0 +1,113 @@
+"""The command line as a user types it: exit codes, one-line errors, output formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from dicomlake.cli import app
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def lake(small_folder: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "lake"
+    result = runner.invoke(app, ["ingest", str(small_folder), "--lake", str(target), "-w", "0"])
+    assert result.exit_code == 0, result.output
+    return target
+
+
+def test_ingest_prints_one_summary_line_when_not_a_terminal(small_folder: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(small_folder), "--lake", str(tmp_path / "l"), "-w", "0"])
+    assert result.exit_code == 0
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("ingested: 4 files, 4 ok, 0 not_dicom, 0 errors")
+
+
+def test_missing_source_is_exit_2_with_one_line(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(tmp_path / "nope"), "--lake", str(tmp_path / "l")])
+    assert result.exit_code == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "source not found" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_unwritable_lake_is_exit_2(small_folder: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "lake-is-a-file"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["ingest", str(small_folder), "--lake", str(blocker)])
+    assert result.exit_code == 2
+    assert "lake" in result.stderr and "Traceback" not in result.output
+
+
+def test_wrong_flag_is_exit_2(small_folder: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["ingest", str(small_folder), "--lake", str(tmp_path), "--bogus"])
+    assert result.exit_code == 2
+    result = runner.invoke(app, ["ingest", str(small_folder), "--lake", str(tmp_path), "-w", "-1"])
+    assert result.exit_code == 2
+
+
+def test_sql_json_is_an_array_of_objects(lake: Path) -> None:
+    result = runner.invoke(
+        app,
+        ["sql", "--lake", str(lake), "--format", "json",
+         "SELECT Modality, count(*) AS n FROM instances GROUP BY 1 ORDER BY 1"],
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == [
+        {"Modality": "CT", "n": 1}, {"Modality": "MR", "n": 1},
+        {"Modality": "NM", "n": 1}, {"Modality": "RTSTRUCT", "n": 1},
+    ]
+
+
+def test_sql_csv_and_parquet(lake: Path, tmp_path: Path) -> None:
+    query = "SELECT path, Rows FROM instances ORDER BY path"
+    result = runner.invoke(app, ["sql", "--lake", str(lake), "-f", "csv", query])
+    assert result.exit_code == 0
+    parsed = list(csv.DictReader(io.StringIO(result.stdout)))
+    assert len(parsed) == 4 and set(parsed[0]) == {"path", "Rows"}
+    out = tmp_path / "out.parquet"
+    result = runner.invoke(app, ["sql", "--lake", str(lake), "-f", "parquet", "-o", str(out), query])
+    assert result.exit_code == 0
+    assert pq.read_table(out).num_rows == 4
+    result = runner.invoke(app, ["sql", "--lake", str(lake), "-f", "parquet", query])
+    assert result.exit_code == 2
+
+
+def test_sql_table_and_bad_query(lake: Path) -> None:
+    result = runner.invoke(app, ["sql", "--lake", str(lake), "SELECT count(*) AS n FROM studies"])
+    assert result.exit_code == 0 and "n" in result.stdout
+    result = runner.invoke(app, ["sql", "--lake", str(lake), "SELEC nonsense"])
+    assert result.exit_code == 2
+    assert "query failed" in result.stderr and "Traceback" not in result.output
+
+
+def test_sql_on_a_lake_that_does_not_exist(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["sql", "--lake", str(tmp_path / "none"), "SELECT 1"])
+    assert result.exit_code == 2
+    assert "ingest" in result.stderr
+
+
+def test_info_counts(lake: Path) -> None:
+    result = runner.invoke(app, ["info", "--lake", str(lake)])
+    assert result.exit_code == 0, result.output
+    assert "studies" in result.stdout and "series" in result.stdout
+
+
+def test_help_runs_as_a_subprocess() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dicomlake", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0
+    for command in ("ingest", "sql", "info", "demo"):
+        assert command in result.stdout

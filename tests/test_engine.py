@@ -1,0 +1,54 @@
+"""The local engine: a hanging read becomes an error row; the rest of the run goes on."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dicomlake.catalog import FileRef
+from dicomlake.engine.local import LocalEngine, Task
+from dicomlake.kernels import InstancesKernel
+from dicomlake.sample import sample_file
+
+
+def _ref(path: Path) -> FileRef:
+    return FileRef(path=f"file://{path}", relative_path=path.name, size=None, mtime=None)
+
+
+@pytest.mark.slow
+def test_a_file_that_hangs_becomes_a_timeout_row(tmp_path: Path) -> None:
+    # A FIFO with no writer blocks open() forever: a real stalled read, no mock.
+    fifo = tmp_path / "stalled.dcm"
+    os.mkfifo(fifo)
+    good = [tmp_path / f"ct{i}.dcm" for i in range(6)]
+    for path in good:
+        shutil.copyfile(sample_file("CT_small.dcm"), path)
+    engine = LocalEngine(InstancesKernel(), workers=2, file_timeout=2.0)
+    tasks = [Task(refs=[_ref(good[0]), _ref(fifo), _ref(good[1])]), Task(refs=[_ref(p) for p in good[2:]])]
+    results = {}
+    for _task, batch in engine.map(tasks):
+        for row in batch.to_pylist():
+            assert row["path"] not in results
+            results[row["path"]] = row
+    assert len(results) == 7
+    stalled = results.pop(f"file://{fifo}")
+    assert stalled["status"] == "error"
+    assert stalled["error"].startswith("Timeout:")
+    assert {r["status"] for r in results.values()} == {"ok"}
+    assert engine.timeouts == 1
+
+
+def test_in_process_and_pool_give_identical_rows(tmp_path: Path) -> None:
+    names = ["CT_small.dcm", "MR_small.dcm", "rtstruct.dcm", "JPEG2000.dcm", "SC_rgb.dcm"]
+    refs = [_ref(sample_file(n)) for n in names]
+    kernel = InstancesKernel()
+    serial = {}
+    for _task, batch in LocalEngine(kernel, workers=0).map([Task(refs=refs)]):
+        serial.update({r["path"]: r for r in batch.to_pylist()})
+    pooled = {}
+    for _task, batch in LocalEngine(kernel, workers=2).map([Task(refs=[r]) for r in refs]):
+        pooled.update({r["path"]: r for r in batch.to_pylist()})
+    assert serial == pooled
