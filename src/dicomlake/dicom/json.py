@@ -25,6 +25,7 @@ from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
+from pydicom.values import convert_SQ
 
 JsonDict = dict[str, Any]
 
@@ -222,6 +223,11 @@ class JsonConverter:
         for tag, elem in list(elements.items()):
             key = f"{tag:08X}"
             try:
+                if isinstance(elem, RawDataElement) and (
+                    elem.VR == "SQ" or (elem.VR is None and _implicit_vr(tag) == "SQ")
+                ):
+                    out[key] = self._raw_sequence(ds, elem, codec, base)
+                    continue
                 out[key] = self.element(elem, codec, base)
             except (_Fallback, UnicodeDecodeError, ValueError, struct.error):
                 converted = self._pydicom(ds, tag, key, codec, base)
@@ -233,11 +239,13 @@ class JsonConverter:
         self, elem: RawDataElement | DataElement, codec: str | None, base: int = 0
     ) -> JsonDict:
         """Return the JSON of one element, raising _Fallback for pydicom's path."""
-        if isinstance(elem, DataElement):
+        if isinstance(elem, DataElement):  # pydicom converted it while reading
             if elem.VR == "SQ" and isinstance(elem.value, Sequence):
                 items = [self.dataset(item, codec, base) for item in elem.value]
                 return {"vr": "SQ", "Value": items}
-            raise _Fallback
+            if " or " in elem.VR or elem.VR == "SQ":
+                raise _Fallback
+            return elem.to_json_dict(self._pydicom_bulk_handler(base), self._pydicom_threshold)
         vr = elem.VR
         if vr == "UN":  # pydicom may replace it with the dictionary VR
             raise _Fallback
@@ -272,6 +280,38 @@ class JsonConverter:
             return {"vr": vr}
         return {"vr": vr, "Value": values}
 
+    def _raw_sequence(
+        self, ds: Dataset, elem: RawDataElement, codec: str | None, base: int
+    ) -> JsonDict:
+        """Parse a defined-length sequence from its bytes and convert its items."""
+        value = elem.value
+        if value is None:
+            value = self._read(base + elem.value_tell, elem.length)
+        if not value:
+            return {"vr": "SQ", "Value": []}
+        charset = ds._character_set
+        encodings = [charset] if isinstance(charset, str) else list(charset or [])
+        sequence = convert_SQ(
+            value, elem.is_implicit_VR, elem.is_little_endian, encodings, elem.value_tell
+        )
+        item_base = base + elem.value_tell  # items' offsets start at the value
+        return {"vr": "SQ", "Value": [self.dataset(item, codec, item_base) for item in sequence]}
+
+    @property
+    def _pydicom_threshold(self) -> int:
+        """The threshold in pydicom terms: it is on base64 length, raw > (t // 4) * 3."""
+        return self.bulk_threshold * 4 // 3 + 4
+
+    def _pydicom_bulk_handler(self, base: int) -> Callable[[DataElement], str] | None:
+        if self.bulk_handler is None:
+            return None
+        bulk = self.bulk_handler
+
+        def handler(element: DataElement) -> str:
+            return bulk(base + (element.file_tell or 0), len(element.value))
+
+        return handler
+
     def _read(self, offset: int, length: int) -> bytes:
         self.fp.seek(offset)
         data = self.fp.read(length)
@@ -295,14 +335,7 @@ class JsonConverter:
             if elem.VR == "SQ":
                 items = [self.dataset(item, codec, item_base) for item in elem.value]
                 return {"vr": "SQ", "Value": items}
-            handler = None
-            if self.bulk_handler is not None:
-                bulk = self.bulk_handler
-
-                def handler(e: DataElement) -> str:
-                    return bulk(base + (e.file_tell or 0), len(e.value))
-
-            return elem.to_json_dict(handler, self.bulk_threshold * 4 // 3 + 4)
+            return elem.to_json_dict(self._pydicom_bulk_handler(base), self._pydicom_threshold)
         except Exception as exc:  # pydicom could not convert it either: keep the rest
             self.warnings.append(f"({key[:4]},{key[4:]}) not converted: {type(exc).__name__}")
             return None
