@@ -25,19 +25,19 @@ from dicomlake.errors import (
 if TYPE_CHECKING:
     import duckdb
 
-    from dicomlake.ingest import IngestSummary
+    from dicomlake.pipeline import IngestSummary
 
 __version__ = "0.1.0"
 
 
 def ingest(sources: list[str] | str, lake: str, **options: Any) -> IngestSummary:
-    """Ingest DICOM files into ``lake``; see :func:`dicomlake.ingest.ingest` for options.
+    """Ingest DICOM files into ``lake``; see :func:`dicomlake.pipeline.ingest` for options.
 
     Raises:
         SourceNotFound: A source does not exist.
         LakeError: The lake cannot be written.
     """
-    from dicomlake.ingest import ingest as _ingest
+    from dicomlake.pipeline import ingest as _ingest
 
     return _ingest(sources, lake, **options)
 

@@ -16,7 +16,7 @@ import typer
 from dicomlake.errors import DicomLakeError
 
 if TYPE_CHECKING:
-    from dicomlake.ingest import IngestSummary
+    from dicomlake.pipeline import IngestSummary
 
 app = typer.Typer(
     name="dicomlake",
@@ -78,7 +78,7 @@ def ingest(
     ] = 5.0,
 ) -> None:
     """Extract the DICOM header of every file under SOURCES into the lake."""
-    from dicomlake.ingest import ingest as run_ingest
+    from dicomlake.pipeline import ingest as run_ingest
 
     display = _Progress() if _interactive(quiet) else None
     try:

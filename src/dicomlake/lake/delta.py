@@ -1,0 +1,949 @@
+"""Writing the ``instances`` Delta table, and what incremental runs need to read from it.
+
+The lake is a folder (or an object-store prefix) of Delta tables written through
+delta-rs (:mod:`deltalake`), so no JVM is needed and Spark, DuckDB or Trino can read
+the same table. This module owns every write to ``<lake>/instances``:
+
+- :class:`InstanceWriter` buffers row batches and commits them in small transactions,
+  so a crash loses at most the rows not yet committed;
+- :class:`Fingerprints` holds ``(row_id, size, modification_time)`` of the rows the
+  lake already has, in sorted numpy arrays, so a re-run skips unchanged files;
+- :func:`stale_row_ids` and :func:`delete_rows` implement ``--sync``.
+
+Every function takes ``storage_options``, passed unchanged to delta-rs (for example
+``{"AWS_REGION": "eu-west-1"}`` for an ``s3://`` lake).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+import time
+import urllib.parse
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Self
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from deltalake import DeltaTable, WriterProperties, write_deltalake
+from deltalake.exceptions import DeltaError
+
+from dicomlake.errors import LakeError, TableNotFound
+from dicomlake.schema import INSTANCES_SCHEMA
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
+
+log = logging.getLogger(__name__)
+
+StorageOptions = Mapping[str, str]
+"""Options for the storage backend, passed unchanged to :mod:`deltalake`."""
+
+INSTANCES_TABLE: Final = "instances"
+THUMBNAILS_TABLE: Final = "thumbnails"
+
+#: Values :meth:`Fingerprints.classify` returns, one per file.
+NEW: Final = 0
+CHANGED: Final = 1
+UNCHANGED: Final = 2
+
+#: Marks an unknown size or modification time in the arrays given to ``classify``.
+UNKNOWN: Final = -1
+
+#: Parquet settings of every data file we write: zstd is smaller than snappy for the
+#: repetitive JSON in ``meta`` at about the same speed.
+WRITER_PROPERTIES: Final = WriterProperties(compression="ZSTD", compression_level=3)
+
+#: Target size of data files (delta-rs splits larger writes; compaction merges smaller).
+TARGET_FILE_SIZE: Final = 128 * 1024 * 1024
+
+#: How many row ids one delete transaction handles.
+DELETE_CHUNK: Final = 1_000_000
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def _local_path(uri: str) -> str | None:
+    """The local filesystem path of ``uri``, or None for an object-store URI."""
+    if "://" not in uri:
+        return os.path.abspath(os.path.expanduser(uri))
+    if uri.startswith("file://"):
+        return urllib.parse.unquote(urllib.parse.urlparse(uri).path)
+    return None
+
+
+def _lake_root(lake: str) -> str:
+    """Normalise a lake location: absolute for a local path, no trailing slash.
+
+    delta-rs 1.6.6 turns a local path into a URL: a ``[`` makes it panic and a ``%``
+    is decoded (so ``a%20b`` means ``a b``). Refuse both here, with a clear message.
+    """
+    if not lake:
+        raise LakeError("the lake location is empty: pass a folder or a URI", lake=lake)
+    plain = "://" not in lake
+    if "[" in lake or (plain and "%" in lake):
+        raise LakeError(
+            f"cannot use lake at {lake}: delta-rs cannot open local paths that contain "
+            "'[' or '%'; choose a folder without them",
+            lake=lake,
+        )
+    root = os.path.abspath(os.path.expanduser(lake)) if plain else lake
+    return root.rstrip("/") or root
+
+
+def _is_panic(exc: BaseException) -> bool:
+    """A Rust panic inside delta-rs (pyo3's PanicException derives from BaseException)."""
+    return type(exc).__name__ == "PanicException"
+
+
+def _lake_error(action: str, lake: str, exc: BaseException) -> LakeError:
+    return LakeError(f"cannot {action} lake at {lake}: {_reason(exc)}", lake=lake)
+
+
+def table_uri(lake: str, table: str) -> str:
+    """Location of the Delta table ``table`` inside ``lake``.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+        table: Table name, e.g. ``"instances"`` or ``"thumbnails"``.
+
+    Returns:
+        ``<lake>/<table>``, with a local ``lake`` made absolute.
+
+    Raises:
+        LakeError: If ``lake`` is empty.
+    """
+    return f"{_lake_root(lake)}/{table}"
+
+
+def instances_uri(lake: str) -> str:
+    """Location of the ``instances`` table inside ``lake``.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+
+    Returns:
+        ``<lake>/instances``, with a local ``lake`` made absolute.
+
+    Raises:
+        LakeError: If ``lake`` is empty.
+    """
+    return table_uri(lake, INSTANCES_TABLE)
+
+
+def _opts(storage_options: StorageOptions | None) -> dict[str, str] | None:
+    return dict(storage_options) if storage_options else None
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line reason from a delta-rs or OS error, safe to show.
+
+    delta-rs colours its messages and, for constraint failures, appends a preview of
+    the offending rows; rows can hold patient data, so that part is dropped.
+    """
+    text = _ANSI.sub("", str(exc)).split("Preview of invalid data", 1)[0]
+    text = " ".join(part.strip(" ↳") for part in text.splitlines() if part.strip())
+    return text or type(exc).__name__
+
+
+def table_exists(
+    lake: str, table: str = INSTANCES_TABLE, *, storage_options: StorageOptions | None = None
+) -> bool:
+    """Whether ``<lake>/<table>`` is a Delta table.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+        table: Table name.
+        storage_options: Options for the storage backend.
+
+    Returns:
+        True if the table has at least one commit.
+
+    Raises:
+        LakeError: If the location cannot be read (e.g. a path runs through a file).
+    """
+    uri = table_uri(lake, table)
+    try:
+        return bool(DeltaTable.is_deltatable(uri, _opts(storage_options)))
+    except (DeltaError, OSError) as exc:
+        raise _lake_error("read", lake, exc) from exc
+
+
+def open_table(
+    lake: str,
+    table: str = INSTANCES_TABLE,
+    *,
+    version: int | None = None,
+    storage_options: StorageOptions | None = None,
+) -> DeltaTable:
+    """Open ``<lake>/<table>`` at its current (or a given) version.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+        table: Table name.
+        version: Table version to load; None for the latest.
+        storage_options: Options for the storage backend.
+
+    Returns:
+        The loaded table.
+
+    Raises:
+        TableNotFound: If the lake has no such table yet.
+        LakeError: If the table exists but cannot be read.
+    """
+    if not table_exists(lake, table, storage_options=storage_options):
+        raise TableNotFound(
+            f"no {table} table in lake {lake}: run `dicomlake ingest SRC --lake {lake}` first",
+            lake=lake,
+        )
+    try:
+        return DeltaTable(
+            table_uri(lake, table), version=version, storage_options=_opts(storage_options)
+        )
+    except (DeltaError, OSError) as exc:
+        raise _lake_error("read", lake, exc) from exc
+
+
+def _try_open(lake: str, storage_options: StorageOptions | None) -> DeltaTable | None:
+    try:
+        return open_table(lake, storage_options=storage_options)
+    except TableNotFound:
+        return None
+
+
+def table_version(lake: str, *, storage_options: StorageOptions | None = None) -> int | None:
+    """Current version of the ``instances`` table.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+        storage_options: Options for the storage backend.
+
+    Returns:
+        The version number, or None when the table does not exist yet.
+
+    Raises:
+        LakeError: If the table exists but cannot be read.
+    """
+    dt = _try_open(lake, storage_options)
+    return None if dt is None else dt.version()
+
+
+def arrow_dataset(dt: DeltaTable) -> pads.Dataset:
+    """A pyarrow dataset over the files of ``dt``'s loaded version.
+
+    For a local table the dataset reads through pyarrow's native filesystem instead of
+    delta-rs's Python filesystem handler: with the handler (deltalake 1.6.6, pyarrow
+    26) a process that scanned the dataset aborts now and then at exit with
+    "terminate called without an active exception" (delta-rs issue #2184).
+
+    Read columns from it, but do not filter on string columns: the files a MERGE or
+    DELETE rewrote hold ``string_view`` columns, which pyarrow 26 cannot compare, so
+    ``filter=pc.field("status") == "ok"`` fails on them. :func:`dicomlake.lake.sql.connect`
+    reads through DuckDB's own Parquet reader for that reason.
+
+    Args:
+        dt: A loaded table.
+
+    Returns:
+        A dataset that keeps reading that version even after later commits (until a
+        vacuum deletes its files), with per-file row-id statistics for pruning.
+    """
+    import pyarrow.fs as pafs
+
+    local = _local_path(dt.table_uri)
+    if local is not None:
+        fs = pafs.SubTreeFileSystem(local.rstrip("/"), pafs.LocalFileSystem())
+        return dt.to_pyarrow_dataset(filesystem=fs)
+    return dt.to_pyarrow_dataset()
+
+
+def _batches(dt: DeltaTable, columns: list[str]) -> Iterator[pa.RecordBatch]:
+    yield from arrow_dataset(dt).to_batches(columns=columns)
+
+
+# ------------------------------------------------------------------------- fingerprints
+
+
+class Fingerprints:
+    """What the lake already holds, to decide which files a re-run must extract.
+
+    Three sorted int64 arrays (row id, size, modification time in µs), about 24 bytes
+    per row, so ten million rows take about 240 MB and no Python object per row.
+    Unknown sizes and times are :data:`UNKNOWN` (-1).
+    """
+
+    __slots__ = ("_mtimes", "_row_ids", "_sizes", "version")
+
+    def __init__(
+        self,
+        row_ids: np.ndarray,
+        sizes: np.ndarray,
+        mtimes_us: np.ndarray,
+        *,
+        version: int | None = None,
+    ) -> None:
+        row_ids = np.asarray(row_ids, dtype=np.int64)
+        sizes = np.asarray(sizes, dtype=np.int64)
+        mtimes_us = np.asarray(mtimes_us, dtype=np.int64)
+        if not (len(row_ids) == len(sizes) == len(mtimes_us)):
+            raise ValueError(
+                "row_ids, sizes and mtimes_us must have the same length, got "
+                f"{len(row_ids)}, {len(sizes)} and {len(mtimes_us)}"
+            )
+        if len(row_ids) > 1 and not bool(np.all(row_ids[1:] >= row_ids[:-1])):
+            order = np.argsort(row_ids, kind="stable")
+            row_ids, sizes, mtimes_us = row_ids[order], sizes[order], mtimes_us[order]
+        self._row_ids = row_ids
+        self._sizes = sizes
+        self._mtimes = mtimes_us
+        #: Table version the fingerprints were read from; None for an empty lake.
+        self.version = version
+
+    @classmethod
+    def empty(cls) -> Fingerprints:
+        """Fingerprints of a lake that holds nothing yet."""
+        none = np.empty(0, dtype=np.int64)
+        return cls(none, none, none)
+
+    @classmethod
+    def load(cls, lake: str, storage_options: StorageOptions | None = None) -> Fingerprints:
+        """Read the fingerprints of the current ``instances`` version.
+
+        Only the columns ``row_id``, ``size`` and ``modification_time`` are read.
+
+        Args:
+            lake: Lake folder or object-store URI prefix.
+            storage_options: Options for the storage backend.
+
+        Returns:
+            The fingerprints; empty when the lake has no ``instances`` table yet.
+
+        Raises:
+            LakeError: If the table exists but cannot be read.
+        """
+        dt = _try_open(lake, storage_options)
+        if dt is None:
+            return cls.empty()
+        try:
+            table = arrow_dataset(dt).to_table(columns=["row_id", "size", "modification_time"])
+        except (DeltaError, OSError, pa.ArrowException) as exc:
+            raise _lake_error("read", lake, exc) from exc
+        # One column at a time, dropping each from the table once copied out, so the
+        # peak stays near three copies of the data rather than five.
+        row_ids = table.column("row_id").to_numpy()
+        table = table.drop_columns(["row_id"])
+        order = np.argsort(row_ids)
+        row_ids = row_ids[order]
+        sizes = pc.fill_null(table.column("size"), UNKNOWN).to_numpy()[order]
+        table = table.drop_columns(["size"])
+        mtimes = pc.fill_null(table.column("modification_time").cast(pa.int64()), UNKNOWN)
+        del table
+        mtimes = mtimes.to_numpy()[order]
+        del order
+        log.debug("loaded %d fingerprints from %s", len(row_ids), lake)
+        return cls(row_ids, sizes, mtimes, version=dt.version())
+
+    def __len__(self) -> int:
+        return len(self._row_ids)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the arrays."""
+        return self._row_ids.nbytes + self._sizes.nbytes + self._mtimes.nbytes
+
+    def classify(self, row_ids: np.ndarray, sizes: np.ndarray, mtimes_us: np.ndarray) -> np.ndarray:
+        """Sort listed files into new, changed and unchanged.
+
+        A size or time counts only where both the listing and the lake know it. A row
+        whose size and time are both unknown on one side counts as changed: without
+        evidence, re-extracting is the safe choice.
+
+        Args:
+            row_ids: Row ids of the listed files (int64).
+            sizes: Their sizes in bytes, :data:`UNKNOWN` where unknown.
+            mtimes_us: Their modification times in µs since the epoch (UTC),
+                :data:`UNKNOWN` where unknown.
+
+        Returns:
+            int8 array, per file :data:`NEW` (0), :data:`CHANGED` (1) or
+            :data:`UNCHANGED` (2).
+
+        Raises:
+            ValueError: If the arrays differ in length.
+        """
+        q_ids = np.asarray(row_ids, dtype=np.int64)
+        q_sizes = np.asarray(sizes, dtype=np.int64)
+        q_mtimes = np.asarray(mtimes_us, dtype=np.int64)
+        if not (len(q_ids) == len(q_sizes) == len(q_mtimes)):
+            raise ValueError(
+                "row_ids, sizes and mtimes_us must have the same length, got "
+                f"{len(q_ids)}, {len(q_sizes)} and {len(q_mtimes)}"
+            )
+        out = np.full(len(q_ids), NEW, dtype=np.int8)
+        if len(self._row_ids) == 0 or len(q_ids) == 0:
+            return out
+        idx = _positions(self._row_ids, q_ids)
+        found = self._row_ids[idx] == q_ids
+        l_sizes = self._sizes[idx]
+        l_mtimes = self._mtimes[idx]
+        size_known = (q_sizes >= 0) & (l_sizes >= 0)
+        mtime_known = (q_mtimes != UNKNOWN) & (l_mtimes != UNKNOWN)
+        differs = (size_known & (q_sizes != l_sizes)) | (mtime_known & (q_mtimes != l_mtimes))
+        changed = differs | ~(size_known | mtime_known)
+        out[found] = UNCHANGED
+        out[found & changed] = CHANGED
+        return out
+
+
+# --------------------------------------------------------------------------------- sync
+
+
+def _source_prefix(prefix: str) -> str:
+    """A source as it appears at the start of row paths (URI form, no trailing slash)."""
+    if not prefix:
+        raise ValueError("a source prefix must not be empty")
+    if "://" not in prefix:
+        prefix = "file://" + os.path.abspath(os.path.expanduser(prefix))
+    return prefix.rstrip("/") or prefix
+
+
+def _match(paths: pa.Array, prefixes: Sequence[str]) -> np.ndarray:
+    mask = np.zeros(len(paths), dtype=bool)
+    for prefix in prefixes:
+        hit = pc.or_(pc.equal(paths, prefix), pc.starts_with(paths, prefix + "/"))
+        mask |= pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+    return mask
+
+
+def _under_any(paths: pa.Array, prefixes: Sequence[str]) -> np.ndarray:
+    """Which ``paths`` lie at or below one of ``prefixes`` (a numpy bool mask).
+
+    A zip member ``zip://MEMBER::URI`` is judged by the text after its last ``::``, the
+    URI of the outermost container file. Matching stops at path separators, so the
+    source ``file:///data`` does not claim ``file:///data2/x.dcm``. The regex runs on
+    zip members only: on ten million plain paths it would cost seconds.
+    """
+    under = _match(paths, prefixes)
+    is_zip = pc.fill_null(pc.starts_with(paths, "zip://"), False).to_numpy(zero_copy_only=False)
+    if is_zip.any():
+        members = np.flatnonzero(is_zip)
+        outer = pc.replace_substring_regex(
+            paths.take(pa.array(members)), pattern=r"^.*::", replacement=""
+        )
+        under[members] = _match(outer, prefixes)
+    return under
+
+
+def _sorted_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct int64 values.
+
+    np.sort plus a neighbour comparison: numpy 2's np.unique hashes and is ten times
+    slower on ten million random 64-bit ids.
+    """
+    out = np.sort(np.asarray(values, dtype=np.int64))
+    if len(out) > 1:
+        keep = np.empty(len(out), dtype=bool)
+        keep[0] = True
+        np.not_equal(out[1:], out[:-1], out=keep[1:])
+        out = out[keep]
+    return out
+
+
+def _positions(sorted_values: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Index into ``sorted_values`` where each query is, or would be (clipped in range).
+
+    Binary searches in random order miss the cache on every step; for many queries,
+    searching them in sorted order and scattering the answers back is several times
+    faster.
+    """
+    if len(queries) > 1 << 16:
+        order = np.argsort(queries)
+        idx = np.empty(len(queries), dtype=np.intp)
+        idx[order] = np.searchsorted(sorted_values, queries[order])
+    else:
+        idx = np.searchsorted(sorted_values, queries)
+    np.minimum(idx, len(sorted_values) - 1, out=idx)
+    return idx
+
+
+def _member_of(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    if len(sorted_set) == 0:
+        return np.zeros(len(values), dtype=bool)
+    return sorted_set[_positions(sorted_set, values)] == values
+
+
+def stale_row_ids(
+    lake: str,
+    prefixes: Iterable[str],
+    seen_row_ids: np.ndarray,
+    storage_options: StorageOptions | None = None,
+) -> np.ndarray:
+    """Row ids of files that disappeared from the sources just scanned (for ``--sync``).
+
+    Reads ``row_id`` and ``path`` batch by batch. Rows of other sources are never
+    returned, so syncing one folder cannot delete what another folder contributed.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+        prefixes: The sources scanned, as URIs (``file:///data``, ``s3://b/k``); a
+            plain local path is turned into a ``file://`` URI. A row belongs to a
+            source when its path (for a zip member, the zip's URI after the last
+            ``::``) equals the source or lies below it.
+        seen_row_ids: Row ids of every file the scan listed.
+        storage_options: Options for the storage backend.
+
+    Returns:
+        Sorted unique int64 row ids present in the lake under a prefix but not seen.
+
+    Raises:
+        ValueError: If a prefix is empty.
+        LakeError: If the table exists but cannot be read.
+    """
+    norm = sorted({_source_prefix(p) for p in prefixes})
+    empty = np.empty(0, dtype=np.int64)
+    if not norm:
+        return empty
+    dt = _try_open(lake, storage_options)
+    if dt is None:
+        return empty
+    found: list[np.ndarray] = []
+    try:
+        for batch in _batches(dt, ["row_id", "path"]):
+            if batch.num_rows:
+                under = _under_any(batch.column("path"), norm)
+                found.append(batch.column("row_id").to_numpy()[under])
+    except (DeltaError, OSError, pa.ArrowException) as exc:
+        raise _lake_error("read", lake, exc) from exc
+    if not found:
+        return empty
+    candidates = _sorted_unique(np.concatenate(found))
+    del found
+    return candidates[~_member_of(candidates, _sorted_unique(seen_row_ids))]
+
+
+def delete_rows(
+    lake: str,
+    row_ids: np.ndarray,
+    storage_options: StorageOptions | None = None,
+    *,
+    chunk_size: int = DELETE_CHUNK,
+) -> int:
+    """Delete rows by row id.
+
+    Each chunk is one MERGE ... WHEN MATCHED DELETE transaction: one scan of the
+    table per chunk, where a ``row_id IN (...)`` predicate costs a comparison per id
+    per row and a long SQL text.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+        row_ids: Row ids to delete; duplicates and ids not in the lake are fine.
+        storage_options: Options for the storage backend.
+        chunk_size: Most row ids per transaction.
+
+    Returns:
+        Number of rows deleted.
+
+    Raises:
+        ValueError: If ``chunk_size`` is not positive.
+        LakeError: If the table cannot be written.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    ids = _sorted_unique(row_ids)
+    if len(ids) == 0:
+        return 0
+    dt = _try_open(lake, storage_options)
+    if dt is None:
+        return 0
+    deleted = 0
+    try:
+        for start in range(0, len(ids), chunk_size):
+            source = pa.table({"row_id": ids[start : start + chunk_size]})
+            metrics = (
+                dt.merge(
+                    source,
+                    "target.row_id = source.row_id",
+                    source_alias="source",
+                    target_alias="target",
+                    writer_properties=WRITER_PROPERTIES,
+                )
+                .when_matched_delete()
+                .execute()
+            )
+            deleted += int(metrics.get("num_target_rows_deleted", 0))
+    except (DeltaError, OSError) as exc:
+        raise _lake_error("write", lake, exc) from exc
+    log.info("deleted %d rows from %s", deleted, lake)
+    return deleted
+
+
+# ---------------------------------------------------------------------------- writing
+
+
+def check_lake_writable(lake: str, storage_options: StorageOptions | None = None) -> None:
+    """Fail early, before a run extracts anything, if the lake cannot be written.
+
+    Creates the lake folder when missing, then writes and deletes a probe file in it
+    (and in the ``instances`` commit log when the table exists). Writing a file is the
+    only reliable test: ``os.access`` says yes to root on a read-only mount.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+        storage_options: Options for the storage backend.
+
+    Raises:
+        LakeError: "cannot write lake at X: <reason>" when the folder cannot be
+            created or written, e.g. the path is an existing regular file.
+    """
+    local = _local_path(_lake_root(lake))
+    if local is None:
+        _probe_remote(lake, storage_options)
+        return
+    if os.path.exists(local) and not os.path.isdir(local):
+        raise LakeError(
+            f"cannot write lake at {lake}: {local} is a file, not a folder; "
+            "pass a folder (new or existing) to --lake",
+            lake=lake,
+        )
+    try:
+        os.makedirs(local, exist_ok=True)
+    except OSError as exc:
+        raise LakeError(
+            f"cannot write lake at {lake}: cannot create folder {local}: {exc.strerror or exc}",
+            lake=lake,
+        ) from exc
+    log_dir = os.path.join(local, INSTANCES_TABLE, "_delta_log")
+    for folder in (local, log_dir):
+        if folder is log_dir and not os.path.isdir(log_dir):
+            continue
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".dicomlake-probe-", dir=folder)
+            os.close(fd)
+            os.remove(probe)
+        except OSError as exc:
+            raise LakeError(
+                f"cannot write lake at {lake}: cannot create files in {folder}: "
+                f"{exc.strerror or exc}",
+                lake=lake,
+            ) from exc
+
+
+def _probe_remote(lake: str, storage_options: StorageOptions | None) -> None:
+    import pyarrow.fs as pafs
+    from deltalake.fs import DeltaStorageHandler
+
+    probe = f".dicomlake-probe-{uuid.uuid4().hex}"
+    try:
+        fs = pafs.PyFileSystem(DeltaStorageHandler(_lake_root(lake), _opts(storage_options)))
+        # An empty object: writing bytes through deltalake 1.6.6's handler fails on
+        # pyarrow 26 ("'Buffer' object is not an instance of 'bytes'").
+        with fs.open_output_stream(probe):
+            pass
+        fs.delete_file(probe)
+    except (DeltaError, OSError, pa.ArrowException, TypeError) as exc:
+        raise _lake_error("write", lake, exc) from exc
+
+
+def conform_batch(batch: pa.RecordBatch | pa.Table, *, lake: str = "") -> pa.RecordBatch:
+    """Return ``batch`` in exactly :data:`~dicomlake.schema.INSTANCES_SCHEMA`.
+
+    Columns may come in any order and with types that cast safely (int32 sizes, ns
+    timestamps); missing, extra or uncastable columns and nulls in ``row_id``,
+    ``path`` or ``status`` are errors, because a kernel produced them.
+
+    Args:
+        batch: Rows from a kernel.
+        lake: The lake the rows are for, kept on the error.
+
+    Returns:
+        The same rows in the canonical schema.
+
+    Raises:
+        LakeError: If the batch cannot be made to fit the schema; the message names
+            the columns at fault.
+    """
+    if isinstance(batch, pa.Table):
+        chunks = batch.combine_chunks().to_batches()
+        batch = chunks[0] if chunks else pa.RecordBatch.from_pylist([], schema=batch.schema)
+    if batch.schema.equals(INSTANCES_SCHEMA):
+        arrays = list(batch.columns)
+    else:
+        names = batch.schema.names
+        missing = [n for n in INSTANCES_SCHEMA.names if n not in names]
+        extra = [n for n in names if n not in INSTANCES_SCHEMA.names]
+        if missing or extra or len(set(names)) != len(names):
+            raise LakeError(
+                "row batch does not match the instances schema: "
+                f"missing columns {missing}, unexpected columns {extra}"
+                + ("" if len(set(names)) == len(names) else ", duplicate column names")
+                + "; build batches with dicomlake.schema.INSTANCES_SCHEMA",
+                lake=lake,
+            )
+        arrays = []
+        for field in INSTANCES_SCHEMA:
+            column = batch.column(field.name)
+            if column.type != field.type:
+                try:
+                    column = column.cast(field.type, safe=True)
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                    # Arrow's message quotes the offending value, which may be patient data.
+                    raise LakeError(
+                        f"row batch column {field.name!r} has type {column.type}, expected "
+                        f"{field.type}, and some values do not cast",
+                        lake=lake,
+                    ) from exc
+            arrays.append(column)
+    for field, column in zip(INSTANCES_SCHEMA, arrays, strict=True):
+        if not field.nullable and column.null_count:
+            raise LakeError(
+                f"row batch column {field.name!r} has {column.null_count} nulls; it must "
+                "be set on every row",
+                lake=lake,
+            )
+    return pa.RecordBatch.from_arrays(arrays, schema=INSTANCES_SCHEMA)
+
+
+def _last_per_row_id(table: pa.Table) -> pa.Table:
+    """Keep only the last row of each row id (MERGE refuses duplicate source keys)."""
+    ids = table.column("row_id").to_numpy()
+    if len(_sorted_unique(ids)) == len(ids):
+        return table
+    last: dict[int, int] = {}  # replace batches are small: a dict is fine here
+    for i, row_id in enumerate(ids.tolist()):
+        last[row_id] = i
+    return table.take(pa.array(sorted(last.values())))
+
+
+class InstanceWriter:
+    """Append row batches to ``<lake>/instances`` in small commits.
+
+    Rows are buffered and committed once ``max_rows`` are waiting or the oldest has
+    waited ``max_seconds`` (checked on each :meth:`write` and :meth:`commit_if_due`),
+    so a crash loses at most the uncommitted rows, and a re-run finds them missing and
+    extracts them again. New rows are appended (no scan of the table). Rows written
+    with ``replace=True`` go through one MERGE on ``row_id`` per commit, which
+    replaces the old row and inserts in one atomic transaction: a changed file never
+    has zero or two rows, whenever the process dies.
+
+    Example:
+        >>> with InstanceWriter(lake) as writer:  # doctest: +SKIP
+        ...     for batch in batches:
+        ...         writer.write(batch)
+    """
+
+    def __init__(
+        self,
+        lake: str,
+        *,
+        max_rows: int = 5000,
+        max_seconds: float = 5.0,
+        storage_options: StorageOptions | None = None,
+        target_file_size: int = TARGET_FILE_SIZE,
+    ) -> None:
+        if max_rows < 1:
+            raise ValueError(f"max_rows must be at least 1, got {max_rows}")
+        if not max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive, got {max_seconds}")
+        self.lake = lake
+        self.uri = instances_uri(lake)
+        self.max_rows = max_rows
+        self.max_seconds = float(max_seconds)
+        self.target_file_size = target_file_size
+        self._storage_options = _opts(storage_options)
+        self._table: DeltaTable | None = None
+        self._append: list[pa.RecordBatch] = []
+        self._replace: list[pa.RecordBatch] = []
+        self._buffered = 0
+        self._oldest: float | None = None
+        self._closed = False
+        #: Rows committed so far by this writer.
+        self.rows_committed = 0
+        #: Delta transactions committed so far by this writer.
+        self.commits = 0
+
+    # -- buffering
+
+    @property
+    def buffered_rows(self) -> int:
+        """Rows written but not yet committed."""
+        return self._buffered
+
+    def write(self, batch: pa.RecordBatch | pa.Table, *, replace: bool = False) -> None:
+        """Buffer rows, and commit if the buffer is due.
+
+        Args:
+            batch: Rows in :data:`~dicomlake.schema.INSTANCES_SCHEMA` (see
+                :func:`conform_batch` for what is accepted).
+            replace: The rows replace existing rows with the same ``row_id`` (a
+                changed file extracted again); rows whose id is not in the lake are
+                inserted.
+
+        Raises:
+            LakeError: If the batch does not fit the schema or a due commit fails.
+            RuntimeError: If the writer is closed.
+        """
+        if self._closed:
+            raise RuntimeError("InstanceWriter is closed")
+        rb = conform_batch(batch, lake=self.lake)
+        if rb.num_rows:
+            (self._replace if replace else self._append).append(rb)
+            self._buffered += rb.num_rows
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+        self.commit_if_due()
+
+    def due(self) -> bool:
+        """Whether the buffer has reached ``max_rows`` or ``max_seconds``."""
+        if not self._buffered or self._oldest is None:
+            return False
+        return (
+            self._buffered >= self.max_rows or time.monotonic() - self._oldest >= self.max_seconds
+        )
+
+    def commit_if_due(self) -> int:
+        """Commit if :meth:`due`; an engine idle between batches can call this.
+
+        Returns:
+            Rows committed (0 when nothing was due).
+
+        Raises:
+            LakeError: If the commit fails.
+        """
+        return self.flush() if self.due() else 0
+
+    def flush(self) -> int:
+        """Commit every buffered row now.
+
+        Returns:
+            Rows committed.
+
+        Raises:
+            LakeError: If the lake cannot be written; rows not committed stay buffered.
+        """
+        if not self._buffered:
+            return 0
+        committed = 0
+        try:
+            dt = self._ensure_table()
+            if self._append:
+                data = pa.Table.from_batches(self._append, schema=INSTANCES_SCHEMA)
+                write_deltalake(
+                    dt,
+                    data,
+                    mode="append",
+                    schema_mode="merge",
+                    target_file_size=self.target_file_size,
+                    writer_properties=WRITER_PROPERTIES,
+                )
+                self._account(len(data), self._append)
+                self._append = []
+                committed += len(data)
+            if self._replace:
+                source = _last_per_row_id(
+                    pa.Table.from_batches(self._replace, schema=INSTANCES_SCHEMA)
+                )
+                metrics = (
+                    dt.merge(
+                        source,
+                        "target.row_id = source.row_id",
+                        source_alias="source",
+                        target_alias="target",
+                        merge_schema=True,
+                        writer_properties=WRITER_PROPERTIES,
+                    )
+                    .when_matched_update_all()
+                    .when_not_matched_insert_all()
+                    .execute()
+                )
+                log.debug("merge into %s: %s", self.uri, metrics)
+                self._account(len(source), self._replace)
+                self._replace = []
+                committed += len(source)
+        except (DeltaError, OSError) as exc:
+            raise _lake_error("write", self.lake, exc) from exc
+        except BaseException as exc:
+            if _is_panic(exc):
+                raise _lake_error("write", self.lake, exc) from exc
+            raise
+        self._oldest = None if not self._buffered else time.monotonic()
+        log.debug("committed %d rows to %s", committed, self.uri)
+        return committed
+
+    def _account(self, rows: int, buffer: list[pa.RecordBatch]) -> None:
+        self._buffered -= sum(b.num_rows for b in buffer)
+        self.rows_committed += rows
+        self.commits += 1
+
+    def _ensure_table(self) -> DeltaTable:
+        """Load the table, creating it (and its folder) on the first commit."""
+        if self._table is not None:
+            return self._table
+        local = _local_path(self.uri)
+        if local is not None:
+            parent = os.path.dirname(local)
+            if os.path.exists(parent) and not os.path.isdir(parent):
+                raise LakeError(
+                    f"cannot write lake at {self.lake}: {parent} is a file, not a folder",
+                    lake=self.lake,
+                )
+            try:
+                os.makedirs(local, exist_ok=True)
+            except OSError as exc:
+                raise LakeError(
+                    f"cannot write lake at {self.lake}: {exc.strerror or exc}", lake=self.lake
+                ) from exc
+        self._table = DeltaTable.create(
+            self.uri,
+            INSTANCES_SCHEMA,
+            mode="ignore",
+            name=INSTANCES_TABLE,
+            description="dicomlake: one row per DICOM file or zip member",
+            storage_options=self._storage_options,
+        )
+        return self._table
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        """Commit what is buffered; later writes raise.
+
+        Raises:
+            LakeError: If the final commit fails.
+        """
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The rows buffered so far are good; keep them, but never hide the original error.
+        try:
+            self.close()
+        except Exception:
+            log.exception("could not commit buffered rows to %s while unwinding", self.uri)
+            self._closed = True
+
+    def __repr__(self) -> str:
+        return (
+            f"InstanceWriter({self.uri!r}, buffered={self._buffered}, "
+            f"committed={self.rows_committed}, commits={self.commits})"
+        )

@@ -1,0 +1,318 @@
+"""SQL over a lake: one in-memory DuckDB connection with the lake's views.
+
+``deltalake`` resolves which Parquet files make up the table version, and DuckDB reads
+exactly those files with its built-in Parquet reader, pushing projections and filters
+into the scan. No DuckDB extension is needed (the ``delta`` extension would be a
+download). The connection reads the table version that was current when it was made:
+later commits neither change nor break its answers (until a vacuum deletes files).
+
+Why not ``DeltaTable.to_pyarrow_dataset()`` registered in DuckDB: delta-rs 1.6.6 writes
+the files of a MERGE or DELETE with ``string_view`` columns, and pyarrow 26 has no
+comparison kernels for them, so any pushed-down filter on a string column (``WHERE
+status = 'ok'``) fails once a file was replaced or a row deleted. The dataset is still
+used for object-store lakes, where DuckDB would need the ``httpfs`` download.
+
+Views: ``instances`` (the table), ``series`` and ``studies`` (aggregates of the
+``status = 'ok'`` rows), ``thumbnails`` when the lake has that table. Helpers: the
+macro ``tag(meta, key)`` and the table ``dicom_keywords(keyword, tag)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from typing import TYPE_CHECKING, Any
+
+import duckdb
+import pyarrow as pa
+
+from dicomlake.errors import LakeError
+from dicomlake.lake.delta import (
+    INSTANCES_TABLE,
+    THUMBNAILS_TABLE,
+    StorageOptions,
+    _local_path,
+    arrow_dataset,
+    open_table,
+    table_exists,
+)
+
+if TYPE_CHECKING:
+    from deltalake import DeltaTable
+
+log = logging.getLogger(__name__)
+
+#: Views and helpers every connection from :func:`connect` has.
+VIEWS = ("instances", "series", "studies")
+
+_SERIES_SQL = """
+CREATE VIEW series AS
+SELECT
+    "SeriesInstanceUID",
+    min("StudyInstanceUID") AS "StudyInstanceUID",
+    min("PatientID") AS "PatientID",
+    min("PatientName") AS "PatientName",
+    min("Modality") AS "Modality",
+    min("SeriesDescription") AS "SeriesDescription",
+    min("SeriesNumber") AS "SeriesNumber",
+    min("BodyPartExamined") AS "BodyPartExamined",
+    min("Manufacturer") AS "Manufacturer",
+    min("ManufacturerModelName") AS "ManufacturerModelName",
+    count(*) AS n_instances,
+    coalesce(sum(CASE WHEN has_pixel_data THEN coalesce("NumberOfFrames", 1) ELSE 0 END), 0)
+        ::BIGINT AS n_frames,
+    list_sort(list_distinct(list("Modality"))) AS modalities,
+    min("StudyDate") AS first_date,
+    max("StudyDate") AS last_date,
+    sum(size)::BIGINT AS total_size,
+    CASE WHEN min("Rows") = max("Rows") THEN min("Rows") END AS "Rows",
+    CASE WHEN min("Columns") = max("Columns") THEN min("Columns") END AS "Columns",
+    min("SliceThickness") AS min_slice_thickness,
+    max("SliceThickness") AS max_slice_thickness,
+    min("InstanceNumber") AS min_instance_number,
+    max("InstanceNumber") AS max_instance_number,
+    list_sort(list_distinct(list("SOPClassUID"))) AS sop_class_uids,
+    list_sort(list_distinct(list("TransferSyntaxUID"))) AS transfer_syntaxes,
+    max(ingested_at) AS ingested_at
+FROM instances
+WHERE status = 'ok' AND "SeriesInstanceUID" IS NOT NULL
+GROUP BY "SeriesInstanceUID"
+"""
+
+_STUDIES_SQL = """
+CREATE VIEW studies AS
+SELECT
+    "StudyInstanceUID",
+    min("PatientID") AS "PatientID",
+    min("PatientName") AS "PatientName",
+    min("PatientSex") AS "PatientSex",
+    min("PatientAge") AS "PatientAge",
+    min("StudyDate") AS "StudyDate",
+    min("StudyTime") AS "StudyTime",
+    min("StudyDescription") AS "StudyDescription",
+    min("AccessionNumber") AS "AccessionNumber",
+    count(DISTINCT "SeriesInstanceUID") AS n_series,
+    count(*) AS n_instances,
+    coalesce(sum(CASE WHEN has_pixel_data THEN coalesce("NumberOfFrames", 1) ELSE 0 END), 0)
+        ::BIGINT AS n_frames,
+    list_sort(list_distinct(list("Modality"))) AS modalities,
+    min("StudyDate") AS first_date,
+    max("StudyDate") AS last_date,
+    sum(size)::BIGINT AS total_size,
+    max(ingested_at) AS ingested_at
+FROM instances
+WHERE status = 'ok' AND "StudyInstanceUID" IS NOT NULL
+GROUP BY "StudyInstanceUID"
+"""
+
+# ``tag(meta, key)``: the key becomes "GGGGEEEE" (a keyword through the map held in the
+# variable ``dicom_keywords``); one json_extract pulls that tag's small element out of
+# ``meta``, the only parse of the whole header; the lambda binds the element so that a
+# WHERE clause does not extract it three times. The key may be a column, not only a
+# constant. An unknown keyword raises instead of quietly giving NULL on every row.
+_TAG_SQL = """
+CREATE MACRO _dicom_tag_key(key) AS
+    CASE
+        WHEN regexp_full_match(key, '[0-9A-Fa-f]{8}') THEN upper(key)
+        WHEN getvariable('dicom_keywords')[key] IS NULL THEN error(
+            'tag(): ' || key || ' is neither a DICOM keyword (case-sensitive, as in '
+            || 'PatientAge) nor 8 hex digits (as in 00101010)')
+        ELSE getvariable('dicom_keywords')[key]
+    END;
+CREATE MACRO tag(meta, key) AS
+    list_transform(
+        [json_extract(meta, '$."' || _dicom_tag_key(key) || '"')],
+        lambda e: nullif(
+            CASE WHEN json_extract_string(e, '$.vr') = 'PN'
+                THEN json_extract_string(e, '$.Value[0].Alphabetic')
+                ELSE json_extract_string(e, '$.Value[0]')
+            END, '')
+    )[1];
+"""
+
+
+#: DuckDB schema for helper tables that users need not see in SHOW TABLES.
+_PRIVATE = "dicomlake_internal"
+
+#: Delta reader features that neither DuckDB's Parquet reader nor pyarrow applies.
+_UNSUPPORTED_READER_FEATURES = frozenset({"deletionVectors", "columnMapping"})
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _plain_path(uri: str) -> str:
+    """A data file's local path: file_uris() percent-encodes ("a b" -> "a%20b")."""
+    if uri.startswith("file://"):
+        return _local_path(uri) or uri
+    return urllib.parse.unquote(uri)
+
+
+def _register_table(con: duckdb.DuckDBPyConnection, name: str, dt: DeltaTable, lake: str) -> None:
+    """Create the view ``name`` over the files of ``dt``'s loaded version.
+
+    The view is an empty table with the Delta schema UNION ALL BY NAME the Parquet
+    files, so its columns and types are the table's even when the table has no files
+    or older files lack a column added later.
+    """
+    features = set(dt.protocol().reader_features or ())
+    unsupported = sorted(features & _UNSUPPORTED_READER_FEATURES)
+    if unsupported:
+        raise LakeError(
+            f"cannot read table {name} in lake {lake}: it uses the Delta reader features "
+            f"{unsupported}, which dicomlake cannot read; rewrite the table without them",
+            lake=lake,
+        )
+    local = _local_path(dt.table_uri)
+    if local is None:
+        # Object store: DuckDB has no built-in reader for it; see the module docstring.
+        con.register(name, arrow_dataset(dt))
+        return
+    empty = f'{_PRIVATE}."{name}_schema"'
+    con.register("_dicomlake_arrow_schema", pa.schema(dt.schema().to_arrow()).empty_table())
+    con.execute(f"CREATE TABLE {empty} AS SELECT * FROM _dicomlake_arrow_schema")
+    con.unregister("_dicomlake_arrow_schema")
+    files = [_plain_path(uri) for uri in dt.file_uris()]
+    sql = f'CREATE VIEW "{name}" AS SELECT * FROM {empty}'
+    if files:
+        listing = ", ".join(_sql_string(f) for f in files)
+        sql += f" UNION ALL BY NAME SELECT * FROM read_parquet([{listing}], union_by_name = true)"
+    con.execute(sql)
+
+
+def _keyword_table() -> pa.Table:
+    """DICOM keyword → tag ("GGGGEEEE") from pydicom's data dictionary."""
+    from pydicom.datadict import keyword_dict
+
+    items = sorted(keyword_dict.items())
+    return pa.table(
+        {
+            "keyword": pa.array([k for k, _ in items], pa.string()),
+            "tag": pa.array([f"{t:08X}" for _, t in items], pa.string()),
+        }
+    )
+
+
+def _register_tag_helpers(con: duckdb.DuckDBPyConnection) -> None:
+    keywords = _keyword_table()
+    con.register("_dicom_keywords_arrow", keywords)
+    con.execute("CREATE TABLE dicom_keywords AS SELECT * FROM _dicom_keywords_arrow")
+    con.unregister("_dicom_keywords_arrow")
+    con.execute(
+        "SET VARIABLE dicom_keywords = (SELECT map(list(keyword), list(tag)) FROM dicom_keywords)"
+    )
+    con.execute(_TAG_SQL)
+
+
+def connect(
+    lake: str,
+    *,
+    storage_options: StorageOptions | None = None,
+    version: int | None = None,
+) -> duckdb.DuckDBPyConnection:
+    """Open an in-memory DuckDB connection with the lake's views.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+        storage_options: Options for the storage backend, passed to :mod:`deltalake`.
+        version: Version of the ``instances`` table to read; None for the latest.
+
+    Returns:
+        A connection with views ``instances``, ``series``, ``studies`` (and
+        ``thumbnails`` when the lake has it), the macro ``tag(meta, key)`` and the
+        table ``dicom_keywords``. The variables ``dicomlake_lake`` and
+        ``dicomlake_version`` say what it reads.
+
+    Raises:
+        TableNotFound: If the lake has no ``instances`` table.
+        LakeError: If the table cannot be read.
+
+    Example:
+        >>> con = connect("demo-lake")  # doctest: +SKIP
+        >>> con.sql("SELECT Modality, count(*) FROM instances GROUP BY 1").fetchall()
+    """
+    dt = open_table(lake, INSTANCES_TABLE, version=version, storage_options=storage_options)
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"CREATE SCHEMA {_PRIVATE}")
+        _register_table(con, INSTANCES_TABLE, dt, lake)
+        con.execute(_SERIES_SQL)
+        con.execute(_STUDIES_SQL)
+        if table_exists(lake, THUMBNAILS_TABLE, storage_options=storage_options):
+            thumbs = open_table(lake, THUMBNAILS_TABLE, storage_options=storage_options)
+            _register_table(con, THUMBNAILS_TABLE, thumbs, lake)
+        _register_tag_helpers(con)
+        con.execute("SET VARIABLE dicomlake_lake = ?", [lake])
+        con.execute("SET VARIABLE dicomlake_version = ?::BIGINT", [dt.version()])
+    except BaseException:
+        con.close()
+        raise
+    log.debug("connected to %s at version %d", lake, dt.version())
+    return con
+
+
+def lake_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    """Counts that ``dicomlake info`` prints.
+
+    Args:
+        con: A connection from :func:`connect`.
+
+    Returns:
+        A dict with ``lake``, ``version``, ``files``, ``ok``, ``not_dicom``,
+        ``error`` (row counts by status), ``errors_by_class`` (error rows by the
+        text before the first ``:`` of ``error``, most frequent first),
+        ``patients``, ``studies``, ``series``, ``modalities`` (``ok`` instances per
+        Modality, most frequent first, ``None`` for rows without one) and
+        ``total_bytes``.
+
+    Raises:
+        duckdb.Error: If ``con`` was not made by :func:`connect`.
+    """
+    # fetchall() everywhere: in duckdb 2.0 a result left half-fetched (fetchone) makes
+    # the next con.sql() on the connection fail with "unfinished result".
+    row = con.execute(
+        """
+        SELECT
+            count(*),
+            count(*) FILTER (WHERE status = 'ok'),
+            count(*) FILTER (WHERE status = 'not_dicom'),
+            count(*) FILTER (WHERE status = 'error'),
+            count(DISTINCT "PatientID") FILTER (WHERE status = 'ok'),
+            count(DISTINCT "StudyInstanceUID") FILTER (WHERE status = 'ok'),
+            count(DISTINCT "SeriesInstanceUID") FILTER (WHERE status = 'ok'),
+            coalesce(sum(size), 0)::BIGINT
+        FROM instances
+        """
+    ).fetchall()[0]
+    files, ok, not_dicom, error, patients, studies, series, total_bytes = row
+    errors = con.execute(
+        """
+        SELECT trim(split_part(coalesce(error, ''), ':', 1)) AS cls, count(*) AS n
+        FROM instances WHERE status = 'error'
+        GROUP BY cls ORDER BY n DESC, cls
+        """
+    ).fetchall()
+    modalities = con.execute(
+        """
+        SELECT "Modality", count(*) AS n FROM instances WHERE status = 'ok'
+        GROUP BY "Modality" ORDER BY n DESC, "Modality" NULLS LAST
+        """
+    ).fetchall()
+    lake, version = con.execute(
+        "SELECT getvariable('dicomlake_lake'), getvariable('dicomlake_version')"
+    ).fetchall()[0]
+    return {
+        "lake": lake,
+        "version": version,
+        "files": files,
+        "ok": ok,
+        "not_dicom": not_dicom,
+        "error": error,
+        "errors_by_class": {cls or "(no message)": n for cls, n in errors},
+        "patients": patients,
+        "studies": studies,
+        "series": series,
+        "modalities": dict(modalities),
+        "total_bytes": total_bytes,
+    }
