@@ -26,8 +26,12 @@ def lake(small_folder: Path, tmp_path: Path) -> Path:
     return target
 
 
-def test_ingest_prints_one_summary_line_when_not_a_terminal(small_folder: Path, tmp_path: Path) -> None:
-    result = runner.invoke(app, ["ingest", str(small_folder), "--lake", str(tmp_path / "l"), "-w", "0"])
+def test_ingest_prints_one_summary_line_when_not_a_terminal(
+    small_folder: Path, tmp_path: Path
+) -> None:
+    result = runner.invoke(
+        app, ["ingest", str(small_folder), "--lake", str(tmp_path / "l"), "-w", "0"]
+    )
     assert result.exit_code == 0
     lines = result.stdout.strip().splitlines()
     assert len(lines) == 1
@@ -60,13 +64,21 @@ def test_wrong_flag_is_exit_2(small_folder: Path, tmp_path: Path) -> None:
 def test_sql_json_is_an_array_of_objects(lake: Path) -> None:
     result = runner.invoke(
         app,
-        ["sql", "--lake", str(lake), "--format", "json",
-         "SELECT Modality, count(*) AS n FROM instances GROUP BY 1 ORDER BY 1"],
+        [
+            "sql",
+            "--lake",
+            str(lake),
+            "--format",
+            "json",
+            "SELECT Modality, count(*) AS n FROM instances GROUP BY 1 ORDER BY 1",
+        ],
     )
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout) == [
-        {"Modality": "CT", "n": 1}, {"Modality": "MR", "n": 1},
-        {"Modality": "NM", "n": 1}, {"Modality": "RTSTRUCT", "n": 1},
+        {"Modality": "CT", "n": 1},
+        {"Modality": "MR", "n": 1},
+        {"Modality": "NM", "n": 1},
+        {"Modality": "RTSTRUCT", "n": 1},
     ]
 
 
@@ -77,7 +89,9 @@ def test_sql_csv_and_parquet(lake: Path, tmp_path: Path) -> None:
     parsed = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(parsed) == 4 and set(parsed[0]) == {"path", "Rows"}
     out = tmp_path / "out.parquet"
-    result = runner.invoke(app, ["sql", "--lake", str(lake), "-f", "parquet", "-o", str(out), query])
+    result = runner.invoke(
+        app, ["sql", "--lake", str(lake), "-f", "parquet", "-o", str(out), query]
+    )
     assert result.exit_code == 0
     assert pq.read_table(out).num_rows == 4
     result = runner.invoke(app, ["sql", "--lake", str(lake), "-f", "parquet", query])

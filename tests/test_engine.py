@@ -27,7 +27,10 @@ def test_a_file_that_hangs_becomes_a_timeout_row(tmp_path: Path) -> None:
     for path in good:
         shutil.copyfile(sample_file("CT_small.dcm"), path)
     engine = LocalEngine(InstancesKernel(), workers=2, file_timeout=2.0)
-    tasks = [Task(refs=[_ref(good[0]), _ref(fifo), _ref(good[1])]), Task(refs=[_ref(p) for p in good[2:]])]
+    tasks = [
+        Task(refs=[_ref(good[0]), _ref(fifo), _ref(good[1])]),
+        Task(refs=[_ref(p) for p in good[2:]]),
+    ]
     results = {}
     for _task, batch in engine.map(tasks):
         for row in batch.to_pylist():

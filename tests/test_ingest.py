@@ -28,7 +28,9 @@ from dicomlake.sample import (
 
 def rows(lake: Path, where: str = "true") -> list[dict]:
     con = dicomlake.connect(str(lake))
-    return con.sql(f"SELECT * FROM instances WHERE {where} ORDER BY path").to_arrow_table().to_pylist()
+    return (
+        con.sql(f"SELECT * FROM instances WHERE {where} ORDER BY path").to_arrow_table().to_pylist()
+    )
 
 
 def files_on_disk(folder: Path) -> set[str]:
@@ -222,7 +224,9 @@ def _version(lake: Path) -> int:
     return DeltaTable(str(lake / "instances")).version()
 
 
-def test_rerun_skips_unchanged_files_and_commits_nothing(small_folder: Path, tmp_path: Path) -> None:
+def test_rerun_skips_unchanged_files_and_commits_nothing(
+    small_folder: Path, tmp_path: Path
+) -> None:
     lake = tmp_path / "lake"
     first = dicomlake.ingest([str(small_folder)], str(lake), workers=0)
     version = _version(lake)
@@ -287,8 +291,18 @@ def test_kill_9_mid_ingest_then_rerun_gives_exactly_one_row_per_file(tmp_path: P
         (sub / f"f{i:05d}.dcm").write_bytes(ct)
     lake = tmp_path / "lake"
     command = [
-        sys.executable, "-m", "dicomlake", "ingest", str(folder), "--lake", str(lake),
-        "--workers", "1", "--commit-rows", "100", "--quiet",
+        sys.executable,
+        "-m",
+        "dicomlake",
+        "ingest",
+        str(folder),
+        "--lake",
+        str(lake),
+        "--workers",
+        "1",
+        "--commit-rows",
+        "100",
+        "--quiet",
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     log = lake / "instances" / "_delta_log"

@@ -425,3 +425,11 @@ def test_lake_path_with_space(tmp_path: Any) -> None:
     assert len(Fingerprints.load(lake)) == 2
     assert stale_row_ids(lake, ["file:///data"], np.array([1])).tolist() == [2]
     assert delete_rows(lake, np.array([2])) == 1
+
+
+def test_lake_package_exports() -> None:
+    import dicomlake.lake as lake_pkg
+
+    assert len(set(lake_pkg.__all__)) == len(lake_pkg.__all__)  # order: ruff's RUF022
+    for name in lake_pkg.__all__:
+        assert hasattr(lake_pkg, name), name

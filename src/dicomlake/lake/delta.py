@@ -62,6 +62,9 @@ WRITER_PROPERTIES: Final = WriterProperties(compression="ZSTD", compression_leve
 #: Target size of data files (delta-rs splits larger writes; compaction merges smaller).
 TARGET_FILE_SIZE: Final = 128 * 1024 * 1024
 
+#: InstanceWriter reloads its DeltaTable after this many commits (see _ensure_table).
+RELOAD_EVERY: Final = 50
+
 #: How many row ids one delete transaction handles.
 DELETE_CHUNK: Final = 1_000_000
 
@@ -759,6 +762,7 @@ class InstanceWriter:
         self.target_file_size = target_file_size
         self._storage_options = _opts(storage_options)
         self._table: DeltaTable | None = None
+        self._loaded_at = 0
         self._append: list[pa.RecordBatch] = []
         self._replace: list[pa.RecordBatch] = []
         self._buffered = 0
@@ -883,8 +887,18 @@ class InstanceWriter:
         self.commits += 1
 
     def _ensure_table(self) -> DeltaTable:
-        """Load the table, creating it (and its folder) on the first commit."""
+        """Load the table, creating it (and its folder) on the first commit.
+
+        The loaded table is reused, but reloaded every :data:`RELOAD_EVERY` commits: in
+        deltalake 1.6.6 each commit through the same ``DeltaTable`` object costs more
+        than the one before (0.035 s at 100 commits, 0.14 s at 400), while a freshly
+        loaded object starts from the latest checkpoint.
+        """
         if self._table is not None:
+            if self.commits - self._loaded_at < RELOAD_EVERY:
+                return self._table
+            self._table = DeltaTable(self.uri, storage_options=self._storage_options)
+            self._loaded_at = self.commits
             return self._table
         local = _local_path(self.uri)
         if local is not None:

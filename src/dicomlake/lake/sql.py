@@ -42,9 +42,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: Views and helpers every connection from :func:`connect` has.
-VIEWS = ("instances", "series", "studies")
-
 _SERIES_SQL = """
 CREATE VIEW series AS
 SELECT
