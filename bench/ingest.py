@@ -21,6 +21,8 @@ import json
 import os
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -89,38 +91,77 @@ def peak_rss_mib() -> tuple[float, float]:
     return own, children
 
 
+def run_contender(args: argparse.Namespace) -> None:
+    """Child mode: run one contender, print its figures as JSON (own process = own RSS)."""
+    corpus = Path(args.corpus)
+    if args.run == "baseline":
+        files = sorted(p for p in corpus.rglob("*") if p.is_file())
+        seconds, ok = baseline(files), len(files)
+    else:
+        seconds, ok = ours(corpus, Path(args.lake), args.workers)
+    own, children = peak_rss_mib()
+    print(json.dumps({"seconds": seconds, "ok": ok, "rss": own, "rss_workers": children}))
+
+
+def contender(name: str, corpus: Path, lake: Path, workers: int) -> dict:
+    command = [
+        sys.executable,
+        __file__,
+        "--run",
+        name,
+        "--corpus",
+        str(corpus),
+        "--lake",
+        str(lake),
+        "--workers",
+        str(workers),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep the corpus and lakes")
+    parser.add_argument("--run", choices=["baseline", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--corpus", help=argparse.SUPPRESS)
+    parser.add_argument("--lake", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.run:
+        run_contender(args)
+        return
 
     work = Path(tempfile.mkdtemp(prefix="dicomlake-bench-"))
     try:
         corpus = work / "corpus"
         files = build_corpus(corpus, args.files)
-        print(f"corpus: {len(files)} files, {sum(f.stat().st_size for f in files) / 2**20:.0f} MiB")
-        # warm the page cache so every contender reads from memory
-        for path in files:
+        size = sum(f.stat().st_size for f in files) / 2**20
+        print(f"corpus: {len(files)} files, {size:.0f} MiB (page cache warmed)")
+        for path in files:  # every contender reads from memory
             path.read_bytes()
 
-        base = baseline(files)
-        one, ok_one = ours(corpus, work / "lake1", 1)
-        many, ok_many = ours(corpus, work / "lakeN", args.workers)
-        assert ok_one == ok_many, (ok_one, ok_many)
+        base = contender("baseline", corpus, work / "unused", 32)
+        one = contender("ours", corpus, work / "lake1", 1)
+        many = contender("ours", corpus, work / "lakeN", args.workers)
+        assert one["ok"] == many["ok"], (one, many)
         # the rest are files we flag and pydicom reads leniently (e.g. truncated ones)
-        print(f"rows ok: {ok_one} of {len(files)}")
+        print(f"rows ok: {one['ok']} of {len(files)}")
 
         n = len(files)
-        print(f"{'contender':<44}{'files/s':>10}{'x baseline':>12}")
-        print(f"{'baseline (pixels-style, 32 threads)':<44}{n / base:>10.0f}{1.0:>12.2f}")
-        print(f"{'dicomlake ingest, 1 worker':<44}{n / one:>10.0f}{base / one:>12.2f}")
-        label = f"dicomlake ingest, {args.workers} workers"
-        print(f"{label:<44}{n / many:>10.0f}{base / many:>12.2f}")
-        print(f"scaling 1 -> {args.workers} workers: {one / many:.2f}x")
-        own, child = peak_rss_mib()
-        print(f"peak RSS: coordinator {own:.0f} MiB, largest worker {child:.0f} MiB")
+        rows = [
+            ("baseline (pixels-style, 32 threads)", base),
+            ("dicomlake ingest, 1 worker", one),
+            (f"dicomlake ingest, {args.workers} workers", many),
+        ]
+        print(f"{'contender':<40}{'files/s':>9}{'x baseline':>12}{'RSS MiB':>9}{'worker':>8}")
+        for label, figures in rows:
+            rate = n / figures["seconds"]
+            ratio = base["seconds"] / figures["seconds"]
+            workers_rss = f"{figures['rss_workers']:.0f}" if label.startswith("dicomlake") else "-"
+            print(f"{label:<40}{rate:>9.0f}{ratio:>12.2f}{figures['rss']:>9.0f}{workers_rss:>8}")
+        print(f"scaling 1 -> {args.workers} workers: {one['seconds'] / many['seconds']:.2f}x")
     finally:
         if args.keep:
             print(f"kept: {work}")
