@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -99,11 +100,47 @@ def _mtime_us(ref: FileRef) -> int:
     return -1 if ref.mtime is None else (ref.mtime - _EPOCH) // _ONE_US
 
 
+class _Seen:
+    """Row ids met in this run: a set only when sources overlap, else a compact array.
+
+    A 10-million-file run must not hold 10 million Python ints: duplicates can only
+    come from overlapping sources (the walker never visits a folder twice), and
+    ``--sync`` needs the ids only as one int64 array at the end.
+    """
+
+    def __init__(self, *, dedupe: bool, keep: bool) -> None:
+        self._set: set[int] | None = set() if dedupe else None
+        self._ids: array[int] | None = array("q") if keep else None
+
+    def add(self, rid: int) -> bool:
+        """Record ``rid``; return False when it was already met."""
+        if self._set is not None:
+            if rid in self._set:
+                return False
+            self._set.add(rid)
+        if self._ids is not None:
+            self._ids.append(rid)
+        return True
+
+    def as_array(self) -> np.ndarray:
+        """All ids met, as int64."""
+        return np.frombuffer(self._ids or array("q"), dtype=np.int64)
+
+
+def _overlapping(prefixes: Sequence[str]) -> bool:
+    """True when one source lies inside another (so a file could be listed twice)."""
+    return any(
+        i != j and (a == b or (b.endswith("/") and a.startswith(b)))
+        for i, a in enumerate(prefixes)
+        for j, b in enumerate(prefixes)
+    )
+
+
 def _plan(
     refs: Iterator[FileRef],
     fingerprints: Fingerprints,
     summary: IngestSummary,
-    seen: set[int],
+    seen: _Seen,
     task_size: int,
 ) -> Iterator[Task]:
     """Yield tasks of new files and of changed files (context: replace?)."""
@@ -133,10 +170,9 @@ def _plan(
     for ref in refs:
         summary.listed += 1
         rid = row_id(ref.path)
-        if rid in seen:  # the same file reached through two sources
+        if not seen.add(rid):  # the same file reached through two sources
             summary.duplicates += 1
             continue
-        seen.add(rid)
         pending.append(ref)
         ids.append(rid)
         if len(pending) >= task_size:
@@ -190,7 +226,8 @@ def ingest(
     check_lake_writable(lake, storage_options=storage_options)
     summary = IngestSummary()
     fingerprints = Fingerprints.load(lake, storage_options=storage_options)
-    seen: set[int] = set()
+    prefixes = [source_prefix(s, storage_options) for s in source_list]
+    seen = _Seen(dedupe=_overlapping(prefixes), keep=sync)
     kernel = InstancesKernel(bulk_threshold=bulk_threshold, storage_options=storage_options)
     engine = LocalEngine(kernel, workers=workers, file_timeout=file_timeout)
     refs = iter_files(source_list, storage_options=storage_options)
@@ -210,10 +247,7 @@ def ingest(
                 progress(summary)
     summary.commits = writer.commits
     if sync:
-        prefixes = [source_prefix(s, storage_options) for s in source_list]
-        stale = stale_row_ids(
-            lake, prefixes, np.fromiter(seen, dtype=np.int64), storage_options=storage_options
-        )
+        stale = stale_row_ids(lake, prefixes, seen.as_array(), storage_options=storage_options)
         if len(stale):
             summary.deleted = delete_rows(lake, stale, storage_options=storage_options)
     summary.seconds = time.monotonic() - summary.started
