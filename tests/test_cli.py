@@ -125,3 +125,53 @@ def test_help_runs_as_a_subprocess() -> None:
     assert result.returncode == 0
     for command in ("ingest", "sql", "info", "demo"):
         assert command in result.stdout
+
+
+def test_demo_ingests_the_sample_data_and_answers(tmp_path: Path) -> None:
+    lake, data = tmp_path / "demo-lake", tmp_path / "demo-data"
+    result = runner.invoke(app, ["demo", "--lake", str(lake), "--data", str(data), "-q"])
+    assert result.exit_code == 0, result.output
+    assert "ingested:" in result.stdout and "not_dicom" in result.stdout
+    assert "Modality" in result.stdout and "TruncatedFile" in result.stdout
+
+
+@pytest.mark.slow
+def test_progress_and_summary_table_on_a_terminal(small_folder: Path, tmp_path: Path) -> None:
+    import os
+    import pty
+
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dicomlake",
+            "ingest",
+            str(small_folder),
+            "--lake",
+            str(tmp_path / "lake"),
+            "-w",
+            "1",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    )
+    os.close(secondary)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(primary, 4096)
+        except OSError:  # the terminal closed: the process is done
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    process.wait(timeout=120)
+    os.close(primary)
+    screen = b"".join(chunks).decode("utf-8", "replace")
+    assert process.returncode == 0
+    assert "files/s" in screen  # the live line and the table both say it
+    assert "skipped unchanged" in screen and "not_dicom" in screen
+    assert process.stdout is not None and process.stdout.read() == b""  # nothing on stdout

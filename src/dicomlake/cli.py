@@ -154,12 +154,14 @@ class _Progress:
     """A live progress line on stderr: files done, files/s, errors so far."""
 
     def __enter__(self) -> _Progress:
+        from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
         self._progress = Progress(
             SpinnerColumn(),
             TextColumn("{task.description}"),
             TimeElapsedColumn(),
+            console=Console(stderr=True),
             transient=True,
         )
         self._progress.__enter__()
