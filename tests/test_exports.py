@@ -21,3 +21,16 @@ def test_every_public_name_is_in_all() -> None:
     }
     public -= {"annotations", "TYPE_CHECKING", "Any"}
     assert public == set(dicomlake.__all__) - {"__version__"}
+
+
+def test_import_is_light() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import dicomlake, sys; "
+        "print(sorted(m for m in ('pydicom', 'deltalake', 'duckdb', 'pyarrow', 'rich', 'numpy')"
+        " if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]"

@@ -323,3 +323,13 @@ def test_kill_9_mid_ingest_then_rerun_gives_exactly_one_row_per_file(tmp_path: P
     assert len(paths) == 1500 == len(set(paths))
     assert set(paths) == files_on_disk(folder)
     assert f"{committed} skipped unchanged" in result.stdout
+
+
+def test_lake_object_ingests_queries_and_refreshes(small_folder: Path, tmp_path: Path) -> None:
+    with dicomlake.Lake(str(tmp_path / "lake")) as lake:
+        lake.ingest([str(small_folder / "CT_small.dcm")], workers=0)
+        assert lake.sql("SELECT count(*) FROM instances").fetchall() == [(1,)]
+        lake.ingest([str(small_folder)], workers=0)
+        assert lake.sql("SELECT count(*) FROM instances").fetchall() == [(4,)]
+        assert lake.to_arrow("SELECT * FROM studies").num_rows == 4
+        assert lake.summary()["ok"] == 4

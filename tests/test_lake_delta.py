@@ -33,19 +33,10 @@ from dicomlake.lake import (
     table_version,
 )
 from dicomlake.schema import INSTANCES_SCHEMA
+from lake_rows import make_batch
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 T0_US = int(T0.timestamp() * 1_000_000)
-
-
-def make_batch(rows: list[dict[str, Any]]) -> pa.RecordBatch:
-    """Rows in INSTANCES_SCHEMA; unnamed columns are null, path/status get defaults."""
-    columns: dict[str, list[Any]] = {name: [] for name in INSTANCES_SCHEMA.names}
-    for row in rows:
-        row = {"path": f"file:///data/{row['row_id']}.dcm", "status": "ok", **row}
-        for name in INSTANCES_SCHEMA.names:
-            columns[name].append(row.get(name))
-    return pa.RecordBatch.from_pydict(columns, schema=INSTANCES_SCHEMA)
 
 
 def ids(*row_ids: int, **common: Any) -> pa.RecordBatch:

@@ -6,6 +6,8 @@ The whole API in three lines::
     summary = dicomlake.ingest(["/data/dicom"], lake="/data/lake")
     con = dicomlake.connect("/data/lake")   # DuckDB, with views instances/series/studies
 
+or, holding one connection for many queries, ``with dicomlake.Lake(path) as lake:``.
+
 Heavy modules (deltalake, duckdb, the process pool) load on first use, so
 ``import dicomlake`` and ``dicomlake --help`` stay fast.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from dicomlake.client import Lake
 from dicomlake.errors import (
     DicomLakeError,
     ExtractError,
@@ -56,6 +59,7 @@ def connect(lake: str, **options: Any) -> duckdb.DuckDBPyConnection:
 __all__ = [
     "DicomLakeError",
     "ExtractError",
+    "Lake",
     "LakeError",
     "SourceNotFound",
     "TableNotFound",

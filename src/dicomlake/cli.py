@@ -317,8 +317,16 @@ def demo(
 
     corpus = write_sample_corpus(data)
     typer.echo(f"sample data: {corpus}", err=True)
-    ingest([str(corpus)], lake, workers=None, sync=True, file_timeout=120.0, quiet=quiet,
-           commit_rows=5000, commit_seconds=5.0)
+    ingest(
+        [str(corpus)],
+        lake,
+        workers=None,
+        sync=True,
+        file_timeout=120.0,
+        quiet=quiet,
+        commit_rows=5000,
+        commit_seconds=5.0,
+    )
     query = (
         "SELECT Modality, count(*) AS files, count(DISTINCT SeriesInstanceUID) AS series "
         "FROM instances WHERE status = 'ok' GROUP BY ALL ORDER BY files DESC"

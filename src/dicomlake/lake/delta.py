@@ -275,6 +275,23 @@ def _batches(dt: DeltaTable, columns: list[str]) -> Iterator[pa.RecordBatch]:
 # ------------------------------------------------------------------------- fingerprints
 
 
+def _fingerprint_arrays(
+    row_ids: np.ndarray, sizes: np.ndarray, mtimes_us: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the three arrays as int64, checking that they line up.
+
+    Raises:
+        ValueError: If the arrays differ in length.
+    """
+    arrays = tuple(np.asarray(a, dtype=np.int64) for a in (row_ids, sizes, mtimes_us))
+    if not (len(arrays[0]) == len(arrays[1]) == len(arrays[2])):
+        raise ValueError(
+            "row_ids, sizes and mtimes_us must have the same length, got "
+            f"{len(arrays[0])}, {len(arrays[1])} and {len(arrays[2])}"
+        )
+    return arrays
+
+
 class Fingerprints:
     """What the lake already holds, to decide which files a re-run must extract.
 
@@ -293,14 +310,7 @@ class Fingerprints:
         *,
         version: int | None = None,
     ) -> None:
-        row_ids = np.asarray(row_ids, dtype=np.int64)
-        sizes = np.asarray(sizes, dtype=np.int64)
-        mtimes_us = np.asarray(mtimes_us, dtype=np.int64)
-        if not (len(row_ids) == len(sizes) == len(mtimes_us)):
-            raise ValueError(
-                "row_ids, sizes and mtimes_us must have the same length, got "
-                f"{len(row_ids)}, {len(sizes)} and {len(mtimes_us)}"
-            )
+        row_ids, sizes, mtimes_us = _fingerprint_arrays(row_ids, sizes, mtimes_us)
         if len(row_ids) > 1 and not bool(np.all(row_ids[1:] >= row_ids[:-1])):
             order = np.argsort(row_ids, kind="stable")
             row_ids, sizes, mtimes_us = row_ids[order], sizes[order], mtimes_us[order]
@@ -382,14 +392,7 @@ class Fingerprints:
         Raises:
             ValueError: If the arrays differ in length.
         """
-        q_ids = np.asarray(row_ids, dtype=np.int64)
-        q_sizes = np.asarray(sizes, dtype=np.int64)
-        q_mtimes = np.asarray(mtimes_us, dtype=np.int64)
-        if not (len(q_ids) == len(q_sizes) == len(q_mtimes)):
-            raise ValueError(
-                "row_ids, sizes and mtimes_us must have the same length, got "
-                f"{len(q_ids)}, {len(q_sizes)} and {len(q_mtimes)}"
-            )
+        q_ids, q_sizes, q_mtimes = _fingerprint_arrays(row_ids, sizes, mtimes_us)
         out = np.full(len(q_ids), NEW, dtype=np.int8)
         if len(self._row_ids) == 0 or len(q_ids) == 0:
             return out
