@@ -81,3 +81,24 @@ INSTANCES_SCHEMA: pa.Schema = pa.schema(
         pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+#: The ``thumbnails`` table: one row per drawn frame (one per instance by default).
+#: A file that cannot be drawn has a row with ``status='error'`` and no ``data``.
+THUMBNAILS_SCHEMA: pa.Schema = pa.schema(
+    [
+        pa.field("row_id", pa.int64(), nullable=False),  # the instance's row_id
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("SOPInstanceUID", pa.string()),
+        pa.field("frame", pa.int32()),  # 0-based index of the frame drawn
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("mode", pa.string()),  # 'L' or 'RGB'
+        pa.field("format", pa.string()),  # 'png' or 'jpeg'
+        pa.field("data", pa.binary()),
+        pa.field("status", pa.string(), nullable=False),  # 'ok' or 'error'
+        pa.field("error", pa.string()),
+        pa.field("size", pa.int64()),  # of the source file, for incremental runs
+        pa.field("modification_time", pa.timestamp("us", tz="UTC")),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
