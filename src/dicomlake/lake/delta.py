@@ -25,7 +25,7 @@ import urllib.parse
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import numpy as np
 import pyarrow as pa
@@ -34,7 +34,7 @@ from deltalake import DeltaTable, WriterProperties, write_deltalake
 from deltalake.exceptions import DeltaError
 
 from dicomlake.errors import LakeError, TableNotFound
-from dicomlake.schema import INSTANCES_SCHEMA
+from dicomlake.schema import INSTANCES_SCHEMA, THUMBNAILS_SCHEMA
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads
@@ -658,8 +658,10 @@ def _probe_remote(lake: str, storage_options: StorageOptions | None) -> None:
         raise _lake_error("write", lake, exc) from exc
 
 
-def conform_batch(batch: pa.RecordBatch | pa.Table, *, lake: str = "") -> pa.RecordBatch:
-    """Return ``batch`` in exactly :data:`~dicomlake.schema.INSTANCES_SCHEMA`.
+def conform_batch(
+    batch: pa.RecordBatch | pa.Table, *, lake: str = "", schema: pa.Schema = INSTANCES_SCHEMA
+) -> pa.RecordBatch:
+    """Return ``batch`` in exactly ``schema`` (:data:`~dicomlake.schema.INSTANCES_SCHEMA`).
 
     Columns may come in any order and with types that cast safely (int32 sizes, ns
     timestamps); missing, extra or uncastable columns and nulls in ``row_id``,
@@ -668,6 +670,7 @@ def conform_batch(batch: pa.RecordBatch | pa.Table, *, lake: str = "") -> pa.Rec
     Args:
         batch: Rows from a kernel.
         lake: The lake the rows are for, kept on the error.
+        schema: The table's schema.
 
     Returns:
         The same rows in the canonical schema.
@@ -679,22 +682,22 @@ def conform_batch(batch: pa.RecordBatch | pa.Table, *, lake: str = "") -> pa.Rec
     if isinstance(batch, pa.Table):
         chunks = batch.combine_chunks().to_batches()
         batch = chunks[0] if chunks else pa.RecordBatch.from_pylist([], schema=batch.schema)
-    if batch.schema.equals(INSTANCES_SCHEMA):
+    if batch.schema.equals(schema):
         arrays = list(batch.columns)
     else:
         names = batch.schema.names
-        missing = [n for n in INSTANCES_SCHEMA.names if n not in names]
-        extra = [n for n in names if n not in INSTANCES_SCHEMA.names]
+        missing = [n for n in schema.names if n not in names]
+        extra = [n for n in names if n not in schema.names]
         if missing or extra or len(set(names)) != len(names):
             raise LakeError(
-                "row batch does not match the instances schema: "
+                "row batch does not match the table schema: "
                 f"missing columns {missing}, unexpected columns {extra}"
                 + ("" if len(set(names)) == len(names) else ", duplicate column names")
-                + "; build batches with dicomlake.schema.INSTANCES_SCHEMA",
+                + "; build batches with dicomlake.schema.schema",
                 lake=lake,
             )
         arrays = []
-        for field in INSTANCES_SCHEMA:
+        for field in schema:
             column = batch.column(field.name)
             if column.type != field.type:
                 try:
@@ -707,29 +710,33 @@ def conform_batch(batch: pa.RecordBatch | pa.Table, *, lake: str = "") -> pa.Rec
                         lake=lake,
                     ) from exc
             arrays.append(column)
-    for field, column in zip(INSTANCES_SCHEMA, arrays, strict=True):
+    for field, column in zip(schema, arrays, strict=True):
         if not field.nullable and column.null_count:
             raise LakeError(
                 f"row batch column {field.name!r} has {column.null_count} nulls; it must "
                 "be set on every row",
                 lake=lake,
             )
-    return pa.RecordBatch.from_arrays(arrays, schema=INSTANCES_SCHEMA)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
-def _last_per_row_id(table: pa.Table) -> pa.Table:
-    """Keep only the last row of each row id (MERGE refuses duplicate source keys)."""
-    ids = table.column("row_id").to_numpy()
-    if len(_sorted_unique(ids)) == len(ids):
+def _last_per_key(table: pa.Table, keys: Sequence[str] = ("row_id",)) -> pa.Table:
+    """Keep only the last row of each key (MERGE refuses duplicate source keys)."""
+    if tuple(keys) == ("row_id",):
+        ids = table.column("row_id").to_numpy()
+        if len(_sorted_unique(ids)) == len(ids):
+            return table
+    columns = [table.column(k).to_pylist() for k in keys]
+    last: dict[tuple[Any, ...], int] = {}  # replace batches are small: a dict is fine
+    for i, key in enumerate(zip(*columns, strict=True)):
+        last[key] = i
+    if len(last) == table.num_rows:
         return table
-    last: dict[int, int] = {}  # replace batches are small: a dict is fine here
-    for i, row_id in enumerate(ids.tolist()):
-        last[row_id] = i
     return table.take(pa.array(sorted(last.values())))
 
 
-class InstanceWriter:
-    """Append row batches to ``<lake>/instances`` in small commits.
+class TableWriter:
+    """Append row batches to a table of the lake (``<lake>/instances``) in small commits.
 
     Rows are buffered and committed once ``max_rows`` are waiting or the oldest has
     waited ``max_seconds`` (checked on each :meth:`write` and :meth:`commit_if_due`),
@@ -753,13 +760,21 @@ class InstanceWriter:
         max_seconds: float = 5.0,
         storage_options: StorageOptions | None = None,
         target_file_size: int = TARGET_FILE_SIZE,
+        table: str = INSTANCES_TABLE,
+        schema: pa.Schema = INSTANCES_SCHEMA,
+        merge_on: Sequence[str] = ("row_id",),
+        description: str = "dicomlake: one row per DICOM file or zip member",
     ) -> None:
+        self.table = table
+        self.schema = schema
+        self.merge_on = tuple(merge_on)
+        self.description = description
         if max_rows < 1:
             raise ValueError(f"max_rows must be at least 1, got {max_rows}")
         if not max_seconds > 0:
             raise ValueError(f"max_seconds must be positive, got {max_seconds}")
         self.lake = lake
-        self.uri = instances_uri(lake)
+        self.uri = table_uri(lake, table)
         self.max_rows = max_rows
         self.max_seconds = float(max_seconds)
         self.target_file_size = target_file_size
@@ -798,8 +813,8 @@ class InstanceWriter:
             RuntimeError: If the writer is closed.
         """
         if self._closed:
-            raise RuntimeError("InstanceWriter is closed")
-        rb = conform_batch(batch, lake=self.lake)
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        rb = conform_batch(batch, lake=self.lake, schema=self.schema)
         if rb.num_rows:
             (self._replace if replace else self._append).append(rb)
             self._buffered += rb.num_rows
@@ -841,7 +856,7 @@ class InstanceWriter:
         try:
             dt = self._ensure_table()
             if self._append:
-                data = pa.Table.from_batches(self._append, schema=INSTANCES_SCHEMA)
+                data = pa.Table.from_batches(self._append, schema=self.schema)
                 write_deltalake(
                     dt,
                     data,
@@ -854,13 +869,13 @@ class InstanceWriter:
                 self._append = []
                 committed += len(data)
             if self._replace:
-                source = _last_per_row_id(
-                    pa.Table.from_batches(self._replace, schema=INSTANCES_SCHEMA)
+                source = _last_per_key(
+                    pa.Table.from_batches(self._replace, schema=self.schema), self.merge_on
                 )
                 metrics = (
                     dt.merge(
                         source,
-                        "target.row_id = source.row_id",
+                        " AND ".join(f"target.{k} = source.{k}" for k in self.merge_on),
                         source_alias="source",
                         target_alias="target",
                         merge_schema=True,
@@ -919,10 +934,10 @@ class InstanceWriter:
                 ) from exc
         self._table = DeltaTable.create(
             self.uri,
-            INSTANCES_SCHEMA,
+            self.schema,
             mode="ignore",
-            name=INSTANCES_TABLE,
-            description="dicomlake: one row per DICOM file or zip member",
+            name=self.table,
+            description=self.description,
             storage_options=self._storage_options,
         )
         return self._table
@@ -961,6 +976,33 @@ class InstanceWriter:
 
     def __repr__(self) -> str:
         return (
-            f"InstanceWriter({self.uri!r}, buffered={self._buffered}, "
+            f"{type(self).__name__}({self.uri!r}, buffered={self._buffered}, "
             f"committed={self.rows_committed}, commits={self.commits})"
+        )
+
+
+class InstanceWriter(TableWriter):
+    """The writer of ``<lake>/instances`` (see :class:`TableWriter`)."""
+
+
+class ThumbnailWriter(TableWriter):
+    """The writer of ``<lake>/thumbnails``: one row per (instance, frame) drawn."""
+
+    def __init__(
+        self,
+        lake: str,
+        *,
+        max_rows: int = 2000,
+        max_seconds: float = 5.0,
+        storage_options: StorageOptions | None = None,
+    ) -> None:
+        super().__init__(
+            lake,
+            max_rows=max_rows,
+            max_seconds=max_seconds,
+            storage_options=storage_options,
+            table=THUMBNAILS_TABLE,
+            schema=THUMBNAILS_SCHEMA,
+            merge_on=("row_id", "frame"),
+            description="dicomlake: thumbnails, one row per instance frame drawn",
         )
