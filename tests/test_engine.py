@@ -33,7 +33,7 @@ def test_a_file_that_hangs_becomes_a_timeout_row(tmp_path: Path) -> None:
     ]
     results = {}
     for _task, batch in engine.map(tasks):
-        for row in batch.to_pylist():
+        for row in batch["instances"].to_pylist():
             assert row["path"] not in results
             results[row["path"]] = row
     assert len(results) == 7
@@ -50,8 +50,8 @@ def test_in_process_and_pool_give_identical_rows(tmp_path: Path) -> None:
     kernel = InstancesKernel()
     serial = {}
     for _task, batch in LocalEngine(kernel, workers=0).map([Task(refs=refs)]):
-        serial.update({r["path"]: r for r in batch.to_pylist()})
+        serial.update({r["path"]: r for r in batch["instances"].to_pylist()})
     pooled = {}
     for _task, batch in LocalEngine(kernel, workers=2).map([Task(refs=[r]) for r in refs]):
-        pooled.update({r["path"]: r for r in batch.to_pylist()})
+        pooled.update({r["path"]: r for r in batch["instances"].to_pylist()})
     assert serial == pooled

@@ -31,6 +31,14 @@ LakeOption = Annotated[
 ]
 
 
+class FrameOption(enum.StrEnum):
+    """Which frames of a multi-frame image get a thumbnail."""
+
+    first = "first"
+    middle = "middle"
+    all = "all"
+
+
 class OutputFormat(enum.StrEnum):
     """Output formats of ``dicomlake sql``."""
 
@@ -76,6 +84,15 @@ def ingest(
     commit_seconds: Annotated[
         float, typer.Option(min=0.1, help="...or every S seconds, whichever comes first.")
     ] = 5.0,
+    thumbnails: Annotated[
+        bool, typer.Option("--thumbnails", help="Also draw thumbnails (same read of each file).")
+    ] = False,
+    thumbnail_size: Annotated[
+        int, typer.Option(min=16, max=4096, help="Longest side of a thumbnail, in pixels.")
+    ] = 256,
+    frame: Annotated[
+        FrameOption, typer.Option(help="Frames of multi-frame images to draw.")
+    ] = FrameOption.middle,
 ) -> None:
     """Extract the DICOM header of every file under SOURCES into the lake."""
     from dicomlake.pipeline import ingest as run_ingest
@@ -91,6 +108,9 @@ def ingest(
                 file_timeout=file_timeout,
                 commit_rows=commit_rows,
                 commit_seconds=commit_seconds,
+                thumbnails=thumbnails,
+                thumbnail_size=thumbnail_size,
+                thumbnail_frame=frame.value,
                 progress=display.update if display else None,
             )
     except DicomLakeError as exc:
@@ -115,6 +135,9 @@ def summary_line(summary: IngestSummary) -> str:
     ]
     if summary.deleted:
         parts.append(f"{summary.deleted} deleted")
+    if summary.thumbnails or summary.thumbnail_errors:
+        failed = sum(summary.thumbnail_errors.values())
+        parts.append(f"{summary.thumbnails} thumbnails ({failed} not drawn)")
     rate = summary.files_per_second
     return "ingested: " + ", ".join(parts) + f" in {summary.seconds:.1f} s ({rate:.0f} files/s)"
 
@@ -137,6 +160,10 @@ def _print_summary_table(summary: IngestSummary) -> None:
         table.add_row("re-extracted (changed)", str(summary.changed))
     if summary.deleted:
         table.add_row("deleted (--sync)", str(summary.deleted))
+    if summary.thumbnails or summary.thumbnail_errors:
+        table.add_row("thumbnails", str(summary.thumbnails))
+        for name, count in summary.thumbnail_errors.most_common():
+            table.add_row(f"  not drawn: {name}", str(count))
     table.add_row("seconds", f"{summary.seconds:.1f}")
     table.add_row("files/s", f"{summary.files_per_second:.0f}")
     Console(stderr=True).print(table)
@@ -179,6 +206,35 @@ class _Progress:
 
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(None, None, None)
+
+
+@app.command("thumbnails")
+def thumbnails_command(
+    lake: LakeOption,
+    size: Annotated[
+        int, typer.Option("--size", min=16, max=4096, help="Longest side, in pixels.")
+    ] = 256,
+    frame: Annotated[FrameOption, typer.Option(help="Frames to draw.")] = FrameOption.middle,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", min=0, help="Worker processes (default: all cores)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Draw thumbnails for instances of the lake that have pixel data and none yet."""
+    from dicomlake.thumbnails import build_thumbnails
+
+    try:
+        summary = build_thumbnails(lake, size=size, frame=frame.value, workers=workers)
+    except DicomLakeError as exc:
+        raise _fail(str(exc)) from None
+    failed = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors.items()))
+    typer.echo(
+        f"thumbnails: {summary.instances} instances, {summary.ok} drawn, "
+        f"{sum(summary.errors.values())} not drawn"
+        + (f" ({failed})" if failed else "")
+        + f" in {summary.seconds:.1f} s ({summary.thumbnails_per_second:.0f}/s)"
+    )
 
 
 @app.command()
@@ -271,7 +327,8 @@ def _print_table(table: Any, output: Path | None, limit: int = 1000) -> None:
         with output.open("w") as handle:
             Console(file=handle, width=200).print(view)
         return
-    console = Console()
+    # piped output is not squeezed to 80 columns: the reader is a file or a pager
+    console = Console() if sys.stdout.isatty() else Console(width=240)
     console.print(view)
     if table.num_rows > limit:
         console.print(f"({table.num_rows} rows, first {limit} shown; use --format csv for all)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
@@ -19,6 +19,9 @@ from dicomlake.catalog import FileRef, extension, open_ref, path_tags
 from dicomlake.dicom.header import NotDicom, read_header
 from dicomlake.dicom.tags import promoted_values
 from dicomlake.schema import INSTANCES_SCHEMA, PROMOTED_TAGS
+
+if TYPE_CHECKING:
+    from dicomlake.thumbnails import ThumbnailOptions
 
 #: Longest error text kept in a row; a message is a hint, not a log.
 MAX_ERROR_CHARS = 500
@@ -33,7 +36,7 @@ def row_id(path: str) -> int:
 
 def error_text(exc: BaseException) -> str:
     """Return a short ``Class: message`` text for an error row."""
-    message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    message = " ".join(str(exc).split())  # one line: decoders list causes on several
     name = type(exc).__name__
     if type(exc).__module__ == "zlib":  # zlib.error: a corrupt compressed zip member
         name = "ZlibError"
@@ -59,8 +62,13 @@ def extract_row(
     *,
     bulk_threshold: int = BULK_THRESHOLD,
     storage_options: dict[str, Any] | None = None,
+    thumbnails: ThumbnailOptions | None = None,
 ) -> dict[str, Any]:
-    """Parse one file into a row dict with the lake's columns (never raises)."""
+    """Parse one file into a row dict with the lake's columns (never raises).
+
+    With ``thumbnails``, the row also carries ``_thumbnails``: the thumbnail rows
+    drawn from the same open file (the file is read once).
+    """
     row = source_columns(ref)
     row["warnings"] = None
     if ref.listing_error:
@@ -71,14 +79,27 @@ def extract_row(
             header = read_header(fp, uri=ref.path, bulk_threshold=bulk_threshold)
             if row["size"] is None:
                 row["size"] = fp.seek(0, 2)
+            warnings = header.warnings
+            row.update(promoted_values(header.meta, warnings))
+            if thumbnails is not None and header.has_pixel_data:
+                from dicomlake.thumbnails import draw
+
+                row["_thumbnails"] = draw(
+                    fp,
+                    path=ref.path,
+                    instance_id=row["row_id"],
+                    sop_instance_uid=row["SOPInstanceUID"],
+                    frames=row["NumberOfFrames"] or 1,
+                    options=thumbnails,
+                    size=row["size"],
+                    mtime=ref.mtime,
+                )
     except NotDicom as exc:
         row.update(status="not_dicom", error=error_text(exc))
         return row
     except Exception as exc:  # one bad file never stops a run
         row.update(status="error", error=error_text(exc))
         return row
-    warnings = header.warnings
-    row.update(promoted_values(header.meta, warnings))
     row.update(
         status="ok",
         error=None,
@@ -142,20 +163,31 @@ class InstancesKernel:
         bulk_threshold: int = BULK_THRESHOLD,
         storage_options: dict[str, Any] | None = None,
         ingested_at: dt.datetime | None = None,
+        thumbnails: ThumbnailOptions | None = None,
     ) -> None:
         self.bulk_threshold = bulk_threshold
         self.storage_options = storage_options
         self.ingested_at = ingested_at or dt.datetime.now(dt.UTC)
+        self.thumbnails = thumbnails
 
     def row(self, ref: FileRef) -> dict[str, Any]:
         """Return the row of one file (never raises)."""
         return extract_row(
-            ref, bulk_threshold=self.bulk_threshold, storage_options=self.storage_options
+            ref,
+            bulk_threshold=self.bulk_threshold,
+            storage_options=self.storage_options,
+            thumbnails=self.thumbnails,
         )
 
-    def batch(self, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
-        """Return rows as one RecordBatch in the lake's schema."""
-        return rows_to_batch(rows, self.ingested_at)
+    def batch(self, rows: Sequence[dict[str, Any]]) -> dict[str, pa.RecordBatch]:
+        """Return rows as ``{"instances": batch}`` (and ``"thumbnails"`` when drawn)."""
+        out = {"instances": rows_to_batch(rows, self.ingested_at)}
+        if self.thumbnails is not None:
+            from dicomlake.thumbnails import thumbnails_batch
+
+            drawn = [thumb for row in rows for thumb in row.get("_thumbnails", ())]
+            out["thumbnails"] = thumbnails_batch(drawn, self.ingested_at)
+        return out
 
     def error_row(self, ref: FileRef, reason: str) -> dict[str, Any]:
         """Return the error row of a file the engine gave up on (timeout, crash)."""

@@ -14,21 +14,25 @@ import time
 from array import array
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from dicomlake.catalog import FileRef, check_sources, iter_files
+from dicomlake.dicom.pixels import FrameChoice
 from dicomlake.engine.local import LocalEngine, Task
 from dicomlake.kernels import InstancesKernel, row_id
 from dicomlake.lake.delta import (
     Fingerprints,
     InstanceWriter,
+    ThumbnailWriter,
     check_lake_writable,
     delete_rows,
     stale_row_ids,
 )
+from dicomlake.thumbnails import ThumbnailOptions
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_US = dt.timedelta(microseconds=1)
@@ -50,6 +54,8 @@ class IngestSummary:
     errors: Counter[str] = field(default_factory=Counter)
     timeouts: int = 0
     commits: int = 0
+    thumbnails: int = 0
+    thumbnail_errors: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -76,6 +82,8 @@ class IngestSummary:
             "new": self.new,
             "changed": self.changed,
             "deleted": self.deleted,
+            "thumbnails": self.thumbnails,
+            "thumbnail_errors": dict(self.thumbnail_errors),
             "commits": self.commits,
             "seconds": round(self.seconds, 3),
             "files_per_second": round(self.files_per_second, 1),
@@ -191,6 +199,9 @@ def ingest(
     commit_rows: int = 5000,
     commit_seconds: float = 5.0,
     bulk_threshold: int = 1024,
+    thumbnails: bool = False,
+    thumbnail_size: int = 256,
+    thumbnail_frame: FrameChoice = "middle",
     storage_options: dict[str, Any] | None = None,
     progress: Callable[[IngestSummary], None] | None = None,
 ) -> IngestSummary:
@@ -206,6 +217,10 @@ def ingest(
         commit_rows: Commit at least every this many rows...
         commit_seconds: ...or this many seconds, whichever comes first.
         bulk_threshold: Binary values longer than this become BulkDataURIs.
+        thumbnails: Also draw thumbnails, from the same read of each file; instances
+            already in the lake without one get theirs at the end of the run.
+        thumbnail_size: Longest side of a thumbnail, in pixels.
+        thumbnail_frame: Which frames to draw: 'first', 'middle', 'all' or an index.
         storage_options: fsspec / delta-rs options for object storage.
         progress: Called with the running summary after each batch.
 
@@ -215,6 +230,7 @@ def ingest(
     Raises:
         SourceNotFound: A source does not exist.
         LakeError: The lake cannot be written.
+        ValueError: A thumbnail option is out of range.
 
     Example:
         >>> summary = ingest(["/data/dicom"], "/data/lake")  # doctest: +SKIP
@@ -228,17 +244,34 @@ def ingest(
     fingerprints = Fingerprints.load(lake, storage_options=storage_options)
     prefixes = [source_prefix(s, storage_options) for s in source_list]
     seen = _Seen(dedupe=_overlapping(prefixes), keep=sync)
-    kernel = InstancesKernel(bulk_threshold=bulk_threshold, storage_options=storage_options)
+    drawing = ThumbnailOptions(thumbnail_size, thumbnail_frame) if thumbnails else None
+    kernel = InstancesKernel(
+        bulk_threshold=bulk_threshold, storage_options=storage_options, thumbnails=drawing
+    )
     engine = LocalEngine(kernel, workers=workers, file_timeout=file_timeout)
     refs = iter_files(source_list, storage_options=storage_options)
     tasks = _plan(refs, fingerprints, summary, seen, task_size)
-    with InstanceWriter(
-        lake,
-        max_rows=commit_rows,
-        max_seconds=commit_seconds,
-        storage_options=storage_options,
-    ) as writer:
-        for task, batch in engine.map(tasks):
+    thumb_writer = (
+        ThumbnailWriter(lake, max_seconds=commit_seconds, storage_options=storage_options)
+        if drawing
+        else None
+    )
+    with (
+        InstanceWriter(
+            lake,
+            max_rows=commit_rows,
+            max_seconds=commit_seconds,
+            storage_options=storage_options,
+        ) as writer,
+        thumb_writer or nullcontext(),
+    ):
+        for task, out in engine.map(tasks):
+            batch = out["instances"]
+            # thumbnails first: an instance row committed means its thumbnail was too,
+            # or the end-of-run pass below draws it
+            if thumb_writer is not None and "thumbnails" in out:
+                thumb_writer.write(out["thumbnails"], replace=bool(task.context))
+                _count_thumbnails(summary, out["thumbnails"])
             writer.write(batch, replace=bool(task.context))
             _count(summary, batch.column("status").to_pylist(), batch.column("error").to_pylist())
             summary.timeouts = engine.timeouts
@@ -246,12 +279,35 @@ def ingest(
             if progress is not None:
                 progress(summary)
     summary.commits = writer.commits
+    if drawing is not None:
+        from dicomlake.thumbnails import build_thumbnails
+
+        catch_up = build_thumbnails(
+            lake,
+            size=drawing.size,
+            frame=drawing.frame,
+            workers=workers,
+            file_timeout=file_timeout,
+            storage_options=storage_options,
+        )
+        summary.thumbnails += catch_up.ok
+        summary.thumbnail_errors.update(catch_up.errors)
     if sync:
         stale = stale_row_ids(lake, prefixes, seen.as_array(), storage_options=storage_options)
         if len(stale):
             summary.deleted = delete_rows(lake, stale, storage_options=storage_options)
     summary.seconds = time.monotonic() - summary.started
     return summary
+
+
+def _count_thumbnails(summary: IngestSummary, batch: Any) -> None:
+    for status, error in zip(
+        batch.column("status").to_pylist(), batch.column("error").to_pylist(), strict=True
+    ):
+        if status == "ok":
+            summary.thumbnails += 1
+        else:
+            summary.thumbnail_errors[(error or "Error").split(":", 1)[0]] += 1
 
 
 def _count(summary: IngestSummary, statuses: Iterable[str], errors: Iterable[str | None]) -> None:

@@ -38,8 +38,8 @@ class Kernel(Protocol):
         """Return the row of one file; never raises for a bad file."""
         ...
 
-    def batch(self, rows: Sequence[dict[str, Any]]) -> pa.RecordBatch:
-        """Return the rows as one RecordBatch."""
+    def batch(self, rows: Sequence[dict[str, Any]]) -> dict[str, pa.RecordBatch]:
+        """Return the rows as one RecordBatch per table."""
         ...
 
     def error_row(self, ref: FileRef, reason: str) -> dict[str, Any]:
@@ -110,8 +110,8 @@ class LocalEngine:
         self.timeouts = 0
         self.crashes = 0
 
-    def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, pa.RecordBatch]]:
-        """Yield (task, batch) for every task, in completion order."""
+    def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, dict[str, pa.RecordBatch]]]:
+        """Yield (task, {table: batch}) for every task, in completion order."""
         if self.workers <= 0:
             for task in tasks:
                 with warnings.catch_warnings():
@@ -152,7 +152,7 @@ class _Pool:
         worker.tasks.append(task)
         worker.inbox.put((task.task_id, list(task.refs)))
 
-    def run(self, tasks: Iterator[Task]) -> Iterator[tuple[Task, pa.RecordBatch]]:
+    def run(self, tasks: Iterator[Task]) -> Iterator[tuple[Task, dict[str, pa.RecordBatch]]]:
         self.workers = [self._start(slot) for slot in range(self.engine.workers)]
         exhausted = False
         try:
@@ -192,7 +192,7 @@ class _Pool:
                 self._send(worker, task)
         return exhausted
 
-    def _check_stuck(self) -> Iterator[tuple[Task, pa.RecordBatch]]:
+    def _check_stuck(self) -> Iterator[tuple[Task, dict[str, pa.RecordBatch]]]:
         now = time.monotonic()
         for i, worker in enumerate(self.workers):
             if not worker.tasks:
