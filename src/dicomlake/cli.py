@@ -395,6 +395,25 @@ def demo(
     sql(query, lake, OutputFormat.table, None)
 
 
+@app.command()
+def serve(
+    lake: LakeOption,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; the default lets only this machine connect.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8765,
+) -> None:
+    """Browse the lake in a web browser: series thumbnails, filters, tags, downloads."""
+    try:
+        from dicomlake.viewer import serve as run_server
+
+        run_server(lake, host=host, port=port)
+    except ImportError as exc:
+        raise _fail(str(exc)) from None
+    except DicomLakeError as exc:
+        raise _fail(str(exc)) from None
+
+
 def main() -> None:
     """Entry point of the ``dicomlake`` script."""
     app()
