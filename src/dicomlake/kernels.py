@@ -110,16 +110,27 @@ def extract_row(
     return row
 
 
-def rows_to_batch(rows: Sequence[dict[str, Any]], ingested_at: dt.datetime) -> pa.RecordBatch:
-    """Build a RecordBatch in :data:`INSTANCES_SCHEMA` from row dicts."""
+def build_batch(
+    rows: Sequence[dict[str, Any]], schema: pa.Schema, *, stamps: dict[str, Any]
+) -> pa.RecordBatch:
+    """Build a RecordBatch in ``schema`` from row dicts; ``stamps`` fill whole columns.
+
+    Keys a row lacks become nulls; keys the schema lacks are ignored (private ones
+    such as ``_thumbnails`` included).
+    """
     arrays = []
-    for field in INSTANCES_SCHEMA:
-        if field.name == "ingested_at":
-            values: list[Any] = [ingested_at] * len(rows)
+    for field in schema:
+        if field.name in stamps:
+            values: list[Any] = [stamps[field.name]] * len(rows)
         else:
             values = [row.get(field.name) for row in rows]
         arrays.append(pa.array(values, type=field.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=INSTANCES_SCHEMA)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def rows_to_batch(rows: Sequence[dict[str, Any]], ingested_at: dt.datetime) -> pa.RecordBatch:
+    """Build a RecordBatch in :data:`INSTANCES_SCHEMA` from row dicts."""
+    return build_batch(rows, INSTANCES_SCHEMA, stamps={"ingested_at": ingested_at})
 
 
 def extract_instances(

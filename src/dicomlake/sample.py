@@ -14,9 +14,14 @@ import shutil
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import (
+    DigitalMammographyXRayImageStorageForPresentation,
+    ExplicitVRLittleEndian,
+    generate_uid,
+)
 
 #: Files of pydicom's test data used for the zip archive and the bad-file cases.
 _ZIPPED = ("CT_small.dcm", "MR_small.dcm", "rtstruct.dcm", "JPEG2000.dcm")
@@ -159,3 +164,45 @@ def write_sample_corpus(dest: Path | str, *, include_pydicom_data: bool = True) 
     no_pixel_file(special / "report-no-pixels.dcm")
     shutil.copyfile(sample_file("MR_small.dcm"), special / "MR scan ü [1]")
     return root
+
+
+#: Rows, columns of a mammogram-sized frame.
+MAMMOGRAM_SHAPE = (3072, 4096)
+
+
+def synthetic_mammogram(
+    bits: int, seed: int = 0, shape: tuple[int, int] = MAMMOGRAM_SHAPE
+) -> np.ndarray:
+    """A smooth gradient, a breast-shaped ellipse and noise, in ``bits`` bits.
+
+    Large frames to check reduced-resolution decoding and to benchmark with; no real
+    mammogram ships in a package we can install.
+    """
+    rows, cols = shape
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    top = 2.0**bits - 1
+    inside = ((x / (0.8 * cols)) ** 2 + ((y - rows / 2) / (0.45 * rows)) ** 2) < 1
+    image = 0.05 * top + 0.5 * top * inside * (1 - x / cols) + 0.1 * top * np.sin(y / 97)
+    image += rng.normal(0, 0.01 * top, shape).astype(np.float32)
+    return np.clip(image, 0, top).astype(np.uint16 if bits > 8 else np.uint8)
+
+
+def image_dataset(pixels: np.ndarray, bits: int, photometric: str = "MONOCHROME2") -> Dataset:
+    """A minimal mammography image dataset (explicit VR LE) for ``pixels``' shape."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = DigitalMammographyXRayImageStorageForPresentation
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ds.Modality = "MG"
+    ds.Rows, ds.Columns = pixels.shape[:2]
+    ds.SamplesPerPixel = 3 if pixels.ndim == 3 else 1
+    ds.PhotometricInterpretation = photometric
+    if pixels.ndim == 3:
+        ds.PlanarConfiguration = 0
+    ds.BitsAllocated = 8 if pixels.dtype == np.uint8 else 16
+    ds.BitsStored, ds.HighBit, ds.PixelRepresentation = bits, bits - 1, 0
+    ds.PixelSpacing = [0.07, 0.07]
+    return ds

@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from dicomlake.catalog import FileRef, open_ref
 from dicomlake.dicom.pixels import DisplayFrame, FrameChoice, frame_indices, render
-from dicomlake.kernels import MAX_ERROR_CHARS, error_text, row_id
+from dicomlake.kernels import MAX_ERROR_CHARS, build_batch, error_text, row_id
 from dicomlake.schema import THUMBNAILS_SCHEMA
 
 DEFAULT_SIZE = 256
@@ -116,14 +116,7 @@ def draw(
 
 def thumbnails_batch(rows: Sequence[dict[str, Any]], created_at: dt.datetime) -> pa.RecordBatch:
     """Build a RecordBatch in :data:`THUMBNAILS_SCHEMA` from thumbnail row dicts."""
-    arrays = []
-    for column in THUMBNAILS_SCHEMA:
-        if column.name == "created_at":
-            values: list[Any] = [created_at] * len(rows)
-        else:
-            values = [row.get(column.name) for row in rows]
-        arrays.append(pa.array(values, type=column.type))
-    return pa.RecordBatch.from_arrays(arrays, schema=THUMBNAILS_SCHEMA)
+    return build_batch(rows, THUMBNAILS_SCHEMA, stamps={"created_at": created_at})
 
 
 class ThumbnailsKernel:

@@ -6,11 +6,13 @@ Sequence*), VOI LUT (the first *Window Center*/*Width* with its *VOI LUT Functio
 else the first *VOI LUT Sequence* item, else a robust window from the image's own
 percentiles), then *Presentation LUT Shape* / MONOCHROME1 inversion. Color images
 come out as RGB: PALETTE COLOR through its LUTs, YBR_* converted, planar
-configuration honoured by pydicom.
+configuration honoured by pydicom. Enhanced multi-frame images take rescale, window
+and pixel spacing from their Shared / Per-frame Functional Groups.
 
 Large compressed frames are decoded at reduced resolution where the codec allows it
-(JPEG baseline DCT scaling, JPEG 2000 resolution levels), so a small thumbnail of a
-4000 x 3000 mammogram does not cost a full decode.
+(JPEG baseline DCT scaling, JPEG 2000 resolution levels, both through Pillow), so a
+small thumbnail of a 4000 x 3000 mammogram does not cost a full decode; other large
+frames are block-averaged down to twice the size asked for before the LUTs.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Literal
 
@@ -26,7 +29,13 @@ import pydicom
 import pydicom.uid
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, pixel_array
+from pydicom.pixels import (
+    apply_color_lut,
+    apply_modality_lut,
+    apply_voi,
+    convert_color_space,
+    pixel_array,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +130,22 @@ def read_frame(
     fp.seek(0)
     ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
     pixel_start = fp.tell()
+    frames = ds.get("NumberOfFrames")
+    if frames not in (None, ""):
+        try:
+            int(frames)
+        except (TypeError, ValueError):
+            # pydicom's own message would be "invalid literal for int() ...: '1A'"
+            raise ValueError(
+                f"(0028,0008) Number of Frames must be an integer, found {frames!r}"
+            ) from None
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
     if max_side and rows and cols and max(rows, cols) >= 4 * max_side:
-        reduced = _reduced_decode(fp, pixel_start, ds, tsyntax, frame, max(rows, cols) // max_side)
+        # keep at least twice the pixels asked for, so that the final resize still
+        # filters (a 4000 x 3000 frame for 256 pixels decodes at 1000 x 750)
+        level = int(math.log2(max(rows, cols) / (2 * max_side)))
+        reduced = _reduced_decode(fp, pixel_start, ds, tsyntax, frame, level)
         if reduced is not None:
             return reduced[0], ds, reduced[1]
     fp.seek(0)
@@ -144,34 +165,126 @@ def read_frame(
 
 
 def _reduced_decode(
-    fp: BinaryIO, pixel_start: int, ds: Dataset, tsyntax: str, frame: int, factor: int
+    fp: BinaryIO, pixel_start: int, ds: Dataset, tsyntax: str, frame: int, level: int
 ) -> tuple[np.ndarray, int] | None:
-    """Decode a frame at 1/2**k resolution (k <= log2(factor)), or None if we can't."""
-    if tsyntax not in _JPEG_BASELINE | _JPEG_2000:
+    """Decode a frame at 1/2**k resolution (1 <= k <= level), or None if we can't.
+
+    JPEG baseline goes through Pillow's DCT scaling (``draft``, down to 1/8); JPEG 2000
+    and HTJ2K through Pillow's openjpeg with ``reduce`` (resolution levels). Anything
+    unusual (a codestream Pillow cannot read, more than 8 bits per color sample, an
+    extended offset table) returns None, and the caller decodes in full with pydicom.
+    """
+    if tsyntax not in _JPEG_BASELINE | _JPEG_2000 or level < 1:
         return None
-    level = min(int(math.log2(factor)), 5)
-    if level < 1:
-        return None
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        return None  # palette indices must not be averaged into new indices
     try:
         from pydicom.encaps import get_frame
 
-        fp.seek(pixel_start + 12)  # (7FE0,0010) OB 0000 FFFFFFFF, then the items
+        fp.seek(pixel_start)
+        head = fp.read(12)
+        # (7FE0,0010), OB (or OW, seen in the wild), reserved, undefined length
+        if head[:4] != b"\xe0\x7f\x10\x00" or head[4:6] not in (b"OB", b"OW"):
+            return None  # an extended offset table first, or an unexpected encoding
+        if head[8:12] != b"\xff\xff\xff\xff":
+            return None
         data = get_frame(fp, frame, number_of_frames=number_of_frames(ds))
-        if tsyntax in _JPEG_BASELINE:
-            from PIL import Image
+        from PIL import Image
 
-            image = Image.open(io.BytesIO(data))
-            full_width = image.size[0]
-            image.draft(image.mode, (image.size[0] // 2**level, image.size[1] // 2**level))
-            arr = np.asarray(image.convert("L" if image.mode == "L" else "RGB"))
-            return arr, max(1, round(full_width / arr.shape[1]))
-        from openjpeg import decode  # pylibjpeg-openjpeg
-
-        arr = decode(data, reduce=level)
-        return arr, 2**level
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if tsyntax in _JPEG_BASELINE:
+                return _reduced_jpeg(data, ds, min(level, 3))
+            return _reduced_j2k(data, ds, level)
     except Exception as exc:  # fall back to a full decode through pydicom
         logger.debug("reduced decode failed (%s); decoding in full", exc)
         return None
+
+
+def _reduced_jpeg(data: bytes, ds: Dataset, level: int) -> tuple[np.ndarray, int] | None:
+    """JPEG baseline at 1/2**level through libjpeg's DCT scaling (Pillow ``draft``)."""
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data), formats=["JPEG"])
+    full_width, full_height = image.size
+    size = (max(1, full_width >> level), max(1, full_height >> level))
+    photometric = str(ds.get("PhotometricInterpretation", "")).upper()
+    if image.mode == "L":
+        if int(ds.get("PixelRepresentation", 0) or 0):
+            return None  # signed 8-bit JPEG: let pydicom reinterpret the samples
+        image.draft("L", size)
+        arr = np.asarray(image)
+    elif image.mode in ("RGB", "YCbCr") and "adobe_transform" not in image.info:
+        # like pydicom: no colour transform by Pillow, the photometric says what the
+        # samples are (YBR_FULL/_422 are converted here, RGB taken as it is)
+        image.draft("YCbCr", size)
+        arr = np.asarray(image)
+        if photometric.startswith("YBR"):
+            arr = convert_color_space(arr, "YBR_FULL", "RGB")
+    elif image.mode == "RGB":  # an APP14 marker says what the samples are
+        image.draft("RGB", size)
+        arr = np.asarray(image.convert("RGB"))
+    else:
+        return None  # CMYK and other rarities
+    return arr, max(1, round(full_width / arr.shape[1]))
+
+
+def _j2k_header(data: bytes) -> tuple[int, bool, int] | None:
+    """(precision, signed, decomposition levels) of a J2K codestream's main header."""
+    siz = data.find(b"\xff\x4f\xff\x51", 0, 4096)  # SOC then SIZ (also inside a JP2 box)
+    if siz < 0 or len(data) < siz + 43:
+        return None
+    ssiz = data[siz + 42]  # Ssiz of component 0: sign bit, precision - 1
+    pos = siz + 4 + int.from_bytes(data[siz + 4 : siz + 6], "big")  # after SIZ
+    while pos + 4 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0x52:  # COD: Lcod, Scod, SGcod (4 bytes), then the levels
+            return (ssiz & 0x7F) + 1, bool(ssiz & 0x80), data[pos + 9]
+        if marker == 0x90:  # SOT: the main header is over
+            break
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
+def _reduced_j2k(data: bytes, ds: Dataset, level: int) -> tuple[np.ndarray, int] | None:
+    """JPEG 2000 at 1/2**level: openjpeg decodes only the lower resolution levels."""
+    header = _j2k_header(data)
+    if header is None:
+        return None
+    precision, signed, levels = header
+    from PIL import Image
+
+    level = min(level, levels)
+    if level < 1 or precision > 16:
+        return None
+    if int(ds.get("PixelRepresentation", 0) or 0) and not signed:
+        return None  # non-conformant: signed samples in an unsigned codestream
+    for attempt in range(level, 0, -1):
+        image = Image.open(io.BytesIO(data), formats=["JPEG2000"])
+        if image.mode not in ("L", "I;16", "RGB"):
+            return None
+        if image.mode == "RGB" and precision > 8:
+            return None  # Pillow keeps only 8 of the bits: let pydicom decode in full
+        full_width = image.size[0]
+        image.reduce = attempt
+        try:
+            image.load()
+            break
+        except OSError as exc:  # some codestreams only open at fewer levels: try those
+            logger.debug("J2K reduce=%d failed: %s", attempt, exc)
+    else:
+        return None
+    arr = np.asarray(image)
+    if image.mode == "RGB":
+        # openjpeg undoes the ICT/RCT: YBR_ICT and YBR_RCT come out as RGB
+        return arr, max(1, round(full_width / arr.shape[1]))
+    # Pillow scales N-bit samples up to 8 or 16 bits and level-shifts signed ones
+    # into unsigned (Pillow's Jpeg2KDecode.c, j2ku_gray_l and j2ku_gray_i)
+    container = 8 if image.mode == "L" else 16
+    values = arr.astype(np.int32) >> (container - precision)
+    if signed:
+        values -= 1 << (precision - 1)
+    return values, max(1, round(full_width / arr.shape[1]))
 
 
 def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
@@ -197,7 +310,7 @@ def _first(value: Any) -> float | None:
         return None
 
 
-def _voi(values: np.ndarray, ds: Dataset, stored: np.ndarray) -> np.ndarray:
+def _voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
     """Apply the VOI stage to modality values; return floats in [0, 1]."""
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
@@ -205,16 +318,17 @@ def _voi(values: np.ndarray, ds: Dataset, stored: np.ndarray) -> np.ndarray:
         return _window(values, center, width, function)
     if ds.get("VOILUTSequence"):
         try:
-            lut_out = apply_voi(stored if not ds.get("ModalityLUTSequence") else values, ds)
-            item = ds.VOILUTSequence[0]
-            bits = int(item.LUTDescriptor[2])
-            top = float(2**bits - 1)
-            if bits not in (8, 16):
-                top = float(np.max(lut_out)) or 1.0
-            return np.clip(lut_out.astype(np.float64) / top, 0.0, 1.0)
+            # the VOI LUT's input is the Modality LUT's output (rescaled values), not
+            # the stored values; pydicom's apply_voi indexes with integers
+            lut_out = apply_voi(np.round(values).astype(np.int64), ds)
+            bits = int(ds.VOILUTSequence[0].LUTDescriptor[2])  # 8 or 10..16
+            return np.clip(lut_out.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
         except Exception as exc:  # a broken LUT: fall back to the image's own range
             logger.debug("VOI LUT not applied: %s", exc)
-    finite = values[np.isfinite(values)]
+    # a strided sample is plenty for percentiles, and much cheaper on a large frame
+    step = max(1, math.isqrt(values.size // 1_000_000))
+    sample = values[::step, ::step] if values.ndim == 2 else values
+    finite = sample[np.isfinite(sample)]
     if finite.size == 0:
         return np.zeros_like(values, dtype=np.float64)
     low, high = np.percentile(finite, ROBUST_PERCENTILES)
@@ -241,6 +355,46 @@ def _rgb8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
     return np.clip(np.round(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 
 
+#: Functional group macros of enhanced multi-frame images that hold display attributes.
+_FUNCTIONAL_GROUPS = {
+    "PixelValueTransformationSequence": ("RescaleSlope", "RescaleIntercept", "RescaleType"),
+    "FrameVOILUTSequence": ("WindowCenter", "WindowWidth", "VOILUTFunction"),
+    "PixelMeasuresSequence": ("PixelSpacing",),
+}
+
+
+def _frame_view(ds: Dataset, frame: int) -> Dataset:
+    """``ds`` with the frame's functional-group display attributes at the top level.
+
+    Enhanced CT/MR/XA images keep *Rescale Slope*/*Intercept*, *Window Center*/*Width*
+    and *Pixel Spacing* in the Shared (5200,9229) and Per-frame (5200,9230) Functional
+    Groups, not at the top level; the per-frame item wins over the shared one.
+    """
+    shared = ds.get("SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if not shared and not per_frame:
+        return ds
+    items = [shared[0]] if shared else []
+    if per_frame and 0 <= frame < len(per_frame):
+        items.append(per_frame[frame])
+    found: dict[str, Any] = {}
+    for item in items:
+        for sequence, keywords in _FUNCTIONAL_GROUPS.items():
+            macro = item.get(sequence)
+            if macro:
+                found.update((kw, macro[0][kw]) for kw in keywords if kw in macro[0])
+    if not found:
+        return ds
+    view = Dataset()
+    view.update(ds)  # shallow: the elements are shared, not copied
+    view.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    if hasattr(ds, "file_meta"):
+        view.file_meta = ds.file_meta
+    for element in found.values():
+        view[element.tag] = element
+    return view
+
+
 def display_frame(stored: np.ndarray, ds: Dataset, frame: int = 0) -> DisplayFrame:
     """Run one decoded frame through the display pipeline.
 
@@ -252,6 +406,7 @@ def display_frame(stored: np.ndarray, ds: Dataset, frame: int = 0) -> DisplayFra
     Returns:
         The frame as uint8 L or RGB.
     """
+    ds = _frame_view(ds, frame)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     aspect = pixel_aspect(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -261,7 +416,7 @@ def display_frame(stored: np.ndarray, ds: Dataset, frame: int = 0) -> DisplayFra
     if samples == 3 or (stored.ndim == 3 and stored.shape[-1] == 3):
         return DisplayFrame(_rgb8(stored, ds), "RGB", frame, aspect)
     values = apply_modality_lut(stored, ds).astype(np.float64, copy=False)
-    unit = _voi(values, ds, stored)
+    unit = _voi(values, ds)
     shape = str(ds.get("PresentationLUTShape", "") or "").upper()
     if photometric == "MONOCHROME1" or shape == "INVERSE":
         unit = 1.0 - unit
@@ -275,6 +430,29 @@ def render(fp: BinaryIO, *, frame: int = 0, max_side: int | None = None) -> Disp
         Exception: The pixel data cannot be decoded (no decoder, corrupt data).
     """
     stored, ds, scale = read_frame(fp, frame, max_side=max_side)
+    if max_side:
+        stored = _shrink(stored, ds, max(stored.shape[:2]) // (2 * max_side))
     result = display_frame(stored, ds, frame)
     result.decoded_scale = scale
     return result
+
+
+def _shrink(stored: np.ndarray, ds: Dataset, factor: int) -> np.ndarray:
+    """Average ``factor`` x ``factor`` blocks of a frame that is far larger than needed.
+
+    A frame no codec could decode small (native, RLE, JPEG lossless, JPEG-LS) goes
+    through the display pipeline at up to twice the thumbnail's size instead of in
+    full: the same averaging a reduced-resolution decode does, before the LUTs. Palette
+    indices and Modality LUT Sequence inputs are looked up, never averaged.
+    """
+    if factor < 2 or stored.ndim not in (2, 3):
+        return stored
+    if str(ds.get("PhotometricInterpretation", "")).upper() == "PALETTE COLOR":
+        return stored
+    if ds.get("ModalityLUTSequence"):
+        return stored
+    rows, cols, rest = stored.shape[0] // factor, stored.shape[1] // factor, stored.shape[2:]
+    # two sums along one axis each: much faster than one mean over a 4-D view
+    strips = stored[: rows * factor, : cols * factor].reshape(rows, factor, cols * factor, *rest)
+    summed = strips.sum(axis=1, dtype=np.float32).reshape(rows, cols, factor, *rest).sum(axis=2)
+    return summed / np.float32(factor * factor)
