@@ -45,7 +45,7 @@ def _images(grid: ThumbnailGrid) -> list[Image.Image]:
 
 def test_show_a_relation_finds_its_lake(lake: str) -> None:
     con = dicomlake.connect(lake)
-    grid = show(con.sql("SELECT * FROM instances WHERE status = 'ok' ORDER BY path"))
+    grid = dicomlake.show(con.sql("SELECT * FROM instances WHERE status = 'ok' ORDER BY path"))
     images = _images(grid)
     assert len(images) == 3 and all(i.format == "PNG" and i.width > 0 for i in images)
     html = grid._repr_html_()

@@ -56,6 +56,17 @@ def connect(lake: str, **options: Any) -> duckdb.DuckDBPyConnection:
     return _connect(lake, **options)
 
 
+def show(result: Any, **options: Any) -> Any:
+    """Return a grid of the thumbnails of ``result``'s rows, shown inline by Jupyter.
+
+    ``result`` is a DuckDB relation, Arrow table or list of dicts with a ``row_id``
+    column; see :func:`dicomlake.notebook.show` for the options.
+    """
+    from dicomlake.notebook import show as _show
+
+    return _show(result, **options)
+
+
 __all__ = [
     "DicomLakeError",
     "ExtractError",
@@ -66,4 +77,5 @@ __all__ = [
     "__version__",
     "connect",
     "ingest",
+    "show",
 ]
