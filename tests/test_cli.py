@@ -123,7 +123,7 @@ def test_help_runs_as_a_subprocess() -> None:
         [sys.executable, "-m", "dicomlake", "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0
-    for command in ("ingest", "sql", "info", "demo"):
+    for command in ("ingest", "sql", "info", "thumbnails", "serve", "demo"):
         assert command in result.stdout
 
 
