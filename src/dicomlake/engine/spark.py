@@ -1,0 +1,604 @@
+"""The Spark engine: the same kernels as the local engine, run inside ``mapInArrow``.
+
+Everything here is plain pyarrow plus the kernels; pyspark is imported only inside the
+functions that need a task context, so this module imports without Spark. Three parts:
+
+- :func:`instances_mapper` and :func:`thumbnails_mapper` build the functions given to
+  ``DataFrame.mapInArrow``: each turns a partition's Arrow batches into file references,
+  runs :class:`~dicomlake.kernels.InstancesKernel` (or :func:`~dicomlake.thumbnails.draw`)
+  on them and returns the input columns with the kernel's columns added;
+- :func:`parquet_writer` builds the executors' side of a Delta write: each task writes
+  its rows to one Parquet file in the table's folder and returns that file's add-action;
+- :func:`commit` is the driver's side: it commits the add-actions of the successful
+  tasks in one Delta transaction through delta-rs, then deletes the files the job wrote
+  that are not in the log (failed or retried task attempts).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+import os
+import posixpath
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import pyarrow as pa
+
+from dicomlake.catalog import FileRef
+from dicomlake.errors import LakeError
+from dicomlake.schema import INSTANCES_SCHEMA
+
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+    from pyspark.sql import DataFrame
+    from pyspark.sql.types import StructType
+
+    from dicomlake.kernels import InstancesKernel
+    from dicomlake.thumbnails import ThumbnailOptions
+
+log = logging.getLogger(__name__)
+
+ArrowMapper = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
+
+#: Columns of a catalog DataFrame that a file reference is built from, with the pixels
+#: names accepted as fallbacks (a DataFrame from ``dbx.pixels`` works too).
+_SIZE_COLUMNS: Final = ("size", "length")
+_MTIME_COLUMNS: Final = ("modification_time", "modificationTime")
+
+#: ``thumbnail`` column: Spark's image schema (``pyspark.ml.image.ImageSchema``), as pixels.
+THUMBNAIL_TYPE: Final = pa.struct(
+    [
+        pa.field("origin", pa.string()),
+        pa.field("height", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("nChannels", pa.int32()),
+        pa.field("mode", pa.int32()),
+        pa.field("data", pa.binary()),
+    ]
+)
+#: OpenCV type codes of Spark's image schema: CV_8UC1 and CV_8UC3.
+OPENCV_MODES: Final = {"L": (0, 1), "RGB": (16, 3)}
+
+#: Schema of what each write task returns to the driver: one row per Parquet file.
+ADD_ACTION_SCHEMA: Final = pa.schema(
+    [
+        pa.field("path", pa.string()),
+        pa.field("size", pa.int64()),
+        pa.field("modification_time", pa.int64()),
+        pa.field("num_records", pa.int64()),
+        pa.field("stats", pa.string()),
+    ]
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def require_pyspark() -> Any:
+    """Import and return :mod:`pyspark`.
+
+    Raises:
+        ImportError: pyspark (with pandas, which ``mapInArrow`` needs) is not installed;
+            the message names the extra to install.
+    """
+    try:
+        import pandas  # noqa: F401  (pyspark's mapInArrow needs it)
+        import pyspark
+    except ImportError as exc:
+        raise ImportError(
+            f"dicomlake's Spark engine needs pyspark with pandas ({exc.name} is missing): "
+            "pip install 'dicomlake[spark]'"
+        ) from exc
+    return pyspark
+
+
+def to_spark(schema: pa.Schema) -> StructType:
+    """The Spark schema of an Arrow schema (every field nullable).
+
+    Raises:
+        ImportError: pyspark is not installed.
+    """
+    require_pyspark()
+    from pyspark.sql.pandas.types import from_arrow_schema
+
+    return from_arrow_schema(schema, prefer_timestamp_ntz=False)
+
+
+def to_arrow(schema: StructType) -> pa.Schema:
+    """The Arrow schema of a Spark schema (timestamps in UTC).
+
+    Raises:
+        ImportError: pyspark is not installed.
+    """
+    require_pyspark()
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    return to_arrow_schema(schema, timezone="UTC")
+
+
+def nullable(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with every top-level field nullable (Spark declares them so)."""
+    return pa.schema([field.with_nullable(True) for field in schema])
+
+
+def _column(batch: pa.RecordBatch, names: Sequence[str]) -> list[Any] | None:
+    for name in names:
+        index = batch.schema.get_field_index(name)
+        if index >= 0:
+            return batch.column(index).to_pylist()
+    return None
+
+
+def _utc(moment: dt.datetime | None) -> dt.datetime | None:
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=dt.UTC)
+
+
+def refs_from_batch(batch: pa.RecordBatch) -> list[FileRef]:
+    """File references of a catalog batch (``path``; sizes, times, relative paths if any).
+
+    Args:
+        batch: Rows with a ``path`` column, and optionally ``relative_path``,
+            ``size`` (or pixels' ``length``) and ``modification_time`` (or
+            ``modificationTime``).
+
+    Returns:
+        One reference per row, in order.
+
+    Raises:
+        ValueError: If the batch has no ``path`` column.
+    """
+    paths = _column(batch, ("path",))
+    if paths is None:
+        raise ValueError("the DataFrame has no 'path' column: make it with Catalog.catalog()")
+    n = len(paths)
+    relative = _column(batch, ("relative_path",)) or [None] * n
+    sizes = _column(batch, _SIZE_COLUMNS) or [None] * n
+    mtimes = _column(batch, _MTIME_COLUMNS) or [None] * n
+    return [
+        FileRef(
+            path=path,
+            relative_path=rel if rel is not None else posixpath.basename(path),
+            size=size,
+            mtime=_utc(mtime),
+        )
+        for path, rel, size, mtime in zip(paths, relative, sizes, mtimes, strict=True)
+    ]
+
+
+def merge_schema(input_schema: pa.Schema, added: pa.Schema) -> pa.Schema:
+    """The input's columns (those ``added`` also has are replaced in place), then the rest.
+
+    Args:
+        input_schema: Schema of the batches going in.
+        added: Schema of the columns a kernel produces.
+
+    Returns:
+        The schema of the batches coming out, every field nullable.
+    """
+    fields = [
+        added.field(f.name) if added.get_field_index(f.name) >= 0 else f for f in input_schema
+    ]
+    have = {f.name for f in input_schema}
+    fields += [f for f in added if f.name not in have]
+    return nullable(pa.schema(fields))
+
+
+def _combine(batch: pa.RecordBatch, added: pa.RecordBatch, out: pa.Schema) -> pa.RecordBatch:
+    arrays = []
+    for field in out:
+        index = added.schema.get_field_index(field.name)
+        column = added.column(index) if index >= 0 else batch.column(field.name)
+        arrays.append(column.cast(field.type) if column.type != field.type else column)
+    return pa.RecordBatch.from_arrays(arrays, schema=out)
+
+
+# --------------------------------------------------------------------------- mappers
+
+
+def instances_mapper(kernel: InstancesKernel, out_schema: pa.Schema) -> ArrowMapper:
+    """The ``mapInArrow`` function that runs ``kernel`` on each file of a partition.
+
+    Args:
+        kernel: The instances kernel, options bound (picklable).
+        out_schema: ``merge_schema(input schema, INSTANCES_SCHEMA)``.
+
+    Returns:
+        A function from input batches to output batches: every input column kept,
+        the ``instances`` columns (``meta``, the typed tags, ``status``, ...) added.
+    """
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import warnings
+
+        warnings.simplefilter("ignore")  # pydicom warns on odd values; rows say it
+        for batch in batches:
+            rows = [kernel.row(ref) for ref in refs_from_batch(batch)]
+            added = kernel.batch(rows)["instances"]
+            yield _combine(batch, added, out_schema)
+
+    return run
+
+
+def _image_struct(row: dict[str, Any]) -> dict[str, Any] | None:
+    """A thumbnail row from :func:`~dicomlake.thumbnails.draw` as a Spark image struct."""
+    if row.get("status") != "ok" or row.get("data") is None:
+        return None
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(io.BytesIO(row["data"])) as image:
+        pixels = np.asarray(image.convert(row["mode"]))
+    mode, channels = OPENCV_MODES[row["mode"]]
+    if channels == 3:
+        pixels = pixels[:, :, ::-1]  # OpenCV order: BGR
+    return {
+        "origin": row["path"],
+        "height": int(pixels.shape[0]),
+        "width": int(pixels.shape[1]),
+        "nChannels": channels,
+        "mode": mode,
+        "data": np.ascontiguousarray(pixels).tobytes(),
+    }
+
+
+def thumbnails_mapper(
+    options: ThumbnailOptions,
+    out_schema: pa.Schema,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> ArrowMapper:
+    """The ``mapInArrow`` function that draws one thumbnail per row with pixel data.
+
+    Frames go through the same display pipeline as ``dicomlake ingest --thumbnails``
+    (:func:`dicomlake.thumbnails.draw`); the first frame drawn becomes the row's
+    ``thumbnail``, a Spark image struct (raw bytes, row-major, BGR for colour). Rows
+    without pixel data, or whose frame cannot be drawn, get a null ``thumbnail``.
+
+    Args:
+        options: Size and frame choice.
+        out_schema: The input schema plus ``thumbnail``.
+        storage_options: fsspec options for object-storage sources.
+
+    Returns:
+        A function from input batches to output batches.
+    """
+    from dicomlake.catalog import open_ref
+    from dicomlake.kernels import row_id
+    from dicomlake.thumbnails import draw
+
+    def one(batch: pa.RecordBatch, index: int, ref: FileRef) -> dict[str, Any] | None:
+        flags = _column(batch, ("has_pixel_data",))
+        if flags is not None and not flags[index]:
+            return None
+        statuses = _column(batch, ("status",))
+        if statuses is not None and statuses[index] != "ok":
+            return None
+        frames = _column(batch, ("NumberOfFrames",))
+        try:
+            with open_ref(ref, storage_options=storage_options) as fp:
+                rows = draw(
+                    fp,
+                    path=ref.path,
+                    instance_id=row_id(ref.path),
+                    sop_instance_uid=None,
+                    frames=(frames[index] if frames is not None else None) or 1,
+                    options=options,
+                )
+        except Exception:  # an unreadable file: no thumbnail, the row stays
+            return None
+        return _image_struct(rows[0]) if rows else None
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import warnings
+
+        warnings.simplefilter("ignore")
+        for batch in batches:
+            refs = refs_from_batch(batch)
+            images = [one(batch, i, ref) for i, ref in enumerate(refs)]
+            added = pa.RecordBatch.from_arrays(
+                [pa.array(images, type=THUMBNAIL_TYPE)], names=["thumbnail"]
+            )
+            yield _combine(batch, added, out_schema)
+
+    return run
+
+
+# --------------------------------------------------------------------------- writing
+
+
+def _local_folder(uri: str) -> str | None:
+    """The local folder of a table URI, or None for object storage."""
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    return None if "://" in uri else uri
+
+
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    import pyarrow.fs as pafs
+
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def _stats(table: pa.Table) -> str:
+    """Delta file statistics: row count, null counts, min/max of numbers and dates."""
+    import pyarrow.compute as pc
+
+    nulls: dict[str, int] = {}
+    mins: dict[str, Any] = {}
+    maxs: dict[str, Any] = {}
+    for field, column in zip(table.schema, table.columns, strict=True):
+        if pa.types.is_nested(field.type) or pa.types.is_binary(field.type):
+            continue
+        nulls[field.name] = column.null_count
+        numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
+        if (numeric or pa.types.is_date(field.type)) and column.null_count < len(column):
+            bounds = pc.min_max(column)
+            low, high = bounds["min"].as_py(), bounds["max"].as_py()
+            if isinstance(low, float) and (low != low or high != high):  # NaN: no bounds
+                continue
+            mins[field.name] = low.isoformat() if isinstance(low, dt.date) else low
+            maxs[field.name] = high.isoformat() if isinstance(high, dt.date) else high
+    return json.dumps(
+        {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
+    )
+
+
+def parquet_writer(
+    table_uri: str, schema: pa.Schema, job_id: str, *, task_hook: ArrowMapper | None = None
+) -> ArrowMapper:
+    """The ``mapInArrow`` function that writes a partition as one Parquet file.
+
+    The file is named ``part-<partition>-<job_id>-a<attempt>-<random>.zstd.parquet`` so
+    that no two task attempts ever share a name and :func:`commit` can find the files
+    of this job that did not make it into the log.
+
+    Args:
+        table_uri: The Delta table's folder or URI.
+        schema: The table's Arrow schema; batches are cast to it.
+        job_id: Marks every file of this write job.
+        task_hook: Applied to each task's input batches, in the writer's process (a
+            seam for tests that kill a task attempt midway).
+
+    Returns:
+        A function from a partition's batches to one row in
+        :data:`ADD_ACTION_SCHEMA` (none for an empty partition).
+    """
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+        from pyspark import TaskContext
+
+        context = TaskContext.get()
+        partition = context.partitionId() if context else 0
+        attempt = context.attemptNumber() if context else 0
+        name = f"part-{partition:05d}-{job_id}-a{attempt}-{uuid.uuid4().hex[:8]}.zstd.parquet"
+        fs, root = _filesystem(table_uri)
+        target = f"{root.rstrip('/')}/{name}"
+        collected: list[pa.RecordBatch] = []
+        writer: pq.ParquetWriter | None = None
+        if task_hook is not None:
+            batches = task_hook(batches)
+        try:
+            for batch in batches:
+                batch = pa.RecordBatch.from_arrays(
+                    [c.cast(f.type) for c, f in zip(batch.columns, schema, strict=True)],
+                    schema=schema,
+                )
+                if writer is None:
+                    writer = pq.ParquetWriter(
+                        target, schema, filesystem=fs, compression="zstd", compression_level=3
+                    )
+                writer.write_batch(batch)
+                collected.append(batch)
+        finally:
+            if writer is not None:
+                writer.close()
+        if writer is None:
+            return
+        info = fs.get_file_info(target)
+        mtime = info.mtime_ns // 1_000_000 if info.mtime_ns else int(time.time() * 1000)
+        table = pa.Table.from_batches(collected, schema=schema)
+        yield pa.RecordBatch.from_pylist(
+            [
+                {
+                    "path": name,
+                    "size": info.size,
+                    "modification_time": mtime,
+                    "num_records": table.num_rows,
+                    "stats": _stats(table),
+                }
+            ],
+            schema=ADD_ACTION_SCHEMA,
+        )
+
+    return run
+
+
+def commit(
+    table_uri: str,
+    schema: pa.Schema,
+    actions: Iterable[dict[str, Any]],
+    *,
+    mode: Literal["append", "overwrite"],
+    job_id: str,
+    name: str | None = None,
+    storage_options: dict[str, str] | None = None,
+    cleanup: bool = True,
+) -> int:
+    """Commit the files the tasks wrote, in one Delta transaction, then remove orphans.
+
+    A new table is created with the files in its first commit
+    (``deltalake.transaction.create_table_with_add_actions``); an existing one gets a
+    write transaction (``DeltaTable.create_write_transaction``), which for
+    ``overwrite`` also removes every file the table had.
+
+    Args:
+        table_uri: The table's folder or URI.
+        schema: The table's Arrow schema.
+        actions: What the successful tasks returned (:data:`ADD_ACTION_SCHEMA` rows).
+        mode: ``append`` or ``overwrite``.
+        job_id: The id the job's files carry in their names.
+        name: The table's name, recorded in a new table's metadata.
+        storage_options: Options for delta-rs.
+        cleanup: Delete this job's files that are not in the commit (written by task
+            attempts that failed or were retried).
+
+    Returns:
+        The number of rows committed.
+
+    Raises:
+        LakeError: If delta-rs cannot commit.
+    """
+    from deltalake import DeltaTable, Schema
+    from deltalake.exceptions import DeltaError
+    from deltalake.transaction import AddAction, create_table_with_add_actions
+
+    adds = [
+        AddAction(
+            path=a["path"],
+            size=a["size"],
+            partition_values={},
+            modification_time=a["modification_time"],
+            data_change=True,
+            stats=a["stats"],
+        )
+        for a in actions
+    ]
+    rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
+    delta_schema = Schema.from_arrow(schema)
+    try:
+        if DeltaTable.is_deltatable(table_uri, storage_options):
+            table = DeltaTable(table_uri, storage_options=storage_options)
+            table.create_write_transaction(adds, mode=mode, schema=delta_schema)
+        else:
+            create_table_with_add_actions(
+                table_uri,
+                delta_schema,
+                adds,
+                mode="error",
+                name=name,
+                storage_options=storage_options,
+            )
+    except (DeltaError, OSError) as exc:
+        raise LakeError(f"cannot commit to {table_uri}: {exc}", lake=table_uri) from exc
+    if cleanup:
+        remove_orphans(table_uri, job_id, {a.path for a in adds})
+    return rows
+
+
+def save_dataframe(
+    df: DataFrame,
+    table_uri: str,
+    *,
+    mode: Literal["append", "overwrite"] = "append",
+    name: str | None = None,
+    storage_options: dict[str, str] | None = None,
+    cleanup: bool = True,
+    task_hook: ArrowMapper | None = None,
+) -> int:
+    """Write ``df`` as the Delta table at ``table_uri``, in one transaction.
+
+    Executors write one Parquet file per task into the table's folder
+    (:func:`parquet_writer`); the driver collects the add-actions of the tasks that
+    succeeded and commits them (:func:`commit`). A file written by a failed or retried
+    attempt is never in the log, and is deleted after the commit with ``cleanup``.
+
+    Args:
+        df: The rows to write.
+        table_uri: The table's folder or URI (a local folder is created).
+        mode: ``append`` or ``overwrite``.
+        name: The table's name, for a new table's metadata.
+        storage_options: Options for delta-rs.
+        cleanup: Delete files of failed task attempts after the commit.
+        task_hook: See :func:`parquet_writer`.
+
+    Returns:
+        The number of rows committed.
+
+    Raises:
+        ValueError: ``mode`` is neither ``append`` nor ``overwrite``.
+        LakeError: The table cannot be written.
+    """
+    if mode not in ("append", "overwrite"):
+        raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
+    schema = nullable(to_arrow(df.schema))
+    local = _local_folder(table_uri)
+    if local is not None:
+        if os.path.exists(local) and not os.path.isdir(local):
+            raise LakeError(f"cannot save to {local}: it is a file, not a folder", lake=local)
+        os.makedirs(local, exist_ok=True)
+    job_id = new_job_id()
+    written = df.mapInArrow(
+        parquet_writer(table_uri, schema, job_id, task_hook=task_hook),
+        to_spark(ADD_ACTION_SCHEMA),
+    ).collect()
+    return commit(
+        table_uri,
+        schema,
+        [row.asDict() for row in written],
+        mode=mode,
+        job_id=job_id,
+        name=name,
+        storage_options=storage_options,
+        cleanup=cleanup,
+    )
+
+
+def remove_orphans(table_uri: str, job_id: str, committed: set[str]) -> list[str]:
+    """Delete the files of job ``job_id`` in the table's folder that are not committed.
+
+    Args:
+        table_uri: The table's folder or URI.
+        job_id: The id the job's files carry in their names.
+        committed: Names of the files in the commit.
+
+    Returns:
+        The names deleted.
+    """
+    import pyarrow.fs as pafs
+
+    fs, root = _filesystem(table_uri)
+    removed = []
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
+        base = info.base_name
+        if f"-{job_id}-" in base and base not in committed and info.is_file:
+            fs.delete_file(info.path)
+            removed.append(base)
+    if removed:
+        log.info("removed %d files of failed task attempts from %s", len(removed), table_uri)
+    return removed
+
+
+def new_job_id() -> str:
+    """A short random id that marks the files of one write job."""
+    return uuid.uuid4().hex[:12]
+
+
+__all__ = [
+    "ADD_ACTION_SCHEMA",
+    "INSTANCES_SCHEMA",
+    "OPENCV_MODES",
+    "THUMBNAIL_TYPE",
+    "commit",
+    "instances_mapper",
+    "merge_schema",
+    "new_job_id",
+    "nullable",
+    "parquet_writer",
+    "refs_from_batch",
+    "remove_orphans",
+    "require_pyspark",
+    "save_dataframe",
+    "thumbnails_mapper",
+    "to_arrow",
+    "to_spark",
+]

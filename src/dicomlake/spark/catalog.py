@@ -1,0 +1,226 @@
+"""``Catalog``: list files into a DataFrame, save DataFrames as Delta, load them back."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import pyarrow as pa
+
+from dicomlake.catalog import FileRef, iter_files
+from dicomlake.errors import TableNotFound
+from dicomlake.spark._compat import require_pyspark, to_spark
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: pixels' ``object_catalog`` columns, then dicomlake's own names for the same facts.
+CATALOG_SCHEMA: Final = pa.schema(
+    [
+        pa.field("rowId", pa.int64()),
+        pa.field("path", pa.string()),
+        pa.field("modificationTime", pa.timestamp("us", tz="UTC")),
+        pa.field("length", pa.int64()),
+        pa.field("relative_path", pa.string()),
+        pa.field("local_path", pa.string()),
+        pa.field("extension", pa.string()),
+        pa.field("path_tags", pa.list_(pa.string())),
+        pa.field("is_anon", pa.bool_()),
+        pa.field("row_id", pa.int64()),
+        pa.field("size", pa.int64()),
+        pa.field("modification_time", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+#: Rows per Arrow batch while listing: the listing is held as Arrow columns, not rows.
+LIST_BATCH_ROWS: Final = 10_000
+
+
+def _local_path(ref: FileRef) -> str | None:
+    if not ref.path.startswith("file://"):
+        return None  # object storage, memory://, or a zip member: no file of its own
+    return ref.path[len("file://") :]
+
+
+def _catalog_batches(
+    refs: Iterator[FileRef], *, extensions: set[str] | None, is_anon: bool
+) -> Iterator[pa.RecordBatch]:
+    from dicomlake.kernels import source_columns
+
+    rows: list[dict[str, Any]] = []
+    for ref in refs:
+        row = source_columns(ref)
+        if extensions is not None and row["extension"] not in extensions:
+            continue
+        row.update(
+            rowId=row["row_id"],
+            modificationTime=row["modification_time"],
+            length=row["size"],
+            local_path=_local_path(ref),
+            is_anon=is_anon,
+        )
+        rows.append(row)
+        if len(rows) >= LIST_BATCH_ROWS:
+            yield pa.RecordBatch.from_pylist(rows, schema=CATALOG_SCHEMA)
+            rows = []
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=CATALOG_SCHEMA)
+
+
+class Catalog:
+    """The pixels ``Catalog``: lists files, and saves and loads the ``object_catalog`` table.
+
+    Args:
+        spark: The Spark session.
+        table: Name of the Delta table :meth:`save` writes.
+        lake: Folder or URI the table lives in (``<lake>/<table>``); by default a folder
+            named after the table in the current directory.
+        storage_options: fsspec options for listing and reading object storage (``anon``
+            marks rows ``is_anon``), also passed to delta-rs for the table.
+        files_per_partition: Files per Spark task when extracting.
+
+    Raises:
+        ImportError: pyspark is not installed.
+    """
+
+    def __init__(
+        self,
+        spark: SparkSession,
+        table: str = "object_catalog",
+        lake: str | None = None,
+        *,
+        storage_options: dict[str, Any] | None = None,
+        files_per_partition: int = 256,
+    ) -> None:
+        require_pyspark()
+        if files_per_partition < 1:
+            raise ValueError(f"files_per_partition must be at least 1, got {files_per_partition}")
+        self.spark = spark
+        self.table = table
+        self.lake = lake
+        self.storage_options = storage_options
+        self.files_per_partition = files_per_partition
+        if lake is None:
+            self.table_uri = os.path.abspath(table)
+        else:
+            from dicomlake.lake.delta import table_uri
+
+            self.table_uri = table_uri(lake, table)
+
+    def __repr__(self) -> str:
+        return f"Catalog(table={self.table!r}, uri={self.table_uri!r})"
+
+    # -- listing
+
+    def catalog(
+        self, path: str | Sequence[str], extension: str | Sequence[str] | None = None
+    ) -> DataFrame:
+        """List every file and zip member under ``path`` into a DataFrame.
+
+        The listing runs on the driver (:func:`dicomlake.catalog.iter_files`) and is
+        held as Arrow batches until Spark takes it.
+
+        Args:
+            path: A folder, file, zip archive or fsspec URL, or a list of them.
+            extension: Keep only files with this extension (``'dcm'``) or these.
+
+        Returns:
+            One row per file: ``rowId``, ``path``, ``modificationTime``, ``length``,
+            ``relative_path``, ``local_path``, ``extension``, ``path_tags``,
+            ``is_anon``, and ``row_id``, ``size``, ``modification_time``.
+
+        Raises:
+            SourceNotFound: A source does not exist.
+        """
+        from dicomlake.catalog import check_sources
+
+        sources = [path] if isinstance(path, str) else list(path)
+        check_sources(sources, storage_options=self.storage_options)
+        wanted = None
+        if extension is not None:
+            names = [extension] if isinstance(extension, str) else list(extension)
+            wanted = {e.lower().lstrip(".") for e in names}
+        options = self.storage_options or {}
+        batches = list(
+            _catalog_batches(
+                iter_files(sources, storage_options=self.storage_options),
+                extensions=wanted,
+                is_anon=bool(options.get("anon", False)),
+            )
+        )
+        table = pa.Table.from_batches(batches, schema=CATALOG_SCHEMA)
+        df = self.spark.createDataFrame(table, schema=to_spark(CATALOG_SCHEMA))
+        slots = self.spark.sparkContext.defaultParallelism
+        wanted_tasks = max(slots, math.ceil(table.num_rows / self.files_per_partition))
+        return df.repartition(max(1, min(table.num_rows, wanted_tasks)))
+
+    # -- the table
+
+    def save(
+        self,
+        df: DataFrame,
+        mode: Literal["append", "overwrite"] = "append",
+        *,
+        cleanup: bool = True,
+    ) -> int:
+        """Write ``df`` to the Delta table ``<lake>/<table>`` in one transaction.
+
+        Each task writes its rows as one Parquet file in the table's folder and returns
+        that file's add-action; the driver commits the actions of the successful tasks
+        through delta-rs, then removes files that failed or retried attempts left.
+
+        Args:
+            df: The rows to write.
+            mode: ``append`` adds the rows; ``overwrite`` replaces the table's rows.
+            cleanup: Remove the files of failed task attempts after the commit.
+
+        Returns:
+            The number of rows committed.
+
+        Raises:
+            ValueError: ``mode`` is neither ``append`` nor ``overwrite``.
+            LakeError: The table cannot be written.
+        """
+        from dicomlake.engine.spark import save_dataframe
+
+        return save_dataframe(
+            df,
+            self.table_uri,
+            mode=mode,
+            name=self.table,
+            storage_options=self._delta_options(),
+            cleanup=cleanup,
+        )
+
+    def load(self) -> DataFrame:
+        """Read the saved table's current version back into a DataFrame.
+
+        Returns:
+            The table's rows (read from the Parquet files its Delta log lists).
+
+        Raises:
+            TableNotFound: Nothing was saved to this table yet.
+        """
+        from deltalake import DeltaTable
+
+        if not DeltaTable.is_deltatable(self.table_uri, self._delta_options()):
+            raise TableNotFound(
+                f"no Delta table at {self.table_uri}: save a DataFrame with Catalog.save() first",
+                lake=self.table_uri,
+            )
+        table = DeltaTable(self.table_uri, storage_options=self._delta_options())
+        schema = to_spark(pa.schema(table.schema().to_arrow()))
+        uris = table.file_uris()
+        if not uris:
+            return self.spark.createDataFrame([], schema)
+        return self.spark.read.schema(schema).parquet(*uris)
+
+    def _delta_options(self) -> dict[str, str] | None:
+        if not self.storage_options:
+            return None
+        return {k: str(v) for k, v in self.storage_options.items()}
+
+
+__all__ = ["CATALOG_SCHEMA", "Catalog"]

@@ -1,0 +1,323 @@
+"""pixels' transformers (``from dbx.pixels.dicom import *``), on dicomlake's kernels.
+
+Each transformer has ``transform(df) -> DataFrame`` and checks its input columns first.
+:class:`DicomMetaExtractor` runs the same kernel as ``dicomlake ingest``
+(:class:`~dicomlake.kernels.InstancesKernel`) inside ``mapInArrow``, so a Spark run and
+a local run give the same rows.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from dicomlake.errors import DicomLakeError
+from dicomlake.spark._compat import require_pyspark, to_arrow, to_spark
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+    from dicomlake.dicom.pixels import FrameChoice
+    from dicomlake.spark.catalog import Catalog
+
+__all__ = [
+    "DicomMetaExtractor",
+    "DicomPatcher",
+    "DicomPillowThumbnailExtractor",
+    "DicomThumbnailExtractor",
+    "PathExtractor",
+    "TagExtractor",
+]
+
+_HEX_TAG = re.compile(r"[0-9A-Fa-f]{8}")
+
+
+class MissingColumn(DicomLakeError, ValueError):
+    """A transformer's input lacks a column it needs (``.column`` names it)."""
+
+    def __init__(self, message: str, *, column: str) -> None:
+        super().__init__(message)
+        self.column = column
+
+
+class _Transformer:
+    """What every transformer shares: an input check, then ``transform``."""
+
+    #: (column, what produces it) pairs the input must have.
+    requires: tuple[tuple[str, str], ...] = (("path", "Catalog.catalog()"),)
+
+    def _check(self, df: DataFrame) -> None:
+        require_pyspark()
+        have = set(df.columns)
+        for column, producer in self.requires:
+            if column not in have:
+                raise MissingColumn(
+                    f"{type(self).__name__} needs a '{column}' column, which {producer} "
+                    f"produces; the DataFrame has {sorted(have)}",
+                    column=column,
+                )
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Return ``df`` with this transformer's columns added."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class DicomMetaExtractor(_Transformer):
+    """Add ``meta`` (the header as DICOM JSON), the typed tag columns and ``status``/``error``.
+
+    Args:
+        catalog: The :class:`~dicomlake.spark.Catalog`; its ``storage_options`` are used
+            to read object storage.
+        bulk_threshold: Binary values longer than this many bytes become BulkDataURIs.
+    """
+
+    def __init__(self, catalog: Catalog | None = None, *, bulk_threshold: int = 1024) -> None:
+        self.catalog = catalog
+        self.bulk_threshold = bulk_threshold
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Parse every file of ``df`` with the instances kernel.
+
+        Args:
+            df: A catalog DataFrame (``path``, and ``relative_path``, ``size`` or
+                ``length``, ``modification_time`` or ``modificationTime`` if present).
+
+        Returns:
+            ``df`` with the columns of the lake's ``instances`` table added (columns of
+            the same name, such as ``extension``, replaced by the kernel's).
+
+        Raises:
+            MissingColumn: ``df`` has no ``path`` column.
+        """
+        self._check(df)
+        from dicomlake.engine.spark import INSTANCES_SCHEMA, instances_mapper, merge_schema
+        from dicomlake.kernels import InstancesKernel
+
+        out = merge_schema(to_arrow(df.schema), INSTANCES_SCHEMA)
+        kernel = InstancesKernel(
+            bulk_threshold=self.bulk_threshold,
+            storage_options=self.catalog.storage_options if self.catalog else None,
+        )
+        return df.mapInArrow(instances_mapper(kernel, out), to_spark(out))
+
+
+class DicomThumbnailExtractor(_Transformer):
+    """Add ``thumbnail``: a Spark image struct drawn through dicomlake's display pipeline.
+
+    ``thumbnail`` is struct<origin, height, width, nChannels, mode, data> as in
+    ``pyspark.ml.image.ImageSchema``: ``data`` holds raw 8-bit pixels, row-major, BGR
+    for colour; ``mode`` is 0 (CV_8UC1, grey) or 16 (CV_8UC3, colour); ``origin`` is
+    the path. Null for rows without pixel data or that cannot be drawn.
+
+    Args:
+        size: Longest side in pixels.
+        frame: Which frame of a multi-frame object: 'first', 'middle' or an index.
+        storage_options: fsspec options for object-storage sources.
+    """
+
+    requires = (
+        ("path", "Catalog.catalog()"),
+        ("has_pixel_data", "DicomMetaExtractor"),
+    )
+
+    def __init__(
+        self,
+        size: int = 256,
+        frame: FrameChoice = "middle",
+        *,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        from dicomlake.thumbnails import ThumbnailOptions
+
+        if frame == "all":
+            raise ValueError(
+                "a thumbnail column holds one frame: use 'first', 'middle' or an index"
+            )
+        self.options = ThumbnailOptions(size=size, frame=frame)
+        self.storage_options = storage_options
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Draw one thumbnail per row with pixel data.
+
+        Args:
+            df: The output of :class:`DicomMetaExtractor`.
+
+        Returns:
+            ``df`` with ``thumbnail`` added.
+
+        Raises:
+            MissingColumn: ``df`` lacks ``path`` or ``has_pixel_data``.
+        """
+        self._check(df)
+        from dicomlake.engine.spark import THUMBNAIL_TYPE, merge_schema, thumbnails_mapper
+
+        out = merge_schema(to_arrow(df.schema), pa.schema([("thumbnail", THUMBNAIL_TYPE)]))
+        mapper = thumbnails_mapper(self.options, out, storage_options=self.storage_options)
+        return df.mapInArrow(mapper, to_spark(out))
+
+
+class DicomPillowThumbnailExtractor(DicomThumbnailExtractor):
+    """pixels' Pillow variant; dicomlake draws with Pillow already, so it is the same."""
+
+
+def split_path(path: str) -> tuple[str, str]:
+    """``(dirname, basename)`` of a path or URI; a zip member's folder stays a zip URI.
+
+    Example:
+        >>> split_path("zip://series/CT.dcm::file:///data/a.zip")
+        ('zip://series::file:///data/a.zip', 'CT.dcm')
+    """
+    if path.startswith("zip://") and "::" in path:
+        member, archive = path[len("zip://") :].split("::", 1)
+        folder, name = posixpath.split(member)
+        return f"zip://{folder}::{archive}", name
+    folder, name = posixpath.split(path)
+    return folder, name
+
+
+def _path_columns(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    from dicomlake.catalog import extension, path_tags
+
+    for batch in batches:
+        paths = batch.column(batch.schema.get_field_index("path")).to_pylist()
+        index = batch.schema.get_field_index("relative_path")
+        relative = batch.column(index).to_pylist() if index >= 0 else [None] * len(paths)
+        parts = [split_path(p) for p in paths]
+        columns = {
+            "extension": pa.array(
+                [extension(r or p) for p, r in zip(paths, relative, strict=True)]
+            ),
+            "path_tags": pa.array(
+                [
+                    path_tags(r if r is not None else split_path(p)[1])
+                    for p, r in zip(paths, relative, strict=True)
+                ],
+                pa.list_(pa.string()),
+            ),
+            "basename": pa.array([name for _, name in parts], pa.string()),
+            "dirname": pa.array([folder for folder, _ in parts], pa.string()),
+        }
+        names = [n for n in batch.schema.names if n not in columns] + list(columns)
+        arrays = [columns[n] if n in columns else batch.column(n) for n in names]
+        yield pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+class PathExtractor(_Transformer):
+    """Add columns derived from the path: ``extension``, ``path_tags``, ``basename``, ``dirname``.
+
+    ``extension`` and ``path_tags`` are computed as :meth:`Catalog.catalog` computes
+    them (from ``relative_path`` when the DataFrame has it).
+    """
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Return ``df`` with the path columns added (or replaced).
+
+        Raises:
+            MissingColumn: ``df`` has no ``path`` column.
+        """
+        self._check(df)
+        from dicomlake.engine.spark import nullable
+
+        schema = to_arrow(df.schema)
+        added = [
+            pa.field("extension", pa.string()),
+            pa.field("path_tags", pa.list_(pa.string())),
+            pa.field("basename", pa.string()),
+            pa.field("dirname", pa.string()),
+        ]
+        names = {f.name for f in added}
+        out = nullable(pa.schema([f for f in schema if f.name not in names] + added))
+        return df.mapInArrow(_path_columns, to_spark(out))
+
+
+def tag_key(key: str) -> str:
+    """The ``GGGGEEEE`` key of a DICOM keyword or 8-hex-digit tag.
+
+    Raises:
+        ValueError: ``key`` is neither a known keyword nor 8 hex digits.
+
+    Example:
+        >>> tag_key("PatientAge"), tag_key("0010101a")
+        ('00101010', '0010101A')
+    """
+    if _HEX_TAG.fullmatch(key):
+        return key.upper()
+    from pydicom.datadict import tag_for_keyword
+
+    tag = tag_for_keyword(key)
+    if tag is None:
+        raise ValueError(
+            f"{key!r} is neither a DICOM keyword (case-sensitive, as in 'PatientAge') nor "
+            "8 hex digits (as in '00101010')"
+        )
+    return f"{tag:08X}"
+
+
+class TagExtractor(_Transformer):
+    """Lift chosen tags out of ``meta`` into string columns (first value, as SQL ``tag()``).
+
+    A person name gives its alphabetic form; an empty value gives null. Columns are
+    named as the tags were given (``'PatientAge'`` or ``'00101010'``).
+
+    Args:
+        tags: Keywords or ``GGGGEEEE`` tags.
+
+    Raises:
+        ValueError: A tag is neither a DICOM keyword nor 8 hex digits.
+    """
+
+    requires = (("meta", "DicomMetaExtractor"),)
+
+    def __init__(self, tags: Sequence[str]) -> None:
+        if isinstance(tags, str):
+            tags = [tags]
+        self.tags = {name: tag_key(name) for name in tags}
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Return ``df`` with one string column per tag.
+
+        Raises:
+            MissingColumn: ``df`` has no ``meta`` column.
+        """
+        self._check(df)
+        from pyspark.sql import functions as F
+
+        columns = {}
+        for name, key in self.tags.items():
+            element = f"$.{key}"
+            value = F.when(
+                F.get_json_object("meta", f"{element}.vr") == F.lit("PN"),
+                F.get_json_object("meta", f"{element}.Value[0].Alphabetic"),
+            ).otherwise(F.get_json_object("meta", f"{element}.Value[0]"))
+            columns[name] = F.when(value == F.lit(""), F.lit(None)).otherwise(value)
+        return df.withColumns(columns)
+
+    def __repr__(self) -> str:
+        return f"TagExtractor(tags={list(self.tags)!r})"
+
+
+class DicomPatcher(_Transformer):
+    """pixels' patcher (image -> patches for deep learning): not implemented yet."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.args = args
+        self.kwargs = kwargs
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Not implemented yet.
+
+        Raises:
+            NotImplementedError: Always; patches come with the deep-learning issue
+                (``dicomlake.ml`` torch datasets).
+        """
+        raise NotImplementedError(
+            "DicomPatcher is not implemented yet: patches come with the deep-learning "
+            "issue (dicomlake.ml datasets)"
+        )
