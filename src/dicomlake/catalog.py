@@ -27,9 +27,12 @@ from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
 
 from dicomlake.errors import SourceNotFound
+from dicomlake.storage import fsspec_options
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
+
+    from dicomlake.storage import StorageOptionsLike
 
 __all__ = ["FileRef", "check_sources", "extension", "iter_files", "open_ref", "path_tags"]
 
@@ -161,17 +164,17 @@ def _split_zip_uri(uri: str) -> tuple[str, str] | None:
     return member, archive
 
 
-def _url_to_fs(url: str, storage_options: dict[str, Any] | None) -> tuple[AbstractFileSystem, str]:
+def _url_to_fs(url: str, storage_options: StorageOptionsLike) -> tuple[AbstractFileSystem, str]:
     import fsspec.core
 
-    return fsspec.core.url_to_fs(url, **(storage_options or {}))
+    return fsspec.core.url_to_fs(url, **fsspec_options(storage_options))
 
 
 # --------------------------------------------------------------------------- listing
 
 
 def iter_files(
-    sources: Iterable[str], *, storage_options: dict[str, Any] | None = None
+    sources: Iterable[str], *, storage_options: StorageOptionsLike = None
 ) -> Iterator[FileRef]:
     """Stream one reference per regular file or zip member under each source.
 
@@ -352,8 +355,11 @@ def _zip_refs(
         )
 
 
-def _iter_fsspec_source(source: str, storage_options: dict[str, Any] | None) -> Iterator[FileRef]:
+def _iter_fsspec_source(source: str, storage_options: StorageOptionsLike) -> Iterator[FileRef]:
     fs, root = _url_to_fs(source, storage_options)
+    # fsspec keeps one file system object per set of options, with its listings
+    # cached: a re-run in the same process must see the bucket as it is now
+    fs.invalidate_cache()
     if fs.isfile(root):
         info = fs.info(root)
         name = posixpath.basename(root.rstrip("/"))
@@ -396,15 +402,24 @@ def _fsspec_file_refs(
 
     @contextlib.contextmanager
     def opener() -> Iterator[zipfile.ZipFile]:
-        with fs.open(fs_path, "rb") as raw, zipfile.ZipFile(raw) as archive:
-            yield archive
+        with fs.open(fs_path, "rb") as raw:
+            # zipfile reports any OSError while reading the end of the file as "File
+            # is not a zip file": read that block first (zipfile reads it anyway), so
+            # a refused read (403) keeps its own error
+            end = raw.seek(0, os.SEEK_END)
+            if end:
+                raw.seek(end - 1)
+                raw.read(1)
+                raw.seek(0)
+            with zipfile.ZipFile(raw) as archive:
+                yield archive
 
     yield from _zip_refs(
         opener, zip_uri=uri, zip_rel=rel, direct=direct, size=size, mtime=mtime, open_path=None
     )
 
 
-def check_sources(sources: Sequence[str], *, storage_options: dict[str, Any] | None = None) -> None:
+def check_sources(sources: Sequence[str], *, storage_options: StorageOptionsLike = None) -> None:
     """Fail fast, before any work starts, when a source is missing.
 
     Args:
@@ -439,6 +454,7 @@ def check_sources(sources: Sequence[str], *, storage_options: dict[str, Any] | N
             continue
         try:
             fs, root = _url_to_fs(source, storage_options)
+            fs.invalidate_cache()
             exists = fs.exists(root)
         except (ImportError, ValueError, OSError) as exc:
             raise SourceNotFound(
@@ -516,7 +532,7 @@ if hasattr(os, "register_at_fork"):
 
 @contextlib.contextmanager
 def open_ref(
-    ref: FileRef | str, *, storage_options: dict[str, Any] | None = None
+    ref: FileRef | str, *, storage_options: StorageOptionsLike = None
 ) -> Iterator[IO[bytes]]:
     """Open a reference for reading, wherever it lies.
 
@@ -552,7 +568,7 @@ def open_ref(
     else:
         import fsspec
 
-        with fsspec.open(uri, "rb", **(storage_options or {})) as handle:
+        with fsspec.open(uri, "rb", **fsspec_options(storage_options)) as handle:
             yield handle
 
 
@@ -560,7 +576,7 @@ def _open_zip_member(
     archive_uri: str,
     member: str,
     open_path: str | None,
-    storage_options: dict[str, Any] | None,
+    storage_options: StorageOptionsLike,
 ) -> IO[bytes]:
     if _is_local(archive_uri):
         local = open_path or _local_path(archive_uri)

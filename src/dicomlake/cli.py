@@ -29,6 +29,20 @@ app = typer.Typer(
 LakeOption = Annotated[
     str, typer.Option("--lake", "-l", help="Lake folder or URI (s3://bucket/prefix).")
 ]
+AnonOption = Annotated[
+    bool,
+    typer.Option("--anon", help="Object storage: unsigned requests (public buckets)."),
+]
+StorageOptionOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--storage-option",
+        metavar="KEY=VALUE",
+        help="Object storage setting, repeatable (AWS_REGION=eu-west-1, "
+        "AWS_ENDPOINT_URL=http://127.0.0.1:9000); credentials default to the AWS "
+        "environment variables and profile.",
+    ),
+]
 
 
 class FrameOption(enum.StrEnum):
@@ -55,6 +69,21 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _interactive(quiet: bool) -> bool:
     return not quiet and sys.stderr.isatty()
+
+
+def _storage(anon: bool, options: list[str] | None) -> Any:
+    """The StorageConfig of ``--anon`` and ``--storage-option``; None when neither."""
+    if not anon and not options:
+        return None
+    from dicomlake.storage import StorageConfig, parse_storage_option
+
+    try:
+        pairs = dict(parse_storage_option(text) for text in options or ())
+        if anon:
+            pairs["anon"] = "true"
+        return StorageConfig.from_options(pairs)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()
@@ -93,10 +122,13 @@ def ingest(
     frame: Annotated[
         FrameOption, typer.Option(help="Frames of multi-frame images to draw.")
     ] = FrameOption.middle,
+    anon: AnonOption = False,
+    storage_option: StorageOptionOption = None,
 ) -> None:
     """Extract the DICOM header of every file under SOURCES into the lake."""
     from dicomlake.pipeline import ingest as run_ingest
 
+    storage = _storage(anon, storage_option)
     display = _Progress() if _interactive(quiet) else None
     try:
         with display or _nullcontext():
@@ -111,6 +143,7 @@ def ingest(
                 thumbnails=thumbnails,
                 thumbnail_size=thumbnail_size,
                 thumbnail_frame=frame.value,
+                storage_options=storage,
                 progress=display.update if display else None,
             )
     except DicomLakeError as exc:
@@ -247,6 +280,8 @@ def sql(
     output: Annotated[
         Path | None, typer.Option("--output", "-o", help="Write to this file, not stdout.")
     ] = None,
+    anon: AnonOption = False,
+    storage_option: StorageOptionOption = None,
 ) -> None:
     """Run a SQL query (DuckDB) against the lake."""
     import duckdb
@@ -255,8 +290,9 @@ def sql(
 
     if output_format is OutputFormat.parquet and output is None:
         raise _fail("--format parquet needs --output FILE")
+    storage = _storage(anon, storage_option)
     try:
-        con = connect(lake)
+        con = connect(lake, storage_options=storage)
         relation = con.sql(query)
     except DicomLakeError as exc:
         raise _fail(str(exc)) from None
@@ -335,15 +371,18 @@ def _print_table(table: Any, output: Path | None, limit: int = 1000) -> None:
 
 
 @app.command()
-def info(lake: LakeOption) -> None:
+def info(
+    lake: LakeOption, anon: AnonOption = False, storage_option: StorageOptionOption = None
+) -> None:
     """Show what the lake holds: files, statuses, errors, studies, series, modalities."""
     from rich.console import Console
     from rich.table import Table
 
     from dicomlake.lake.sql import connect, lake_summary
 
+    storage = _storage(anon, storage_option)
     try:
-        summary = lake_summary(connect(lake))
+        summary = lake_summary(connect(lake, storage_options=storage))
     except DicomLakeError as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"lake {lake}", show_header=False)

@@ -32,6 +32,7 @@ from dicomlake.lake.delta import (
     delete_rows,
     stale_row_ids,
 )
+from dicomlake.storage import StorageConfig, StorageOptionsLike, fsspec_options
 from dicomlake.thumbnails import ThumbnailOptions
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -90,14 +91,14 @@ class IngestSummary:
         }
 
 
-def source_prefix(source: str, storage_options: dict[str, Any] | None = None) -> str:
+def source_prefix(source: str, storage_options: StorageOptionsLike = None) -> str:
     """Return the path prefix under which ``source``'s rows live (for ``--sync``)."""
     if source.startswith("file://"):
         source = source.removeprefix("file://")
     if "://" in source:
         import fsspec
 
-        fs, path = fsspec.core.url_to_fs(source, **(storage_options or {}))
+        fs, path = fsspec.core.url_to_fs(source, **fsspec_options(storage_options))
         uri = source.rstrip("/")
         return uri + "/" if fs.isdir(path) else uri
     path = os.path.abspath(source)
@@ -202,7 +203,7 @@ def ingest(
     thumbnails: bool = False,
     thumbnail_size: int = 256,
     thumbnail_frame: FrameChoice = "middle",
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptionsLike = None,
     progress: Callable[[IngestSummary], None] | None = None,
 ) -> IngestSummary:
     """Ingest DICOM files from ``sources`` into the lake at ``lake``.
@@ -221,7 +222,8 @@ def ingest(
             already in the lake without one get theirs at the end of the run.
         thumbnail_size: Longest side of a thumbnail, in pixels.
         thumbnail_frame: Which frames to draw: 'first', 'middle', 'all' or an index.
-        storage_options: fsspec / delta-rs options for object storage.
+        storage_options: Object-storage settings: a :class:`~dicomlake.storage.StorageConfig`
+            or a dict with either fsspec's or delta-rs' names.
         progress: Called with the running summary after each batch.
 
     Returns:
@@ -238,6 +240,7 @@ def ingest(
         1234
     """
     source_list = [sources] if isinstance(sources, str) else list(sources)
+    storage_options = StorageConfig.coerce(storage_options)  # one form, each layer converts
     check_sources(source_list, storage_options=storage_options)
     check_lake_writable(lake, storage_options=storage_options)
     summary = IngestSummary()

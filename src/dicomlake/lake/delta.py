@@ -10,8 +10,9 @@ the same table. This module owns every write to ``<lake>/instances``:
   lake already has, in sorted numpy arrays, so a re-run skips unchanged files;
 - :func:`stale_row_ids` and :func:`delete_rows` implement ``--sync``.
 
-Every function takes ``storage_options``, passed unchanged to delta-rs (for example
-``{"AWS_REGION": "eu-west-1"}`` for an ``s3://`` lake).
+Every function takes ``storage_options``: a :class:`~dicomlake.storage.StorageConfig`
+or a plain dict (for example ``{"AWS_REGION": "eu-west-1"}`` for an ``s3://`` lake),
+turned into delta-rs's options by :func:`~dicomlake.storage.delta_options`.
 """
 
 from __future__ import annotations
@@ -35,14 +36,15 @@ from deltalake.exceptions import DeltaError
 
 from dicomlake.errors import LakeError, TableNotFound
 from dicomlake.schema import INSTANCES_SCHEMA, THUMBNAILS_SCHEMA
+from dicomlake.storage import StorageConfig, delta_options, fsspec_options
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads
 
 log = logging.getLogger(__name__)
 
-StorageOptions = Mapping[str, str]
-"""Options for the storage backend, passed unchanged to :mod:`deltalake`."""
+StorageOptions = StorageConfig | Mapping[str, Any]
+"""Options for the storage backend: a :class:`~dicomlake.storage.StorageConfig` or a dict."""
 
 INSTANCES_TABLE: Final = "instances"
 THUMBNAILS_TABLE: Final = "thumbnails"
@@ -143,7 +145,7 @@ def instances_uri(lake: str) -> str:
 
 
 def _opts(storage_options: StorageOptions | None) -> dict[str, str] | None:
-    return dict(storage_options) if storage_options else None
+    return delta_options(storage_options)
 
 
 def _reason(exc: BaseException) -> str:
@@ -643,17 +645,39 @@ def check_lake_writable(lake: str, storage_options: StorageOptions | None = None
 
 
 def _probe_remote(lake: str, storage_options: StorageOptions | None) -> None:
+    """Write and delete an empty object under the lake's prefix.
+
+    Through fsspec (s3fs for ``s3://``) when it knows the protocol: one plain PUT.
+    delta-rs's file system handler writes even an empty object as a multipart upload,
+    which some S3-compatible servers (moto 5.2.1) leave hanging for minutes.
+    """
+    probe = f".dicomlake-probe-{uuid.uuid4().hex}"
+    root = _lake_root(lake)
+    try:
+        import fsspec.core
+
+        fs, path = fsspec.core.url_to_fs(root, **fsspec_options(storage_options))
+    except (ImportError, ValueError):
+        fs = None  # a protocol only delta-rs knows (or its fsspec backend is missing)
+    if fs is not None:
+        target = f"{path.rstrip('/')}/{probe}"
+        try:
+            fs.pipe_file(target, b"")
+            fs.rm_file(target)
+        except (OSError, ValueError) as exc:
+            raise _lake_error("write", lake, exc) from exc
+        return
+
     import pyarrow.fs as pafs
     from deltalake.fs import DeltaStorageHandler
 
-    probe = f".dicomlake-probe-{uuid.uuid4().hex}"
     try:
-        fs = pafs.PyFileSystem(DeltaStorageHandler(_lake_root(lake), _opts(storage_options)))
+        pyfs = pafs.PyFileSystem(DeltaStorageHandler(root, _opts(storage_options)))
         # An empty object: writing bytes through deltalake 1.6.6's handler fails on
         # pyarrow 26 ("'Buffer' object is not an instance of 'bytes'").
-        with fs.open_output_stream(probe):
+        with pyfs.open_output_stream(probe):
             pass
-        fs.delete_file(probe)
+        pyfs.delete_file(probe)
     except (DeltaError, OSError, pa.ArrowException, TypeError) as exc:
         raise _lake_error("write", lake, exc) from exc
 

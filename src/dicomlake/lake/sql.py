@@ -9,8 +9,14 @@ later commits neither change nor break its answers (until a vacuum deletes files
 Why not ``DeltaTable.to_pyarrow_dataset()`` registered in DuckDB: delta-rs 1.6.6 writes
 the files of a MERGE or DELETE with ``string_view`` columns, and pyarrow 26 has no
 comparison kernels for them, so any pushed-down filter on a string column (``WHERE
-status = 'ok'``) fails once a file was replaced or a row deleted. The dataset is still
-used for object-store lakes, where DuckDB would need the ``httpfs`` download.
+status = 'ok'``) fails once a file was replaced or a row deleted (pyarrow evaluates the
+filter on the file's own types, before casting to the dataset's schema).
+
+Object-store lakes (``s3://``) are read the same way: the fsspec file system of the
+lake's protocol (s3fs, with the :class:`~dicomlake.storage.StorageConfig`'s fsspec
+options) is registered in DuckDB, whose Parquet reader then reads the table's files
+through it, so no ``httpfs`` download is needed. Only a protocol fsspec does not know
+falls back to the Arrow dataset (and to its string filter limitation).
 
 Views: ``instances`` (the table), ``series`` and ``studies`` (aggregates of the
 ``status = 'ok'`` rows), ``thumbnails`` when the lake has that table. Helpers: the
@@ -36,6 +42,7 @@ from dicomlake.lake.delta import (
     open_table,
     table_exists,
 )
+from dicomlake.storage import fsspec_options
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -146,12 +153,43 @@ def _plain_path(uri: str) -> str:
     return urllib.parse.unquote(uri)
 
 
-def _register_table(con: duckdb.DuckDBPyConnection, name: str, dt: DeltaTable, lake: str) -> None:
+def _register_fsspec(
+    con: duckdb.DuckDBPyConnection, uri: str, storage_options: StorageOptions | None
+) -> bool:
+    """Let DuckDB read ``uri``'s protocol through fsspec; False if fsspec cannot.
+
+    Raises:
+        LakeError: If the options are invalid.
+    """
+    import fsspec.core
+
+    try:
+        fs, _ = fsspec.core.url_to_fs(uri, **fsspec_options(storage_options))
+    except ImportError:
+        return False  # the protocol's fsspec backend (s3fs, ...) is not installed
+    except ValueError as exc:
+        if "Protocol not known" in str(exc):
+            return False
+        raise LakeError(f"cannot read lake at {uri}: {exc}", lake=uri) from exc
+    protocols = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    if not protocols & set(con.list_filesystems()):  # listed by protocol name
+        con.register_filesystem(fs)
+    return True
+
+
+def _register_table(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    dt: DeltaTable,
+    lake: str,
+    storage_options: StorageOptions | None = None,
+) -> None:
     """Create the view ``name`` over the files of ``dt``'s loaded version.
 
     The view is an empty table with the Delta schema UNION ALL BY NAME the Parquet
     files, so its columns and types are the table's even when the table has no files
-    or older files lack a column added later.
+    or older files lack a column added later. An object-store table's files are read
+    through its fsspec file system (see the module docstring).
     """
     features = set(dt.protocol().reader_features or ())
     unsupported = sorted(features & _UNSUPPORTED_READER_FEATURES)
@@ -162,8 +200,8 @@ def _register_table(con: duckdb.DuckDBPyConnection, name: str, dt: DeltaTable, l
             lake=lake,
         )
     local = _local_path(dt.table_uri)
-    if local is None:
-        # Object store: DuckDB has no built-in reader for it; see the module docstring.
+    if local is None and not _register_fsspec(con, dt.table_uri, storage_options):
+        # DuckDB cannot reach this store: read through delta-rs (module docstring).
         con.register(name, arrow_dataset(dt))
         return
     empty = f'{_PRIVATE}."{name}_schema"'
@@ -212,7 +250,9 @@ def connect(
 
     Args:
         lake: Lake folder or object-store URI prefix.
-        storage_options: Options for the storage backend, passed to :mod:`deltalake`.
+        storage_options: Options for the storage backend: a
+            :class:`~dicomlake.storage.StorageConfig` or a dict, given to
+            :mod:`deltalake` and to fsspec in the form each takes.
         version: Version of the ``instances`` table to read; None for the latest.
 
     Returns:
@@ -233,12 +273,12 @@ def connect(
     con = duckdb.connect(":memory:")
     try:
         con.execute(f"CREATE SCHEMA {_PRIVATE}")
-        _register_table(con, INSTANCES_TABLE, dt, lake)
+        _register_table(con, INSTANCES_TABLE, dt, lake, storage_options)
         con.execute(_SERIES_SQL)
         con.execute(_STUDIES_SQL)
         if table_exists(lake, THUMBNAILS_TABLE, storage_options=storage_options):
             thumbs = open_table(lake, THUMBNAILS_TABLE, storage_options=storage_options)
-            _register_table(con, THUMBNAILS_TABLE, thumbs, lake)
+            _register_table(con, THUMBNAILS_TABLE, thumbs, lake, storage_options)
         _register_tag_helpers(con)
         con.execute("SET VARIABLE dicomlake_lake = ?", [lake])
         con.execute("SET VARIABLE dicomlake_version = ?::BIGINT", [dt.version()])
