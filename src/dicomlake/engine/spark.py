@@ -32,6 +32,7 @@ import pyarrow as pa
 from dicomlake.catalog import FileRef
 from dicomlake.errors import LakeError
 from dicomlake.schema import INSTANCES_SCHEMA
+from dicomlake.storage import StorageOptionsLike, delta_options, fsspec_options
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -320,12 +321,26 @@ def _local_folder(uri: str) -> str | None:
     return None if "://" in uri else uri
 
 
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+def _filesystem(
+    uri: str, storage_options: StorageOptionsLike = None
+) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow file system and path for ``uri``.
+
+    With storage options, object storage goes through fsspec with those options (the
+    same credentials and endpoint the kernels read sources with, pickled to the
+    executors); without, pyarrow's own file systems read the environment.
+    """
     import pyarrow.fs as pafs
 
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
-    return pafs.FileSystem.from_uri(uri)
+    options = fsspec_options(storage_options)
+    if not options or uri.startswith("file://"):
+        return pafs.FileSystem.from_uri(uri)
+    import fsspec.core
+
+    fs, root = fsspec.core.url_to_fs(uri, **options)
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
 
 
 def _stats(table: pa.Table) -> str:
@@ -353,7 +368,12 @@ def _stats(table: pa.Table) -> str:
 
 
 def parquet_writer(
-    table_uri: str, schema: pa.Schema, job_id: str, *, task_hook: ArrowMapper | None = None
+    table_uri: str,
+    schema: pa.Schema,
+    job_id: str,
+    *,
+    task_hook: ArrowMapper | None = None,
+    storage_options: StorageOptionsLike = None,
 ) -> ArrowMapper:
     """The ``mapInArrow`` function that writes a partition as one Parquet file.
 
@@ -367,6 +387,8 @@ def parquet_writer(
         job_id: Marks every file of this write job.
         task_hook: Applied to each task's input batches, in the writer's process (a
             seam for tests that kill a task attempt midway).
+        storage_options: Credentials and endpoint for an object-storage table (a
+            :class:`~dicomlake.storage.StorageConfig` or dict, pickled to the tasks).
 
     Returns:
         A function from a partition's batches to one row in
@@ -381,7 +403,7 @@ def parquet_writer(
         partition = context.partitionId() if context else 0
         attempt = context.attemptNumber() if context else 0
         name = f"part-{partition:05d}-{job_id}-a{attempt}-{uuid.uuid4().hex[:8]}.zstd.parquet"
-        fs, root = _filesystem(table_uri)
+        fs, root = _filesystem(table_uri, storage_options)
         target = f"{root.rstrip('/')}/{name}"
         collected: list[pa.RecordBatch] = []
         writer: pq.ParquetWriter | None = None
@@ -431,7 +453,7 @@ def commit(
     mode: Literal["append", "overwrite"],
     job_id: str,
     name: str | None = None,
-    storage_options: dict[str, str] | None = None,
+    storage_options: StorageOptionsLike = None,
     cleanup: bool = True,
 ) -> int:
     """Commit the files the tasks wrote, in one Delta transaction, then remove orphans.
@@ -448,7 +470,8 @@ def commit(
         mode: ``append`` or ``overwrite``.
         job_id: The id the job's files carry in their names.
         name: The table's name, recorded in a new table's metadata.
-        storage_options: Options for delta-rs.
+        storage_options: A :class:`~dicomlake.storage.StorageConfig` or dict of options
+            (either library's names), for delta-rs and for removing orphans.
         cleanup: Delete this job's files that are not in the commit (written by task
             attempts that failed or were retried).
 
@@ -475,9 +498,10 @@ def commit(
     ]
     rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
     delta_schema = Schema.from_arrow(schema)
+    delta = delta_options(storage_options)
     try:
-        if DeltaTable.is_deltatable(table_uri, storage_options):
-            table = DeltaTable(table_uri, storage_options=storage_options)
+        if DeltaTable.is_deltatable(table_uri, delta):
+            table = DeltaTable(table_uri, storage_options=delta)
             table.create_write_transaction(adds, mode=mode, schema=delta_schema)
         else:
             create_table_with_add_actions(
@@ -486,12 +510,12 @@ def commit(
                 adds,
                 mode="error",
                 name=name,
-                storage_options=storage_options,
+                storage_options=delta,
             )
     except (DeltaError, OSError) as exc:
         raise LakeError(f"cannot commit to {table_uri}: {exc}", lake=table_uri) from exc
     if cleanup:
-        remove_orphans(table_uri, job_id, {a.path for a in adds})
+        remove_orphans(table_uri, job_id, {a.path for a in adds}, storage_options)
     return rows
 
 
@@ -501,7 +525,7 @@ def save_dataframe(
     *,
     mode: Literal["append", "overwrite"] = "append",
     name: str | None = None,
-    storage_options: dict[str, str] | None = None,
+    storage_options: StorageOptionsLike = None,
     cleanup: bool = True,
     task_hook: ArrowMapper | None = None,
 ) -> int:
@@ -517,7 +541,8 @@ def save_dataframe(
         table_uri: The table's folder or URI (a local folder is created).
         mode: ``append`` or ``overwrite``.
         name: The table's name, for a new table's metadata.
-        storage_options: Options for delta-rs.
+        storage_options: A :class:`~dicomlake.storage.StorageConfig` or dict: the
+            executors write with it (it is pickled to them), the driver commits with it.
         cleanup: Delete files of failed task attempts after the commit.
         task_hook: See :func:`parquet_writer`.
 
@@ -538,7 +563,9 @@ def save_dataframe(
         os.makedirs(local, exist_ok=True)
     job_id = new_job_id()
     written = df.mapInArrow(
-        parquet_writer(table_uri, schema, job_id, task_hook=task_hook),
+        parquet_writer(
+            table_uri, schema, job_id, task_hook=task_hook, storage_options=storage_options
+        ),
         to_spark(ADD_ACTION_SCHEMA),
     ).collect()
     return commit(
@@ -553,20 +580,26 @@ def save_dataframe(
     )
 
 
-def remove_orphans(table_uri: str, job_id: str, committed: set[str]) -> list[str]:
+def remove_orphans(
+    table_uri: str,
+    job_id: str,
+    committed: set[str],
+    storage_options: StorageOptionsLike = None,
+) -> list[str]:
     """Delete the files of job ``job_id`` in the table's folder that are not committed.
 
     Args:
         table_uri: The table's folder or URI.
         job_id: The id the job's files carry in their names.
         committed: Names of the files in the commit.
+        storage_options: Credentials and endpoint for an object-storage table.
 
     Returns:
         The names deleted.
     """
     import pyarrow.fs as pafs
 
-    fs, root = _filesystem(table_uri)
+    fs, root = _filesystem(table_uri, storage_options)
     removed = []
     for info in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
         base = info.base_name
@@ -576,6 +609,33 @@ def remove_orphans(table_uri: str, job_id: str, committed: set[str]) -> list[str
     if removed:
         log.info("removed %d files of failed task attempts from %s", len(removed), table_uri)
     return removed
+
+
+def parquet_reader(schema: pa.Schema, storage_options: StorageOptionsLike = None) -> ArrowMapper:
+    """The ``mapInArrow`` function that reads the Parquet files named in a ``uri`` column.
+
+    Lets Spark load a table on object storage without Hadoop's S3 connector: each task
+    reads its files through :func:`_filesystem` with ``storage_options``.
+
+    Args:
+        schema: The Arrow schema of the output (the Spark schema's Arrow form); each
+            file's columns are selected and cast to it.
+        storage_options: Credentials and endpoint (pickled to the tasks).
+
+    Returns:
+        A function from batches of file URIs to batches of their rows.
+    """
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import pyarrow.parquet as pq
+
+        for batch in batches:
+            for uri in batch.column(0).to_pylist():
+                fs, path = _filesystem(uri, storage_options)
+                table = pq.read_table(path, filesystem=fs, columns=schema.names)
+                yield from table.cast(schema).to_batches()
+
+    return run
 
 
 def new_job_id() -> str:
@@ -593,6 +653,7 @@ __all__ = [
     "merge_schema",
     "new_job_id",
     "nullable",
+    "parquet_reader",
     "parquet_writer",
     "refs_from_batch",
     "remove_orphans",

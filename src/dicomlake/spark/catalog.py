@@ -11,7 +11,8 @@ import pyarrow as pa
 
 from dicomlake.catalog import FileRef, iter_files
 from dicomlake.errors import TableNotFound
-from dicomlake.spark._compat import require_pyspark, to_spark
+from dicomlake.spark._compat import require_pyspark, to_arrow, to_spark
+from dicomlake.storage import StorageConfig, StorageOptionsLike, delta_options
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -69,6 +70,14 @@ def _catalog_batches(
         yield pa.RecordBatch.from_pylist(rows, schema=CATALOG_SCHEMA)
 
 
+_active_storage_options: StorageOptionsLike = None
+
+
+def active_storage_options() -> StorageOptionsLike:
+    """Storage settings of the :class:`Catalog` made last in this process (or None)."""
+    return _active_storage_options
+
+
 class Catalog:
     """The pixels ``Catalog``: lists files, and saves and loads the ``object_catalog`` table.
 
@@ -77,8 +86,10 @@ class Catalog:
         table: Name of the Delta table :meth:`save` writes.
         lake: Folder or URI the table lives in (``<lake>/<table>``); by default a folder
             named after the table in the current directory.
-        storage_options: fsspec options for listing and reading object storage (``anon``
-            marks rows ``is_anon``), also passed to delta-rs for the table.
+        storage_options: A :class:`~dicomlake.storage.StorageConfig` or a dict of
+            options for object storage (``anon`` marks rows ``is_anon``): used to list
+            and read the sources, pickled to the executors that write the table, and
+            given to delta-rs for the commit.
         files_per_partition: Files per Spark task when extracting.
 
     Raises:
@@ -91,7 +102,7 @@ class Catalog:
         table: str = "object_catalog",
         lake: str | None = None,
         *,
-        storage_options: dict[str, Any] | None = None,
+        storage_options: StorageOptionsLike = None,
         files_per_partition: int = 256,
     ) -> None:
         require_pyspark()
@@ -101,6 +112,10 @@ class Catalog:
         self.table = table
         self.lake = lake
         self.storage_options = storage_options
+        global _active_storage_options
+        # the seven-line program builds DicomThumbnailExtractor() without the catalog:
+        # it reads the files with the settings of the catalog made last in this driver
+        _active_storage_options = storage_options
         self.files_per_partition = files_per_partition
         if lake is None:
             self.table_uri = os.path.abspath(table)
@@ -142,12 +157,11 @@ class Catalog:
         if extension is not None:
             names = [extension] if isinstance(extension, str) else list(extension)
             wanted = {e.lower().lstrip(".") for e in names}
-        options = self.storage_options or {}
         batches = list(
             _catalog_batches(
                 iter_files(sources, storage_options=self.storage_options),
                 extensions=wanted,
-                is_anon=bool(options.get("anon", False)),
+                is_anon=StorageConfig.coerce(self.storage_options).anon,
             )
         )
         table = pa.Table.from_batches(batches, schema=CATALOG_SCHEMA)
@@ -190,7 +204,7 @@ class Catalog:
             self.table_uri,
             mode=mode,
             name=self.table,
-            storage_options=self._delta_options(),
+            storage_options=self.storage_options,
             cleanup=cleanup,
         )
 
@@ -198,29 +212,34 @@ class Catalog:
         """Read the saved table's current version back into a DataFrame.
 
         Returns:
-            The table's rows (read from the Parquet files its Delta log lists).
+            The table's rows (read from the Parquet files its Delta log lists; on object
+            storage the executors read them with ``storage_options``, so Spark needs no
+            Hadoop S3 connector).
 
         Raises:
             TableNotFound: Nothing was saved to this table yet.
         """
         from deltalake import DeltaTable
 
-        if not DeltaTable.is_deltatable(self.table_uri, self._delta_options()):
+        from dicomlake.engine.spark import _local_folder, parquet_reader
+
+        options = delta_options(self.storage_options)
+        if not DeltaTable.is_deltatable(self.table_uri, options):
             raise TableNotFound(
                 f"no Delta table at {self.table_uri}: save a DataFrame with Catalog.save() first",
                 lake=self.table_uri,
             )
-        table = DeltaTable(self.table_uri, storage_options=self._delta_options())
+        table = DeltaTable(self.table_uri, storage_options=options)
         schema = to_spark(pa.schema(table.schema().to_arrow()))
         uris = table.file_uris()
         if not uris:
             return self.spark.createDataFrame([], schema)
-        return self.spark.read.schema(schema).parquet(*uris)
-
-    def _delta_options(self) -> dict[str, str] | None:
-        if not self.storage_options:
-            return None
-        return {k: str(v) for k, v in self.storage_options.items()}
+        if _local_folder(self.table_uri) is not None:
+            return self.spark.read.schema(schema).parquet(*uris)
+        files = self.spark.createDataFrame([(u,) for u in uris], "uri string")
+        files = files.repartition(min(len(uris), self.spark.sparkContext.defaultParallelism))
+        reader = parquet_reader(to_arrow(schema), self.storage_options)
+        return files.mapInArrow(reader, schema)
 
 
 __all__ = ["CATALOG_SCHEMA", "Catalog"]

@@ -119,7 +119,8 @@ class DicomThumbnailExtractor(_Transformer):
     Args:
         size: Longest side in pixels.
         frame: Which frame of a multi-frame object: 'first', 'middle' or an index.
-        storage_options: fsspec options for object-storage sources.
+        storage_options: Object-storage settings; by default those of the last
+            :class:`Catalog` made, as the pixels program gives the extractor none.
     """
 
     requires = (
@@ -141,6 +142,10 @@ class DicomThumbnailExtractor(_Transformer):
                 "a thumbnail column holds one frame: use 'first', 'middle' or an index"
             )
         self.options = ThumbnailOptions(size=size, frame=frame)
+        if storage_options is None:
+            from dicomlake.spark.catalog import active_storage_options
+
+            storage_options = active_storage_options()
         self.storage_options = storage_options
 
     def transform(self, df: DataFrame) -> DataFrame:
