@@ -73,6 +73,17 @@ def _catalog_batches(
 _active_storage_options: StorageOptionsLike = None
 
 
+def delta_writer(spark: SparkSession) -> Literal["delta-rs", "delta-spark"]:
+    """Which Delta writer this session has: Spark's own (Databricks, delta-spark) or ours.
+
+    Plain PySpark from PyPI has no Delta jars: tasks write Parquet and delta-rs commits.
+    """
+    if os.environ.get("DATABRICKS_RUNTIME_VERSION"):
+        return "delta-spark"
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    return "delta-spark" if "DeltaSparkSessionExtension" in extensions else "delta-rs"
+
+
 def active_storage_options() -> StorageOptionsLike:
     """Storage settings of the :class:`Catalog` made last in this process (or None)."""
     return _active_storage_options
@@ -91,9 +102,15 @@ class Catalog:
             and read the sources, pickled to the executors that write the table, and
             given to delta-rs for the commit.
         files_per_partition: Files per Spark task when extracting.
+        writer: How :meth:`save` writes Delta: ``delta-spark`` is Spark's own writer
+            (Databricks, or a session with delta-spark configured; a dotted ``table``
+            with no ``lake`` is saved as a metastore / Unity Catalog table),
+            ``delta-rs`` has tasks write Parquet and the driver commit with delta-rs
+            (plain PySpark, no jars); ``auto`` picks the first the session supports.
 
     Raises:
         ImportError: pyspark is not installed.
+        ValueError: ``writer`` or ``files_per_partition`` is out of range.
     """
 
     def __init__(
@@ -104,8 +121,12 @@ class Catalog:
         *,
         storage_options: StorageOptionsLike = None,
         files_per_partition: int = 256,
+        writer: Literal["auto", "delta-rs", "delta-spark"] = "auto",
     ) -> None:
         require_pyspark()
+        if writer not in ("auto", "delta-rs", "delta-spark"):
+            raise ValueError(f"writer must be 'auto', 'delta-rs' or 'delta-spark', got {writer!r}")
+        self.writer = delta_writer(spark) if writer == "auto" else writer
         if files_per_partition < 1:
             raise ValueError(f"files_per_partition must be at least 1, got {files_per_partition}")
         self.spark = spark
@@ -197,6 +218,8 @@ class Catalog:
             ValueError: ``mode`` is neither ``append`` nor ``overwrite``.
             LakeError: The table cannot be written.
         """
+        if self.writer == "delta-spark":
+            return self._save_with_delta_spark(df, mode)
         from dicomlake.engine.spark import save_dataframe
 
         return save_dataframe(
@@ -207,6 +230,20 @@ class Catalog:
             storage_options=self.storage_options,
             cleanup=cleanup,
         )
+
+    def _save_with_delta_spark(self, df: DataFrame, mode: str) -> int:
+        """Spark's own Delta writer (Databricks): a catalog table name or a path."""
+        if mode not in ("append", "overwrite"):
+            raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
+        writer = df.write.format("delta").mode(mode)
+        if self.lake is None and "." in self.table:  # a Unity Catalog / metastore name
+            writer.saveAsTable(self.table)
+            target = self.table
+        else:
+            writer.save(self.table_uri)
+            target = f"delta.`{self.table_uri}`"
+        last = self.spark.sql(f"DESCRIBE HISTORY {target} LIMIT 1").collect()[0]
+        return int((last["operationMetrics"] or {}).get("numOutputRows", 0))
 
     def load(self) -> DataFrame:
         """Read the saved table's current version back into a DataFrame.
@@ -219,6 +256,10 @@ class Catalog:
         Raises:
             TableNotFound: Nothing was saved to this table yet.
         """
+        if self.writer == "delta-spark":
+            if self.lake is None and "." in self.table:
+                return self.spark.table(self.table)
+            return self.spark.read.format("delta").load(self.table_uri)
         from deltalake import DeltaTable
 
         from dicomlake.engine.spark import _local_folder, parquet_reader
