@@ -11,9 +11,6 @@ from __future__ import annotations
 import io
 import os
 import pickle
-import subprocess
-import sys
-import textwrap
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -38,19 +35,7 @@ from dicomlake.storage import (
     fsspec_options,
     parse_storage_option,
 )
-
-_SERVER = textwrap.dedent(
-    """
-    import logging, sys
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from moto.server import ThreadedMotoServer
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    print(server.get_host_and_port()[1], flush=True)
-    sys.stdin.read()  # runs until the test session closes our stdin
-    server.stop()
-    """
-)
+from moto_server import moto_endpoint
 
 _AWS_VARS = (
     "AWS_ACCESS_KEY_ID",
@@ -73,23 +58,8 @@ FILES = ("CT_small.dcm", "MR_small.dcm", "rtstruct.dcm")
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """``http://127.0.0.1:PORT`` of a moto S3 server that lives for the session."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        port = int(proc.stdout.readline())
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with moto_endpoint() as url:
+        yield url
 
 
 @pytest.fixture

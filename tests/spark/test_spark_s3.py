@@ -10,9 +10,6 @@ environment here: the executors' Python workers can reach the bucket only throug
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
-import textwrap
 import uuid
 import zipfile
 from collections.abc import Iterator
@@ -23,6 +20,7 @@ import pytest
 
 from dicomlake.sample import sample_file
 from dicomlake.storage import StorageConfig
+from moto_server import moto_endpoint
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -32,36 +30,12 @@ pytestmark = pytest.mark.spark
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 
-_SERVER = textwrap.dedent(
-    """
-    import logging, sys
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)
-    from moto.server import ThreadedMotoServer
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    print(server.get_host_and_port()[1], flush=True)
-    sys.stdin.read()  # runs until the fixture closes our stdin
-    server.stop()
-    """
-)
-
 
 @pytest.fixture(scope="module")
 def endpoint() -> Iterator[str]:
     """``http://127.0.0.1:PORT`` of a moto S3 server for this module."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        yield f"http://127.0.0.1:{int(proc.stdout.readline())}"
-    finally:
-        proc.stdin.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with moto_endpoint() as url:
+        yield url
 
 
 @pytest.fixture
