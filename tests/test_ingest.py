@@ -281,6 +281,22 @@ def test_same_file_through_two_sources_is_one_row(small_folder: Path, tmp_path: 
     assert len(rows(lake)) == 4
 
 
+def _orphaned_workers() -> list[int]:
+    """Pool workers (spawned processes) whose parent is gone (re-parented to init)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"multiprocessing.spawn" in cmdline and ppid == 1:
+            found.append(int(entry.name))
+    return found
+
+
 @pytest.mark.slow
 def test_kill_9_mid_ingest_then_rerun_gives_exactly_one_row_per_file(tmp_path: Path) -> None:
     folder = tmp_path / "src"
@@ -313,7 +329,11 @@ def test_kill_9_mid_ingest_then_rerun_gives_exactly_one_row_per_file(tmp_path: P
         time.sleep(0.05)
     assert process.poll() is None, "the run ended before it could be killed"
     process.send_signal(signal.SIGKILL)
-    process.wait()
+    process.communicate()
+    deadline = time.monotonic() + 10  # its workers notice and leave within a second or so
+    while _orphaned_workers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _orphaned_workers(), "worker processes outlived their killed coordinator"
     committed = len(rows(lake))
     assert 0 < committed < 1500
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

@@ -48,6 +48,8 @@ class Kernel(Protocol):
 
 
 _TASKS_PER_WORKER = 2
+#: How often an idle worker checks that its coordinator is still alive.
+_PARENT_CHECK_SECONDS = 1.0
 _POLL_SECONDS = 0.2
 _SLOT = 3  # shared state per worker: task id, file index, start time
 
@@ -73,8 +75,16 @@ def _worker_main(kernel: Kernel, inbox: Any, outbox: Any, state: Any, slot: int)
     """Worker loop: run tasks from ``inbox``, publishing progress in ``state``."""
     warnings.simplefilter("ignore")  # pydicom warns on every odd value; rows say it
     base = slot * _SLOT
+    parent = os.getppid()
+    # if the coordinator dies, results nobody reads must not keep this process alive
+    outbox.cancel_join_thread()
     while True:
-        message = inbox.get()
+        try:
+            message = inbox.get(timeout=_PARENT_CHECK_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:  # the coordinator died (kill -9): do not linger
+                return
+            continue
         if message is None:
             return
         task_id, refs = message
