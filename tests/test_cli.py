@@ -133,6 +133,7 @@ def test_demo_ingests_the_sample_data_and_answers(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "ingested:" in result.stdout and "not_dicom" in result.stdout
     assert "Modality" in result.stdout and "TruncatedFile" in result.stdout
+    assert " thumbnails (" in result.stdout  # the demo draws them too
 
 
 @pytest.mark.slow

@@ -422,6 +422,9 @@ def demo(
         quiet=quiet,
         commit_rows=5000,
         commit_seconds=5.0,
+        thumbnails=True,
+        thumbnail_size=256,
+        frame=FrameOption.middle,
     )
     query = (
         "SELECT Modality, count(*) AS files, count(DISTINCT SeriesInstanceUID) AS series "
@@ -432,6 +435,7 @@ def demo(
     query = "SELECT status, error, count(*) AS files FROM instances GROUP BY ALL ORDER BY 1, 3 DESC"
     typer.echo(f'\n$ dicomlake sql --lake {lake} "{query}"')
     sql(query, lake, OutputFormat.table, None)
+    typer.echo(f"\nbrowse it: dicomlake serve --lake {lake}", err=True)
 
 
 @app.command()
