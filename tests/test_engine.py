@@ -55,3 +55,13 @@ def test_in_process_and_pool_give_identical_rows(tmp_path: Path) -> None:
     for _task, batch in LocalEngine(kernel, workers=2).map([Task(refs=[r]) for r in refs]):
         pooled.update({r["path"]: r for r in batch["instances"].to_pylist()})
     assert serial == pooled
+
+
+def test_extract_instances_is_the_kernel_in_one_call(tmp_path: Path) -> None:
+    from dicomlake.kernels import extract_instances
+    from dicomlake.schema import INSTANCES_SCHEMA
+
+    (tmp_path / "text.dcm").write_text("not DICOM")
+    batch = extract_instances([_ref(sample_file("CT_small.dcm")), _ref(tmp_path / "text.dcm")])
+    assert batch.schema == INSTANCES_SCHEMA
+    assert batch.column("status").to_pylist() == ["ok", "not_dicom"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import sys
+from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -131,7 +132,7 @@ def ingest(
     storage = _storage(anon, storage_option)
     display = _Progress() if _interactive(quiet) else None
     try:
-        with display or _nullcontext():
+        with display or nullcontext():
             summary = run_ingest(
                 sources,
                 lake,
@@ -200,14 +201,6 @@ def _print_summary_table(summary: IngestSummary) -> None:
     table.add_row("seconds", f"{summary.seconds:.1f}")
     table.add_row("files/s", f"{summary.files_per_second:.0f}")
     Console(stderr=True).print(table)
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class _Progress:

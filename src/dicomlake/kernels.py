@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections import Counter
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +43,21 @@ def error_text(exc: BaseException) -> str:
         name = "ZlibError"
     text = f"{name}: {message}" if message else name
     return text[:MAX_ERROR_CHARS]
+
+
+def tally(batch: pa.RecordBatch) -> Counter[str]:
+    """Count a batch's rows: ``ok``, ``not_dicom``, and errors by class.
+
+    The class is the text before the first ``:`` of ``error`` (see :func:`error_text`).
+    """
+    counts: Counter[str] = Counter()
+    statuses = batch.column("status").to_pylist()
+    for status, error in zip(statuses, batch.column("error").to_pylist(), strict=True):
+        if status in ("ok", "not_dicom"):
+            counts[status] += 1
+        else:
+            counts[(error or "Error").split(":", 1)[0]] += 1
+    return counts
 
 
 def source_columns(ref: FileRef) -> dict[str, Any]:
@@ -151,12 +167,10 @@ def extract_instances(
     Returns:
         One row per reference, in order, in :data:`dicomlake.schema.INSTANCES_SCHEMA`.
     """
-    when = ingested_at or dt.datetime.now(dt.UTC)
-    rows = [
-        extract_row(ref, bulk_threshold=bulk_threshold, storage_options=storage_options)
-        for ref in refs
-    ]
-    return rows_to_batch(rows, when)
+    kernel = InstancesKernel(
+        bulk_threshold=bulk_threshold, storage_options=storage_options, ingested_at=ingested_at
+    )
+    return kernel.batch([kernel.row(ref) for ref in refs])["instances"]
 
 
 class InstancesKernel:

@@ -13,7 +13,7 @@ import os
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +23,7 @@ import numpy as np
 from dicomlake.catalog import FileRef, check_sources, iter_files
 from dicomlake.dicom.pixels import FrameChoice
 from dicomlake.engine.local import LocalEngine, Task
-from dicomlake.kernels import InstancesKernel, row_id
+from dicomlake.kernels import InstancesKernel, row_id, tally
 from dicomlake.lake.delta import (
     Fingerprints,
     InstanceWriter,
@@ -276,7 +276,7 @@ def ingest(
                 thumb_writer.write(out["thumbnails"], replace=bool(task.context))
                 _count_thumbnails(summary, out["thumbnails"])
             writer.write(batch, replace=bool(task.context))
-            _count(summary, batch.column("status").to_pylist(), batch.column("error").to_pylist())
+            _count(summary, batch)
             summary.timeouts = engine.timeouts
             summary.commits = writer.commits
             if progress is not None:
@@ -304,21 +304,14 @@ def ingest(
 
 
 def _count_thumbnails(summary: IngestSummary, batch: Any) -> None:
-    for status, error in zip(
-        batch.column("status").to_pylist(), batch.column("error").to_pylist(), strict=True
-    ):
-        if status == "ok":
-            summary.thumbnails += 1
-        else:
-            summary.thumbnail_errors[(error or "Error").split(":", 1)[0]] += 1
+    counts = tally(batch)
+    summary.thumbnails += counts.pop("ok", 0)
+    summary.thumbnail_errors.update(counts)
 
 
-def _count(summary: IngestSummary, statuses: Iterable[str], errors: Iterable[str | None]) -> None:
-    for status, error in zip(statuses, errors, strict=True):
-        summary.done += 1
-        if status == "ok":
-            summary.ok += 1
-        elif status == "not_dicom":
-            summary.not_dicom += 1
-        else:
-            summary.errors[(error or "Error").split(":", 1)[0]] += 1
+def _count(summary: IngestSummary, batch: Any) -> None:
+    counts = tally(batch)
+    summary.done += batch.num_rows
+    summary.ok += counts.pop("ok", 0)
+    summary.not_dicom += counts.pop("not_dicom", 0)
+    summary.errors.update(counts)

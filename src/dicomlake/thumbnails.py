@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -19,7 +20,7 @@ import pyarrow as pa
 
 from dicomlake.catalog import FileRef, open_ref
 from dicomlake.dicom.pixels import DisplayFrame, FrameChoice, frame_indices, render
-from dicomlake.kernels import MAX_ERROR_CHARS, build_batch, error_text, row_id
+from dicomlake.kernels import MAX_ERROR_CHARS, build_batch, error_text, row_id, tally
 from dicomlake.schema import THUMBNAILS_SCHEMA
 
 DEFAULT_SIZE = 256
@@ -183,7 +184,7 @@ class ThumbnailSummary:
 
     instances: int = 0
     ok: int = 0
-    errors: dict[str, int] = field(default_factory=dict)
+    errors: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
 
     @property
@@ -291,11 +292,6 @@ def build_thumbnails(
 
 def count_thumbnails(summary: ThumbnailSummary, batch: pa.RecordBatch) -> None:
     """Add a batch's ok and error rows to ``summary``."""
-    for status, error in zip(
-        batch.column("status").to_pylist(), batch.column("error").to_pylist(), strict=True
-    ):
-        if status == "ok":
-            summary.ok += 1
-        else:
-            name = (error or "Error").split(":", 1)[0]
-            summary.errors[name] = summary.errors.get(name, 0) + 1
+    counts = tally(batch)
+    summary.ok += counts.pop("ok", 0)
+    summary.errors.update(counts)

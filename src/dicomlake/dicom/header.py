@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
@@ -89,10 +89,10 @@ def read_header(fp: BinaryIO, *, uri: str, bulk_threshold: int = 1024) -> Header
     deflated_pixels: str | None = None
     if deflated:  # offsets point into the inflated stream: inline every value
         fp.seek(0)
-        full = pydicom.dcmread(fp, force=True)
-        deflated_pixels = next((PIXEL_TAGS[t] for t in PIXEL_TAGS if t in full), None)
-        fp.seek(0)
-        ds = pydicom.dcmread(fp, stop_before_pixels=True, force=True)
+        ds = pydicom.dcmread(fp, force=True)  # inflated once, pixel data included
+        deflated_pixels = next((PIXEL_TAGS[t] for t in PIXEL_TAGS if t in ds), None)
+        for tag in PIXEL_TAGS:
+            ds._dict.pop(tag, None)  # stands in the meta as a whole-file BulkDataURI
         pixel_start = None
     else:
         pixel_start = fp.tell()
@@ -218,12 +218,3 @@ def _encapsulated_length(fp: BinaryIO, offset: int, end: str) -> int:
         if tag != _ITEM or length == 0xFFFFFFFF:
             raise ValueError(f"unexpected tag ({group:04X},{elem:04X}) in encapsulated pixel data")
         position += 8 + length
-
-
-def first_value(meta: JsonDict, key: str) -> Any:
-    """Return the first value of element ``key`` ('GGGGEEEE') in ``meta``, or None."""
-    element = meta.get(key)
-    if not element:
-        return None
-    values = element.get("Value")
-    return values[0] if values else None
