@@ -231,14 +231,7 @@ def series_page(cur: Cursor, filters: Filters, offset: int, limit: int) -> dict[
             thumbnail_url(cover[0], cover[1][len(cover[1]) // 2], cur.token) if cover else None
         )
         items.append(row)
-    end = offset + len(items)
-    return {
-        "items": items,
-        "total": total,
-        "offset": offset,
-        "limit": limit,
-        "next_offset": end if end < total and items else None,
-    }
+    return _page(items, total, offset, limit)
 
 
 # --------------------------------------------------------------------------- failures
@@ -276,13 +269,18 @@ def failures_page(cur: Cursor, filters: Filters, offset: int, limit: int) -> dic
         total = int(cur.fetch(count, params)[0][0])
     for row in rows:
         row.pop("total")
-    end = offset + len(rows)
+    return _page(rows, total, offset, limit)
+
+
+def _page(items: list[dict[str, Any]], total: int, offset: int, limit: int) -> dict[str, Any]:
+    """The paging envelope every list endpoint answers with."""
+    end = offset + len(items)
     return {
-        "items": rows,
+        "items": items,
         "total": total,
         "offset": offset,
         "limit": limit,
-        "next_offset": end if end < total and rows else None,
+        "next_offset": end if end < total and items else None,
     }
 
 
