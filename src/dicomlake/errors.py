@@ -7,8 +7,10 @@ subclasses exist only where a caller acts differently::
     ├── SourceNotFound      a SRC given to ingest does not exist (CLI exit code 2)
     ├── LakeError           the lake folder cannot be created, written or read
     │   └── TableNotFound   the lake has no such table yet (nothing ingested)
-    └── ExtractError        a file could not be turned into a row (kept as an error row,
+    ├── ExtractError        a file could not be turned into a row (kept as an error row,
                             raised only by the single-file helpers)
+    └── QueryError          a query given to select data (datasets, patches, volumes)
+                            fails or lacks a column it must return (also a ValueError)
 
 Messages name what was expected and what was found. They never carry patient data:
 paths are fine, tag values are not.
@@ -47,3 +49,15 @@ class ExtractError(DicomLakeError):
     def __init__(self, message: str, *, path: str) -> None:
         super().__init__(message)
         self.path = path
+
+
+class QueryError(DicomLakeError, ValueError):
+    """A query that selects data for a dataset or a derived table is not usable.
+
+    Attributes:
+        sql: The query as given.
+    """
+
+    def __init__(self, message: str, *, sql: str) -> None:
+        super().__init__(message)
+        self.sql = sql

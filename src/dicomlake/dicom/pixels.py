@@ -287,7 +287,7 @@ def _reduced_j2k(data: bytes, ds: Dataset, level: int) -> tuple[np.ndarray, int]
     return values, max(1, round(full_width / arr.shape[1]))
 
 
-def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+def apply_window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
     """PS3.3 C.11.2.1.2: map values to [0, 1] with a window."""
     if function == "SIGMOID":
         return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / max(width, 1e-6)))
@@ -315,7 +315,7 @@ def _voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
     center, width = _first(ds.get("WindowCenter")), _first(ds.get("WindowWidth"))
     if center is not None and width is not None and width > 0:
         function = str(ds.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
-        return _window(values, center, width, function)
+        return apply_window(values, center, width, function)
     if ds.get("VOILUTSequence"):
         try:
             # the VOI LUT's input is the Modality LUT's output (rescaled values), not
@@ -325,18 +325,30 @@ def _voi(values: np.ndarray, ds: Dataset) -> np.ndarray:
             return np.clip(lut_out.astype(np.float64) / float(2**bits - 1), 0.0, 1.0)
         except Exception as exc:  # a broken LUT: fall back to the image's own range
             logger.debug("VOI LUT not applied: %s", exc)
-    # a strided sample is plenty for percentiles, and much cheaper on a large frame
+    found = robust_range(values)
+    if found is None:
+        return np.zeros_like(values, dtype=np.float64)
+    low, high = found
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def robust_range(values: np.ndarray) -> tuple[float, float] | None:
+    """The (low, high) of the window used when an image has none, or None if flat.
+
+    The 0.5th and 99.5th percentiles of the finite values (min and max when those
+    coincide), from a strided sample of a large frame.
+    """
     step = max(1, math.isqrt(values.size // 1_000_000))
     sample = values[::step, ::step] if values.ndim == 2 else values
     finite = sample[np.isfinite(sample)]
     if finite.size == 0:
-        return np.zeros_like(values, dtype=np.float64)
-    low, high = np.percentile(finite, ROBUST_PERCENTILES)
+        return None
+    low, high = (float(v) for v in np.percentile(finite, ROBUST_PERCENTILES))
     if high <= low:
         low, high = float(finite.min()), float(finite.max())
     if high <= low:
-        return np.zeros_like(values, dtype=np.float64)
-    return np.clip((values - low) / (high - low), 0.0, 1.0)
+        return None
+    return low, high
 
 
 def _to_uint8(unit: np.ndarray) -> np.ndarray:
@@ -363,7 +375,7 @@ _FUNCTIONAL_GROUPS = {
 }
 
 
-def _frame_view(ds: Dataset, frame: int) -> Dataset:
+def frame_view(ds: Dataset, frame: int) -> Dataset:
     """``ds`` with the frame's functional-group display attributes at the top level.
 
     Enhanced CT/MR/XA images keep *Rescale Slope*/*Intercept*, *Window Center*/*Width*
@@ -406,7 +418,7 @@ def display_frame(stored: np.ndarray, ds: Dataset, frame: int = 0) -> DisplayFra
     Returns:
         The frame as uint8 L or RGB.
     """
-    ds = _frame_view(ds, frame)
+    ds = frame_view(ds, frame)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     aspect = pixel_aspect(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)

@@ -48,6 +48,8 @@ StorageOptions = StorageConfig | Mapping[str, Any]
 
 INSTANCES_TABLE: Final = "instances"
 THUMBNAILS_TABLE: Final = "thumbnails"
+VOLUMES_TABLE: Final = "volumes"
+PATCHES_TABLE: Final = "patches"
 
 #: Values :meth:`Fingerprints.classify` returns, one per file.
 NEW: Final = 0

@@ -19,7 +19,8 @@ through it, so no ``httpfs`` download is needed. Only a protocol fsspec does not
 falls back to the Arrow dataset (and to its string filter limitation).
 
 Views: ``instances`` (the table), ``series`` and ``studies`` (aggregates of the
-``status = 'ok'`` rows), ``thumbnails`` when the lake has that table. Helpers: the
+``status = 'ok'`` rows), and ``thumbnails``, ``volumes`` (series geometry) and
+``patches`` when the lake has those tables. Helpers: the
 macro ``tag(meta, key)`` and the table ``dicom_keywords(keyword, tag)``.
 """
 
@@ -35,7 +36,9 @@ import pyarrow as pa
 from dicomlake.errors import LakeError
 from dicomlake.lake.delta import (
     INSTANCES_TABLE,
+    PATCHES_TABLE,
     THUMBNAILS_TABLE,
+    VOLUMES_TABLE,
     StorageOptions,
     _local_path,
     arrow_dataset,
@@ -134,6 +137,9 @@ CREATE MACRO tag(meta, key) AS
     )[1];
 """
 
+
+#: Tables a lake may have beside ``instances``; each becomes a view of its name.
+OPTIONAL_TABLES = (THUMBNAILS_TABLE, VOLUMES_TABLE, PATCHES_TABLE)
 
 #: DuckDB schema for helper tables that users need not see in SHOW TABLES.
 _PRIVATE = "dicomlake_internal"
@@ -257,8 +263,8 @@ def connect(
 
     Returns:
         A connection with views ``instances``, ``series``, ``studies`` (and
-        ``thumbnails`` when the lake has it), the macro ``tag(meta, key)`` and the
-        table ``dicom_keywords``. The variables ``dicomlake_lake`` and
+        ``thumbnails``, ``volumes``, ``patches`` when the lake has them), the macro
+        ``tag(meta, key)`` and the table ``dicom_keywords``. The variables ``dicomlake_lake`` and
         ``dicomlake_version`` say what it reads.
 
     Raises:
@@ -276,9 +282,10 @@ def connect(
         _register_table(con, INSTANCES_TABLE, dt, lake, storage_options)
         con.execute(_SERIES_SQL)
         con.execute(_STUDIES_SQL)
-        if table_exists(lake, THUMBNAILS_TABLE, storage_options=storage_options):
-            thumbs = open_table(lake, THUMBNAILS_TABLE, storage_options=storage_options)
-            _register_table(con, THUMBNAILS_TABLE, thumbs, lake, storage_options)
+        for name in OPTIONAL_TABLES:
+            if table_exists(lake, name, storage_options=storage_options):
+                table = open_table(lake, name, storage_options=storage_options)
+                _register_table(con, name, table, lake, storage_options)
         _register_tag_helpers(con)
         con.execute("SET VARIABLE dicomlake_lake = ?", [lake])
         con.execute("SET VARIABLE dicomlake_version = ?::BIGINT", [dt.version()])
