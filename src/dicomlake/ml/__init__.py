@@ -38,7 +38,16 @@ _EXPORTS = {
     "load_frame": "dicomlake.ml.frames",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DicomPatcher",
+    "FrameCache",
+    "FrameDataset",
+    "PatchDataset",
+    "PhysicalFrame",
+    "SeriesVolumeDataset",
+    "build_volumes",
+    "load_frame",
+]
 
 
 def __getattr__(name: str) -> Any:
