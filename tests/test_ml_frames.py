@@ -271,3 +271,35 @@ def test_cache_keys_change_with_the_file(tmp_path: Path) -> None:
     assert base != cache.key("file:///x.dcm", 0, 101, 1.0)
     assert base != cache.key("file:///x.dcm", 0, 100, 2.0)
     assert base == cache.key("file:///x.dcm", 0, 100, 1.0)
+
+
+def test_large_jpeg2000_frames_decode_small_when_the_size_is_small(tmp_path: Path) -> None:
+    from pydicom.uid import JPEG2000
+
+    from dicomlake.sample import image_dataset, synthetic_mammogram
+
+    pixels = synthetic_mammogram(12, seed=3, shape=(2048, 1536))
+    ds = image_dataset(pixels, 12)
+    ds.RescaleSlope, ds.RescaleIntercept = 2, -100
+    ds.compress(JPEG2000, pixels, j2k_cr=[20])
+    folder = tmp_path / "src"
+    folder.mkdir()
+    ds.save_as(folder / "mg.dcm", enforce_file_format=True)
+    lake = str(tmp_path / "lake")
+    dicomlake.ingest([str(folder)], lake, workers=0)
+    sql = "SELECT path FROM instances"
+    fast = FrameDataset(lake, sql, size=128)[0]
+    full = FrameDataset(lake, sql, size=128, reduced_decode=False)[0]
+    # 2048 -> 512 decoded (level 2), then resized: the same picture, the same HU scale
+    a, b = fast["image"].flatten().numpy(), full["image"].flatten().numpy()
+    assert np.corrcoef(a, b)[0, 1] > 0.999
+    assert abs(float(a.mean()) - float(b.mean())) < 0.01 * float(b.std())
+    assert fast["meta"]["spacing"].tolist() == pytest.approx(full["meta"]["spacing"].tolist())
+    assert full["meta"]["spacing"].tolist() == pytest.approx([0.07 * 2048 / 128, 0.07 * 1536 / 128])
+    # what the dataset decoded before resizing: a quarter of each side, spacing to match
+    from dicomlake.ml import load_frame
+
+    decoded = load_frame(fast["meta"]["path"], 0, max_side=128)
+    assert decoded.values.shape == (1, 512, 384)
+    assert decoded.spacing == pytest.approx((0.28, 0.28))
+    assert load_frame(fast["meta"]["path"], 0).values.shape == (1, 2048, 1536)

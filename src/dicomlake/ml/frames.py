@@ -139,13 +139,21 @@ def _first_number(value: Any) -> float | None:
 
 
 def load_frame(
-    path: str, frame: int = 0, *, storage_options: dict[str, Any] | None = None
+    path: str,
+    frame: int = 0,
+    *,
+    max_side: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> PhysicalFrame:
     """Decode frame ``frame`` of the file at ``path`` into physical units.
 
     Args:
         path: A path from the lake (local URI, ``zip://`` member, object-store URL).
         frame: 0-based frame index.
+        max_side: The largest side the caller will resize to. A JPEG or JPEG 2000
+            frame at least four times larger is then decoded at reduced resolution
+            (never below twice ``max_side``), as thumbnails are; the spacing says so.
+            None decodes in full.
         storage_options: fsspec options for object storage.
 
     Raises:
@@ -153,7 +161,7 @@ def load_frame(
         Exception: The pixel data cannot be decoded (what pydicom's decoder raises).
     """
     with open_ref(path, storage_options=storage_options) as fp:
-        stored, ds, _ = read_frame(fp, frame)
+        stored, ds, scale = read_frame(fp, frame, max_side=max_side)
     view = frame_view(ds, frame)
     photometric = str(view.get("PhotometricInterpretation", "MONOCHROME2") or "").upper()
     if photometric == "PALETTE COLOR":
@@ -172,9 +180,12 @@ def load_frame(
         function = str(view.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
         window = (center, width, function)
     shape = str(view.get("PresentationLUTShape", "") or "").upper()
+    spacing = _pair(view.get("PixelSpacing")) or _pair(view.get("ImagerPixelSpacing"))
+    if spacing is not None and scale > 1:
+        spacing = (spacing[0] * scale, spacing[1] * scale)
     return PhysicalFrame(
         values=np.ascontiguousarray(values),
-        spacing=_pair(view.get("PixelSpacing")) or _pair(view.get("ImagerPixelSpacing")),
+        spacing=spacing,
         window=window,
         inverted=photometric == "MONOCHROME1" or shape == "INVERSE",
         photometric=photometric,
@@ -203,10 +214,17 @@ class FrameCache:
         self.directory = Path(directory)
 
     def key(
-        self, path: str, frame: int, size: int | None, mtime: datetime | int | float | None
+        self,
+        path: str,
+        frame: int,
+        size: int | None,
+        mtime: datetime | int | float | None,
+        max_side: int | None = None,
     ) -> str:
-        """The file name stem for one frame of one version of a file."""
+        """The file name stem for one frame of one version of a file (and decode size)."""
         text = f"{_CACHE_FORMAT}\0{path}\0{frame}\0{size}\0{_stamp(mtime)}"
+        if max_side is not None:
+            text += f"\0{max_side}"
         return hashlib.blake2b(text.encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
     def _paths(self, key: str) -> tuple[Path, Path]:
@@ -273,19 +291,21 @@ class FrameReader:
         *,
         size: int | None = None,
         mtime: datetime | int | float | None = None,
+        max_side: int | None = None,
     ) -> PhysicalFrame:
-        """Frame ``frame`` of ``path`` in physical units.
+        """Frame ``frame`` of ``path`` in physical units (see :func:`load_frame`).
 
         Raises:
             OSError: The file cannot be read.
             Exception: The pixel data cannot be decoded.
         """
+        options = self.storage_options
         if self.cache is None:
-            return load_frame(path, frame, storage_options=self.storage_options)
-        key = self.cache.key(path, frame, size, mtime)
+            return load_frame(path, frame, max_side=max_side, storage_options=options)
+        key = self.cache.key(path, frame, size, mtime, max_side)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
-        loaded = load_frame(path, frame, storage_options=self.storage_options)
+        loaded = load_frame(path, frame, max_side=max_side, storage_options=options)
         self.cache.put(key, loaded)
         return loaded
