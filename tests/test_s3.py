@@ -353,3 +353,36 @@ def test_plain_dict_with_delta_style_names(
     con = dicomlake.connect(lake, storage_options=options)
     assert con.sql("SELECT count(*) FROM instances").fetchall() == [(6,)]
     con.close()
+
+
+# ------------------------------------------------------------------- deep learning
+
+
+def test_frame_dataset_reads_a_bucket_lake_in_dataloader_workers(
+    source_bucket: str, s3: Any, aws_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    torch = pytest.importorskip("torch")
+    import pydicom
+    from pydicom.pixels import apply_modality_lut
+
+    from dicomlake.ml import FrameDataset
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name)
+    storage = StorageConfig(key=KEY, secret=SECRET, region="us-east-1", endpoint_url=aws_env)
+    lake = f"s3://{_bucket(s3)}/lake"
+    dicomlake.ingest([f"s3://{source_bucket}/data"], lake, workers=0, storage_options=storage)
+    sql = "SELECT path FROM instances WHERE Modality = 'CT' ORDER BY path"
+    dataset = FrameDataset(lake, sql, storage_options=storage)
+    # the bucket object and the zip member inside the bucket
+    assert [p.split("::")[0] for p in dataset.items.column("path").to_pylist()] == [
+        f"s3://{source_bucket}/data/CT_small.dcm",
+        "zip://in/a.dcm",
+    ]
+    reference = pydicom.dcmread(sample_file("CT_small.dcm"))
+    expected = torch.from_numpy(apply_modality_lut(reference.pixel_array, reference)).float()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)
+    images = [batch["image"][0, 0] for batch in loader]  # forked workers open the bucket
+    assert len(images) == 2
+    assert all(torch.equal(image, expected) for image in images)
+    assert b"testing" in pickle.dumps(dataset)  # the config travels to the workers

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -17,6 +17,7 @@ from dicomlake.ml._torch import require_torch
 from dicomlake.ml.frames import FrameCache, FrameReader, PhysicalFrame, Window, check_window
 from dicomlake.ml.labels import Labels, labels_for
 from dicomlake.ml.selection import PRIVATE, LakeLike, lake_location, select_pixel_instances
+from dicomlake.storage import StorageOptionsLike
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ class FrameDataset:
         on_error: Literal["raise", "skip"] = "raise",
         reduced_decode: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
-        storage_options: Mapping[str, Any] | None = None,
+        storage_options: StorageOptionsLike = None,
     ) -> None:
         require_torch()
         self.window = check_window(window)
@@ -191,7 +192,10 @@ class FrameDataset:
         keep = [f"{PRIVATE}{c}" for c in ("path", "frame", "size", "mtime", "sop", "row_id")]
         if label is not None:
             keep.append(label)
-        self._items = items.select(keep)
+        items = items.select(keep)
+        # a path per frame would dominate the pickle of a multi-frame selection
+        paths = items.column(f"{PRIVATE}path").dictionary_encode()
+        self._items = items.set_column(0, f"{PRIVATE}path", paths)
         self._reader = FrameReader(
             storage_options=options,
             cache=FrameCache(cache_dir) if cache_dir is not None else None,

@@ -28,6 +28,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from dicomlake.catalog import open_ref
 from dicomlake.dicom.pixels import apply_window, frame_view, read_frame, robust_range
+from dicomlake.storage import StorageOptionsLike
 
 Window: TypeAlias = tuple[float, float] | Literal["dicom"] | None
 """``None`` (physical values), ``(center, width)`` (a linear window), or ``'dicom'``
@@ -143,7 +144,7 @@ def load_frame(
     frame: int = 0,
     *,
     max_side: int | None = None,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptionsLike = None,
 ) -> PhysicalFrame:
     """Decode frame ``frame`` of the file at ``path`` into physical units.
 
@@ -281,7 +282,7 @@ class FrameReader:
     Holds only strings and options, so datasets that carry one pickle cheaply.
     """
 
-    storage_options: dict[str, Any] | None = None
+    storage_options: StorageOptionsLike = None
     cache: FrameCache | None = None
 
     def read(

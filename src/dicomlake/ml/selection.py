@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 import duckdb
 import pyarrow as pa
 
 from dicomlake.errors import QueryError
+from dicomlake.storage import StorageOptionsLike
 
 if TYPE_CHECKING:
     from dicomlake.client import Lake
@@ -28,15 +29,19 @@ PRIVATE = "__dl_"
 
 
 def lake_location(
-    lake: LakeLike, storage_options: Mapping[str, Any] | None = None
-) -> tuple[str, dict[str, Any] | None]:
-    """The lake's path and storage options, from a path or a :class:`~dicomlake.Lake`."""
+    lake: LakeLike, storage_options: StorageOptionsLike = None
+) -> tuple[str, StorageOptionsLike]:
+    """The lake's path and storage options, from a path or a :class:`~dicomlake.Lake`.
+
+    The options stay as given (a :class:`~dicomlake.storage.StorageConfig` or a dict):
+    they travel to DataLoader workers with the dataset and open its files there.
+    """
     from dicomlake.client import Lake
 
     if isinstance(lake, Lake):
         options = storage_options if storage_options is not None else lake.storage_options
-        return lake.path, dict(options) if options else None
-    return os.fspath(lake), dict(storage_options) if storage_options else None
+        return lake.path, options or None
+    return os.fspath(lake), storage_options or None
 
 
 def _strip(sql: str) -> str:
@@ -76,7 +81,7 @@ def run_query(
     lake: LakeLike,
     sql: str,
     *,
-    storage_options: Mapping[str, Any] | None = None,
+    storage_options: StorageOptionsLike = None,
     required: Iterable[str] = (),
     why: str = "",
     wrap: str | None = None,
@@ -136,7 +141,7 @@ def select_pixel_instances(
     lake: LakeLike,
     sql: str,
     *,
-    storage_options: Mapping[str, Any] | None = None,
+    storage_options: StorageOptionsLike = None,
     extra: Mapping[str, str] | None = None,
 ) -> pa.Table:
     """The query's rows joined on ``path`` to the instances that have pixel data.
