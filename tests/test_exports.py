@@ -34,3 +34,20 @@ def test_import_is_light() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_ml_exports_resolve_and_import_lightly() -> None:
+    import subprocess
+    import sys
+
+    import dicomlake.ml
+
+    assert dicomlake.ml.__all__ == sorted(dicomlake.ml.__all__)
+    for name in dicomlake.ml.__all__:
+        assert getattr(dicomlake.ml, name) is not None, name
+    code = (
+        "import dicomlake.ml, sys; "
+        "print(sorted(m for m in ('torch', 'pydicom', 'duckdb', 'deltalake') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]"

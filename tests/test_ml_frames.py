@@ -290,7 +290,8 @@ def test_large_jpeg2000_frames_decode_small_when_the_size_is_small(tmp_path: Pat
     sql = "SELECT path FROM instances"
     fast = FrameDataset(lake, sql, size=128)[0]
     full = FrameDataset(lake, sql, size=128, reduced_decode=False)[0]
-    # 2048 -> 256 decoded (resolution level 3: twice the size asked), then resized: the same picture, the same HU scale
+    # 2048 -> 256 decoded (resolution level 3: twice the size asked), then resized:
+    # the same picture, the same HU scale
     a, b = fast["image"].flatten().numpy(), full["image"].flatten().numpy()
     assert np.corrcoef(a, b)[0, 1] > 0.999
     assert abs(float(a.mean()) - float(b.mean())) < 0.01 * float(b.std())

@@ -263,6 +263,72 @@ def thumbnails_command(
     )
 
 
+@app.command("volumes")
+def volumes_command(
+    lake: LakeOption,
+    where: Annotated[
+        str | None,
+        typer.Option("--where", help="SQL expression over instances, e.g. \"Modality = 'CT'\"."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+    anon: AnonOption = False,
+    storage_option: StorageOptionOption = None,
+) -> None:
+    """Check each series' slice geometry and write the volumes table (no pixels read)."""
+    from dicomlake.ml.volumes import build_volumes
+
+    storage = _storage(anon, storage_option)
+    try:
+        summary = build_volumes(lake, where, storage_options=storage)
+    except DicomLakeError as exc:
+        raise _fail(str(exc)) from None
+    if not quiet:
+        typer.echo(f"{summary} in {summary.seconds:.1f} s")
+
+
+@app.command("patches")
+def patches_command(
+    lake: LakeOption,
+    size: Annotated[int, typer.Option("--size", min=1, help="Patch side, in pixels.")] = 256,
+    stride: Annotated[
+        int | None,
+        typer.Option("--stride", min=1, help="Step between patches (default: --size)."),
+    ] = None,
+    min_tissue: Annotated[
+        float,
+        typer.Option(
+            "--min-tissue", min=0.0, max=1.0, help="Skip patches with less foreground (0..1)."
+        ),
+    ] = 0.0,
+    pixels: Annotated[
+        bool, typer.Option("--pixels", help="Store each patch's float32 values in the table.")
+    ] = False,
+    where: Annotated[
+        str | None,
+        typer.Option("--where", help="SQL expression over instances, e.g. \"Modality = 'SM'\"."),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option("--workers", "-w", min=0, help="Worker processes (default: all cores)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+    anon: AnonOption = False,
+    storage_option: StorageOptionOption = None,
+) -> None:
+    """Tile frames into patches and write the patches table (replacing their old rows)."""
+    from dicomlake.ml.patches import DEFAULT_SQL, DicomPatcher
+
+    storage = _storage(anon, storage_option)
+    sql_text = DEFAULT_SQL if where is None else f"{DEFAULT_SQL} WHERE ({where})"
+    try:
+        patcher = DicomPatcher(size=size, stride=stride, min_tissue=min_tissue, store_pixels=pixels)
+        summary = patcher.write(lake, sql_text, workers=workers, storage_options=storage)
+    except (DicomLakeError, ValueError) as exc:
+        raise _fail(str(exc)) from None
+    if not quiet:
+        typer.echo(f"{summary} in {summary.seconds:.1f} s")
+
+
 @app.command()
 def sql(
     query: Annotated[str, typer.Argument(help="SQL over instances, series, studies.")],

@@ -57,14 +57,6 @@ def test_tag_keys() -> None:
         TagExtractor(["NoSuchKeyword"])
 
 
-def test_patcher_is_a_stub(spark: SparkSession) -> None:
-    from dicomlake.spark.dicom import DicomPatcher
-
-    df = spark.createDataFrame([("file:///x.dcm",)], "path string")
-    with pytest.raises(NotImplementedError, match="deep-learning"):
-        DicomPatcher().transform(df)
-
-
 def test_missing_columns_name_their_producer(spark: SparkSession) -> None:
     from dicomlake.spark.dicom import (
         DicomMetaExtractor,

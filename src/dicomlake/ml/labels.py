@@ -83,9 +83,12 @@ def labels_for(table: pa.Table, column: str | None, sql: str) -> Labels | None:
     kind_of = values.type
     if pa.types.is_dictionary(kind_of):
         kind_of = kind_of.value_type
-    if pa.types.is_string(kind_of) or pa.types.is_large_string(kind_of) or pa.types.is_boolean(
-        kind_of
-    ) or pa.types.is_string_view(kind_of):
+    if (
+        pa.types.is_string(kind_of)
+        or pa.types.is_large_string(kind_of)
+        or pa.types.is_boolean(kind_of)
+        or pa.types.is_string_view(kind_of)
+    ):
         distinct = pc.unique(values.cast(kind_of) if kind_of != values.type else values)
         return Labels(column, "class", tuple(sorted(distinct.to_pylist())))
     if pa.types.is_integer(kind_of):

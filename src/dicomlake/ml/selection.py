@@ -71,8 +71,7 @@ def require_columns(columns: Iterable[str], needed: Iterable[str], sql: str, why
     missing = [c for c in needed if c not in have]
     if missing:
         raise QueryError(
-            f"the query must return the column(s) {missing} ({why}); it returns "
-            f"{sorted(have)}",
+            f"the query must return the column(s) {missing} ({why}); it returns {sorted(have)}",
             sql=sql,
         )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
     from dicomlake.dicom.pixels import FrameChoice
+    from dicomlake.ml.patches import PatchFrames, PatchOptions
     from dicomlake.spark.catalog import Catalog
 
 __all__ = [
@@ -308,21 +309,132 @@ class TagExtractor(_Transformer):
         return f"TagExtractor(tags={list(self.tags)!r})"
 
 
-class DicomPatcher(_Transformer):
-    """pixels' patcher (image -> patches for deep learning): not implemented yet."""
+def _patches_mapper(
+    options: PatchOptions, storage_options: dict[str, Any] | None
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: each input row's file tiled by the patches kernel.
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.args = args
-        self.kwargs = kwargs
+    Rows whose ``status`` is not 'ok' or whose ``has_pixel_data`` is false (when the
+    DataFrame has those columns) give no patches; without ``NumberOfFrames`` the
+    kernel reads each header first, and skips files that are not DICOM or have no
+    pixel data.
+    """
+    import datetime as dt
+
+    from dicomlake.engine.spark import refs_from_batch
+    from dicomlake.ml.patches import PatchSource, patch_instance, patches_batch
+
+    def column(batch: pa.RecordBatch, name: str) -> list[Any] | None:
+        index = batch.schema.get_field_index(name)
+        return batch.column(index).to_pylist() if index >= 0 else None
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import warnings
+
+        warnings.simplefilter("ignore")  # pydicom warns on odd values; rows say it
+        created_at = dt.datetime.now(dt.UTC)
+        for batch in batches:
+            n = batch.num_rows
+            flags = column(batch, "has_pixel_data") or [True] * n
+            statuses = column(batch, "status") or ["ok"] * n
+            frames = column(batch, "NumberOfFrames")
+            uids = column(batch, "SOPInstanceUID") or [None] * n
+            rows: list[dict[str, Any]] = []
+            for i, ref in enumerate(refs_from_batch(batch)):
+                if not flags[i] or statuses[i] != "ok":
+                    continue
+                count = None if frames is None else max(int(frames[i] or 1), 1)
+                source = PatchSource(ref.path, uids[i], count, ref.size, ref.mtime)
+                rows.extend(patch_instance(source, options, storage_options=storage_options).rows)
+            if rows:
+                yield patches_batch(rows, created_at)
+
+    return run
+
+
+class DicomPatcher(_Transformer):
+    """Tile frames into patches: one output row per patch, as in the lake's ``patches`` table.
+
+    Runs the same kernel as :class:`dicomlake.ml.DicomPatcher` (the local patcher that
+    writes ``<lake>/patches``), so both give the same rows; save them as the lake's
+    table with ``Catalog(spark, table="patches", lake=LAKE).save(df)``.
+
+    Args:
+        size: Side of a patch in pixels.
+        stride: Step between patches (default ``size``; at most ``size``).
+        min_tissue: Patches whose ``tissue_fraction`` is below this are dropped.
+        store_pixels: Fill ``pixels`` with each patch's float32 values.
+        frames: 'all', 'first', 'middle' or a 0-based index.
+        inputCol: The column holding the file paths (pixels' name for it).
+        outputCol: Accepted for pixels' signature and ignored: the output has one row
+            per patch, not a column.
+        storage_options: Object-storage settings; by default those of the last
+            :class:`Catalog` made.
+
+    Raises:
+        ValueError: An option is out of range.
+    """
+
+    def __init__(
+        self,
+        size: int = 256,
+        stride: int | None = None,
+        min_tissue: float = 0.0,
+        store_pixels: bool = False,
+        frames: PatchFrames = "all",
+        *,
+        inputCol: str = "path",
+        outputCol: str | None = None,
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        from dicomlake.ml.patches import PatchOptions
+
+        self.options = PatchOptions(
+            size=size,
+            stride=stride,
+            min_tissue=min_tissue,
+            store_pixels=store_pixels,
+            frames=frames,
+        )
+        self.input_col = inputCol
+        self.requires = ((inputCol, "Catalog.catalog()"),)
+        if storage_options is None:
+            from dicomlake.spark.catalog import active_storage_options
+
+            storage_options = active_storage_options()
+        self.storage_options = storage_options
 
     def transform(self, df: DataFrame) -> DataFrame:
-        """Not implemented yet.
+        """Tile the file of every row of ``df``.
+
+        Args:
+            df: A catalog DataFrame (``path``; ``size``/``length`` and
+                ``modification_time``/``modificationTime`` are copied when present), or
+                the output of :class:`DicomMetaExtractor` (then its ``status``,
+                ``has_pixel_data``, ``NumberOfFrames`` and ``SOPInstanceUID`` are used).
+
+        Returns:
+            A DataFrame in the ``patches`` table's schema (``row_id``, ``path``,
+            ``SOPInstanceUID``, ``frame``, ``x``, ``y``, ``width``, ``height``,
+            ``tissue_fraction``, ``status``, ``error``, ``pixels``, ...): one row per
+            patch kept, one error row per frame (or file) that cannot be decoded.
 
         Raises:
-            NotImplementedError: Always; patches come with the deep-learning issue
-                (``dicomlake.ml`` torch datasets).
+            MissingColumn: ``df`` has no ``path`` (or ``inputCol``) column.
         """
-        raise NotImplementedError(
-            "DicomPatcher is not implemented yet: patches come with the deep-learning "
-            "issue (dicomlake.ml datasets)"
+        self._check(df)
+        from dicomlake.engine.spark import nullable
+        from dicomlake.ml.patches import PATCHES_SCHEMA
+
+        if self.input_col != "path":
+            df = df.withColumn("path", df[self.input_col])
+        df = df.where(df["path"].isNotNull())  # a zip member has no local_path
+        mapper = _patches_mapper(self.options, self.storage_options)
+        return df.mapInArrow(mapper, to_spark(nullable(PATCHES_SCHEMA)))
+
+    def __repr__(self) -> str:
+        o = self.options
+        return (
+            f"DicomPatcher(size={o.size}, stride={o.step}, min_tissue={o.min_tissue}, "
+            f"store_pixels={o.store_pixels}, frames={o.frames!r})"
         )
