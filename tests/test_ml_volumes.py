@@ -247,6 +247,10 @@ def test_dataset_rejects_with_reasons(dataset: Any, corpus: Corpus) -> None:
         name: reason for name, (_, reason) in EXPECTED.items() if reason
     }
     assert [g.n_slices for g in dataset.geometries] == [5, 6]  # ORDER BY n_instances
+    assert dataset.items.to_pydict() == {
+        "SeriesInstanceUID": dataset.series_uids,
+        "n_slices": [5, 6],
+    }
 
 
 def test_volume_values_are_hounsfield_units_in_position_order(dataset: Any, corpus: Corpus) -> None:

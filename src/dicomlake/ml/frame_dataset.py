@@ -12,11 +12,12 @@ import numpy as np
 import pyarrow as pa
 
 from dicomlake.catalog import _short_error
-from dicomlake.errors import ExtractError, QueryError
+from dicomlake.errors import ExtractError
+from dicomlake.ml._base import SelectedDataset
 from dicomlake.ml._torch import require_torch
-from dicomlake.ml.frames import FrameCache, FrameReader, PhysicalFrame, Window, check_window
-from dicomlake.ml.labels import Labels, labels_for
-from dicomlake.ml.selection import PRIVATE, LakeLike, lake_location, select_pixel_instances
+from dicomlake.ml.frames import PhysicalFrame, Window
+from dicomlake.ml.labels import labels_for
+from dicomlake.ml.selection import PRIVATE, LakeLike, select_pixel_instances
 from dicomlake.storage import StorageOptionsLike
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,7 @@ def expand_frames(table: pa.Table, frames: Frames) -> pa.Table:
     return table.append_column(f"{PRIVATE}frame", pa.array(index, pa.int32()))
 
 
-class FrameDataset:
+class FrameDataset(SelectedDataset):
     """One item per frame of the instances ``sql`` selects, as float32 tensors.
 
     Items are dicts, as MONAI's dictionary transforms expect::
@@ -153,6 +154,8 @@ class FrameDataset:
         (torch.Size([1, 128, 128]), ('CT', 'MR'))
     """
 
+    _per_process = ("_rows",)
+
     def __init__(
         self,
         lake: LakeLike,
@@ -169,8 +172,6 @@ class FrameDataset:
         cache_dir: str | os.PathLike[str] | None = None,
         storage_options: StorageOptionsLike = None,
     ) -> None:
-        require_torch()
-        self.window = check_window(window)
         self.size = check_size(size)
         if channels not in (None, 1, 3):
             raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
@@ -178,16 +179,17 @@ class FrameDataset:
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         self.on_error = on_error
-        if label is not None and label.startswith(PRIVATE):
-            raise QueryError(
-                f"label={label!r}: names starting with {PRIVATE!r} are reserved", sql=sql
-            )
-        self.sql = sql
-        self.transform = transform
-        path, options = lake_location(lake, storage_options)
-        self.lake = path
+        path, options = self._setup(
+            lake,
+            sql,
+            label=label,
+            window=window,
+            transform=transform,
+            cache_dir=cache_dir,
+            storage_options=storage_options,
+        )
         selected = select_pixel_instances(path, sql, storage_options=options)
-        self.labels: Labels | None = labels_for(selected, label, sql)
+        self.labels = labels_for(selected, label, sql)
         items = expand_frames(selected, frames)
         keep = [f"{PRIVATE}{c}" for c in ("path", "frame", "size", "mtime", "sop", "row_id")]
         if label is not None:
@@ -196,29 +198,9 @@ class FrameDataset:
         # a path per frame would dominate the pickle of a multi-frame selection
         paths = items.column(f"{PRIVATE}path").dictionary_encode()
         self._items = items.set_column(0, f"{PRIVATE}path", paths)
-        self._reader = FrameReader(
-            storage_options=options,
-            cache=FrameCache(cache_dir) if cache_dir is not None else None,
-        )
-        self._rows: list[tuple[Any, ...]] | None = None
+        self._rows: list[tuple[Any, ...]] | None = None  # per process, see _row
         #: Decode large JPEG / JPEG 2000 frames at reduced resolution (``size`` given).
         self._max_side = max(self.size) if self.size is not None and reduced_decode else None
-
-    # -- what was selected
-
-    @property
-    def classes(self) -> tuple[Any, ...] | None:
-        """Sorted distinct values of a text/boolean ``label`` column (index = class)."""
-        return self.labels.classes if self.labels is not None else None
-
-    @property
-    def items(self) -> pa.Table:
-        """The selection: one row per item (path, frame, size, mtime, SOP UID, label)."""
-        names = [c.removeprefix(PRIVATE) for c in self._items.column_names]
-        return self._items.rename_columns(names)
-
-    def __len__(self) -> int:
-        return self._items.num_rows
 
     # -- reading
 
@@ -229,9 +211,7 @@ class FrameDataset:
         return self._rows[index]
 
     def __getitem__(self, index: int) -> Any:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} items")
-        index %= len(self)
+        index = self._check_index(index)
         for attempt in range(len(self)):
             row = self._row((index + attempt) % len(self))
             try:
@@ -271,16 +251,7 @@ class FrameDataset:
                 "row_id": row_id,
             },
         }
-        if self.labels is not None:
-            item["label"] = self.labels.tensor(row[6])
-        return self.transform(item) if self.transform is not None else item
-
-    # -- pickling: keys only
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_rows"] = None
-        return state
+        return self._finish(item, row[6] if self.labels is not None else None)
 
     def __repr__(self) -> str:
         label = f", label={self.labels.column!r}" if self.labels is not None else ""

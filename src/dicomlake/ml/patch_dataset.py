@@ -34,13 +34,13 @@ import numpy as np
 import pyarrow as pa
 
 from dicomlake.errors import ExtractError, QueryError
+from dicomlake.ml._base import SelectedDataset
 from dicomlake.ml._torch import require_torch
-from dicomlake.ml.frames import FrameCache, FrameReader, PhysicalFrame, Window, check_window
-from dicomlake.ml.labels import Labels, labels_for
+from dicomlake.ml.frames import PhysicalFrame, Window
+from dicomlake.ml.labels import labels_for
 from dicomlake.ml.selection import (
     PRIVATE,
     LakeLike,
-    lake_location,
     query_columns,
     require_columns,
 )
@@ -188,7 +188,7 @@ def _remove(folder: str, owner: int) -> None:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-class PatchDataset:
+class PatchDataset(SelectedDataset):
     """One item per patch row of ``sql``, as float32 tensors cropped from the frame.
 
     Items are dicts, as MONAI's dictionary transforms expect::
@@ -230,6 +230,8 @@ class PatchDataset:
         torch.Size([1, 256, 256])
     """
 
+    _per_process = ("_rows", "_pixels", "_last")
+
     def __init__(
         self,
         lake: LakeLike,
@@ -241,16 +243,15 @@ class PatchDataset:
         cache_dir: str | os.PathLike[str] | None = None,
         storage_options: Mapping[str, Any] | None = None,
     ) -> None:
-        require_torch()
-        self.window = check_window(window)
-        self.sql = sql
-        self.transform = transform
-        path, options = lake_location(lake, storage_options)
-        self.lake = path
-        if label is not None and label.startswith(PRIVATE):
-            raise QueryError(
-                f"label={label!r}: names starting with {PRIVATE!r} are reserved", sql=sql
-            )
+        path, options = self._setup(
+            lake,
+            sql,
+            label=label,
+            window=window,
+            transform=transform,
+            cache_dir=cache_dir,
+            storage_options=storage_options,
+        )
         self._spool_finalizer: weakref.finalize[Any, Any] | None = None
         try:
             keys, spooled = _select(path, sql, options, label, lambda: self._spool(cache_dir))
@@ -267,12 +268,8 @@ class PatchDataset:
         if spooled is None and self._spool_finalizer is not None:
             self._spool_finalizer()  # the pixels column was all null: nothing to keep
         self._pixels_file = str(spooled) if spooled is not None else None
-        self.labels: Labels | None = labels_for(keys, label, sql)
+        self.labels = labels_for(keys, label, sql)
         self._items = _check_keys(keys, sql)
-        self._reader = FrameReader(
-            storage_options=options,
-            cache=FrameCache(cache_dir) if cache_dir is not None else None,
-        )
         self._rows: list[tuple[Any, ...]] | None = None
         self._pixels: pa.ChunkedArray | None = None
         self._last: tuple[tuple[str, int], np.ndarray] | None = None
@@ -290,23 +287,9 @@ class PatchDataset:
     # -- what was selected
 
     @property
-    def classes(self) -> tuple[Any, ...] | None:
-        """Sorted distinct values of a text/boolean ``label`` column (index = class)."""
-        return self.labels.classes if self.labels is not None else None
-
-    @property
-    def items(self) -> pa.Table:
-        """The selection: one row per patch (keys, label, and the instance's columns)."""
-        names = [c.removeprefix(PRIVATE) for c in self._items.column_names]
-        return self._items.rename_columns(names)
-
-    @property
     def pixels_from_table(self) -> bool:
         """Whether the pixels come from the table's ``pixels`` column, not the files."""
         return self._pixels_file is not None
-
-    def __len__(self) -> int:
-        return self._items.num_rows
 
     # -- reading
 
@@ -318,9 +301,7 @@ class PatchDataset:
         return dict(zip(self._items.column_names, self._rows[index], strict=True))
 
     def __getitem__(self, index: int) -> Any:
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} patches")
-        index %= len(self)
+        index = self._check_index(index)
         row = self._row(index)
         stored = self._pixels_file is not None
         values = self._stored(index, row) if stored else self._cropped(row)
@@ -402,15 +383,12 @@ class PatchDataset:
                 "SOPInstanceUID": row[f"{PRIVATE}sop"] or "",
             },
         }
-        if self.labels is not None:
-            item["label"] = self.labels.tensor(row[self.labels.column])
-        return self.transform(item) if self.transform is not None else item
+        return self._finish(item, row[self.labels.column] if self.labels is not None else None)
 
     # -- pickling: keys only
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state.update(_rows=None, _pixels=None, _last=None)
+        state = super().__getstate__()
         state.pop("_spool_finalizer", None)  # the spool belongs to the original
         return state
 

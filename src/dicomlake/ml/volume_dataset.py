@@ -10,15 +10,17 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from dicomlake.catalog import _short_error
 from dicomlake.dicom.pixels import robust_range
-from dicomlake.errors import ExtractError, QueryError
+from dicomlake.errors import ExtractError
+from dicomlake.ml._base import SelectedDataset
 from dicomlake.ml._torch import require_torch
-from dicomlake.ml.frames import FrameCache, FrameReader, PhysicalFrame, Window, check_window
+from dicomlake.ml.frames import PhysicalFrame, Window
 from dicomlake.ml.geometry import TOO_FEW_SLICES, GeometryTolerance, Rejection, VolumeGeometry
-from dicomlake.ml.labels import Labels, labels_for
-from dicomlake.ml.selection import PRIVATE, LakeLike, lake_location
+from dicomlake.ml.labels import labels_for
+from dicomlake.ml.selection import LakeLike
 from dicomlake.ml.volumes import RejectedSeries, select_series
 
 log = logging.getLogger(__name__)
@@ -56,7 +58,7 @@ def _stack_windowed(slices: list[PhysicalFrame], window: Window) -> np.ndarray:
     return replace(first, values=physical).windowed(window).astype(np.float32, copy=False)
 
 
-class SeriesVolumeDataset:
+class SeriesVolumeDataset(SelectedDataset):
     """One item per series that ``sql`` selects, as a float32 volume with its affine.
 
     Items are dicts, as MONAI's dictionary transforms expect::
@@ -132,19 +134,18 @@ class SeriesVolumeDataset:
         storage_options: Mapping[str, Any] | None = None,
         tolerance: GeometryTolerance | float | None = None,
     ) -> None:
-        require_torch()
-        self.window = check_window(window)
         self.tolerance = GeometryTolerance.of(tolerance)
-        if label is not None and label.startswith(PRIVATE):
-            raise QueryError(
-                f"label={label!r}: names starting with {PRIVATE!r} are reserved", sql=sql
-            )
-        self.sql = sql
-        self.transform = transform
-        path, options = lake_location(lake, storage_options)
-        self.lake = path
+        path, options = self._setup(
+            lake,
+            sql,
+            label=label,
+            window=window,
+            transform=transform,
+            cache_dir=cache_dir,
+            storage_options=storage_options,
+        )
         selected, slices = select_series(path, sql, label=label, storage_options=options)
-        self.labels: Labels | None = labels_for(selected, label, sql)
+        self.labels = labels_for(selected, label, sql)
         uids = selected.column("SeriesInstanceUID").to_pylist()
         values = selected.column(label).to_pylist() if label is not None else [None] * len(uids)
         self._volumes: list[_Volume] = []
@@ -164,17 +165,17 @@ class SeriesVolumeDataset:
             self._volumes.append(_Volume(uid, result, files, value))
         if self.rejected:
             log.info("%d of %d series rejected", len(self.rejected), len(uids))
-        self._reader = FrameReader(
-            storage_options=options,
-            cache=FrameCache(cache_dir) if cache_dir is not None else None,
-        )
+        items = {
+            "SeriesInstanceUID": pa.array([v.series_uid for v in self._volumes], pa.string()),
+            "n_slices": pa.array([v.geometry.n_slices for v in self._volumes], pa.int32()),
+        }
+        if label is not None:
+            items[label] = pa.array(
+                [v.label for v in self._volumes], selected.schema.field(label).type
+            )
+        self._items = pa.table(items)
 
     # -- what was selected
-
-    @property
-    def classes(self) -> tuple[Any, ...] | None:
-        """Sorted distinct values of a text/boolean ``label`` column (index = class)."""
-        return self.labels.classes if self.labels is not None else None
 
     @property
     def series_uids(self) -> list[str]:
@@ -186,9 +187,6 @@ class SeriesVolumeDataset:
         """Geometry of each item, in item order: slice order, spacing, affine."""
         return [v.geometry for v in self._volumes]
 
-    def __len__(self) -> int:
-        return len(self._volumes)
-
     # -- reading
 
     def volume(self, index: int) -> np.ndarray:
@@ -198,9 +196,7 @@ class SeriesVolumeDataset:
             IndexError: ``index`` is out of range.
             ExtractError: A slice cannot be decoded, or decodes to another size.
         """
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} volumes")
-        volume = self._volumes[index]
+        volume = self._volumes[self._check_index(index)]
         geometry = volume.geometry
         slices = []
         for k, (path, frame, (size, mtime)) in enumerate(
@@ -230,7 +226,7 @@ class SeriesVolumeDataset:
     def __getitem__(self, index: int) -> Any:
         torch = require_torch()
         image = self.volume(index)
-        volume = self._volumes[index]
+        volume = self._volumes[self._check_index(index)]
         geometry = volume.geometry
         item: dict[str, Any] = {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
@@ -242,9 +238,7 @@ class SeriesVolumeDataset:
                 "origin": torch.tensor(geometry.origin, dtype=torch.float64),
             },
         }
-        if self.labels is not None:
-            item["label"] = self.labels.tensor(volume.label)
-        return self.transform(item) if self.transform is not None else item
+        return self._finish(item, volume.label)
 
     def __repr__(self) -> str:
         label = f", label={self.labels.column!r}" if self.labels is not None else ""
