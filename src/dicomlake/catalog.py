@@ -530,6 +530,13 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_zip_cache._forget_after_fork)
 
 
+def local_file(ref: FileRef) -> str | None:
+    """The local path of a plain file reference; None for zip members and object storage."""
+    if not _is_local(ref.path):
+        return None
+    return ref.open_path or _local_path(ref.path)
+
+
 @contextlib.contextmanager
 def open_ref(
     ref: FileRef | str, *, storage_options: StorageOptionsLike = None

@@ -9,24 +9,31 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
+import os
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import pyarrow as pa
 
-from dicomlake.catalog import FileRef, extension, open_ref, path_tags
-from dicomlake.dicom.header import NotDicom, read_header
+from dicomlake.catalog import FileRef, extension, local_file, open_ref, path_tags
+from dicomlake.dicom.header import Header, NotDicom, read_header
 from dicomlake.dicom.tags import promoted_values
 from dicomlake.schema import INSTANCES_SCHEMA, PROMOTED_TAGS
 
 if TYPE_CHECKING:
     from dicomlake.thumbnails import ThumbnailOptions
 
+log = logging.getLogger(__name__)
+
 #: Longest error text kept in a row; a message is a hint, not a log.
 MAX_ERROR_CHARS = 500
 BULK_THRESHOLD = 1024
+#: Which header parser to use: the native fast path where it can, or pydicom always.
+PARSERS = ("auto", "native", "pydicom")
 
 
 def row_id(path: str) -> int:
@@ -73,17 +80,34 @@ def source_columns(ref: FileRef) -> dict[str, Any]:
     }
 
 
+def _native_header(ref: FileRef, bulk_threshold: int) -> Header | None:
+    """The header through the native parser, or None when it declines or cannot run."""
+    try:
+        from dicomlake.dicom import native
+    except ImportError:  # TODO(lead): remove once dicom/native.py lands
+        return None
+
+    local = local_file(ref)
+    if local is None or not native.available():
+        return None
+    result = native.parse_file(local, uri=ref.path, bulk_threshold=bulk_threshold)
+    return None if isinstance(result, str) else result
+
+
 def extract_row(
     ref: FileRef,
     *,
     bulk_threshold: int = BULK_THRESHOLD,
     storage_options: dict[str, Any] | None = None,
     thumbnails: ThumbnailOptions | None = None,
+    parser: str = "auto",
 ) -> dict[str, Any]:
     """Parse one file into a row dict with the lake's columns (never raises).
 
-    With ``thumbnails``, the row also carries ``_thumbnails``: the thumbnail rows
-    drawn from the same open file (the file is read once).
+    The native parser reads local files when it is built and ``parser`` allows it;
+    whatever it declines (and every zip member or object) goes through pydicom. The
+    ``parser`` column says which one read the file. With ``thumbnails``, the row also
+    carries ``_thumbnails``: the thumbnail rows drawn from the same file.
     """
     row = source_columns(ref)
     row["warnings"] = None
@@ -91,12 +115,16 @@ def extract_row(
         row.update(status="error", error=ref.listing_error[:MAX_ERROR_CHARS])
         return row
     try:
+        header = None if parser == "pydicom" else _native_header(ref, bulk_threshold)
+        row["parser"] = "pydicom" if header is None else "native"
+        if header is not None and thumbnails is None and row["size"] is not None:
+            return _ok_row(row, header)
         with open_ref(ref, storage_options=storage_options) as fp:
-            header = read_header(fp, uri=ref.path, bulk_threshold=bulk_threshold)
+            if header is None:
+                header = read_header(fp, uri=ref.path, bulk_threshold=bulk_threshold)
             if row["size"] is None:
                 row["size"] = fp.seek(0, 2)
-            warnings = header.warnings
-            row.update(promoted_values(header.meta, warnings))
+            row.update(promoted_values(header.tags(), header.warnings))
             if thumbnails is not None and header.has_pixel_data:
                 from dicomlake.thumbnails import draw
 
@@ -116,12 +144,20 @@ def extract_row(
     except Exception as exc:  # one bad file never stops a run
         row.update(status="error", error=error_text(exc))
         return row
+    return _ok_row(row, header, promoted=False)
+
+
+def _ok_row(row: dict[str, Any], header: Header, *, promoted: bool = True) -> dict[str, Any]:
+    """Fill an ``ok`` row from a parsed header (and its promoted tags, unless done)."""
+    warnings = header.warnings
+    if promoted:
+        row.update(promoted_values(header.tags(), warnings))
     row.update(
         status="ok",
         error=None,
         warnings=warnings or None,
         has_pixel_data=header.has_pixel_data,
-        meta=orjson.dumps(header.meta).decode("utf-8"),
+        meta=header.meta_json or orjson.dumps(header.meta).decode("utf-8"),
     )
     return row
 
@@ -173,6 +209,15 @@ def extract_instances(
     return kernel.batch([kernel.row(ref) for ref in refs])["instances"]
 
 
+@dataclass(frozen=True, slots=True)
+class ShardTarget:
+    """Where workers write their own Parquet shards: a table and this run's job id."""
+
+    table_uri: str
+    job_id: str
+    storage_options: Any = None
+
+
 class InstancesKernel:
     """The ``instances`` kernel as the engines run it: picklable, options bound.
 
@@ -180,6 +225,12 @@ class InstancesKernel:
         bulk_threshold: Binary values longer than this many bytes become BulkDataURIs.
         storage_options: fsspec options for object-storage sources.
         ingested_at: The run's timestamp, the same on every row of a run.
+        thumbnails: Also draw thumbnails from the same read of each file.
+        parser: 'auto' (native where it can, else pydicom), 'native' or 'pydicom'.
+        shards: Where :meth:`ship` writes the rows of new files; None sends them back.
+
+    Raises:
+        ValueError: ``parser`` is not one of :data:`PARSERS`.
     """
 
     def __init__(
@@ -189,11 +240,17 @@ class InstancesKernel:
         storage_options: dict[str, Any] | None = None,
         ingested_at: dt.datetime | None = None,
         thumbnails: ThumbnailOptions | None = None,
+        parser: str = "auto",
+        shards: ShardTarget | None = None,
     ) -> None:
+        if parser not in PARSERS:
+            raise ValueError(f"parser must be one of {', '.join(PARSERS)}; got {parser!r}")
         self.bulk_threshold = bulk_threshold
         self.storage_options = storage_options
         self.ingested_at = ingested_at or dt.datetime.now(dt.UTC)
         self.thumbnails = thumbnails
+        self.parser = parser
+        self.shards = shards
 
     def row(self, ref: FileRef) -> dict[str, Any]:
         """Return the row of one file (never raises)."""
@@ -202,6 +259,7 @@ class InstancesKernel:
             bulk_threshold=self.bulk_threshold,
             storage_options=self.storage_options,
             thumbnails=self.thumbnails,
+            parser=self.parser,
         )
 
     def batch(self, rows: Sequence[dict[str, Any]]) -> dict[str, pa.RecordBatch]:
@@ -214,6 +272,34 @@ class InstancesKernel:
             out["thumbnails"] = thumbnails_batch(drawn, self.ingested_at)
         return out
 
+    def ship(self, out: dict[str, pa.RecordBatch], replace: Any) -> dict[str, Any]:
+        """In the worker: store new rows as a Parquet shard, send back only a summary.
+
+        With :attr:`shards` set, the ``instances`` rows of a task of new files (not
+        ``replace``) are written as one data file in the table's folder; what goes
+        back to the coordinator is that file's add-action (``"shards"``) and the rows'
+        ``status``/``error``/``parser`` for counting. Changed files' rows still go back
+        whole (the coordinator merges them), and so do the rows of a shard that could
+        not be written: the coordinator then writes them itself, or reports why not.
+        """
+        batch = out["instances"]
+        if self.shards is None or replace or not batch.num_rows:
+            return out
+        from dicomlake.lake.shards import shard_name, write_shard
+
+        target = self.shards
+        try:
+            action = write_shard(
+                target.table_uri,
+                pa.Table.from_batches([batch]),
+                shard_name(target.job_id, f"w{os.getpid()}"),
+                storage_options=target.storage_options,
+            )
+        except Exception as exc:  # the coordinator's own write will say what is wrong
+            log.warning("could not write a shard to %s (%s)", target.table_uri, error_text(exc))
+            return out
+        return {**out, "instances": batch.select(["status", "error", "parser"]), "shards": [action]}
+
     def error_row(self, ref: FileRef, reason: str) -> dict[str, Any]:
         """Return the error row of a file the engine gave up on (timeout, crash)."""
         row = source_columns(ref)
@@ -224,6 +310,7 @@ class InstancesKernel:
 __all__ = [
     "PROMOTED_TAGS",
     "InstancesKernel",
+    "ShardTarget",
     "extract_instances",
     "extract_row",
     "row_id",

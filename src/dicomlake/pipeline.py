@@ -23,15 +23,18 @@ import numpy as np
 from dicomlake.catalog import FileRef, check_sources, iter_files
 from dicomlake.dicom.pixels import FrameChoice
 from dicomlake.engine.local import LocalEngine, Task
-from dicomlake.kernels import InstancesKernel, row_id, tally
+from dicomlake.kernels import PARSERS, InstancesKernel, ShardTarget, row_id, tally
 from dicomlake.lake.delta import (
+    INSTANCES_TABLE,
     Fingerprints,
     InstanceWriter,
     ThumbnailWriter,
     check_lake_writable,
     delete_rows,
     stale_row_ids,
+    table_uri,
 )
+from dicomlake.lake.shards import local_folder, new_job_id
 from dicomlake.storage import StorageConfig, StorageOptionsLike, fsspec_options
 from dicomlake.thumbnails import ThumbnailOptions
 
@@ -57,6 +60,8 @@ class IngestSummary:
     commits: int = 0
     thumbnails: int = 0
     thumbnail_errors: Counter[str] = field(default_factory=Counter)
+    #: Files read by each header parser: 'native' (the C fast path) and 'pydicom'.
+    parsers: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -205,6 +210,8 @@ def ingest(
     thumbnail_frame: FrameChoice = "middle",
     storage_options: StorageOptionsLike = None,
     progress: Callable[[IngestSummary], None] | None = None,
+    parser: str = "auto",
+    shards: bool | None = None,
 ) -> IngestSummary:
     """Ingest DICOM files from ``sources`` into the lake at ``lake``.
 
@@ -225,6 +232,12 @@ def ingest(
         storage_options: Object-storage settings: a :class:`~dicomlake.storage.StorageConfig`
             or a dict with either fsspec's or delta-rs' names.
         progress: Called with the running summary after each batch.
+        parser: 'auto' reads headers with the native parser where it can (local
+            files it accepts) and pydicom otherwise; 'pydicom' always uses pydicom;
+            'native' is 'auto' that fails when the native parser is not built.
+        shards: Workers write the rows of new files as Parquet files in the table's
+            folder themselves and send back only their add-actions, which this
+            process commits (default: whenever there are worker processes).
 
     Returns:
         The run's summary.
@@ -232,7 +245,8 @@ def ingest(
     Raises:
         SourceNotFound: A source does not exist.
         LakeError: The lake cannot be written.
-        ValueError: A thumbnail option is out of range.
+        ValueError: A thumbnail option is out of range, ``parser`` is unknown, or
+            'native' was asked for and the native parser is not built.
 
     Example:
         >>> summary = ingest(["/data/dicom"], "/data/lake")  # doctest: +SKIP
@@ -248,10 +262,17 @@ def ingest(
     prefixes = [source_prefix(s, storage_options) for s in source_list]
     seen = _Seen(dedupe=_overlapping(prefixes), keep=sync)
     drawing = ThumbnailOptions(thumbnail_size, thumbnail_frame) if thumbnails else None
+    pool = (os.cpu_count() or 1) if workers is None else workers
     kernel = InstancesKernel(
-        bulk_threshold=bulk_threshold, storage_options=storage_options, thumbnails=drawing
+        bulk_threshold=bulk_threshold,
+        storage_options=storage_options,
+        thumbnails=drawing,
+        parser=_check_parser(parser),
+        shards=_shard_target(lake, storage_options)
+        if (shards is None and pool > 0) or shards
+        else None,
     )
-    engine = LocalEngine(kernel, workers=workers, file_timeout=file_timeout)
+    engine = LocalEngine(kernel, workers=pool, file_timeout=file_timeout)
     refs = iter_files(source_list, storage_options=storage_options)
     tasks = _plan(refs, fingerprints, summary, seen, task_size)
     thumb_writer = (
@@ -275,7 +296,10 @@ def ingest(
             if thumb_writer is not None and "thumbnails" in out:
                 thumb_writer.write(out["thumbnails"], replace=bool(task.context))
                 _count_thumbnails(summary, out["thumbnails"])
-            writer.write(batch, replace=bool(task.context))
+            if "shards" in out:  # the worker wrote the rows itself
+                writer.add_shards(out["shards"])
+            else:
+                writer.write(batch, replace=bool(task.context))
             _count(summary, batch)
             summary.timeouts = engine.timeouts
             summary.commits = writer.commits
@@ -309,7 +333,31 @@ def _count_thumbnails(summary: IngestSummary, batch: Any) -> None:
     summary.thumbnail_errors.update(counts)
 
 
+def _check_parser(parser: str) -> str:
+    if parser not in PARSERS:
+        raise ValueError(f"parser must be one of {', '.join(PARSERS)}; got {parser!r}")
+    if parser == "native":
+        from dicomlake.dicom import native
+
+        if not native.available():
+            raise ValueError(
+                "parser='native': the native header parser is not built (it is compiled "
+                "at install; reinstall with a C compiler), or use parser='auto'"
+            )
+    return parser
+
+
+def _shard_target(lake: str, storage_options: StorageOptionsLike) -> ShardTarget:
+    """Where workers write shards: the instances table's folder, created if local."""
+    uri = table_uri(lake, INSTANCES_TABLE)
+    local = local_folder(uri)
+    if local is not None:
+        os.makedirs(local, exist_ok=True)
+    return ShardTarget(uri, new_job_id(), storage_options)
+
+
 def _count(summary: IngestSummary, batch: Any) -> None:
+    summary.parsers.update(p for p in batch.column("parser").to_pylist() if p)
     counts = tally(batch)
     summary.done += batch.num_rows
     summary.ok += counts.pop("ok", 0)

@@ -67,6 +67,8 @@ PARSE_FIELDS: list[pa.Field] = [
     pa.field("status", pa.string(), nullable=False),
     pa.field("error", pa.string()),
     pa.field("warnings", pa.list_(pa.string())),
+    # which header parser read the file: 'native' (the C fast path) or 'pydicom'
+    pa.field("parser", pa.string()),
 ]
 
 STATUSES = ("ok", "not_dicom", "error")

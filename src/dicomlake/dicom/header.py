@@ -36,11 +36,22 @@ class NotDicom(Exception):
 
 @dataclass(slots=True)
 class Header:
-    """A parsed header: DICOM JSON, whether pixel data is present, and warnings."""
+    """A parsed header: DICOM JSON, whether pixel data is present, and warnings.
+
+    The native parser gives the JSON as text (``meta_json``, with ``meta`` left empty)
+    and the promoted tags' elements as a small dict (``promoted``), so no Python object
+    is built per element; the pydicom path gives ``meta`` as a dict.
+    """
 
     meta: JsonDict
     has_pixel_data: bool
     warnings: list[str] = field(default_factory=list)
+    meta_json: str | None = None
+    promoted: JsonDict | None = None
+
+    def tags(self) -> JsonDict:
+        """The elements to read promoted tags from (a subset for the native parser)."""
+        return self.promoted if self.promoted is not None else self.meta
 
 
 def sniff(head: bytes) -> bool:

@@ -47,6 +47,16 @@ class Kernel(Protocol):
         ...
 
 
+def _ship(kernel: Kernel, out: dict[str, pa.RecordBatch], context: Any) -> dict[str, Any]:
+    """What a task's result becomes before it leaves the worker.
+
+    A kernel with a ``ship(out, context)`` method may store its rows itself (as
+    Parquet shards in the table's folder) and return something smaller.
+    """
+    ship = getattr(kernel, "ship", None)
+    return out if ship is None else ship(out, context)
+
+
 _TASKS_PER_WORKER = 2
 #: How often an idle worker checks that its coordinator is still alive.
 _PARENT_CHECK_SECONDS = 1.0
@@ -87,7 +97,7 @@ def _worker_main(kernel: Kernel, inbox: Any, outbox: Any, state: Any, slot: int)
             continue
         if message is None:
             return
-        task_id, refs = message
+        task_id, refs, context = message
         rows = []
         for index, ref in enumerate(refs):
             with state.get_lock():
@@ -95,7 +105,7 @@ def _worker_main(kernel: Kernel, inbox: Any, outbox: Any, state: Any, slot: int)
             rows.append(kernel.row(ref))
         with state.get_lock():
             state[base + 2] = 0.0
-        outbox.put((task_id, kernel.batch(rows)))
+        outbox.put((task_id, _ship(kernel, kernel.batch(rows), context)))
 
 
 class LocalEngine:
@@ -127,7 +137,7 @@ class LocalEngine:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     rows = [self.kernel.row(ref) for ref in task.refs]
-                yield task, self.kernel.batch(rows)
+                yield task, _ship(self.kernel, self.kernel.batch(rows), task.context)
             return
         yield from _Pool(self).run(iter(tasks))
 
@@ -160,7 +170,7 @@ class _Pool:
         task.task_id = self.next_id
         self.by_id[task.task_id] = task
         worker.tasks.append(task)
-        worker.inbox.put((task.task_id, list(task.refs)))
+        worker.inbox.put((task.task_id, list(task.refs), task.context))
 
     def run(self, tasks: Iterator[Task]) -> Iterator[tuple[Task, dict[str, pa.RecordBatch]]]:
         self.workers = [self._start(slot) for slot in range(self.engine.workers)]

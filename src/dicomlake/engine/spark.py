@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import json
 import logging
 import os
 import posixpath
@@ -31,11 +30,19 @@ import pyarrow as pa
 
 from dicomlake.catalog import FileRef
 from dicomlake.errors import LakeError
+from dicomlake.lake.shards import (
+    ADD_ACTION_SCHEMA,
+    commit_shards,
+    file_stats,
+    filesystem,
+    local_folder,
+    new_job_id,
+    remove_orphans,
+)
 from dicomlake.schema import INSTANCES_SCHEMA
-from dicomlake.storage import StorageOptionsLike, delta_options, fsspec_options
+from dicomlake.storage import StorageOptionsLike
 
 if TYPE_CHECKING:
-    import pyarrow.fs as pafs
     from pyspark.sql import DataFrame
     from pyspark.sql.types import StructType
 
@@ -64,18 +71,6 @@ THUMBNAIL_TYPE: Final = pa.struct(
 )
 #: OpenCV type codes of Spark's image schema: CV_8UC1 and CV_8UC3.
 OPENCV_MODES: Final = {"L": (0, 1), "RGB": (16, 3)}
-
-#: Schema of what each write task returns to the driver: one row per Parquet file.
-ADD_ACTION_SCHEMA: Final = pa.schema(
-    [
-        pa.field("path", pa.string()),
-        pa.field("size", pa.int64()),
-        pa.field("modification_time", pa.int64()),
-        pa.field("num_records", pa.int64()),
-        pa.field("stats", pa.string()),
-    ]
-)
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -314,59 +309,6 @@ def thumbnails_mapper(
 # --------------------------------------------------------------------------- writing
 
 
-def _local_folder(uri: str) -> str | None:
-    """The local folder of a table URI, or None for object storage."""
-    if uri.startswith("file://"):
-        return uri[len("file://") :]
-    return None if "://" in uri else uri
-
-
-def _filesystem(
-    uri: str, storage_options: StorageOptionsLike = None
-) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow file system and path for ``uri``.
-
-    With storage options, object storage goes through fsspec with those options (the
-    same credentials and endpoint the kernels read sources with, pickled to the
-    executors); without, pyarrow's own file systems read the environment.
-    """
-    import pyarrow.fs as pafs
-
-    if "://" not in uri:
-        return pafs.LocalFileSystem(), os.path.abspath(uri)
-    options = fsspec_options(storage_options)
-    if not options or uri.startswith("file://"):
-        return pafs.FileSystem.from_uri(uri)
-    import fsspec.core
-
-    fs, root = fsspec.core.url_to_fs(uri, **options)
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
-
-
-def _stats(table: pa.Table) -> str:
-    """Delta file statistics: row count, null counts, min/max of numbers and dates."""
-    import pyarrow.compute as pc
-
-    nulls: dict[str, int] = {}
-    mins: dict[str, Any] = {}
-    maxs: dict[str, Any] = {}
-    for field, column in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_nested(field.type) or pa.types.is_binary(field.type):
-            continue
-        nulls[field.name] = column.null_count
-        numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
-        if (numeric or pa.types.is_date(field.type)) and column.null_count < len(column):
-            bounds = pc.min_max(column)
-            low, high = bounds["min"].as_py(), bounds["max"].as_py()
-            if isinstance(low, float) and (low != low or high != high):  # NaN: no bounds
-                continue
-            mins[field.name] = low.isoformat() if isinstance(low, dt.date) else low
-            maxs[field.name] = high.isoformat() if isinstance(high, dt.date) else high
-    return json.dumps(
-        {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
-    )
-
-
 def parquet_writer(
     table_uri: str,
     schema: pa.Schema,
@@ -403,7 +345,7 @@ def parquet_writer(
         partition = context.partitionId() if context else 0
         attempt = context.attemptNumber() if context else 0
         name = f"part-{partition:05d}-{job_id}-a{attempt}-{uuid.uuid4().hex[:8]}.zstd.parquet"
-        fs, root = _filesystem(table_uri, storage_options)
+        fs, root = filesystem(table_uri, storage_options)
         target = f"{root.rstrip('/')}/{name}"
         collected: list[pa.RecordBatch] = []
         writer: pq.ParquetWriter | None = None
@@ -436,7 +378,7 @@ def parquet_writer(
                     "size": info.size,
                     "modification_time": mtime,
                     "num_records": table.num_rows,
-                    "stats": _stats(table),
+                    "stats": file_stats(table),
                 }
             ],
             schema=ADD_ACTION_SCHEMA,
@@ -481,41 +423,12 @@ def commit(
     Raises:
         LakeError: If delta-rs cannot commit.
     """
-    from deltalake import DeltaTable, Schema
-    from deltalake.exceptions import DeltaError
-    from deltalake.transaction import AddAction, create_table_with_add_actions
-
-    adds = [
-        AddAction(
-            path=a["path"],
-            size=a["size"],
-            partition_values={},
-            modification_time=a["modification_time"],
-            data_change=True,
-            stats=a["stats"],
-        )
-        for a in actions
-    ]
-    rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
-    delta_schema = Schema.from_arrow(schema)
-    delta = delta_options(storage_options)
-    try:
-        if DeltaTable.is_deltatable(table_uri, delta):
-            table = DeltaTable(table_uri, storage_options=delta)
-            table.create_write_transaction(adds, mode=mode, schema=delta_schema)
-        else:
-            create_table_with_add_actions(
-                table_uri,
-                delta_schema,
-                adds,
-                mode="error",
-                name=name,
-                storage_options=delta,
-            )
-    except (DeltaError, OSError) as exc:
-        raise LakeError(f"cannot commit to {table_uri}: {exc}", lake=table_uri) from exc
+    actions = list(actions)
+    rows = commit_shards(
+        table_uri, schema, actions, mode=mode, name=name, storage_options=storage_options
+    )
     if cleanup:
-        remove_orphans(table_uri, job_id, {a.path for a in adds}, storage_options)
+        remove_orphans(table_uri, job_id, {a["path"] for a in actions}, storage_options)
     return rows
 
 
@@ -556,7 +469,7 @@ def save_dataframe(
     if mode not in ("append", "overwrite"):
         raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
     schema = nullable(to_arrow(df.schema))
-    local = _local_folder(table_uri)
+    local = local_folder(table_uri)
     if local is not None:
         if os.path.exists(local) and not os.path.isdir(local):
             raise LakeError(f"cannot save to {local}: it is a file, not a folder", lake=local)
@@ -580,37 +493,6 @@ def save_dataframe(
     )
 
 
-def remove_orphans(
-    table_uri: str,
-    job_id: str,
-    committed: set[str],
-    storage_options: StorageOptionsLike = None,
-) -> list[str]:
-    """Delete the files of job ``job_id`` in the table's folder that are not committed.
-
-    Args:
-        table_uri: The table's folder or URI.
-        job_id: The id the job's files carry in their names.
-        committed: Names of the files in the commit.
-        storage_options: Credentials and endpoint for an object-storage table.
-
-    Returns:
-        The names deleted.
-    """
-    import pyarrow.fs as pafs
-
-    fs, root = _filesystem(table_uri, storage_options)
-    removed = []
-    for info in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
-        base = info.base_name
-        if f"-{job_id}-" in base and base not in committed and info.is_file:
-            fs.delete_file(info.path)
-            removed.append(base)
-    if removed:
-        log.info("removed %d files of failed task attempts from %s", len(removed), table_uri)
-    return removed
-
-
 def parquet_reader(schema: pa.Schema, storage_options: StorageOptionsLike = None) -> ArrowMapper:
     """The ``mapInArrow`` function that reads the Parquet files named in a ``uri`` column.
 
@@ -631,16 +513,11 @@ def parquet_reader(schema: pa.Schema, storage_options: StorageOptionsLike = None
 
         for batch in batches:
             for uri in batch.column(0).to_pylist():
-                fs, path = _filesystem(uri, storage_options)
+                fs, path = filesystem(uri, storage_options)
                 table = pq.read_table(path, filesystem=fs, columns=schema.names)
                 yield from table.cast(schema).to_batches()
 
     return run
-
-
-def new_job_id() -> str:
-    """A short random id that marks the files of one write job."""
-    return uuid.uuid4().hex[:12]
 
 
 __all__ = [

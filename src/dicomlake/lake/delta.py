@@ -809,6 +809,8 @@ class TableWriter:
         self._loaded_at = 0
         self._append: list[pa.RecordBatch] = []
         self._replace: list[pa.RecordBatch] = []
+        self._shards: list[dict[str, Any]] = []  # add-actions of files workers wrote
+        self._shard_rows = 0
         self._buffered = 0
         self._oldest: float | None = None
         self._closed = False
@@ -848,6 +850,28 @@ class TableWriter:
                 self._oldest = time.monotonic()
         self.commit_if_due()
 
+    def add_shards(self, actions: Sequence[Mapping[str, Any]]) -> None:
+        """Buffer the add-actions of data files written into the table's folder.
+
+        Workers that write their own Parquet shards
+        (:func:`~dicomlake.lake.shards.write_shard`) hand back only these; they are
+        committed with the next commit, as buffered rows are, and count towards
+        ``max_rows``.
+
+        Raises:
+            LakeError: If a due commit fails.
+            RuntimeError: If the writer is closed.
+        """
+        if self._closed:
+            raise RuntimeError(f"{type(self).__name__} is closed")
+        for action in actions:
+            self._shards.append(dict(action))
+            self._shard_rows += int(action["num_records"])
+            self._buffered += int(action["num_records"])
+        if self._buffered and self._oldest is None:
+            self._oldest = time.monotonic()
+        self.commit_if_due()
+
     def due(self) -> bool:
         """Whether the buffer has reached ``max_rows`` or ``max_seconds``."""
         if not self._buffered or self._oldest is None:
@@ -881,6 +905,8 @@ class TableWriter:
         committed = 0
         try:
             dt = self._ensure_table()
+            if self._shards:
+                committed += self._commit_shards(dt)
             if self._append:
                 data = pa.Table.from_batches(self._append, schema=self.schema)
                 write_deltalake(
@@ -924,6 +950,25 @@ class TableWriter:
         self._oldest = None if not self._buffered else time.monotonic()
         log.debug("committed %d rows to %s", committed, self.uri)
         return committed
+
+    def _commit_shards(self, dt: DeltaTable) -> int:
+        """One transaction adding every buffered shard; returns the rows it added."""
+        from dicomlake.lake.shards import add_actions
+
+        current = {f.name for f in pa.schema(dt.schema().to_arrow())}
+        if not set(self.schema.names) <= current:
+            # a column added since the table was made: evolve the schema first, as an
+            # append with schema_mode="merge" would (an empty write adds no file)
+            write_deltalake(dt, self.schema.empty_table(), mode="append", schema_mode="merge")
+            dt.update_incremental()
+        dt.create_write_transaction(add_actions(self._shards), mode="append", schema=self.schema)
+        dt.update_incremental()
+        rows = self._shard_rows
+        self._buffered -= rows
+        self.rows_committed += rows
+        self.commits += 1
+        self._shards, self._shard_rows = [], 0
+        return rows
 
     def _account(self, rows: int, buffer: list[pa.RecordBatch]) -> None:
         self._buffered -= sum(b.num_rows for b in buffer)

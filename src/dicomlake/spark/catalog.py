@@ -262,7 +262,8 @@ class Catalog:
             return self.spark.read.format("delta").load(self.table_uri)
         from deltalake import DeltaTable
 
-        from dicomlake.engine.spark import _local_folder, parquet_reader
+        from dicomlake.engine.spark import parquet_reader
+        from dicomlake.lake.shards import local_folder
 
         options = delta_options(self.storage_options)
         if not DeltaTable.is_deltatable(self.table_uri, options):
@@ -275,7 +276,7 @@ class Catalog:
         uris = table.file_uris()
         if not uris:
             return self.spark.createDataFrame([], schema)
-        if _local_folder(self.table_uri) is not None:
+        if local_folder(self.table_uri) is not None:
             return self.spark.read.schema(schema).parquet(*uris)
         files = self.spark.createDataFrame([(u,) for u in uris], "uri string")
         files = files.repartition(min(len(uris), self.spark.sparkContext.defaultParallelism))
