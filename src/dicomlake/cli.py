@@ -54,6 +54,14 @@ class FrameOption(enum.StrEnum):
     all = "all"
 
 
+class ParserOption(enum.StrEnum):
+    """Which header parser ``ingest`` uses."""
+
+    auto = "auto"
+    native = "native"
+    pydicom = "pydicom"
+
+
 class OutputFormat(enum.StrEnum):
     """Output formats of ``dicomlake sql``."""
 
@@ -123,13 +131,32 @@ def ingest(
     frame: Annotated[
         FrameOption, typer.Option(help="Frames of multi-frame images to draw.")
     ] = FrameOption.middle,
+    parser: Annotated[
+        ParserOption,
+        typer.Option(
+            help="Header parser: the native fast path where it can (auto), or pydicom always."
+        ),
+    ] = ParserOption.auto,
     anon: AnonOption = False,
     storage_option: StorageOptionOption = None,
 ) -> None:
     """Extract the DICOM header of every file under SOURCES into the lake."""
+    from dicomlake.dicom import native
     from dicomlake.pipeline import ingest as run_ingest
 
     storage = _storage(anon, storage_option)
+    if parser is ParserOption.native and not native.available():
+        raise _fail(
+            "--parser native: the native header parser is not built (it compiles at "
+            "install when a C compiler is present); use --parser auto"
+        )
+    if parser is ParserOption.auto and not native.available() and not quiet:
+        typer.echo(
+            "dicomlake: warning: the native header parser is not built (it compiles at "
+            "install when a C compiler is present); headers go through pydicom, "
+            f"{native.SPEEDUP} slower",
+            err=True,
+        )
     display = _Progress() if _interactive(quiet) else None
     try:
         with display or nullcontext():
@@ -146,6 +173,7 @@ def ingest(
                 thumbnail_frame=frame.value,
                 storage_options=storage,
                 progress=display.update if display else None,
+                parser=parser.value,
             )
     except DicomLakeError as exc:
         raise _fail(str(exc)) from None
@@ -169,6 +197,9 @@ def summary_line(summary: IngestSummary) -> str:
     ]
     if summary.deleted:
         parts.append(f"{summary.deleted} deleted")
+    if summary.parsers:
+        parsers = ", ".join(f"{k} {v}" for k, v in sorted(summary.parsers.items()))
+        parts.append(f"headers by {parsers}")
     if summary.thumbnails or summary.thumbnail_errors:
         failed = sum(summary.thumbnail_errors.values())
         parts.append(f"{summary.thumbnails} thumbnails ({failed} not drawn)")
@@ -198,6 +229,8 @@ def _print_summary_table(summary: IngestSummary) -> None:
         table.add_row("thumbnails", str(summary.thumbnails))
         for name, count in summary.thumbnail_errors.most_common():
             table.add_row(f"  not drawn: {name}", str(count))
+    for name, count in sorted(summary.parsers.items()):
+        table.add_row(f"headers read by {name}", str(count))
     table.add_row("seconds", f"{summary.seconds:.1f}")
     table.add_row("files/s", f"{summary.files_per_second:.0f}")
     Console(stderr=True).print(table)

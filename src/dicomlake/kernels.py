@@ -82,15 +82,14 @@ def source_columns(ref: FileRef) -> dict[str, Any]:
 
 def _native_header(ref: FileRef, bulk_threshold: int) -> Header | None:
     """The header through the native parser, or None when it declines or cannot run."""
-    try:
-        from dicomlake.dicom import native
-    except ImportError:  # TODO(lead): remove once dicom/native.py lands
-        return None
+    from dicomlake.dicom import native
 
     local = local_file(ref)
     if local is None or not native.available():
         return None
-    result = native.parse_file(local, uri=ref.path, bulk_threshold=bulk_threshold)
+    result = native.parse_file(
+        local, uri=ref.path, bulk_threshold=bulk_threshold, decode_meta=False
+    )
     return None if isinstance(result, str) else result
 
 

@@ -1,0 +1,20 @@
+"""Stub of the optional C extension ``dicomlake._native`` (src/dicomlake/_native/header.c)."""
+
+from collections.abc import Buffer, Iterable
+from typing import Any
+
+MAX_DEPTH: int
+
+class Declined(Exception):
+    """The native parser does not handle this file exactly; ``args[0]`` is the reason."""
+
+def parse(
+    buffer: Buffer, uri: str, bulk_threshold: int
+) -> tuple[str, bool, list[str], dict[str, Any]]:
+    """Parse a whole DICOM file held in ``buffer`` into DICOM JSON.
+
+    Returns (meta_json, has_pixel_data, warnings, promoted).
+    """
+
+def set_promoted(tags: Iterable[int]) -> None:
+    """Set the top-level tags whose elements ``parse`` also returns as objects."""

@@ -1,0 +1,126 @@
+"""The native header parser: DICOM JSON from a file's bytes, in C, at native speed.
+
+``dicomlake._native`` is compiled at ``pip install`` when a C compiler is there (see
+``setup.py``); without it :func:`available` is False and :func:`parse_file` declines
+every file with ``"unavailable"``, so callers always fall back to
+:func:`dicomlake.dicom.header.read_header`. Its output equals ``read_header``'s (and
+pydicom's ``to_json_dict``) for every file it accepts; what it does not reproduce
+exactly it declines with a short reason code:
+
+- ``no_preamble``: no 128-byte preamble and ``DICM`` prefix;
+- ``no_tsyntax``, ``big_endian``, ``deflated``: transfer syntaxes left to pydicom;
+- ``charset``, ``charset_order``, ``utf8``: character sets beyond default/Latin-1/UTF-8,
+  ISO 2022 escapes, a charset that changes text already read, invalid UTF-8;
+- ``un``, ``at``, ``ambiguous_vr``, ``private_implicit``, ``unknown_tag``, ``vr``:
+  value representations pydicom decides with its dictionaries, or unknown ones;
+- ``value_repair``, ``nan``: values pydicom repairs or cannot write as JSON (DS/IS
+  outside its patterns, odd-length numbers, NaN and infinities);
+- ``undefined_length``, ``order``, ``vr_switch``, ``command_set``, ``no_dataset``,
+  ``too_deep``, ``truncated``, ``malformed``, ``empty``: anything structurally odd.
+
+Example:
+    >>> from dicomlake.dicom import native
+    >>> from dicomlake.sample import sample_file
+    >>> path = sample_file("CT_small.dcm")
+    >>> header = native.parse_file(path, uri=path.as_uri()) if native.available() else None
+    >>> header is None or header.meta["00080060"] == {"vr": "CS", "Value": ["CT"]}
+    True
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from types import ModuleType
+
+import orjson
+
+from dicomlake.dicom.header import Header
+
+try:
+    from dicomlake import _native as _ext
+except ImportError:  # built without a C compiler: the pydicom path only
+    _ext: ModuleType | None = None  # type: ignore[no-redef]
+if not hasattr(_ext, "parse"):
+    # without the built extension, src/dicomlake/_native/ (its C sources) imports as
+    # an empty namespace package in an editable install
+    _ext = None
+
+if _ext is not None:
+    from pydicom.datadict import tag_for_keyword
+
+    from dicomlake.schema import PROMOTED_TAGS
+
+    _ext.set_promoted([tag for k in PROMOTED_TAGS if (tag := tag_for_keyword(k)) is not None])
+
+
+#: How much slower headers are without the native parser, for the ingest warning
+#: (bench/ingest.py, parse only, on this project's 2-core test machine).
+SPEEDUP = "about 30 times"
+
+#: Files up to this size are read whole; larger ones are memory-mapped, so the bytes of
+#: values that become BulkDataURIs (pixel data) are never touched.
+_READ_LIMIT = 64 * 1024
+
+
+def available() -> bool:
+    """Return True when the native extension was built and imports."""
+    return _ext is not None
+
+
+def parse_file(
+    source: str | os.PathLike[str] | bytes | bytearray | memoryview | mmap.mmap,
+    *,
+    uri: str,
+    bulk_threshold: int = 1024,
+    decode_meta: bool = True,
+) -> Header | str:
+    """Parse a DICOM file's header natively, or say why the pydicom path must.
+
+    Args:
+        source: A local path (memory-mapped when larger than 64 KiB, so bulk values
+            are not read) or the whole file's bytes (or an mmap of it).
+        uri: The file's URI, used in BulkDataURIs.
+        bulk_threshold: Binary values longer than this many bytes become bulk data.
+        decode_meta: Also decode the JSON into ``Header.meta``; with False, ``meta``
+            stays empty and only ``meta_json`` and ``promoted`` are set (no Python
+            object per element).
+
+    Returns:
+        A :class:`Header` equal to ``read_header``'s (with ``meta_json``, the JSON
+        text, and ``promoted``, the promoted tags' elements, set as well), or the
+        reason code (a str) when it declines.
+
+    Raises:
+        OSError: ``source`` is a path that cannot be opened or mapped.
+    """
+    if _ext is None:
+        return "unavailable"
+    if isinstance(source, str | os.PathLike):
+        fd = os.open(source, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            if size == 0:
+                return "empty"  # an empty file cannot be mapped
+            if size <= _READ_LIMIT:  # one read is cheaper than mapping a small file
+                return _parse(os.read(fd, size), uri, bulk_threshold, decode_meta)
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as mapped:
+                return _parse(mapped, uri, bulk_threshold, decode_meta)
+        finally:
+            os.close(fd)
+    return _parse(source, uri, bulk_threshold, decode_meta)
+
+
+def _parse(buffer: object, uri: str, bulk_threshold: int, decode_meta: bool) -> Header | str:
+    assert _ext is not None
+    try:
+        meta_json, has_pixels, warnings, promoted = _ext.parse(buffer, uri, bulk_threshold)
+    except _ext.Declined as exc:
+        return str(exc.args[0])
+    return Header(
+        meta=orjson.loads(meta_json) if decode_meta else {},
+        has_pixel_data=has_pixels,
+        warnings=warnings,
+        meta_json=meta_json,
+        promoted=promoted,
+    )
