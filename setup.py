@@ -20,8 +20,8 @@ setup(
     ext_modules=[
         Extension(
             "dicomlake._native",
-            sources=["src/dicomlake/_native/header.c"],
-            depends=["src/dicomlake/_native/vr_table.h"],
+            sources=["csrc/header.c"],
+            depends=["csrc/vr_table.h"],
             extra_compile_args=(_SANITIZE if _sanitize else ["-O2"]) + ["-std=c11"],
             extra_link_args=_SANITIZE if _sanitize else [],
             optional=True,

@@ -1,4 +1,4 @@
-"""Generate ``src/dicomlake/_native/vr_table.h`` from pydicom's data dictionary.
+"""Generate ``csrc/vr_table.h`` from pydicom's data dictionary.
 
 The native header parser looks up the VR of implicit-VR elements here, with the same
 answers as :func:`dicomlake.dicom.json._implicit_vr`: the main dictionary first, then
@@ -56,7 +56,7 @@ VRS = [
 ]
 #: Dictionary VRs the parser must not decide alone ("OB or OW", "NONE", ...).
 VR_AMBIGUOUS = 255
-HEADER = Path(__file__).resolve().parents[1] / "src" / "dicomlake" / "_native" / "vr_table.h"
+HEADER = Path(__file__).resolve().parents[1] / "csrc" / "vr_table.h"
 
 
 def _code(vr: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import os
 from collections import Counter
@@ -117,7 +118,7 @@ def extract_row(
         header = None if parser == "pydicom" else _native_header(ref, bulk_threshold)
         row["parser"] = "pydicom" if header is None else "native"
         if header is not None and thumbnails is None and row["size"] is not None:
-            return _ok_row(row, header)
+            return _ok_row(row, header, promoted=True)
         with open_ref(ref, storage_options=storage_options) as fp:
             if header is None:
                 header = read_header(fp, uri=ref.path, bulk_threshold=bulk_threshold)
@@ -137,16 +138,16 @@ def extract_row(
                     size=row["size"],
                     mtime=ref.mtime,
                 )
+        return _ok_row(row, header, promoted=False)
     except NotDicom as exc:
         row.update(status="not_dicom", error=error_text(exc))
         return row
     except Exception as exc:  # one bad file never stops a run
         row.update(status="error", error=error_text(exc))
         return row
-    return _ok_row(row, header, promoted=False)
 
 
-def _ok_row(row: dict[str, Any], header: Header, *, promoted: bool = True) -> dict[str, Any]:
+def _ok_row(row: dict[str, Any], header: Header, *, promoted: bool) -> dict[str, Any]:
     """Fill an ``ok`` row from a parsed header (and its promoted tags, unless done)."""
     warnings = header.warnings
     if promoted:
@@ -156,9 +157,21 @@ def _ok_row(row: dict[str, Any], header: Header, *, promoted: bool = True) -> di
         error=None,
         warnings=warnings or None,
         has_pixel_data=header.has_pixel_data,
-        meta=header.meta_json or orjson.dumps(header.meta).decode("utf-8"),
+        meta=header.meta_json or meta_text(header.meta),
     )
     return row
+
+
+def meta_text(meta: dict[str, Any]) -> str:
+    """The header's DICOM JSON as text.
+
+    orjson, unless a value is an integer beyond 64 bits (an IS of 20 digits), which
+    only the standard library writes; JSON numbers have no size limit.
+    """
+    try:
+        return orjson.dumps(meta).decode("utf-8")
+    except TypeError:
+        return json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
 
 
 def build_batch(

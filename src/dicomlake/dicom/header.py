@@ -94,14 +94,16 @@ def read_header(fp: BinaryIO, *, uri: str, bulk_threshold: int = 1024) -> Header
         ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=bulk_threshold, force=True)
     except InvalidDicomError as exc:
         raise NotDicom(str(exc)) from exc
-    _check_complete(ds, fp)
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
     deflated = tsyntax in _DEFLATED
+    # a deflated data set's offsets count inflated bytes: it may well be longer than
+    # the file, and zlib itself says when the stream is cut short
+    _check_complete(ds, fp, file_meta_only=deflated)
     deflated_pixels: str | None = None
     if deflated:  # offsets point into the inflated stream: inline every value
         fp.seek(0)
         ds = pydicom.dcmread(fp, force=True)  # inflated once, pixel data included
-        deflated_pixels = next((PIXEL_TAGS[t] for t in PIXEL_TAGS if t in ds), None)
+        deflated_pixels = next((_vr_of(ds, t) for t in PIXEL_TAGS if t in ds), None)
         for tag in PIXEL_TAGS:
             ds._dict.pop(tag, None)  # stands in the meta as a whole-file BulkDataURI
         pixel_start = None
@@ -144,16 +146,17 @@ class TruncatedFile(ValueError):
     """The file ends inside its header."""
 
 
-def _check_complete(ds: pydicom.Dataset, fp: BinaryIO) -> None:
+def _check_complete(ds: pydicom.Dataset, fp: BinaryIO, *, file_meta_only: bool = False) -> None:
     """Raise TruncatedFile when the header ends early or has no data set.
 
     pydicom stops quietly at the end of the file, so a header cut short would
-    otherwise look like a complete, smaller one.
+    otherwise look like a complete, smaller one. With ``file_meta_only`` (a deflated
+    file) only the file meta group's offsets are file offsets.
     """
     position = fp.tell()
     size = fp.seek(0, 2)
     fp.seek(position)
-    for dataset in (ds.file_meta, ds):
+    for dataset in (ds.file_meta,) if file_meta_only else (ds.file_meta, ds):
         for elem in dataset._dict.values():
             if not isinstance(elem, pydicom.dataelem.RawDataElement):
                 continue
@@ -167,6 +170,12 @@ def _check_complete(ds: pydicom.Dataset, fp: BinaryIO) -> None:
                 )
     if not ds._dict:
         raise TruncatedFile(f"no data set after the file meta information ({size} bytes)")
+
+
+def _vr_of(ds: pydicom.Dataset, tag: int) -> str:
+    """The VR the file gives a pixel data element (its standard VR when none or odd)."""
+    vr = ds._dict[tag].VR
+    return vr if vr in BINARY_VRS else PIXEL_TAGS[tag]
 
 
 def _pixel_element(
@@ -214,10 +223,18 @@ def _pixel_element(
 
 
 def _encapsulated_length(fp: BinaryIO, offset: int, end: str) -> int:
-    """Return the byte length of an encapsulated value, up to its delimiter."""
+    """Return the byte length of an encapsulated value, up to its delimiter.
+
+    Raises:
+        _Truncated: The file ends first (inside an item header or an item's value);
+            ``args[0]`` is the length up to the end of the file.
+    """
+    size = fp.seek(0, 2)
     position = offset
     item = struct.Struct(end + "HHL")
     while True:
+        if position > size:  # the last fragment's value runs past the end of the file
+            raise _Truncated(size - offset)
         fp.seek(position)
         raw = fp.read(8)
         if len(raw) < 8:

@@ -41,9 +41,7 @@ try:
     from dicomlake import _native as _ext
 except ImportError:  # built without a C compiler: the pydicom path only
     _ext: ModuleType | None = None  # type: ignore[no-redef]
-if not hasattr(_ext, "parse"):
-    # without the built extension, src/dicomlake/_native/ (its C sources) imports as
-    # an empty namespace package in an editable install
+if not hasattr(_ext, "parse"):  # a stray namespace package, not the extension
     _ext = None
 
 if _ext is not None:
