@@ -191,6 +191,22 @@ static int put_vr(Parser *p, int vr) {
     return put(p, s, 10);
 }
 
+/* One byte of a JSON string: quote, backslash and controls escaped, the rest as is. */
+static inline char *put_json_byte(char *o, uint8_t c) {
+    if (c == '"' || c == '\\') {
+        *o++ = '\\';
+        *o++ = (char)c;
+    } else if (c < 0x20) {
+        memcpy(o, "\\u00", 4);
+        o[4] = HEX[c >> 4];
+        o[5] = HEX[c & 0xF];
+        o += 6;
+    } else {
+        *o++ = (char)c;
+    }
+    return o;
+}
+
 /* A JSON string of Latin-1 bytes (each byte is one code point). */
 static int put_latin1(Parser *p, const uint8_t *s, size_t n) {
     if (buf_reserve(p, &p->out, n * 6 + 2))
@@ -202,16 +218,8 @@ static int put_latin1(Parser *p, const uint8_t *s, size_t n) {
         if (c >= 0x80) {
             *o++ = (char)(0xC0 | (c >> 6));
             *o++ = (char)(0x80 | (c & 0x3F));
-        } else if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = (char)c;
-        } else if (c < 0x20) {
-            memcpy(o, "\\u00", 4);
-            o[4] = HEX[c >> 4];
-            o[5] = HEX[c & 0xF];
-            o += 6;
         } else {
-            *o++ = (char)c;
+            o = put_json_byte(o, c);
         }
     }
     *o++ = '"';
@@ -225,20 +233,8 @@ static int put_utf8(Parser *p, const uint8_t *s, size_t n) {
         return -1;
     char *o = p->out.p + p->out.n;
     *o++ = '"';
-    for (size_t i = 0; i < n; i++) {
-        uint8_t c = s[i];
-        if (c == '"' || c == '\\') {
-            *o++ = '\\';
-            *o++ = (char)c;
-        } else if (c < 0x20) {
-            memcpy(o, "\\u00", 4);
-            o[4] = HEX[c >> 4];
-            o[5] = HEX[c & 0xF];
-            o += 6;
-        } else {
-            *o++ = (char)c;
-        }
-    }
+    for (size_t i = 0; i < n; i++)
+        o = put_json_byte(o, s[i]);
     *o++ = '"';
     p->out.n = (size_t)(o - p->out.p);
     return 0;

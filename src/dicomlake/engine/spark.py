@@ -400,10 +400,8 @@ def commit(
 ) -> int:
     """Commit the files the tasks wrote, in one Delta transaction, then remove orphans.
 
-    A new table is created with the files in its first commit
-    (``deltalake.transaction.create_table_with_add_actions``); an existing one gets a
-    write transaction (``DeltaTable.create_write_transaction``), which for
-    ``overwrite`` also removes every file the table had.
+    The commit is :func:`~dicomlake.lake.shards.commit_shards`'s (a new table gets the
+    files in its first commit; ``overwrite`` replaces every file the table had).
 
     Args:
         table_uri: The table's folder or URI.
