@@ -258,9 +258,6 @@ def ingest(
     check_sources(source_list, storage_options=storage_options)
     check_lake_writable(lake, storage_options=storage_options)
     summary = IngestSummary()
-    fingerprints = Fingerprints.load(lake, storage_options=storage_options)
-    prefixes = [source_prefix(s, storage_options) for s in source_list]
-    seen = _Seen(dedupe=_overlapping(prefixes), keep=sync)
     drawing = ThumbnailOptions(thumbnail_size, thumbnail_frame) if thumbnails else None
     pool = (os.cpu_count() or 1) if workers is None else workers
     kernel = InstancesKernel(
@@ -273,6 +270,47 @@ def ingest(
         else None,
     )
     engine = LocalEngine(kernel, workers=pool, file_timeout=file_timeout)
+    engine.start()  # workers import while this process loads what the lake has
+    try:
+        return _run(
+            engine,
+            source_list,
+            lake,
+            summary,
+            sync=sync,
+            task_size=task_size,
+            commit_rows=commit_rows,
+            commit_seconds=commit_seconds,
+            drawing=drawing,
+            workers=workers,
+            file_timeout=file_timeout,
+            storage_options=storage_options,
+            progress=progress,
+        )
+    finally:
+        engine.close()
+
+
+def _run(
+    engine: LocalEngine,
+    source_list: list[str],
+    lake: str,
+    summary: IngestSummary,
+    *,
+    sync: bool,
+    task_size: int,
+    commit_rows: int,
+    commit_seconds: float,
+    drawing: ThumbnailOptions | None,
+    workers: int | None,
+    file_timeout: float,
+    storage_options: StorageOptionsLike,
+    progress: Callable[[IngestSummary], None] | None,
+) -> IngestSummary:
+    """The body of :func:`ingest`, once its options are checked and its engine started."""
+    fingerprints = Fingerprints.load(lake, storage_options=storage_options)
+    prefixes = [source_prefix(s, storage_options) for s in source_list]
+    seen = _Seen(dedupe=_overlapping(prefixes), keep=sync)
     refs = iter_files(source_list, storage_options=storage_options)
     tasks = _plan(refs, fingerprints, summary, seen, task_size)
     thumb_writer = (

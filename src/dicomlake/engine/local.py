@@ -129,6 +129,25 @@ class LocalEngine:
         self.file_timeout = file_timeout
         self.timeouts = 0
         self.crashes = 0
+        self._pool: _Pool | None = None
+
+    def start(self) -> None:
+        """Start the worker processes now, ahead of :meth:`map`.
+
+        A worker takes most of a second to start (a fresh interpreter importing
+        pydicom and pyarrow); started before the caller lists files or loads what the
+        lake has, that time overlaps with the caller's. Call :meth:`close` if
+        :meth:`map` is never reached.
+        """
+        if self.workers > 0 and self._pool is None:
+            self._pool = _Pool(self)
+            self._pool.start()
+
+    def close(self) -> None:
+        """Stop worker processes started by :meth:`start` and not used by :meth:`map`."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
     def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, dict[str, pa.RecordBatch]]]:
         """Yield (task, {table: batch}) for every task, in completion order."""
@@ -139,7 +158,10 @@ class LocalEngine:
                     rows = [self.kernel.row(ref) for ref in task.refs]
                 yield task, _ship(self.kernel, self.kernel.batch(rows), task.context)
             return
-        yield from _Pool(self).run(iter(tasks))
+        self.start()
+        pool, self._pool = self._pool, None
+        assert pool is not None
+        yield from pool.run(iter(tasks))
 
 
 class _Pool:
@@ -172,8 +194,12 @@ class _Pool:
         worker.tasks.append(task)
         worker.inbox.put((task.task_id, list(task.refs), task.context))
 
+    def start(self) -> None:
+        if not self.workers:
+            self.workers = [self._start(slot) for slot in range(self.engine.workers)]
+
     def run(self, tasks: Iterator[Task]) -> Iterator[tuple[Task, dict[str, pa.RecordBatch]]]:
-        self.workers = [self._start(slot) for slot in range(self.engine.workers)]
+        self.start()
         exhausted = False
         try:
             while True:
@@ -195,7 +221,7 @@ class _Pool:
                         break
                 yield task, batch
         finally:
-            self._shutdown()
+            self.shutdown()
 
     def _fill(self, tasks: Iterator[Task], exhausted: bool) -> bool:
         for worker in self.workers:
@@ -260,7 +286,7 @@ class _Pool:
             batch = kernel.batch([kernel.error_row(bad, reason)])
             yield Task(refs=[bad], context=current.context), batch
 
-    def _shutdown(self) -> None:
+    def shutdown(self) -> None:
         for worker in self.workers:
             if worker.process.is_alive():
                 with contextlib.suppress(OSError, ValueError):
