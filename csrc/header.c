@@ -4,9 +4,17 @@
  *
  * Its output equals dicomlake.dicom.header.read_header (and so pydicom's
  * to_json_dict) for every file it accepts. Anything it does not reproduce exactly
- * (big endian, deflated, charsets beyond default/Latin-1/UTF-8, UN, AT, ambiguous
- * or private implicit VRs, values pydicom would repair, malformed or truncated
- * input) raises Declined(reason), and the caller runs the pydicom path.
+ * (big endian, deflated, charsets beyond default/Latin-1/UTF-8, UN of undefined
+ * length, ambiguous VRs pydicom cannot settle from the same data set, private VRs
+ * pydicom's private dictionary leaves ambiguous, values pydicom would repair,
+ * malformed or truncated input) raises Declined(reason), and the caller runs the
+ * pydicom path.
+ *
+ * Elements that read_header hands to pydicom (UN, implicit private, implicit
+ * ambiguous) are written as pydicom's to_json_dict writes them: the VR pydicom settles
+ * on (hooks.raw_element_vr: dictionary VR for a public UN under 0xFFFF bytes, the
+ * private dictionary through the data set's private creator, else UN), and pydicom's
+ * bulk data threshold, which is on the base64 length.
  *
  * Safety: every read is checked against the buffer size before it happens; lengths
  * are compared as 64-bit sums; sequence nesting is bounded; UTF-8 values are
@@ -58,7 +66,22 @@ typedef struct {
     int pyerr;          /* set when a Python exception is pending */
     int has_pixel;
     int truncated_pixel;
+    int pyd; /* the element being written goes through pydicom's to_json_dict */
 } Parser;
+
+/* What one data set (the top level, or a sequence item) has read so far that later
+ * elements' VRs depend on, as pydicom looks it up in the same Dataset. */
+enum { CREATOR_ABSENT = -1, CREATOR_UNDECIDED = -2 };
+typedef struct {
+    uint32_t group;      /* the odd group whose creators are in creator[]; 0 = none */
+    int16_t creator[256]; /* (group,00bb): index into DL_PRIV_CREATORS, or CREATOR_* */
+    int pixel_rep;       /* (0028,0103) as pydicom compares it: 0, 1, -1 = not usable */
+} DsState;
+
+static void ds_state_init(DsState *st) {
+    st->group = 0;
+    st->pixel_rep = -1;
+}
 
 #define DECLINE(p, r)          \
     do {                       \
@@ -114,6 +137,8 @@ static inline uint32_t rdtag(const uint8_t *s) { return ((uint32_t)rd16(s) << 16
 
 /* ------------------------------------------------------------ VR knowledge */
 
+static const char HEX[] = "0123456789ABCDEF";
+
 static int vr_code(uint8_t a, uint8_t b) {
     if (a < 'A' || a > 'Z' || b < 'A' || b > 'Z')
         return -1;
@@ -137,11 +162,9 @@ static int is_binary_vr(int vr) {
            vr == DL_VR_OV || vr == DL_VR_OW;
 }
 
-/* The dictionary VR, as dicomlake.dicom.json._implicit_vr: -1 = private, -2 = unknown,
- * DL_VR_AMBIGUOUS = several or none. */
-static int dictionary_vr(uint32_t tag) {
-    if ((tag >> 16) & 1)
-        return -1;
+/* pydicom.datadict.dictionary_VR: the main dictionary, then the repeater masks in
+ * order; -2 = KeyError, DL_VR_AMBIGUOUS = several or none. */
+static int dict_lookup(uint32_t tag) {
     size_t lo = 0, hi = DL_DICT_SIZE;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
@@ -155,7 +178,102 @@ static int dictionary_vr(uint32_t tag) {
     for (size_t i = 0; i < DL_REPEATER_SIZE; i++)
         if (((tag ^ DL_REPEATER_VALUE[i]) & DL_REPEATER_MASK[i]) == 0)
             return DL_REPEATER_VRS[i];
-    return (tag & 0xFFFF) == 0 ? DL_VR_UL : -2;
+    return -2;
+}
+
+/* The dictionary VR, as dicomlake.dicom.json._implicit_vr: -1 = private, -2 = unknown,
+ * DL_VR_AMBIGUOUS = several or none. */
+static int dictionary_vr(uint32_t tag) {
+    if ((tag >> 16) & 1)
+        return -1;
+    int v = dict_lookup(tag);
+    return v == -2 && (tag & 0xFFFF) == 0 ? DL_VR_UL : v;
+}
+
+/* A private creator's value (pydicom: decoded, rstrip("\0 ")) -> its index in
+ * DL_PRIV_CREATORS, CREATOR_ABSENT when the private dictionary does not know it, or
+ * CREATOR_UNDECIDED where the decoding or the value's type could differ (bytes
+ * outside printable ASCII, several values). */
+static int creator_index(const uint8_t *s, size_t n) {
+    while (n && (s[n - 1] == ' ' || s[n - 1] == 0))
+        n--;
+    for (size_t i = 0; i < n; i++)
+        if (s[i] < 0x20 || s[i] > 0x7E || s[i] == '\\')
+            return CREATOR_UNDECIDED;
+    size_t lo = 0, hi = DL_PRIV_CREATOR_COUNT;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        const char *c = DL_PRIV_CREATORS[mid];
+        size_t m = strlen(c);
+        int r = memcmp(s, c, n < m ? n : m);
+        if (r == 0)
+            r = n < m ? -1 : n > m;
+        if (r == 0)
+            return (int)mid;
+        if (r > 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return CREATOR_ABSENT;
+}
+
+/* pydicom.datadict.get_private_entry's VR: keys "ggggeeee", "ggggxxee", "ggxxxxee" in
+ * that order; none = KeyError, which pydicom turns into UN. */
+static int private_dict_vr(int creator, uint32_t tag) {
+    char keys[3][8];
+    for (int i = 0; i < 8; i++)
+        keys[0][i] = HEX[(tag >> (28 - 4 * i)) & 0xF];
+    memcpy(keys[1], keys[0], 8);
+    keys[1][4] = keys[1][5] = 'x';
+    memcpy(keys[2], keys[1], 8);
+    keys[2][2] = keys[2][3] = 'x';
+    for (int k = 0; k < 3; k++) {
+        size_t lo = DL_PRIV_FIRST[creator], hi = DL_PRIV_FIRST[creator + 1];
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            int r = memcmp(DL_PRIV_KEYS[mid], keys[k], 8);
+            if (r == 0)
+                return DL_PRIV_VRS[mid];
+            if (r < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+    }
+    return DL_VR_UN;
+}
+
+/* hooks._private_vr_for_tag: LO for a private creator, the private dictionary's VR
+ * through the creator in the same data set, else UN; -1 = undecided. */
+static int private_vr(DsState *st, uint32_t tag) {
+    uint32_t elem = tag & 0xFFFF;
+    if (elem >= 0x0010 && elem <= 0x00FF)
+        return DL_VR_LO;
+    if (!(elem & 0xFF00))
+        return DL_VR_UN;
+    if (st->group != tag >> 16)
+        return DL_VR_UN; /* no element of this group yet: no creator */
+    int c = st->creator[elem >> 8];
+    if (c == CREATOR_UNDECIDED)
+        return -1;
+    if (c == CREATOR_ABSENT)
+        return DL_VR_UN;
+    return private_dict_vr(c, tag);
+}
+
+/* The "US or SS" tags pydicom settles by Pixel Representation alone
+ * (filewriter._AMBIGUOUS_US_SS_TAGS less the LUT descriptors, which it also edits). */
+static int is_us_ss_tag(uint32_t tag) {
+    switch (tag) {
+    case 0x00189810u: case 0x00221452u: case 0x00280104u: case 0x00280105u:
+    case 0x00280106u: case 0x00280107u: case 0x00280108u: case 0x00280109u:
+    case 0x00280110u: case 0x00280111u: case 0x00280120u: case 0x00280121u:
+    case 0x00409211u: case 0x00409216u: case 0x00603004u: case 0x00603006u:
+        return 1;
+    default:
+        return 0;
+    }
 }
 
 static int is_promoted(uint32_t tag) {
@@ -171,8 +289,6 @@ static int is_promoted(uint32_t tag) {
 }
 
 /* --------------------------------------------------------- JSON primitives */
-
-static const char HEX[] = "0123456789ABCDEF";
 
 static int put_key(Parser *p, uint32_t tag) {
     char k[11];
@@ -367,7 +483,12 @@ static size_t rstrip_nul_space(const uint8_t *s, size_t n) {
 static int emit_binary(Parser *p, int vr, size_t off, uint64_t len) {
     if (put_vr(p, vr))
         return -1;
-    if (len > p->threshold) {
+    /* pydicom's to_json_dict: raw length > (T // 4) * 3 with T on the base64 length,
+     * T = threshold * 4 // 3 + 4 (json.JsonConverter._pydicom_threshold) */
+    uint64_t limit = p->threshold;
+    if (p->pyd)
+        limit = (limit + limit / 3 + 4) / 4 * 3;
+    if (len > limit) {
         char num[64];
         if (PUTS(p, ",\"BulkDataURI\":"))
             return -1;
@@ -532,6 +653,8 @@ static int emit_ds(Parser *p, const uint8_t *s, size_t n) {
             if (put_double(p, v))
                 return -1;
         } else if (multi && all_spaces(item, len)) {
+            if (p->pyd) /* pydicom cannot convert an empty item: read_header warns */
+                DECLINE(p, "value_repair");
             if (PUTS(p, "null"))
                 return -1;
         } else {
@@ -592,9 +715,14 @@ static int emit_is(Parser *p, const uint8_t *s, size_t n) {
         first = 0;
         int m = is_parse(item, len, &v);
         if (m == 1) {
+            /* pydicom's IS refuses a value that float() does not hold exactly */
+            if (p->pyd && (v > (INT64_C(1) << 53) || v < -(INT64_C(1) << 53)))
+                DECLINE(p, "value_repair");
             if (put_i64(p, v))
                 return -1;
         } else if (m == 0 && multi && all_spaces(item, len)) {
+            if (p->pyd)
+                DECLINE(p, "value_repair");
             if (PUTS(p, "null"))
                 return -1;
         } else {
@@ -747,8 +875,6 @@ static int emit_value(Parser *p, int vr, const uint8_t *s, size_t n, int codec) 
         }
         return PUTS(p, "]}");
     }
-    case DL_VR_UN:
-        DECLINE(p, "un");
     default:
         break;
     }
@@ -829,30 +955,59 @@ static int parse_sequence(Parser *p, size_t pos, uint32_t len, size_t limit, int
     return PUTS(p, "]}");
 }
 
-/* One element's header at pos: its VR code, value offset and length. */
-static int read_element(Parser *p, size_t pos, size_t end, uint32_t *tag, int *vr, size_t *vpos,
-                        uint32_t *len) {
+/* One element's header at pos: its VR code, value offset and length, and in *pyd
+ * whether read_header converts it with pydicom (hooks.raw_element_vr's VR). */
+static int read_element(Parser *p, DsState *st, size_t pos, size_t end, uint32_t *tag, int *vr,
+                        int *pyd, size_t *vpos, uint32_t *len) {
     const uint8_t *h = p->d + pos;
     *tag = rdtag(h);
+    *pyd = 0;
+    int private = (*tag >> 16) & 1;
     if (p->implicit) {
         *len = rd32(h + 4);
         *vpos = pos + 8;
-        int v = dictionary_vr(*tag);
-        if (v == -1)
-            DECLINE(p, "private_implicit");
-        if (v == -2)
-            DECLINE(p, "unknown_tag");
-        if (v == DL_VR_AMBIGUOUS)
-            DECLINE(p, "ambiguous_vr");
-        if (v == DL_VR_UN)
-            DECLINE(p, "un");
+        int v;
+        if (private) {
+            *pyd = 1;
+            v = dict_lookup(*tag); /* pydicom asks the dictionary first (60xx, 50xx...) */
+            if (v == -2) {
+                if (*len == UNDEFINED) {
+                    /* filereader: a private tag of undefined length is a sequence when
+                     * an item follows; anything else is read as bytes (declined) */
+                    if (end - *vpos < 4)
+                        DECLINE(p, end == p->size ? "truncated" : "malformed");
+                    if (rdtag(p->d + *vpos) != TAG_ITEM)
+                        DECLINE(p, "private_implicit");
+                    *vr = DL_VR_SQ;
+                    return 0;
+                }
+                v = private_vr(st, *tag);
+                if (v < 0)
+                    DECLINE(p, "private_implicit");
+            }
+            if (v == DL_VR_AMBIGUOUS || v == DL_VR_SQ)
+                DECLINE(p, "private_implicit");
+        } else {
+            v = dictionary_vr(*tag);
+            if (v == -2)
+                DECLINE(p, "unknown_tag");
+            if (v == DL_VR_AMBIGUOUS) {
+                /* filewriter._correct_ambiguous_vr_element: US when the same data
+                 * set's Pixel Representation is 0, else SS */
+                if (!is_us_ss_tag(*tag) || st->pixel_rep < 0)
+                    DECLINE(p, "ambiguous_vr");
+                v = st->pixel_rep == 0 ? DL_VR_US : DL_VR_SS;
+                *pyd = 1;
+            }
+            if (v == DL_VR_UN)
+                *pyd = 1;
+        }
         *vr = v;
         return 0;
     }
     int v = vr_code(h[4], h[5]);
     if (v < 0)
         DECLINE(p, "vr");
-    *vr = v;
     if (is_long_vr(v)) {
         if (end - pos < 12)
             DECLINE(p, end == p->size ? "truncated" : "malformed");
@@ -862,7 +1017,44 @@ static int read_element(Parser *p, size_t pos, size_t end, uint32_t *tag, int *v
         *len = rd16(h + 6);
         *vpos = pos + 8;
     }
+    if (v == DL_VR_UN && *len != UNDEFINED) {
+        /* hooks.raw_element_vr with replace_un_with_known_vr */
+        *pyd = 1;
+        if (private) {
+            v = private_vr(st, *tag);
+            if (v < 0 || v == DL_VR_AMBIGUOUS || v == DL_VR_SQ)
+                DECLINE(p, "un");
+        } else if (*len < 0xFFFF) {
+            int d = dict_lookup(*tag);
+            if (d == DL_VR_AMBIGUOUS || d == DL_VR_SQ)
+                DECLINE(p, "un");
+            if (d >= 0)
+                v = d;
+        }
+    }
+    *vr = v;
     return 0;
+}
+
+/* After an element of a data set: what later elements' VRs depend on. */
+static void note_element(Parser *p, DsState *st, uint32_t tag, int vr, size_t vpos, uint32_t len) {
+    uint32_t group = tag >> 16, elem = tag & 0xFFFF;
+    if (tag == 0x00280103u)
+        st->pixel_rep = p->implicit && vr == DL_VR_US && len == 2 ? rd16(p->d + vpos) != 0 : -1;
+    if (!(group & 1))
+        return;
+    if (st->group != group) {
+        st->group = group;
+        memset(st->creator, 0xFF, sizeof st->creator); /* CREATOR_ABSENT */
+    }
+    if (elem > 0x00FF)
+        return;
+    int c = CREATOR_UNDECIDED;
+    /* pydicom reads the creator as LO (explicit LO, explicit UN, implicit without a
+     * dictionary entry), then looks its value up; anything else is left undecided */
+    if (elem >= 0x0010 && vr == DL_VR_LO && len != UNDEFINED)
+        c = creator_index(p->d + vpos, len);
+    st->creator[elem] = (int16_t)c;
 }
 
 static int promote(Parser *p, uint32_t tag, size_t start) {
@@ -878,8 +1070,8 @@ static int promote(Parser *p, uint32_t tag, size_t start) {
 }
 
 /* The element at pos (header already read); writes "KEY":{...} and sets *next. */
-static int parse_element(Parser *p, uint32_t tag, int vr, size_t vpos, uint32_t len, size_t end,
-                         int codec, int depth, size_t *next) {
+static int parse_element(Parser *p, uint32_t tag, int vr, int pyd, size_t vpos, uint32_t len,
+                         size_t end, int codec, int depth, size_t *next) {
     size_t start = p->out.n;
     if (put_key(p, tag))
         return -1;
@@ -893,8 +1085,10 @@ static int parse_element(Parser *p, uint32_t tag, int vr, size_t vpos, uint32_t 
             DECLINE(p, vr == DL_VR_UN ? "un" : "undefined_length");
         if (len > end - vpos)
             DECLINE(p, end == p->size ? "truncated" : "malformed");
-        int rc = is_binary_vr(vr) ? emit_binary(p, vr, vpos, len)
-                                  : emit_value(p, vr, p->d + vpos, len, codec);
+        p->pyd = pyd;
+        int rc = is_binary_vr(vr) || vr == DL_VR_UN ? emit_binary(p, vr, vpos, len)
+                                                    : emit_value(p, vr, p->d + vpos, len, codec);
+        p->pyd = 0;
         if (rc)
             return -1;
         *next = vpos + len;
@@ -914,6 +1108,8 @@ static int parse_dataset(Parser *p, size_t pos, size_t end, int mode, int codec,
                          size_t *next) {
     int inherited = codec, text_before_charset = 0;
     uint32_t last = 0;
+    DsState st;
+    ds_state_init(&st);
     int elements = 0;
     int comma = mode == DS_TOP ? p->out.n > 1 : 0;
     if (mode != DS_TOP && putc1(p, '{'))
@@ -941,10 +1137,10 @@ static int parse_dataset(Parser *p, size_t pos, size_t end, int mode, int codec,
             DECLINE(p, "malformed");
         if (elements && tag <= last)
             DECLINE(p, "order");
-        int vr;
+        int vr, pyd;
         size_t vpos;
         uint32_t len;
-        if (read_element(p, pos, end, &tag, &vr, &vpos, &len))
+        if (read_element(p, &st, pos, end, &tag, &vr, &pyd, &vpos, &len))
             return -1;
         if (tag == TAG_CHARSET && len != UNDEFINED && len <= end - vpos) {
             int c = charset_codec(p->d + vpos, len);
@@ -958,8 +1154,9 @@ static int parse_dataset(Parser *p, size_t pos, size_t end, int mode, int codec,
         }
         if ((elements || comma) && putc1(p, ','))
             return -1;
-        if (parse_element(p, tag, vr, vpos, len, end, codec, depth, &pos))
+        if (parse_element(p, tag, vr, pyd, vpos, len, end, codec, depth, &pos))
             return -1;
+        note_element(p, &st, tag, vr, vpos, len);
         elements++;
         last = tag;
     }
@@ -1049,12 +1246,14 @@ static int parse_file(Parser *p) {
     if (putc1(p, '{'))
         return -1;
     p->implicit = 0;
+    DsState st;
+    ds_state_init(&st);
     while (size - pos >= 8 && rd16(d + pos) == 2) {
         uint32_t tag;
-        int vr;
+        int vr, pyd;
         size_t vpos;
         uint32_t len;
-        if (read_element(p, pos, size, &tag, &vr, &vpos, &len))
+        if (read_element(p, &st, pos, size, &tag, &vr, &pyd, &vpos, &len))
             return -1;
         if (count && tag <= last)
             DECLINE(p, "order");
@@ -1064,7 +1263,7 @@ static int parse_file(Parser *p) {
         }
         if (count && putc1(p, ','))
             return -1;
-        if (parse_element(p, tag, vr, vpos, len, size, CODEC_LATIN1, 0, &pos))
+        if (parse_element(p, tag, vr, pyd, vpos, len, size, CODEC_LATIN1, 0, &pos))
             return -1;
         last = tag;
         count++;

@@ -2,7 +2,11 @@
 
 The native header parser looks up the VR of implicit-VR elements here, with the same
 answers as :func:`dicomlake.dicom.json._implicit_vr`: the main dictionary first, then
-the repeating-group masks in pydicom's order. Run it after upgrading pydicom::
+the repeating-group masks in pydicom's order. Private elements resolve through pydicom's
+private dictionaries: (creator, key) -> VR, the keys as
+:func:`pydicom.datadict.get_private_entry` builds them ("ggggeeee", "ggggxxee",
+"ggxxxxee"; keys of any other form can never match and are left out). Run it after
+upgrading pydicom::
 
     python scripts/gen_vr_table.py            # writes the header
     python scripts/gen_vr_table.py --check    # exits 1 when the header is stale
@@ -11,10 +15,12 @@ the repeating-group masks in pydicom's order. Run it after upgrading pydicom::
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
 import pydicom
+from pydicom._private_dict import private_dictionaries
 from pydicom.datadict import DicomDictionary, RepeatersDictionary, masks
 
 #: VR codes shared with header.c; the order is part of the C code's contract.
@@ -56,6 +62,8 @@ VRS = [
 ]
 #: Dictionary VRs the parser must not decide alone ("OB or OW", "NONE", ...).
 VR_AMBIGUOUS = 255
+#: The private dictionary keys get_private_entry can look up (uppercase hex).
+PRIVATE_KEY = re.compile(r"[0-9A-F]{8}|[0-9A-F]{4}xx[0-9A-F]{2}|[0-9A-F]{2}xxxx[0-9A-F]{2}")
 HEADER = Path(__file__).resolve().parents[1] / "csrc" / "vr_table.h"
 
 
@@ -99,8 +107,45 @@ def render() -> str:
     lines.append("static const uint8_t DL_REPEATER_VRS[DL_REPEATER_SIZE] = {")
     lines += _rows([str(c) for _, _, c in repeaters], 20)
     lines.append("};")
+    lines.append("")
+    lines += _private_table()
     lines += ["", "#endif", ""]
     return "\n".join(lines)
+
+
+def _c_string(text: str) -> str:
+    """A C string literal; '?' escaped so that no trigraph can form."""
+    if not text.isascii() or not text.isprintable():
+        raise ValueError(f"private creator is not printable ASCII: {text!r}")
+    escaped = "".join("\\" + c if c in '"\\?' else c for c in text)
+    return f'"{escaped}"'
+
+
+def _private_table() -> list[str]:
+    """(creator, key) -> VR: creators sorted (bytes order), each one's keys sorted."""
+    creators = sorted(private_dictionaries, key=lambda c: c.encode())
+    first, keys, vrs = [], [], []
+    for creator in creators:
+        first.append(len(keys))
+        entries = private_dictionaries[creator]
+        for key in sorted(k for k in entries if PRIVATE_KEY.fullmatch(k)):
+            keys.append(key)
+            vrs.append(_code(entries[key][0]))
+    first.append(len(keys))
+    lines = [f"#define DL_PRIV_CREATOR_COUNT {len(creators)}", f"#define DL_PRIV_SIZE {len(keys)}"]
+    lines.append("static const char *const DL_PRIV_CREATORS[DL_PRIV_CREATOR_COUNT] = {")
+    lines += _rows([_c_string(c) for c in creators], 3)
+    lines.append("};")
+    lines.append("static const uint16_t DL_PRIV_FIRST[DL_PRIV_CREATOR_COUNT + 1] = {")
+    lines += _rows([str(i) for i in first], 12)
+    lines.append("};")
+    lines.append("static const char DL_PRIV_KEYS[DL_PRIV_SIZE][9] = {")
+    lines += _rows([f'"{k}"' for k in keys], 8)
+    lines.append("};")
+    lines.append("static const uint8_t DL_PRIV_VRS[DL_PRIV_SIZE] = {")
+    lines += _rows([str(c) for c in vrs], 20)
+    lines.append("};")
+    return lines
 
 
 def _rows(items: list[str], per_row: int) -> list[str]:

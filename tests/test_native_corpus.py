@@ -51,8 +51,6 @@ NATIVE_BUGS: dict[str, str] = {}
 EXPECTED_DECLINES: dict[str, str] = {
     "all-vrs-big-endian": "big_endian",
     "all-vrs-deflated": "deflated",
-    "all-vrs-explicit": "un",
-    "all-vrs-implicit": "un",
     "ambiguous-vrs-implicit": "ambiguous_vr",
     "at-big-endian": "big_endian",
     "bulk-big-endian": "big_endian",
@@ -95,7 +93,6 @@ EXPECTED_DECLINES: dict[str, str] = {
     "deflated-raw": "deflated",
     "ds-is-invalid": "value_repair",
     "ds-overflow": "nan",
-    "empty-UN-implicit": "un",
     "floats-non-finite": "nan",
     "is-beyond-64-bits": "value_repair",
     "no-preamble": "no_preamble",
@@ -104,15 +101,11 @@ EXPECTED_DECLINES: dict[str, str] = {
     "pixels-native-big-endian": "big_endian",
     "pixels-encapsulated-truncated": "truncated",
     "pixels-native-deflated": "deflated",
-    "private-implicit-known-creator": "private_implicit",
-    "private-implicit-unknown-creator": "private_implicit",
     "sq-mixed-big-endian": "big_endian",
     "sq-mixed-deflated": "deflated",
     "ts-explicit-but-implicit-body": "vr_switch",
     "ts-implicit-but-explicit-body": "vr_switch",
     "un-explicit": "un",
-    "vr-UN-explicit": "un",
-    "vr-UN-implicit": "un",
 }
 
 
