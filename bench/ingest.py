@@ -105,11 +105,15 @@ def baseline(files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def ours(corpus: Path, lake: Path, workers: int, parser: str) -> tuple[float, int, dict]:
+def ours(
+    corpus: Path, lake: Path, workers: int, parser: str, prefetch: bool = True
+) -> tuple[float, int, dict]:
     """Seconds for ``dicomlake.ingest`` of ``corpus`` into a fresh lake; rows ok; parsers."""
     shutil.rmtree(lake, ignore_errors=True)
     start = time.perf_counter()
-    summary = dicomlake.ingest([str(corpus)], str(lake), workers=workers, parser=parser)
+    summary = dicomlake.ingest(
+        [str(corpus)], str(lake), workers=workers, parser=parser, prefetch=prefetch
+    )
     return time.perf_counter() - start, summary.ok, dict(summary.parsers)
 
 
@@ -128,15 +132,20 @@ def run_contender(args: argparse.Namespace) -> None:
         files = sorted(p for p in corpus.rglob("*") if p.is_file())
         seconds, ok = baseline(files), len(files)
     else:
-        seconds, ok, parsers = ours(corpus, Path(args.lake), args.workers, args.parser)
+        seconds, ok, parsers = ours(
+            corpus, Path(args.lake), args.workers, args.parser, not args.no_prefetch
+        )
     own, children = peak_rss_mib()
     figures = {"seconds": seconds, "ok": ok, "rss": own, "rss_workers": children}
     print(json.dumps({**figures, "parsers": parsers}))
 
 
-def contender(name: str, corpus: Path, lake: Path, workers: int, parser: str = "auto") -> dict:
+def contender(
+    name: str, corpus: Path, lake: Path, workers: int, parser: str = "auto", prefetch: bool = True
+) -> dict:
     command = [sys.executable, __file__, "--run", name, "--corpus", str(corpus)]
     command += ["--lake", str(lake), "--workers", str(workers), "--parser", parser]
+    command += [] if prefetch else ["--no-prefetch"]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -160,6 +169,28 @@ def parse_only(files: list[Path]) -> tuple[float, int]:
         result = native.parse_file(str(path), uri=path.as_uri(), bulk_threshold=1024)
         accepted += not isinstance(result, str)
     return time.perf_counter() - start, accepted
+
+
+def evict(files: list[Path]) -> None:
+    """Drop the files' pages from the page cache (``POSIX_FADV_DONTNEED``): a cold read."""
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+
+def cold_runs(corpus: Path, files: list[Path], workers: int, work: Path) -> None:
+    """Native ingest from a cold page cache, with and without the workers' read-ahead."""
+    for count in (1, workers):
+        for prefetch in (False, True):
+            evict(files)
+            figures = contender("ours", corpus, work / "lake-cold", count, "auto", prefetch)
+            print(
+                f"cold cache, native, {count} worker{'s' * (count > 1)}, read-ahead "
+                f"{'on ' if prefetch else 'off'}: {len(files) / figures['seconds']:.0f} files/s"
+            )
 
 
 def time_split(corpus: Path, files: list[Path], work: Path) -> dict[str, float]:
@@ -205,10 +236,10 @@ def report(title: str, corpus: Path, files: list[Path], workers: int, work: Path
     base = contender("baseline", corpus, work / "unused", 32)
     rows = [("baseline (pixels-style, 32 threads)", base)]
     parsers = ["pydicom", "native"] if native.available() else ["pydicom"]
-    for parser in parsers:
-        for count in (1, workers):
-            figures = contender("ours", corpus, work / f"lake-{parser}{count}", count, parser)
-            rows.append((f"dicomlake {parser}, {count} worker{'s' * (count > 1)}", figures))
+    runs = [(parser, count) for parser in parsers for count in (1, workers)]
+    for parser, count in runs:
+        figures = contender("ours", corpus, work / f"lake-{parser}{count}", count, parser)
+        rows.append((f"dicomlake {parser}, {count} worker{'s' * (count > 1)}", figures))
     print(f"{'contender':<40}{'files/s':>9}{'x baseline':>12}{'RSS MiB':>9}{'worker':>8}")
     for label, figures in rows:
         rate = n / figures["seconds"]
@@ -221,6 +252,21 @@ def report(title: str, corpus: Path, files: list[Path], workers: int, work: Path
             f"{parser}: scaling 1 -> {workers} workers {one['seconds'] / many['seconds']:.2f}x"
             f", headers read by {one['parsers']}"
         )
+    # a run's fixed cost (worker start-up, table creation) apart from its per-file rate:
+    # the same contender again on the first 100 files
+    small = corpus.parent / f"{corpus.name}-first100"
+    for path in files[:100]:
+        target = small / path.relative_to(corpus)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+    base_rate = n / base["seconds"]
+    for (label, figures), (parser, count) in zip(rows[1:], runs, strict=True):
+        fixed = contender("ours", small, work / "lake-small", count, parser)["seconds"]
+        marginal = (n - 100) / max(figures["seconds"] - fixed, 1e-9)
+        print(
+            f"{label}: {fixed:.2f} s for the first 100 files (start-up), then "
+            f"{marginal:.0f} files/s = {marginal / base_rate:.1f}x baseline"
+        )
     if native.available():
         floor = read_floor(files)
         seconds, accepted = parse_only(files)
@@ -229,6 +275,7 @@ def report(title: str, corpus: Path, files: list[Path], workers: int, work: Path
             f"read-64-KiB floor {n / floor:.0f} files/s; native / floor "
             f"{seconds / floor:.2f}x the time"
         )
+        cold_runs(corpus, files, workers, work)
         split = time_split(corpus, files, work)
         total = sum(v for k, v in split.items() if "floor" not in k)
         print(
@@ -247,6 +294,7 @@ def main() -> None:
     parser.add_argument("--corpus", help=argparse.SUPPRESS)
     parser.add_argument("--lake", help=argparse.SUPPRESS)
     parser.add_argument("--parser", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--no-prefetch", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.run:
         run_contender(args)

@@ -590,3 +590,30 @@ def test_path_tags(relative_path: str, tags: list[str]) -> None:
 )
 def test_extension(path: str, ext: str) -> None:
     assert extension(path) == ext
+
+
+def test_prefetcher_reads_ahead_local_files_and_skips_the_rest(tmp_path: Path) -> None:
+    import threading
+    import time
+
+    from dicomlake.catalog import FileRef, Prefetcher
+
+    real = tmp_path / "a.dcm"
+    real.write_bytes(b"x" * 100_000)
+    refs = [
+        FileRef(real.as_uri(), "a.dcm", 100_000, None),
+        FileRef((tmp_path / "gone.dcm").as_uri(), "gone.dcm", None, None),  # vanished
+        FileRef(f"zip://m.dcm::{(tmp_path / 'z.zip').as_uri()}", "z.zip/m.dcm", 1, None),
+    ]
+    prefetcher = Prefetcher(threads=2)
+    prefetcher.submit(refs)
+    assert prefetcher.queued == 2  # the two local paths, not the zip member
+    assert prefetcher._queue is not None
+    deadline = time.monotonic() + 5
+    while not prefetcher._queue.empty() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert prefetcher._queue.empty()  # a vanished file did not stop the threads
+    prefetcher.submit(refs[:1])
+    assert prefetcher.queued == 3
+    threads = [t for t in threading.enumerate() if t.name == "dicomlake-prefetch"]
+    assert threads and all(t.daemon for t in threads)  # never keeps a process alive

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pyarrow as pa
 
-from dicomlake.catalog import FileRef, extension, local_file, open_ref, path_tags
+from dicomlake.catalog import FileRef, Prefetcher, extension, local_file, open_ref, path_tags
 from dicomlake.dicom.header import Header, NotDicom, read_header
 from dicomlake.dicom.tags import promoted_values
 from dicomlake.schema import INSTANCES_SCHEMA, PROMOTED_TAGS
@@ -221,6 +221,10 @@ def extract_instances(
     return kernel.batch([kernel.row(ref) for ref in refs])["instances"]
 
 
+#: This process's read-ahead threads, started by the first task that wants them.
+_prefetcher: Prefetcher | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ShardTarget:
     """Where workers write their own Parquet shards: a table and this run's job id."""
@@ -240,6 +244,7 @@ class InstancesKernel:
         thumbnails: Also draw thumbnails from the same read of each file.
         parser: 'auto' (native where it can, else pydicom), 'native' or 'pydicom'.
         shards: Where :meth:`ship` writes the rows of new files; None sends them back.
+        prefetch: Read local files ahead on background threads (see :meth:`prepare`).
 
     Raises:
         ValueError: ``parser`` is not one of :data:`PARSERS`.
@@ -254,6 +259,7 @@ class InstancesKernel:
         thumbnails: ThumbnailOptions | None = None,
         parser: str = "auto",
         shards: ShardTarget | None = None,
+        prefetch: bool = True,
     ) -> None:
         if parser not in PARSERS:
             raise ValueError(f"parser must be one of {', '.join(PARSERS)}; got {parser!r}")
@@ -263,6 +269,19 @@ class InstancesKernel:
         self.thumbnails = thumbnails
         self.parser = parser
         self.shards = shards
+        self.prefetch = prefetch
+
+    def prepare(self, refs: Sequence[FileRef]) -> None:
+        """Before a task: start reading its local files ahead (a :class:`Prefetcher`).
+
+        On cold or network storage the files' opens and first reads then overlap each
+        other and the parsing; on a warm page cache it costs a few microseconds a file.
+        """
+        if self.prefetch:
+            global _prefetcher
+            if _prefetcher is None:
+                _prefetcher = Prefetcher()
+            _prefetcher.submit(refs)
 
     def row(self, ref: FileRef) -> dict[str, Any]:
         """Return the row of one file (never raises)."""

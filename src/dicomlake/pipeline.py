@@ -212,6 +212,7 @@ def ingest(
     progress: Callable[[IngestSummary], None] | None = None,
     parser: str = "auto",
     shards: bool | None = None,
+    prefetch: bool = True,
 ) -> IngestSummary:
     """Ingest DICOM files from ``sources`` into the lake at ``lake``.
 
@@ -238,6 +239,8 @@ def ingest(
         shards: Workers write the rows of new files as Parquet files in the table's
             folder themselves and send back only their add-actions, which this
             process commits (default: whenever there are worker processes).
+        prefetch: Each worker reads its next local files ahead on a few threads, so
+            opens and reads overlap on cold or network storage.
 
     Returns:
         The run's summary.
@@ -265,6 +268,7 @@ def ingest(
         storage_options=storage_options,
         thumbnails=drawing,
         parser=_check_parser(parser),
+        prefetch=prefetch,
         shards=_shard_target(lake, storage_options)
         if (shards is None and pool > 0) or shards
         else None,

@@ -47,6 +47,13 @@ class Kernel(Protocol):
         ...
 
 
+def _prepare(kernel: Kernel, refs: Sequence[FileRef]) -> None:
+    """Let a kernel with a ``prepare(refs)`` method start work ahead (read-ahead)."""
+    prepare = getattr(kernel, "prepare", None)
+    if prepare is not None:
+        prepare(refs)
+
+
 def _ship(kernel: Kernel, out: dict[str, pa.RecordBatch], context: Any) -> dict[str, Any]:
     """What a task's result becomes before it leaves the worker.
 
@@ -98,6 +105,7 @@ def _worker_main(kernel: Kernel, inbox: Any, outbox: Any, state: Any, slot: int)
         if message is None:
             return
         task_id, refs, context = message
+        _prepare(kernel, refs)
         rows = []
         for index, ref in enumerate(refs):
             with state.get_lock():
@@ -153,6 +161,7 @@ class LocalEngine:
         """Yield (task, {table: batch}) for every task, in completion order."""
         if self.workers <= 0:
             for task in tasks:
+                _prepare(self.kernel, task.refs)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     rows = [self.kernel.row(ref) for ref in task.refs]
