@@ -200,6 +200,8 @@ def summary_line(summary: IngestSummary) -> str:
     if summary.parsers:
         parsers = ", ".join(f"{k} {v}" for k, v in sorted(summary.parsers.items()))
         parts.append(f"headers by {parsers}")
+    if summary.compacted:
+        parts.append(f"{summary.compacted} small files compacted")
     if summary.thumbnails or summary.thumbnail_errors:
         failed = sum(summary.thumbnail_errors.values())
         parts.append(f"{summary.thumbnails} thumbnails ({failed} not drawn)")
@@ -488,6 +490,37 @@ def info(
         else:
             table.add_row(str(key), str(value))
     Console().print(table)
+
+
+@app.command("optimize")
+def optimize_command(
+    lake: LakeOption,
+    vacuum: Annotated[
+        bool,
+        typer.Option(
+            "--vacuum", help="Also delete files no version within --retention-hours needs."
+        ),
+    ] = False,
+    retention_hours: Annotated[
+        int,
+        typer.Option(min=0, help="How long replaced files stay for readers of old versions."),
+    ] = 168,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+    anon: AnonOption = False,
+    storage_option: StorageOptionOption = None,
+) -> None:
+    """Compact the lake's small files and checkpoint its log (and vacuum on request)."""
+    from dicomlake.lake.maintenance import optimize
+
+    storage = _storage(anon, storage_option)
+    try:
+        summary = optimize(
+            lake, vacuum=vacuum, retention_hours=retention_hours, storage_options=storage
+        )
+    except DicomLakeError as exc:
+        raise _fail(str(exc)) from None
+    if not quiet:
+        typer.echo(str(summary))
 
 
 @app.command()

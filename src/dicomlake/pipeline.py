@@ -62,6 +62,8 @@ class IngestSummary:
     thumbnail_errors: Counter[str] = field(default_factory=Counter)
     #: Files read by each header parser: 'native' (the C fast path) and 'pydicom'.
     parsers: Counter[str] = field(default_factory=Counter)
+    #: Small data files merged by the compaction at the end of the run (0: none ran).
+    compacted: int = 0
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -213,6 +215,7 @@ def ingest(
     parser: str = "auto",
     shards: bool | None = None,
     prefetch: bool = True,
+    optimize: bool | None = None,
 ) -> IngestSummary:
     """Ingest DICOM files from ``sources`` into the lake at ``lake``.
 
@@ -241,6 +244,10 @@ def ingest(
             process commits (default: whenever there are worker processes).
         prefetch: Each worker reads its next local files ahead on a few threads, so
             opens and reads overlap on cold or network storage.
+        optimize: Compact the ``instances`` table's small files and checkpoint its log
+            at the end (see :func:`dicomlake.lake.maintenance.optimize`); by default
+            only when the run leaves it with more than
+            :data:`~dicomlake.lake.maintenance.AUTO_COMPACT_FILES` files.
 
     Returns:
         The run's summary.
@@ -290,6 +297,7 @@ def ingest(
             file_timeout=file_timeout,
             storage_options=storage_options,
             progress=progress,
+            optimize=optimize,
         )
     finally:
         engine.close()
@@ -310,6 +318,7 @@ def _run(
     file_timeout: float,
     storage_options: StorageOptionsLike,
     progress: Callable[[IngestSummary], None] | None,
+    optimize: bool | None,
 ) -> IngestSummary:
     """The body of :func:`ingest`, once its options are checked and its engine started."""
     fingerprints = Fingerprints.load(lake, storage_options=storage_options)
@@ -348,6 +357,14 @@ def _run(
             if progress is not None:
                 progress(summary)
     summary.commits = writer.commits
+    if writer.commits and optimize is not False:
+        from dicomlake.lake.maintenance import AUTO_COMPACT_FILES, file_count
+        from dicomlake.lake.maintenance import optimize as compact
+
+        many = file_count(lake, INSTANCES_TABLE, storage_options) > AUTO_COMPACT_FILES
+        if optimize or many:
+            done = compact(lake, tables=(INSTANCES_TABLE,), storage_options=storage_options)
+            summary.compacted = done.tables[0].files_removed
     if drawing is not None:
         from dicomlake.thumbnails import build_thumbnails
 

@@ -1,0 +1,151 @@
+"""Keeping a lake healthy: compact small files, checkpoint the log, vacuum old files.
+
+Ingest writes many small Parquet files (one per worker task, one per commit) and a
+JSON log entry per commit. Readers pay for both: DuckDB opens every file, delta-rs
+replays the log since the last checkpoint. :func:`optimize` rewrites each table's
+small files into few large ones (delta-rs ``optimize.compact``, one transaction that
+changes no row), writes a checkpoint, and on request vacuums files no table version
+within the retention period needs (files replaced by compaction or MERGE, and shards
+of killed runs that no commit named).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from deltalake.exceptions import DeltaError
+
+from dicomlake.lake.delta import (
+    INSTANCES_TABLE,
+    TARGET_FILE_SIZE,
+    WRITER_PROPERTIES,
+    StorageOptions,
+    _is_panic,
+    _lake_error,
+    open_table,
+    table_exists,
+)
+from dicomlake.lake.sql import OPTIONAL_TABLES
+
+log = logging.getLogger(__name__)
+
+#: A run that leaves a table with more data files than this compacts it by itself.
+AUTO_COMPACT_FILES: Final = 64
+
+#: Files younger than this are kept by :func:`optimize`'s vacuum (Delta's default):
+#: a reader that opened an older version keeps its files for a week.
+DEFAULT_RETENTION_HOURS: Final = 7 * 24
+
+
+@dataclass
+class TableMaintenance:
+    """What :func:`optimize` did to one table."""
+
+    table: str
+    files_before: int = 0
+    files_after: int = 0
+    files_removed: int = 0
+    files_added: int = 0
+    vacuumed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OptimizeSummary:
+    """What :func:`optimize` did to the lake's tables."""
+
+    tables: list[TableMaintenance] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def __str__(self) -> str:
+        parts = [
+            f"{t.table}: {t.files_before} -> {t.files_after} files"
+            + (f", {len(t.vacuumed)} vacuumed" if t.vacuumed else "")
+            for t in self.tables
+        ]
+        return "optimized: " + ("; ".join(parts) or "no tables") + f" in {self.seconds:.1f} s"
+
+
+def file_count(lake: str, table: str, storage_options: StorageOptions | None = None) -> int:
+    """Number of data files in the current version of ``table``.
+
+    Raises:
+        TableNotFound: The lake has no such table.
+    """
+    return len(open_table(lake, table, storage_options=storage_options).file_uris())
+
+
+def optimize(
+    lake: str,
+    *,
+    vacuum: bool = False,
+    retention_hours: int = DEFAULT_RETENTION_HOURS,
+    tables: tuple[str, ...] | None = None,
+    storage_options: StorageOptions | None = None,
+) -> OptimizeSummary:
+    """Compact every table of the lake, checkpoint its log, and optionally vacuum.
+
+    Args:
+        lake: Lake folder or URI.
+        vacuum: Also delete files no version younger than ``retention_hours`` needs.
+        retention_hours: How long replaced files are kept for readers of old versions.
+        tables: Which tables (default: ``instances`` and whichever of thumbnails,
+            volumes and patches the lake has).
+        storage_options: Options for object storage.
+
+    Returns:
+        Per table: files before and after, and the files vacuumed.
+
+    Raises:
+        TableNotFound: Nothing has been ingested into the lake.
+        LakeError: A table cannot be read or written.
+        ValueError: ``retention_hours`` is negative.
+    """
+    if retention_hours < 0:
+        raise ValueError(f"retention_hours must be >= 0, got {retention_hours}")
+    started = time.monotonic()
+    present = [t for t in OPTIONAL_TABLES if table_exists(lake, t, storage_options=storage_options)]
+    names = tables or (INSTANCES_TABLE, *present)
+    summary = OptimizeSummary()
+    for name in names:
+        summary.tables.append(_optimize_table(lake, name, vacuum, retention_hours, storage_options))
+    summary.seconds = time.monotonic() - started
+    log.info("%s", summary)
+    return summary
+
+
+def _optimize_table(
+    lake: str,
+    name: str,
+    vacuum: bool,
+    retention_hours: int,
+    storage_options: StorageOptions | None,
+) -> TableMaintenance:
+    dt = open_table(lake, name, storage_options=storage_options)
+    done = TableMaintenance(name, files_before=len(dt.file_uris()))
+    try:
+        metrics: dict[str, Any] = dt.optimize.compact(
+            target_size=TARGET_FILE_SIZE, writer_properties=WRITER_PROPERTIES
+        )
+        done.files_removed = int(metrics.get("numFilesRemoved", 0))
+        done.files_added = int(metrics.get("numFilesAdded", 0))
+        dt.update_incremental()
+        dt.create_checkpoint()
+        dt.cleanup_metadata()
+        if vacuum:
+            done.vacuumed = dt.vacuum(
+                retention_hours=retention_hours,
+                dry_run=False,
+                enforce_retention_duration=False,
+                full=True,
+            )
+        done.files_after = len(dt.file_uris())
+    except (DeltaError, OSError) as exc:
+        raise _lake_error("optimize", lake, exc) from exc
+    except BaseException as exc:
+        if _is_panic(exc):  # delta-rs panics surface as pyo3 PanicException
+            raise _lake_error("optimize", lake, exc) from exc
+        raise
+    return done
