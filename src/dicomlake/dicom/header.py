@@ -14,6 +14,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from dicomlake.dicom.json import BINARY_VRS, JsonConverter, JsonDict, bulk_data_uri
+from dicomlake.dicom.quiet import quiet
 
 #: (7FE0,0010) Pixel Data, (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel Data
 PIXEL_TAGS = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
@@ -70,6 +71,7 @@ def sniff(head: bytes) -> bool:
     return group in (0x0002, 0x0008) and length < 1 << 16  # implicit VR, short first value
 
 
+@quiet
 def read_header(fp: BinaryIO, *, uri: str, bulk_threshold: int = 1024) -> Header:
     """Parse the header of the DICOM file open in ``fp``.
 

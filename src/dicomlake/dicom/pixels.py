@@ -37,6 +37,8 @@ from pydicom.pixels import (
     pixel_array,
 )
 
+from dicomlake.dicom.quiet import quiet
+
 logger = logging.getLogger(__name__)
 
 FrameChoice = Literal["first", "middle", "all"] | int
@@ -111,6 +113,7 @@ def pixel_aspect(ds: Dataset) -> float:
     return 1.0
 
 
+@quiet
 def read_frame(
     fp: BinaryIO, frame: int, *, max_side: int | None = None
 ) -> tuple[np.ndarray, Dataset, int]:
@@ -407,6 +410,7 @@ def frame_view(ds: Dataset, frame: int) -> Dataset:
     return view
 
 
+@quiet
 def display_frame(stored: np.ndarray, ds: Dataset, frame: int = 0) -> DisplayFrame:
     """Run one decoded frame through the display pipeline.
 

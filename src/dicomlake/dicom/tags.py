@@ -46,7 +46,7 @@ def parse_da(text: str) -> dt.date:
     if len(text) == 10 and text[4] == "." and text[7] == ".":
         text = text.replace(".", "")
     if len(text) != 8 or not text.isdigit():
-        raise ValueError(f"not a DA value: {text!r}")
+        raise ValueError(f"not a DA value (YYYYMMDD): {len(text)} characters")
     return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
 
 
@@ -100,6 +100,18 @@ _PROMOTED: dict[str, tuple[str, Callable[[JsonDict], Any]]] = {
 }
 
 
+def _safe_reason(exc: BaseException) -> str:
+    """Why a value did not fit its column, without quoting the value (patient data).
+
+    Python's own messages quote it ("invalid literal for int() with base 10: 'DOE'");
+    ours (dates, ranges) do not.
+    """
+    message = str(exc)
+    if "'" in message or '"' in message:
+        return f"{type(exc).__name__}: the value does not fit the column"
+    return message
+
+
 def promoted_values(meta: JsonDict, warnings: list[str] | None = None) -> dict[str, Any]:
     """Return ``{keyword: typed value or None}`` for every promoted tag.
 
@@ -118,5 +130,5 @@ def promoted_values(meta: JsonDict, warnings: list[str] | None = None) -> dict[s
         except (ValueError, TypeError) as exc:
             row[keyword] = None
             if warnings is not None:
-                warnings.append(f"{keyword}: {exc}")
+                warnings.append(f"{keyword}: {_safe_reason(exc)}")
     return row

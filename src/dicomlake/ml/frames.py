@@ -28,6 +28,7 @@ from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from dicomlake.catalog import open_ref
 from dicomlake.dicom.pixels import apply_window, frame_view, read_frame, robust_range
+from dicomlake.dicom.quiet import quiet
 from dicomlake.storage import StorageOptionsLike
 
 Window: TypeAlias = tuple[float, float] | Literal["dicom"] | None
@@ -139,6 +140,7 @@ def _first_number(value: Any) -> float | None:
         return None
 
 
+@quiet
 def load_frame(
     path: str,
     frame: int = 0,
