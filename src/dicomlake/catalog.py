@@ -343,8 +343,16 @@ def _zip_refs(
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as exc:
         yield FileRef(zip_uri, zip_rel, size, mtime, _short_error(exc), open_path)
         return
+    # A name can appear twice in an archive; a path must be one row. Reading a member
+    # by name gives its last entry (zipfile, like unzip tools), so that one is listed.
+    last = {info.filename: info for info in infos}
+    shadowed = len(infos) - len(last)
+    if shadowed:
+        logger.warning(
+            "%s: %d member(s) shadowed by a later one of the same name", zip_uri, shadowed
+        )
     for info in infos:
-        if info.is_dir():
+        if info.is_dir() or last[info.filename] is not info:
             continue
         member = info.filename
         yield FileRef(
