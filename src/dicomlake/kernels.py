@@ -21,6 +21,7 @@ import orjson
 import pyarrow as pa
 
 from dicomlake.catalog import FileRef, Prefetcher, extension, local_file, open_ref, path_tags
+from dicomlake.dicom import native
 from dicomlake.dicom.header import Header, NotDicom, read_header
 from dicomlake.dicom.tags import promoted_values
 from dicomlake.schema import INSTANCES_SCHEMA, PROMOTED_TAGS
@@ -83,8 +84,6 @@ def source_columns(ref: FileRef) -> dict[str, Any]:
 
 def _native_header(ref: FileRef, bulk_threshold: int) -> Header | None:
     """The header through the native parser, or None when it declines or cannot run."""
-    from dicomlake.dicom import native
-
     local = local_file(ref)
     if local is None or not native.available():
         return None
