@@ -17,6 +17,7 @@ import typer
 from dicomlake.errors import DicomLakeError
 
 if TYPE_CHECKING:
+    from dicomlake.lake.maintenance import TableState
     from dicomlake.pipeline import IngestSummary
 
 app = typer.Typer(
@@ -202,6 +203,8 @@ def summary_line(summary: IngestSummary) -> str:
         parts.append(f"headers by {parsers}")
     if summary.compacted:
         parts.append(f"{summary.compacted} small files compacted")
+    if summary.taken:
+        parts.append(f"{summary.taken} committed first by another ingest")
     if summary.thumbnails or summary.thumbnail_errors:
         failed = sum(summary.thumbnail_errors.values())
         parts.append(f"{summary.thumbnails} thumbnails ({failed} not drawn)")
@@ -227,6 +230,8 @@ def _print_summary_table(summary: IngestSummary) -> None:
         table.add_row("re-extracted (changed)", str(summary.changed))
     if summary.deleted:
         table.add_row("deleted (--sync)", str(summary.deleted))
+    if summary.taken:
+        table.add_row("committed first by another ingest", str(summary.taken))
     if summary.thumbnails or summary.thumbnail_errors:
         table.add_row("thumbnails", str(summary.thumbnails))
         for name, count in summary.thumbnail_errors.most_common():
@@ -472,11 +477,13 @@ def info(
     from rich.console import Console
     from rich.table import Table
 
+    from dicomlake.lake.maintenance import table_state
     from dicomlake.lake.sql import connect, lake_summary
 
     storage = _storage(anon, storage_option)
     try:
         summary = lake_summary(connect(lake, storage_options=storage))
+        summary.update(_state_rows(table_state(lake, storage_options=storage)))
     except DicomLakeError as exc:
         raise _fail(str(exc)) from None
     table = Table(title=f"lake {lake}", show_header=False)
@@ -490,6 +497,21 @@ def info(
         else:
             table.add_row(str(key), str(value))
     Console().print(table)
+
+
+def _state_rows(state: TableState) -> dict[str, Any]:
+    """The table-health lines of ``dicomlake info``: version, last commit, leftovers."""
+    when = f"{state.committed_at:%Y-%m-%d %H:%M:%S} UTC" if state.committed_at else "-"
+    rows: dict[str, Any] = {
+        "last commit": f"{when} ({state.operation or '-'})",
+        "data files": state.data_files,
+        "checkpoint at version": "-" if state.checkpoint is None else state.checkpoint,
+    }
+    if state.unreferenced_files:
+        rows["files not in this version (optimize --vacuum)"] = state.unreferenced_files
+    if state.interrupted_commits:
+        rows["interrupted commits (ignored)"] = len(state.interrupted_commits)
+    return rows
 
 
 @app.command("optimize")

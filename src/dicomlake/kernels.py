@@ -24,6 +24,7 @@ from dicomlake.catalog import FileRef, Prefetcher, extension, local_file, open_r
 from dicomlake.dicom import native
 from dicomlake.dicom.header import Header, NotDicom, read_header
 from dicomlake.dicom.tags import promoted_values
+from dicomlake.killpoints import kill_point
 from dicomlake.schema import INSTANCES_SCHEMA, PROMOTED_TAGS
 
 if TYPE_CHECKING:
@@ -284,6 +285,7 @@ class InstancesKernel:
 
     def row(self, ref: FileRef) -> dict[str, Any]:
         """Return the row of one file (never raises)."""
+        kill_point("parse")
         return extract_row(
             ref,
             bulk_threshold=self.bulk_threshold,
@@ -328,6 +330,7 @@ class InstancesKernel:
         except Exception as exc:  # the coordinator's own write will say what is wrong
             log.warning("could not write a shard to %s (%s)", target.table_uri, error_text(exc))
             return out
+        kill_point("shard")
         return {**out, "instances": batch.select(["status", "error", "parser"]), "shards": [action]}
 
     def error_row(self, ref: FileRef, reason: str) -> dict[str, Any]:

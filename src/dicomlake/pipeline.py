@@ -9,6 +9,7 @@ rows or seconds, and a re-run after a crash skips exactly what was committed. So
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import time
 from array import array
@@ -23,7 +24,9 @@ import numpy as np
 from dicomlake.catalog import FileRef, check_sources, iter_files
 from dicomlake.dicom.pixels import FrameChoice
 from dicomlake.engine.local import LocalEngine, Task
+from dicomlake.errors import LakeError
 from dicomlake.kernels import InstancesKernel, ShardTarget, row_id, tally
+from dicomlake.killpoints import kill_point
 from dicomlake.lake.delta import (
     INSTANCES_TABLE,
     Fingerprints,
@@ -37,6 +40,8 @@ from dicomlake.lake.delta import (
 from dicomlake.lake.shards import local_folder, new_job_id
 from dicomlake.storage import StorageConfig, StorageOptionsLike, fsspec_options
 from dicomlake.thumbnails import ThumbnailOptions
+
+log = logging.getLogger(__name__)
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _ONE_US = dt.timedelta(microseconds=1)
@@ -64,6 +69,8 @@ class IngestSummary:
     parsers: Counter[str] = field(default_factory=Counter)
     #: Small data files merged by the compaction at the end of the run (0: none ran).
     compacted: int = 0
+    #: Files extracted but not committed: another ingest committed them first.
+    taken: int = 0
     started: float = field(default_factory=time.monotonic)
     seconds: float = 0.0
 
@@ -93,6 +100,7 @@ class IngestSummary:
             "thumbnails": self.thumbnails,
             "thumbnail_errors": dict(self.thumbnail_errors),
             "commits": self.commits,
+            "taken_by_another_ingest": self.taken,
             "seconds": round(self.seconds, 3),
             "files_per_second": round(self.files_per_second, 1),
         }
@@ -184,6 +192,7 @@ def _plan(
         ids.clear()
 
     for ref in refs:
+        kill_point("list")
         summary.listed += 1
         rid = row_id(ref.path)
         if not seen.add(rid):  # the same file reached through two sources
@@ -321,25 +330,22 @@ def _run(
     optimize: bool | None,
 ) -> IngestSummary:
     """The body of :func:`ingest`, once its options are checked and its engine started."""
-    fingerprints = Fingerprints.load(lake, storage_options=storage_options)
-    prefixes = [source_prefix(s, storage_options) for s in source_list]
-    seen = _Seen(dedupe=_overlapping(prefixes), keep=sync)
-    refs = iter_files(source_list, storage_options=storage_options)
-    tasks = _plan(refs, fingerprints, summary, seen, task_size)
+    # the writers note the tables' files before the fingerprints are read, so rows that
+    # another ingest commits in between are seen by both (see TableWriter)
     thumb_writer = (
         ThumbnailWriter(lake, max_seconds=commit_seconds, storage_options=storage_options)
         if drawing
         else None
     )
-    with (
-        InstanceWriter(
-            lake,
-            max_rows=commit_rows,
-            max_seconds=commit_seconds,
-            storage_options=storage_options,
-        ) as writer,
-        thumb_writer or nullcontext(),
-    ):
+    writer = InstanceWriter(
+        lake, max_rows=commit_rows, max_seconds=commit_seconds, storage_options=storage_options
+    )
+    fingerprints = Fingerprints.load(lake, storage_options=storage_options)
+    prefixes = [source_prefix(s, storage_options) for s in source_list]
+    seen = _Seen(dedupe=_overlapping(prefixes), keep=sync)
+    refs = iter_files(source_list, storage_options=storage_options)
+    tasks = _plan(refs, fingerprints, summary, seen, task_size)
+    with writer, thumb_writer or nullcontext():
         for task, out in engine.map(tasks):
             batch = out["instances"]
             # thumbnails first: an instance row committed means its thumbnail was too,
@@ -357,14 +363,18 @@ def _run(
             if progress is not None:
                 progress(summary)
     summary.commits = writer.commits
+    summary.taken = writer.rows_taken
     if writer.commits and optimize is not False:
         from dicomlake.lake.maintenance import AUTO_COMPACT_FILES, file_count
         from dicomlake.lake.maintenance import optimize as compact
 
         many = file_count(lake, INSTANCES_TABLE, storage_options) > AUTO_COMPACT_FILES
         if optimize or many:
-            done = compact(lake, tables=(INSTANCES_TABLE,), storage_options=storage_options)
-            summary.compacted = done.tables[0].files_removed
+            try:
+                done = compact(lake, tables=(INSTANCES_TABLE,), storage_options=storage_options)
+                summary.compacted = done.tables[0].files_removed
+            except LakeError as exc:  # the rows are committed; compaction can wait
+                log.warning("compaction skipped (%s); run `dicomlake optimize`", exc)
     if drawing is not None:
         from dicomlake.thumbnails import build_thumbnails
 

@@ -19,22 +19,24 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import tempfile
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from deltalake import DeltaTable, WriterProperties, write_deltalake
-from deltalake.exceptions import DeltaError
+from deltalake import CommitProperties, DeltaTable, WriterProperties, write_deltalake
+from deltalake.exceptions import CommitFailedError, DeltaError
 
 from dicomlake.errors import LakeError, TableNotFound
+from dicomlake.killpoints import kill_point
 from dicomlake.schema import INSTANCES_SCHEMA, THUMBNAILS_SCHEMA
 from dicomlake.storage import StorageConfig, delta_options, fsspec_options
 
@@ -71,6 +73,14 @@ RELOAD_EVERY: Final = 50
 
 #: How many row ids one delete transaction handles.
 DELETE_CHUNK: Final = 1_000_000
+
+#: A writer tries a commit this many times while other writers keep committing first.
+COMMIT_ATTEMPTS: Final = 100
+
+#: delta-rs must not rebase a commit onto a newer version by itself: for blind appends
+#: it would, and two ingests of one file would both add its row. The writer checks what
+#: the other writers added and tries again (see TableWriter._commit).
+_NO_REBASE: Final = CommitProperties(max_commit_retries=0)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -761,16 +771,29 @@ def _last_per_key(table: pa.Table, keys: Sequence[str] = ("row_id",)) -> pa.Tabl
     return table.take(pa.array(sorted(last.values())))
 
 
+def _data_files(dt: DeltaTable) -> set[str]:
+    """The paths (relative to the table) of the data files of ``dt``'s loaded version."""
+    return set(pa.table(dt.get_add_actions(flatten=False)).column("path").to_pylist())
+
+
 class TableWriter:
     """Append row batches to a table of the lake (``<lake>/instances``) in small commits.
 
     Rows are buffered and committed once ``max_rows`` are waiting or the oldest has
     waited ``max_seconds`` (checked on each :meth:`write` and :meth:`commit_if_due`),
     so a crash loses at most the uncommitted rows, and a re-run finds them missing and
-    extracts them again. New rows are appended (no scan of the table). Rows written
-    with ``replace=True`` go through one MERGE on ``row_id`` per commit, which
-    replaces the old row and inserts in one atomic transaction: a changed file never
-    has zero or two rows, whenever the process dies.
+    extracts them again. New rows are appended as Parquet files (no scan of the table).
+    Rows written with ``replace=True`` go through one MERGE on ``row_id`` per commit,
+    which replaces the old row and inserts in one atomic transaction: a changed file
+    never has zero or two rows, whenever the process dies.
+
+    Several writers (two ``dicomlake ingest`` runs over overlapping folders) may write
+    one table at once. The writer notes the table's data files when it is made, which
+    must be before the run reads what the lake holds; before each commit it reads the
+    row ids of the files other writers added since, and drops its own rows with those
+    ids. Each commit must land on the version the writer checked (delta-rs does not
+    rebase it); when another writer committed first, the check runs again. So every
+    row id is committed once, by whichever writer came first.
 
     Example:
         >>> with InstanceWriter(lake) as writer:  # doctest: +SKIP
@@ -791,6 +814,8 @@ class TableWriter:
         merge_on: Sequence[str] = ("row_id",),
         description: str = "dicomlake: one row per DICOM file or zip member",
     ) -> None:
+        from dicomlake.lake.shards import new_job_id
+
         self.table = table
         self.schema = schema
         self.merge_on = tuple(merge_on)
@@ -804,20 +829,28 @@ class TableWriter:
         self.max_rows = max_rows
         self.max_seconds = float(max_seconds)
         self.target_file_size = target_file_size
+        self._storage = storage_options
         self._storage_options = _opts(storage_options)
+        self._job = new_job_id()
         self._table: DeltaTable | None = None
         self._loaded_at = 0
         self._append: list[pa.RecordBatch] = []
         self._replace: list[pa.RecordBatch] = []
-        self._shards: list[dict[str, Any]] = []  # add-actions of files workers wrote
+        self._shards: list[dict[str, Any]] = []  # add-actions of files not yet committed
         self._shard_rows = 0
         self._buffered = 0
         self._oldest: float | None = None
         self._closed = False
+        self._known_files = self._table_files()
+        self._taken = np.empty(0, dtype=np.int64)  # row ids other writers committed since
         #: Rows committed so far by this writer.
         self.rows_committed = 0
         #: Delta transactions committed so far by this writer.
         self.commits = 0
+        #: Rows not committed because another writer had committed their row id first.
+        self.rows_taken = 0
+        #: Commits that found another writer's commit in their place and were retried.
+        self.conflicts = 0
 
     # -- buffering
 
@@ -905,43 +938,13 @@ class TableWriter:
         committed = 0
         try:
             dt = self._ensure_table()
-            if self._shards:
-                committed += self._commit_shards(dt)
             if self._append:
-                data = pa.Table.from_batches(self._append, schema=self.schema)
-                write_deltalake(
-                    dt,
-                    data,
-                    mode="append",
-                    schema_mode="merge",
-                    target_file_size=self.target_file_size,
-                    writer_properties=WRITER_PROPERTIES,
-                )
-                self._account(len(data), self._append)
-                self._append = []
-                committed += len(data)
+                self._spill_appends()
+            if self._shards:
+                committed += self._commit(dt, self._commit_shards)
             if self._replace:
-                source = _last_per_key(
-                    pa.Table.from_batches(self._replace, schema=self.schema), self.merge_on
-                )
-                metrics = (
-                    dt.merge(
-                        source,
-                        " AND ".join(f"target.{k} = source.{k}" for k in self.merge_on),
-                        source_alias="source",
-                        target_alias="target",
-                        merge_schema=True,
-                        writer_properties=WRITER_PROPERTIES,
-                    )
-                    .when_matched_update_all()
-                    .when_not_matched_insert_all()
-                    .execute()
-                )
-                log.debug("merge into %s: %s", self.uri, metrics)
-                self._account(len(source), self._replace)
-                self._replace = []
-                committed += len(source)
-        except (DeltaError, OSError) as exc:
+                committed += self._commit(dt, self._merge)
+        except (DeltaError, OSError, pa.ArrowException) as exc:
             raise _lake_error("write", self.lake, exc) from exc
         except BaseException as exc:
             if _is_panic(exc):
@@ -951,18 +954,126 @@ class TableWriter:
         log.debug("committed %d rows to %s", committed, self.uri)
         return committed
 
+    # -- committing
+
+    def _commit(self, dt: DeltaTable, attempt: Callable[[DeltaTable], int]) -> int:
+        """Run ``attempt`` (one transaction) until it lands on the version just checked."""
+        for tries in range(COMMIT_ATTEMPTS):
+            self._catch_up(dt)
+            try:
+                return attempt(dt)
+            except CommitFailedError:
+                self.conflicts += 1
+                log.debug("%s: another writer committed first; checking again", self.uri)
+                time.sleep(min(1.0, 0.01 * 2 ** min(tries, 7)) * random.uniform(0.5, 1.5))
+        raise LakeError(
+            f"cannot write lake at {self.lake}: other writers committed first "
+            f"{COMMIT_ATTEMPTS} times in a row; the rows stay buffered",
+            lake=self.lake,
+        )
+
+    def _catch_up(self, dt: DeltaTable) -> None:
+        """Load the latest version and drop buffered new rows another writer committed.
+
+        The ids other writers committed since this writer was made are kept (8 bytes
+        each): a file may reach a shard long after another run committed it.
+        """
+        dt.update_incremental()
+        files = _data_files(dt)
+        fresh = files - self._known_files
+        self._known_files = files
+        if fresh:
+            ids = np.concatenate([self._taken, self._row_ids_in(fresh)])
+            self._taken = _sorted_unique(ids)
+        if len(self._taken) and self._shards:
+            self._drop_taken(self._taken)
+
+    def _row_ids_in(self, paths: Iterable[str]) -> np.ndarray:
+        """Sorted distinct row ids held by some data files of the table."""
+        import pyarrow.parquet as pq
+
+        from dicomlake.lake.shards import filesystem
+
+        fs, root = filesystem(self.uri, self._storage)
+        ids = [
+            pq.read_table(f"{root}/{urllib.parse.unquote(p)}", columns=["row_id"], filesystem=fs)
+            .column("row_id")
+            .to_numpy()
+            for p in paths
+        ]
+        return _sorted_unique(np.concatenate(ids)) if ids else np.empty(0, dtype=np.int64)
+
+    def _drop_taken(self, taken: np.ndarray) -> None:
+        """Rewrite the buffered shards without the rows whose id is in ``taken``."""
+        import pyarrow.parquet as pq
+
+        from dicomlake.lake.shards import filesystem, shard_name, write_shard
+
+        if not len(taken):
+            return
+        fs, root = filesystem(self.uri, self._storage)
+        kept: list[dict[str, Any]] = []
+        for action in self._shards:
+            if action.get("_checked") == len(taken):
+                kept.append(action)  # checked against these ids already
+                continue
+            action["_checked"] = len(taken)
+            path = f"{root}/{action['path']}"
+            data = pq.read_table(path, filesystem=fs)
+            keep = ~_member_of(data.column("row_id").to_numpy(), taken)
+            dropped = int(len(keep) - keep.sum())
+            if not dropped:
+                kept.append(action)
+                continue
+            if keep.any():
+                rest = data.filter(pa.array(keep))
+                name = shard_name(self._job, "kept")
+                rewritten = write_shard(self.uri, rest, name, storage_options=self._storage)
+                kept.append({**rewritten, "_checked": len(taken)})
+            fs.delete_file(path)
+            self.rows_taken += dropped
+            self._buffered -= dropped
+            self._shard_rows -= dropped
+        if len(kept) != len(self._shards):
+            log.info(
+                "%s: %d rows were committed by another writer first", self.uri, self.rows_taken
+            )
+        self._shards = kept
+
+    def _spill_appends(self) -> None:
+        """Write the buffered new rows as one data file, committed like a worker's shard."""
+        from dicomlake.lake.shards import shard_name, write_shard
+
+        data = pa.Table.from_batches(self._append, schema=self.schema)
+        self._shards.append(
+            write_shard(
+                self.uri, data, shard_name(self._job, "rows"), storage_options=self._storage
+            )
+        )
+        self._shard_rows += data.num_rows
+        self._append = []
+
     def _commit_shards(self, dt: DeltaTable) -> int:
         """One transaction adding every buffered shard; returns the rows it added."""
         from dicomlake.lake.shards import add_actions
 
+        if not self._shards:
+            return 0  # every row was committed by another writer first
         current = {f.name for f in pa.schema(dt.schema().to_arrow())}
         if not set(self.schema.names) <= current:
             # a column added since the table was made: evolve the schema first, as an
             # append with schema_mode="merge" would (an empty write adds no file)
             write_deltalake(dt, self.schema.empty_table(), mode="append", schema_mode="merge")
             dt.update_incremental()
-        dt.create_write_transaction(add_actions(self._shards), mode="append", schema=self.schema)
-        dt.update_incremental()
+        kill_point("commit")
+        dt.create_write_transaction(
+            add_actions(self._shards),
+            mode="append",
+            schema=self.schema,
+            commit_properties=_NO_REBASE,
+        )
+        kill_point("committed")
+        self._known_files.update(a["path"] for a in self._shards)
         rows = self._shard_rows
         self._buffered -= rows
         self.rows_committed += rows
@@ -970,10 +1081,48 @@ class TableWriter:
         self._shards, self._shard_rows = [], 0
         return rows
 
+    def _merge(self, dt: DeltaTable) -> int:
+        """One MERGE replacing (or inserting) the buffered replacement rows."""
+        source = _last_per_key(
+            pa.Table.from_batches(self._replace, schema=self.schema), self.merge_on
+        )
+        version = dt.version()
+        kill_point("merge")
+        metrics = (
+            dt.merge(
+                source,
+                " AND ".join(f"target.{k} = source.{k}" for k in self.merge_on),
+                source_alias="source",
+                target_alias="target",
+                merge_schema=True,
+                writer_properties=WRITER_PROPERTIES,
+                commit_properties=_NO_REBASE,
+            )
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        log.debug("merge into %s: %s", self.uri, metrics)
+        # the files this writer knows of are those of the version the merge made
+        dt.load_as_version(version + 1)
+        self._known_files = _data_files(dt)
+        self._account(len(source), self._replace)
+        self._replace = []
+        return len(source)
+
     def _account(self, rows: int, buffer: list[pa.RecordBatch]) -> None:
         self._buffered -= sum(b.num_rows for b in buffer)
         self.rows_committed += rows
         self.commits += 1
+
+    def _table_files(self) -> set[str]:
+        """The data files of the table now (none when it does not exist yet)."""
+        try:
+            if not DeltaTable.is_deltatable(self.uri, self._storage_options):
+                return set()
+            return _data_files(DeltaTable(self.uri, storage_options=self._storage_options))
+        except (DeltaError, OSError) as exc:
+            raise _lake_error("read", self.lake, exc) from exc
 
     def _ensure_table(self) -> DeltaTable:
         """Load the table, creating it (and its folder) on the first commit.
@@ -1003,14 +1152,20 @@ class TableWriter:
                 raise LakeError(
                     f"cannot write lake at {self.lake}: {exc.strerror or exc}", lake=self.lake
                 ) from exc
-        self._table = DeltaTable.create(
-            self.uri,
-            self.schema,
-            mode="ignore",
-            name=self.table,
-            description=self.description,
-            storage_options=self._storage_options,
-        )
+        try:
+            self._table = DeltaTable.create(
+                self.uri,
+                self.schema,
+                mode="ignore",
+                name=self.table,
+                description=self.description,
+                storage_options=self._storage_options,
+            )
+        except DeltaError:
+            # another writer created the table between the check and the first commit
+            if not DeltaTable.is_deltatable(self.uri, self._storage_options):
+                raise
+            self._table = DeltaTable(self.uri, storage_options=self._storage_options)
         return self._table
 
     # -- lifecycle

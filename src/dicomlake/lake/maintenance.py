@@ -11,9 +11,12 @@ of killed runs that no commit named).
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from deltalake.exceptions import DeltaError
@@ -149,3 +152,69 @@ def _optimize_table(
             raise _lake_error("optimize", lake, exc) from exc
         raise
     return done
+
+
+#: A log entry that object_store staged (``<version>.json#<n>``) but never linked into
+#: place: the commit was interrupted. Readers ignore it; the next commit picks another.
+_STAGED_LOG_ENTRY: Final = re.compile(r"^\d{20}\.json#\d+$")
+
+
+@dataclass
+class TableState:
+    """Where a table stands: what ``dicomlake info`` reports after a crash or a run."""
+
+    table: str
+    version: int
+    #: When the current version was committed (UTC), and by which operation.
+    committed_at: datetime | None
+    operation: str | None
+    data_files: int
+    #: Parquet files in the folder that this version does not use: replaced files kept
+    #: for readers of older versions, or files of a run killed before its commit.
+    #: ``dicomlake optimize --vacuum`` deletes them once older than the retention.
+    unreferenced_files: int
+    #: Log entries staged by commits that were interrupted (ignored by every reader).
+    interrupted_commits: list[str] = field(default_factory=list)
+    #: Version of the newest checkpoint, None before the first.
+    checkpoint: int | None = None
+
+
+def table_state(
+    lake: str, table: str = INSTANCES_TABLE, storage_options: StorageOptions | None = None
+) -> TableState:
+    """Read a table's version, last commit, and the leftovers of interrupted runs.
+
+    Raises:
+        TableNotFound: The lake has no such table.
+        LakeError: The table or its folder cannot be read.
+    """
+    import pyarrow.fs as pafs
+
+    from dicomlake.lake.delta import _data_files, table_uri
+    from dicomlake.lake.shards import filesystem
+
+    dt = open_table(lake, table, storage_options=storage_options)
+    try:
+        used = _data_files(dt)
+        last = dt.history(1)[0] if dt.version() >= 0 else {}
+        fs, root = filesystem(table_uri(lake, table), storage_options)
+        names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root)) if i.is_file]
+        log_dir = f"{root.rstrip('/')}/_delta_log"
+        logs = [i.base_name for i in fs.get_file_info(pafs.FileSelector(log_dir)) if i.is_file]
+        checkpoint = None
+        if "_last_checkpoint" in logs:
+            with fs.open_input_stream(f"{log_dir}/_last_checkpoint") as handle:
+                checkpoint = int(json.loads(handle.read())["version"])
+    except (DeltaError, OSError, ValueError, KeyError) as exc:
+        raise _lake_error("read", lake, exc) from exc
+    stamp = last.get("timestamp")
+    return TableState(
+        table=table,
+        version=dt.version(),
+        committed_at=(datetime.fromtimestamp(stamp / 1000, tz=UTC) if stamp is not None else None),
+        operation=last.get("operation"),
+        data_files=len(used),
+        unreferenced_files=sum(1 for n in names if n.endswith(".parquet") and n not in used),
+        interrupted_commits=sorted(n for n in logs if _STAGED_LOG_ENTRY.match(n)),
+        checkpoint=checkpoint,
+    )

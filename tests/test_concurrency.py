@@ -1,0 +1,228 @@
+"""Many writers, readers during commits: every file keeps exactly one row.
+
+Two ``dicomlake ingest`` runs over overlapping folders, a reader polling while a run
+commits, and writers forced into the worst interleaving (another writer commits
+between the check and the commit).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+import dicomlake
+from dicomlake.lake.delta import InstanceWriter, instances_uri
+from dicomlake.sample import sample_file
+from lake_rows import make_batch
+
+
+def write_files(folder: Path, count: int, per_folder: int = 100) -> set[str]:
+    """``count`` copies of CT_small in subfolders; returns their row paths."""
+    data = sample_file("CT_small.dcm").read_bytes()
+    paths = set()
+    for i in range(count):
+        sub = folder / f"d{i // per_folder:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        path = sub / f"f{i:05d}.dcm"
+        path.write_bytes(data)
+        paths.add(f"file://{path}")
+    return paths
+
+
+def lake_paths(lake: Path) -> list[str]:
+    con = dicomlake.connect(str(lake))
+    return [p for (p,) in con.sql("SELECT path FROM instances").fetchall()]
+
+
+def ingest_command(sources: list[Path], lake: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "dicomlake",
+        "ingest",
+        *map(str, sources),
+        "--lake",
+        str(lake),
+        "--quiet",
+        *extra,
+    ]
+
+
+def batch(ids: range, study: str = "1.2.3") -> pa.RecordBatch:
+    return make_batch([{"row_id": i, "StudyInstanceUID": study} for i in ids])
+
+
+def table_rows(lake: Path) -> dict[int, str]:
+    """row_id -> StudyInstanceUID, failing on a row id that appears twice."""
+    table = DeltaTable(instances_uri(str(lake))).to_pyarrow_table(
+        columns=["row_id", "StudyInstanceUID"]
+    )
+    ids = table.column("row_id").to_pylist()
+    assert len(ids) == len(set(ids)), "a row id was committed twice"
+    return dict(zip(ids, table.column("StudyInstanceUID").to_pylist(), strict=True))
+
+
+# ------------------------------------------------------------------ writers in-process
+
+
+def test_writers_made_before_either_commits_keep_one_row_per_id(tmp_path: Path) -> None:
+    lake = tmp_path / "lake"
+    first = InstanceWriter(str(lake), max_rows=10_000)
+    second = InstanceWriter(str(lake), max_rows=10_000)
+    first.write(batch(range(0, 100), study="first"))
+    second.write(batch(range(50, 150), study="second"))
+    assert first.flush() == 100
+    assert second.flush() == 50
+    assert second.rows_taken == 50 and first.rows_taken == 0
+    rows = table_rows(lake)
+    assert sorted(rows) == list(range(150))
+    assert {rows[i] for i in range(50, 100)} == {"first"}  # the first to commit keeps them
+    # the second writer's dropped rows left no data file behind
+    parquet = {p.name for p in (lake / "instances").glob("*.parquet")}
+    actions = DeltaTable(instances_uri(str(lake))).get_add_actions(flatten=True)
+    assert parquet == set(actions.column("path").to_pylist())
+
+
+class _Beaten(InstanceWriter):
+    """A writer whose rival commits right after each check, before the commit: the race
+    that two processes hit now and then, made to happen on every attempt it is armed."""
+
+    def __init__(self, lake: str, rival: InstanceWriter, rival_batches: list) -> None:
+        super().__init__(lake, max_rows=10_000)
+        self.rival = rival
+        self.rival_batches = rival_batches
+
+    def _catch_up(self, dt: DeltaTable) -> None:
+        super()._catch_up(dt)
+        if self.rival_batches:
+            rows, replace = self.rival_batches.pop(0)
+            self.rival.write(rows, replace=replace)
+            self.rival.flush()
+
+
+def test_a_commit_beaten_by_another_writer_is_checked_again(tmp_path: Path) -> None:
+    lake = str(tmp_path / "lake")
+    rival = InstanceWriter(lake, max_rows=10_000)
+    writer = _Beaten(
+        lake,
+        rival,
+        [(batch(range(50, 150), "rival"), False), (batch(range(150, 160), "rival"), False)],
+    )
+    writer.write(batch(range(0, 100), "writer"))
+    assert writer.flush() == 50
+    assert writer.conflicts == 2 and writer.rows_taken == 50
+    rows = table_rows(Path(lake))
+    assert sorted(rows) == list(range(160))
+    assert {rows[i] for i in range(50)} == {"writer"}
+    assert {rows[i] for i in range(50, 160)} == {"rival"}
+
+
+def test_a_merge_beaten_by_another_writer_replaces_its_rows(tmp_path: Path) -> None:
+    lake = str(tmp_path / "lake")
+    with InstanceWriter(lake) as setup:
+        setup.write(batch(range(0, 20), "old"))
+    rival = InstanceWriter(lake, max_rows=10_000)
+    writer = _Beaten(lake, rival, [(batch(range(10, 30), "rival"), True)])
+    writer.write(batch(range(0, 30), "changed"), replace=True)
+    assert writer.flush() == 30
+    assert writer.conflicts == 1
+    rows = table_rows(Path(lake))
+    assert sorted(rows) == list(range(30))
+    assert set(rows.values()) == {"changed"}  # the merge ran again on the rival's rows
+
+
+def test_tables_created_by_two_writers_at_once(tmp_path: Path) -> None:
+    lake = str(tmp_path / "lake")
+    rival = InstanceWriter(lake, max_rows=10_000)
+    writer = InstanceWriter(lake, max_rows=10_000)
+    rival.write(batch(range(0, 10)))
+    writer.write(batch(range(5, 15)))
+    writer._ensure_table()  # both saw no table; one creates it, the other must cope
+    rival.flush()
+    writer.flush()
+    assert sorted(table_rows(Path(lake))) == list(range(15))
+
+
+# ------------------------------------------------------------------- real processes
+
+
+@pytest.mark.slow
+def test_two_ingests_over_overlapping_folders_give_one_row_per_file(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    expected = write_files(root, 900)  # d000 .. d008
+    lake = tmp_path / "lake"
+    options = ("--workers", "1", "--commit-rows", "25")
+    # one run takes the whole tree, the other the part of it in d003 .. d008 (listed
+    # as separate folders), so they race for 600 files
+    parts = [root / f"d{i:03d}" for i in range(3, 9)]
+    runs = [
+        subprocess.Popen(ingest_command([root], lake, *options), stdout=subprocess.PIPE, text=True),
+        subprocess.Popen(ingest_command(parts, lake, *options), stdout=subprocess.PIPE, text=True),
+    ]
+    outputs = [run.communicate(timeout=300)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    paths = lake_paths(lake)
+    assert len(paths) == len(set(paths)) == 900
+    assert set(paths) == expected
+    again = subprocess.run(ingest_command([root], lake, *options), capture_output=True, text=True)
+    assert again.returncode == 0 and "900 skipped unchanged" in again.stdout
+
+
+@pytest.mark.slow
+def test_readers_never_see_a_half_written_state(tmp_path: Path) -> None:
+    root = tmp_path / "src"
+    write_files(root, 800)
+    lake = tmp_path / "lake"
+    command = ingest_command(
+        [root], lake, "--workers", "1", "--commit-rows", "20", "--parser", "pydicom"
+    )
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen: list[tuple[int, int]] = []
+    cli_seen: list[str] = []
+    deadline = time.monotonic() + 300
+    while run.poll() is None and time.monotonic() < deadline:
+        if not (lake / "instances" / "_delta_log").is_dir():
+            time.sleep(0.05)
+            continue
+        try:
+            con = dicomlake.connect(str(lake))
+        except dicomlake.errors.TableNotFound:
+            continue  # the first commit is under way
+        seen.append(con.sql("SELECT count(*), count(DISTINCT row_id) FROM instances").fetchall()[0])
+        con.close()
+        if len(seen) % 10 == 5:
+            out = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "dicomlake",
+                    "sql",
+                    "--lake",
+                    str(lake),
+                    "--format",
+                    "csv",
+                    "SELECT count(*) - count(DISTINCT row_id) FROM instances",
+                ],
+                capture_output=True,
+                text=True,
+            )
+            assert out.returncode == 0, out.stderr
+            cli_seen.append(out.stdout.strip().splitlines()[-1])
+    assert run.wait(timeout=60) == 0
+    uri = instances_uri(str(lake))
+    latest = DeltaTable(uri).version()
+    committed = set()
+    for version in range(latest + 1):
+        actions = DeltaTable(uri, version=version).get_add_actions(flatten=True)
+        committed.add(sum(actions.column("num_records").to_pylist()))
+    assert len(seen) >= 10, "the reader hardly ran while the ingest committed"
+    assert all(count == distinct for count, distinct in seen)
+    assert {count for count, _ in seen} <= committed  # each read saw a whole version
+    assert len({count for count, _ in seen}) > 2  # and it saw several of them
+    assert cli_seen and set(cli_seen) == {"0"}
