@@ -17,6 +17,7 @@ turned into delta-rs's options by :func:`~dicomlake.storage.delta_options`.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import random
@@ -122,7 +123,21 @@ def _is_panic(exc: BaseException) -> bool:
 
 
 def _lake_error(action: str, lake: str, exc: BaseException) -> LakeError:
+    if _disk_full(exc):
+        return LakeError(
+            f"cannot {action} lake at {lake}: the disk is full (no space left on device); "
+            "committed rows are kept: free space and run again to go on",
+            lake=lake,
+        )
     return LakeError(f"cannot {action} lake at {lake}: {_reason(exc)}", lake=lake)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC (or a quota), from Python, pyarrow, or delta-rs (which gives only text)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def table_uri(lake: str, table: str) -> str:
@@ -1196,8 +1211,8 @@ class TableWriter:
         # The rows buffered so far are good; keep them, but never hide the original error.
         try:
             self.close()
-        except Exception:
-            log.exception("could not commit buffered rows to %s while unwinding", self.uri)
+        except Exception as err:  # the original error says what went wrong, once
+            log.warning("could not commit buffered rows to %s while unwinding: %s", self.uri, err)
             self._closed = True
 
     def __repr__(self) -> str:

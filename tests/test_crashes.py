@@ -1,0 +1,195 @@
+"""Crashes at every stage of a run, interrupted commits, a full disk: nothing is lost.
+
+A run killed with SIGKILL (at a kill point, see :mod:`dicomlake.killpoints`, or at a
+random moment) leaves a lake that opens, holds each file at most once, and that the
+next run completes to exactly the files on disk.
+
+``DICOMLAKE_CRASH_TRIALS=N`` runs N random-moment kills instead of the default few
+(the README's reliability table comes from such a run).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+
+import dicomlake
+from dicomlake.lake.delta import instances_uri
+from dicomlake.lake.maintenance import table_state
+from test_concurrency import ingest_command, lake_paths, write_files
+
+pytestmark = pytest.mark.slow
+
+FILES = 600
+OPTIONS = ("--workers", "1", "--commit-rows", "40")
+
+
+def run(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, **env}
+    )
+
+
+def assert_sound(lake: Path, expected: set[str]) -> int:
+    """The lake opens, reports its state, and holds each file at most once."""
+    if not (lake / "instances" / "_delta_log").is_dir():
+        return 0  # killed before the first commit: nothing to open yet
+    info = run([sys.executable, "-m", "dicomlake", "info", "--lake", str(lake)])
+    assert info.returncode == 0, info.stderr
+    assert "last commit" in info.stdout and "Traceback" not in info.stderr
+    paths = lake_paths(lake)
+    assert len(paths) == len(set(paths)), "a file has two rows"
+    assert set(paths) <= expected
+    return len(paths)
+
+
+def assert_complete(lake: Path, expected: set[str], command: list[str]) -> None:
+    """A plain re-run ends with exactly the files on disk, and vacuum leaves no orphan."""
+    result = run(command)
+    assert result.returncode == 0, result.stderr
+    paths = lake_paths(lake)
+    assert len(paths) == len(set(paths)) and set(paths) == expected
+    vacuum = [sys.executable, "-m", "dicomlake", "optimize", "--lake", str(lake)]
+    assert run([*vacuum, "--vacuum", "--retention-hours", "0", "--quiet"]).returncode == 0
+    assert table_state(str(lake)).unreferenced_files == 0
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
+    root = tmp_path_factory.mktemp("crash") / "src"
+    return root, write_files(root, FILES)
+
+
+@pytest.mark.parametrize(
+    ("stage", "count"),
+    [
+        ("list", 450),  # listing, with commits of earlier tasks already landed
+        ("parse", 250),  # in a worker, mid-task
+        ("shard", 5),  # a worker's Parquet file written, not yet handed back
+        ("commit", 3),  # data files written, the log entry not
+        ("committed", 3),  # the log entry written, the writer's bookkeeping not
+    ],
+)
+def test_killed_at_a_stage_then_rerun_gives_the_exact_set(
+    source: tuple[Path, set[str]], tmp_path: Path, stage: str, count: int
+) -> None:
+    root, expected = source
+    lake = tmp_path / "lake"
+    command = ingest_command([root], lake, *OPTIONS)
+    killed = run(command, DICOMLAKE_KILL_AT=f"{stage}:{count}")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert assert_sound(lake, expected) < FILES
+    assert_complete(lake, expected, command)
+
+
+def test_killed_during_a_merge_of_changed_files(
+    source: tuple[Path, set[str]], tmp_path: Path
+) -> None:
+    root = tmp_path / "src"
+    shutil.copytree(source[0], root)
+    expected = {p.replace(str(source[0]), str(root), 1) for p in source[1]}
+    lake = tmp_path / "lake"
+    command = ingest_command([root], lake, *OPTIONS)
+    assert run(command).returncode == 0
+    changed = sorted(root.rglob("*.dcm"))[:100]
+    for path in changed:
+        os.utime(path, (1_000_000_000, 1_000_000_000))
+    killed = run(command, DICOMLAKE_KILL_AT="merge:2")
+    assert killed.returncode == -signal.SIGKILL
+    assert assert_sound(lake, expected) == FILES  # a merge never drops or doubles a row
+    assert_complete(lake, expected, command)
+    con = dicomlake.connect(str(lake))
+    old = con.sql(
+        "SELECT count(*) FROM instances WHERE modification_time < TIMESTAMP '2002-01-01'"
+    ).fetchall()
+    assert old == [(100,)]  # every changed file's row was replaced
+
+
+def test_killed_at_random_moments(source: tuple[Path, set[str]], tmp_path: Path) -> None:
+    root, expected = source
+    lake = tmp_path / "lake"
+    command = ingest_command([root], lake, *OPTIONS, "--parser", "pydicom")
+    trials = int(os.environ.get("DICOMLAKE_CRASH_TRIALS", "6"))
+    rng = random.Random(7)
+    kills = 0
+    for trial in range(trials):
+        if trial % 3 == 0 and lake.exists():
+            shutil.rmtree(lake)  # start afresh now and then, to kill early stages too
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(rng.uniform(0.2, 4.0))
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            kills += 1
+        process.wait(timeout=60)
+        assert_sound(lake, expected)
+    assert kills >= trials // 2, "most runs ended before the kill: make the run longer"
+    assert_complete(lake, expected, command)
+
+
+def test_an_interrupted_commit_is_ignored_and_reported(
+    source: tuple[Path, set[str]], tmp_path: Path
+) -> None:
+    root, expected = source
+    lake = tmp_path / "lake"
+    command = ingest_command([root / "d000", root / "d001"], lake, *OPTIONS)
+    assert run(command).returncode == 0
+    table = lake / "instances"
+    version = DeltaTable(instances_uri(str(lake))).version()
+    # what a commit killed mid-way leaves: its data file, and the log entry staged
+    # under a temporary name (object_store writes `<version>.json#<n>`, then links it)
+    data = next(table.glob("*.parquet"))
+    shutil.copyfile(data, table / "part-killed-0000.zstd.parquet")
+    staged = table / "_delta_log" / f"{version + 1:020d}.json#1"
+    staged.write_text('{"commitInfo":{"timestamp":17')
+    info = run([sys.executable, "-m", "dicomlake", "info", "--lake", str(lake)])
+    assert info.returncode == 0, info.stderr
+    assert "interrupted commits (ignored)" in info.stdout
+    assert "files not in this version" in info.stdout
+    state = table_state(str(lake))
+    assert state.version == version and state.interrupted_commits == [staged.name]
+    assert len(lake_paths(lake)) == 200  # the copied file is in no version
+    assert_complete(lake, expected, ingest_command([root], lake, *OPTIONS))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Path:
+    """A 1 MiB file system (tmpfs), where a lake of a few hundred rows fills it."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    yield disk
+    subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_disk_full_gives_a_clear_error_and_the_lake_opens(
+    source: tuple[Path, set[str]], small_disk: Path
+) -> None:
+    root, expected = source
+    lake = small_disk / "lake"
+    many = root.parent / "many"
+    if not many.exists():
+        for i in range(5):  # 3,000 files: more rows than 1 MiB holds
+            shutil.copytree(root, many / f"copy{i}")
+    everything = {f"file://{p}" for p in many.rglob("*.dcm")}
+    command = ingest_command([many], lake, "--workers", "1", "--commit-rows", "100")
+    full = run(command)
+    assert full.returncode == 2
+    assert "the disk is full" in full.stderr and "Traceback" not in full.stderr
+    committed = assert_sound(lake, everything)
+    assert 0 < committed < len(everything)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert_complete(lake, everything, command)
+    assert expected  # the source the copies came from is untouched
