@@ -63,6 +63,21 @@ def assert_complete(lake: Path, expected: set[str], command: list[str]) -> None:
     assert table_state(str(lake)).unreferenced_files == 0
 
 
+def children(pid: int) -> list[int]:
+    """Pids of the processes whose parent is ``pid`` (an ingest's workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if (
+                entry.name.isdigit()
+                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
+            ):
+                found.append(int(entry.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, set[str]]:
     root = tmp_path_factory.mktemp("crash") / "src"
@@ -126,10 +141,15 @@ def test_killed_at_random_moments(source: tuple[Path, set[str]], tmp_path: Path)
             shutil.rmtree(lake)  # start afresh now and then, to kill early stages too
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         time.sleep(rng.uniform(0.2, 4.0))
+        workers = children(process.pid)
         if process.poll() is None:
             process.send_signal(signal.SIGKILL)
             kills += 1
         process.wait(timeout=60)
+        deadline = time.monotonic() + 15
+        while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]:
+            assert time.monotonic() < deadline, f"workers outlived their coordinator: {alive}"
+            time.sleep(0.1)
         assert_sound(lake, expected)
     assert kills >= trials // 2, "most runs ended before the kill: make the run longer"
     assert_complete(lake, expected, command)

@@ -68,7 +68,35 @@ _TASKS_PER_WORKER = 2
 #: How often an idle worker checks that its coordinator is still alive.
 _PARENT_CHECK_SECONDS = 1.0
 _POLL_SECONDS = 0.2
-_SLOT = 3  # shared state per worker: task id, file index, start time
+_SLOT = 4  # shared state per worker: sequence number, task id, file index, start time
+
+
+def _publish(state: Any, base: int, task_id: float, index: float, started: float) -> None:
+    """Write a worker's slot as a seqlock: odd sequence while the values change.
+
+    No lock: a process killed while holding a shared lock (kill -9 of the coordinator
+    during a check) would leave its workers blocked on it forever. Each slot has one
+    writer at a time: its worker, or the coordinator once that worker is dead.
+    """
+    writing = int(state[base]) | 1  # odd (also after a writer that died mid-write)
+    state[base] = writing
+    state[base + 1], state[base + 2], state[base + 3] = task_id, index, started
+    state[base] = writing + 1
+
+
+def _read_slot(state: Any, base: int) -> tuple[int, int, float]:
+    """Read a slot written by :func:`_publish`, retrying while a write is under way.
+
+    A write takes microseconds; a slot odd for longer belongs to a worker that died
+    mid-write, and its values are returned as they are (the worker is dead anyway).
+    """
+    for _ in range(10_000):
+        seq = state[base]
+        task_id, index, started = state[base + 1], state[base + 2], state[base + 3]
+        if seq % 2 == 0 and state[base] == seq:
+            break
+        time.sleep(0)
+    return int(task_id), int(index), started
 
 
 @dataclass
@@ -88,11 +116,14 @@ class _Worker:
     tasks: deque[Task] = field(default_factory=deque)
 
 
-def _worker_main(kernel: Kernel, inbox: Any, outbox: Any, state: Any, slot: int) -> None:
+def _worker_main(
+    kernel: Kernel, inbox: Any, outbox: Any, state: Any, slot: int, parent: int
+) -> None:
     """Worker loop: run tasks from ``inbox``, publishing progress in ``state``."""
     warnings.simplefilter("ignore")  # pydicom warns on every odd value; rows say it
     base = slot * _SLOT
-    parent = os.getppid()
+    # ``parent`` is the coordinator's pid, sent along: asking os.getppid() here would
+    # give 1 if the coordinator was killed while this process was still starting
     # if the coordinator dies, results nobody reads must not keep this process alive
     outbox.cancel_join_thread()
     while True:
@@ -108,11 +139,9 @@ def _worker_main(kernel: Kernel, inbox: Any, outbox: Any, state: Any, slot: int)
         _prepare(kernel, refs)
         rows = []
         for index, ref in enumerate(refs):
-            with state.get_lock():
-                state[base], state[base + 1], state[base + 2] = task_id, index, time.monotonic()
+            _publish(state, base, task_id, index, time.monotonic())
             rows.append(kernel.row(ref))
-        with state.get_lock():
-            state[base + 2] = 0.0
+        _publish(state, base, task_id, len(refs), 0.0)
         outbox.put((task_id, _ship(kernel, kernel.batch(rows), context)))
 
 
@@ -179,7 +208,7 @@ class _Pool:
     def __init__(self, engine: LocalEngine) -> None:
         self.engine = engine
         self.ctx = mp.get_context("spawn")
-        self.state = self.ctx.Array("d", engine.workers * _SLOT)
+        self.state = self.ctx.Array("d", engine.workers * _SLOT, lock=False)
         self.outbox = self.ctx.Queue()
         self.workers: list[_Worker] = []
         self.next_id = 0
@@ -190,7 +219,7 @@ class _Pool:
         inbox = self.ctx.Queue()
         process = self.ctx.Process(
             target=_worker_main,
-            args=(self.engine.kernel, inbox, self.outbox, self.state, slot),
+            args=(self.engine.kernel, inbox, self.outbox, self.state, slot, os.getpid()),
             daemon=True,
         )
         process.start()
@@ -253,12 +282,7 @@ class _Pool:
             if not worker.tasks:
                 continue
             base = worker.slot * _SLOT
-            with self.state.get_lock():
-                task_id, index, started = (
-                    int(self.state[base]),
-                    int(self.state[base + 1]),
-                    self.state[base + 2],
-                )
+            task_id, index, started = _read_slot(self.state, base)
             dead = not worker.process.is_alive()
             stuck = started > 0 and now - started > self.engine.file_timeout
             if not (dead or stuck):
@@ -288,8 +312,7 @@ class _Pool:
                 self.retry.append(Task(refs=rest, context=current.context))
             for task in list(worker.tasks)[1:]:
                 self.retry.append(Task(refs=task.refs, context=task.context))
-            with self.state.get_lock():
-                self.state[base + 2] = 0.0
+            _publish(self.state, base, task_id, index, 0.0)
             self.workers[i] = self._start(worker.slot)
             kernel = self.engine.kernel
             batch = kernel.batch([kernel.error_row(bad, reason)])
