@@ -19,7 +19,10 @@ Deletes the files at the end (``--keep`` keeps them). CI runs it at ``--files 20
 from __future__ import annotations
 
 import argparse
+import io
 import os
+import random
+import resource
 import shutil
 import tempfile
 import time
@@ -27,7 +30,7 @@ from pathlib import Path
 
 import pydicom
 from deltalake import DeltaTable
-from pydicom.uid import generate_uid
+from pydicom.uid import PYDICOM_ROOT_UID as PYDICOM_ROOT
 
 import dicomlake
 from dicomlake.sample import sample_file
@@ -36,22 +39,44 @@ SOURCES = ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "JPEG2000.dcm")
 MARKS = (10_000, 100_000, 1_000_000)
 
 
+def _template(name: str, run: str) -> tuple[bytes, list[tuple[int, int]]]:
+    """A test file's bytes with placeholder UIDs, and where each UID's counter sits.
+
+    The UIDs are ``<pydicom root>.<run>.<kind>.1NNNNNNN``: fixed length, so a copy
+    gets new UIDs by overwriting 8 bytes in place (no pydicom per file, ~20x faster).
+    Returns (bytes, [(offset, kind)]) with kind 0 study, 1 series, 2 instance.
+    """
+    ds = pydicom.dcmread(sample_file(name))
+    uids = [f"{PYDICOM_ROOT}{run}.{kind}.19999999" for kind in range(3)]
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uids[0], uids[1]
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uids[2]
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    spots = []
+    for kind, uid in enumerate(uids):
+        start = data.find(uid.encode())
+        while start >= 0:
+            spots.append((start + len(uid) - 8, kind))
+            start = data.find(uid.encode(), start + 1)
+    assert sum(1 for _, k in spots if k == 2) == 2, name  # file meta and dataset
+    return data, spots
+
+
 def generate(root: Path, count: int) -> None:
     """``count`` files with fresh UIDs, 1,000 per folder, 10 series per study."""
-    templates = [pydicom.dcmread(sample_file(name)) for name in SOURCES]
-    study = series = ""
+    run = str(random.randrange(10**9, 10**10))
+    templates = [_template(name, run) for name in SOURCES]
     for i in range(count):
-        ds = templates[i % len(templates)]
-        if i % 100 == 0:
-            series = generate_uid()
-            if i % 1000 == 0:
-                study = generate_uid()
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        data, spots = templates[i % len(templates)]
+        copy = bytearray(data)
+        numbers = (i // 1000, i // 100, i)
+        for offset, kind in spots:
+            copy[offset : offset + 8] = b"1%07d" % numbers[kind]
         folder = root / f"{i // 100_000:02d}" / f"{i // 1000 % 100:02d}"
         if i % 1000 == 0:
             folder.mkdir(parents=True, exist_ok=True)
-        ds.save_as(folder / f"{i:07d}.dcm")
+        (folder / f"{i:07d}.dcm").write_bytes(copy)
 
 
 def rss_mib(pid: int) -> float:
@@ -113,6 +138,9 @@ def main() -> None:
         )
         for done, own, worker in samples:
             print(f"  RSS at {done:>9} files: coordinator {own:.0f} MiB, worker {worker:.0f} MiB")
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(f"  peak RSS: coordinator {peak:.0f} MiB, largest worker {peak_child:.0f} MiB")
 
         table = DeltaTable(str(lake / "instances"))
         log = lake / "instances" / "_delta_log"
