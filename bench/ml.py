@@ -78,10 +78,15 @@ def j2k_sources() -> list[Path]:
     for path in pydicom_test_files():
         try:
             ds = pydicom.dcmread(path)
-            if ds.file_meta.TransferSyntaxUID in (
-                "1.2.840.10008.1.2.4.90",
-                "1.2.840.10008.1.2.4.91",
-            ) and ds.get("SamplesPerPixel", 1) == 1 and int(ds.get("NumberOfFrames", 1) or 1) == 1:
+            if (
+                ds.file_meta.TransferSyntaxUID
+                in (
+                    "1.2.840.10008.1.2.4.90",
+                    "1.2.840.10008.1.2.4.91",
+                )
+                and ds.get("SamplesPerPixel", 1) == 1
+                and int(ds.get("NumberOfFrames", 1) or 1) == 1
+            ):
                 ds.pixel_array  # noqa: B018 (decodes, or raises)
                 out.append(path)
         except Exception:

@@ -25,7 +25,10 @@ import random
 import resource
 import shutil
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pydicom
@@ -90,6 +93,28 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
+PEAKS: dict[str, float] = {}
+
+
+@contextmanager
+def peak_rss(phase: str) -> Iterator[None]:
+    """Record this process's highest resident memory during ``phase`` (sampled 20/s)."""
+    done = threading.Event()
+    me = os.getpid()
+
+    def sample() -> None:
+        while not done.wait(0.05):
+            PEAKS[phase] = max(PEAKS.get(phase, 0.0), rss_mib(me))
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield
+    finally:
+        done.set()
+        sampler.join()
+
+
 def children(pid: int) -> list[int]:
     """Pids of the direct children of ``pid`` (the ingest's workers)."""
     found = []
@@ -129,7 +154,10 @@ def main() -> None:
                 samples.append((summary.done, rss_mib(me), max(workers, default=0.0)))
 
         started = time.perf_counter()
-        first = dicomlake.ingest([str(corpus)], str(lake), workers=args.workers, progress=progress)
+        with peak_rss("ingest"):
+            first = dicomlake.ingest(
+                [str(corpus)], str(lake), workers=args.workers, progress=progress
+            )
         first_seconds = time.perf_counter() - started
         print(
             f"ingest: {first.done} files, {first.ok} ok, {first.error_count} errors in "
@@ -150,7 +178,8 @@ def main() -> None:
             f"{checkpoints} checkpoint(s)"
         )
 
-        con = dicomlake.connect(str(lake))
+        with peak_rss("queries"):
+            con = dicomlake.connect(str(lake))
         (count,) = con.sql("SELECT count(*) FROM instances").fetchall()[0]
         assert count == args.files, (count, args.files)
         started = time.perf_counter()
@@ -174,13 +203,18 @@ def main() -> None:
 
         version = table.version()
         started = time.perf_counter()
-        again = dicomlake.ingest([str(corpus)], str(lake), workers=args.workers)
+        with peak_rss("re-run"):
+            again = dicomlake.ingest([str(corpus)], str(lake), workers=args.workers)
         again_seconds = time.perf_counter() - started
         after = DeltaTable(str(lake / "instances")).version()
         print(
             f"re-run, nothing changed: {again.skipped_unchanged} skipped, {again.done} read, "
             f"{again_seconds:.1f} s = {again_seconds / first_seconds:.3f} of the first run; "
             f"table version {version} -> {after}"
+        )
+        print(
+            "peak RSS of the coordinator by phase: "
+            + ", ".join(f"{phase} {mib:.0f} MiB" for phase, mib in PEAKS.items())
         )
     finally:
         if args.keep:

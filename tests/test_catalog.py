@@ -425,7 +425,7 @@ def test_broken_symlink_becomes_an_error_reference(tmp_path: Path) -> None:
     assert refs["selfloop"].size is None
 
 
-def test_unreadable_folder_is_skipped_with_a_warning(
+def test_unreadable_folder_is_an_error_row_and_a_warning(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     src = tmp_path / "src"
@@ -449,7 +449,10 @@ def test_unreadable_folder_is_skipped_with_a_warning(
     finally:
         locked.chmod(0o755)
 
-    assert [r.relative_path for r in refs] == ["ok.dcm"]
+    assert [r.relative_path for r in refs] == ["ok.dcm", "locked/"]
+    folder = refs[1]
+    assert folder.path == f"file://{locked}/"
+    assert folder.listing_error is not None and "Permission denied" in folder.listing_error
     assert any("locked" in rec.getMessage() for rec in caplog.records)
 
 

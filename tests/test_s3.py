@@ -386,3 +386,23 @@ def test_frame_dataset_reads_a_bucket_lake_in_dataloader_workers(
     assert len(images) == 2
     assert all(torch.equal(image, expected) for image in images)
     assert b"testing" in pickle.dumps(dataset)  # the config travels to the workers
+
+
+def test_two_writers_of_a_bucket_lake_commit_each_row_once(s3: Any, aws_env: str) -> None:
+    """Concurrent writers on object storage: delta-rs claims each version with a
+    conditional put, and a writer beaten to it checks the other's rows again."""
+    from dicomlake.lake.delta import InstanceWriter
+    from lake_rows import make_batch
+    from test_concurrency import _Beaten
+
+    lake = f"s3://{_bucket(s3)}/lake"
+    rival = InstanceWriter(lake, max_rows=10_000)
+    writer = _Beaten(lake, rival, [(make_batch([{"row_id": i} for i in range(50, 150)]), False)])
+    writer.write(make_batch([{"row_id": i} for i in range(100)]))
+    assert writer.flush() == 50
+    assert writer.conflicts == 1 and writer.rows_taken == 50
+    con = dicomlake.connect(lake)
+    assert con.sql("SELECT count(*), count(DISTINCT row_id) FROM instances").fetchall() == [
+        (150, 150)
+    ]
+    con.close()

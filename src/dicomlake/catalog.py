@@ -13,6 +13,7 @@ and a zip member in fsspec's chained form ``zip://MEMBER::URI_OF_ZIP``, so that
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import posixpath
@@ -27,8 +28,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any
 
-from dicomlake.errors import SourceNotFound
-from dicomlake.storage import fsspec_options
+from dicomlake.errors import AmbiguousMemberName, SourceNotFound, ZipBomb
+from dicomlake.storage import StorageConfig, storage_error, translate_errors, tune_filesystem
 
 if TYPE_CHECKING:
     from fsspec import AbstractFileSystem
@@ -166,9 +167,14 @@ def _split_zip_uri(uri: str) -> tuple[str, str] | None:
 
 
 def _url_to_fs(url: str, storage_options: StorageOptionsLike) -> tuple[AbstractFileSystem, str]:
+    """The file system and path of a URL, with the retry settings for its protocol."""
     import fsspec.core
 
-    return fsspec.core.url_to_fs(url, **fsspec_options(storage_options))
+    protocol = url.split("://", 1)[0] if "://" in url and "::" not in url else None
+    config = StorageConfig.coerce(storage_options)
+    fs, path = fsspec.core.url_to_fs(url, **config.fsspec(protocol))
+    tune_filesystem(fs)
+    return fs, path
 
 
 # --------------------------------------------------------------------------- listing
@@ -184,7 +190,8 @@ def iter_files(
     while the walk goes on. Symlinks are followed (loops are cut by remembering each
     directory's device and inode); a broken symlink or a corrupt zip becomes one
     reference with ``listing_error`` set, so it shows up as an error row instead of
-    vanishing. Unreadable directories are skipped with a warning.
+    vanishing. A folder that cannot be listed is one error row, its path ending in
+    ``/``.
 
     Args:
         sources: Local folders or files, zip archives, ``file://`` URLs or any fsspec
@@ -245,6 +252,7 @@ def _walk_local(root: str, root_stat: os.stat_result) -> Iterator[FileRef]:
             scan = os.scandir(dirpath)
         except OSError as exc:
             logger.warning("cannot list folder %s: %s", _display(dirpath), _short_error(exc))
+            yield _folder_error(dirpath, rel_dir, exc)
             continue
         with scan:
             while True:
@@ -256,11 +264,23 @@ def _walk_local(root: str, root_stat: os.stat_result) -> Iterator[FileRef]:
                     logger.warning(
                         "listing of %s stopped early: %s", _display(dirpath), _short_error(exc)
                     )
+                    yield _folder_error(dirpath, rel_dir, exc)
                     break
                 name = _display(entry.name)
                 rel = f"{rel_dir}/{name}" if rel_dir else name
                 yield from _local_entry_refs(entry, rel, visited, subdirs)
         stack.extend(reversed(subdirs))
+
+
+def _folder_error(dirpath: str, rel_dir: str, exc: OSError) -> FileRef:
+    """The error row of a folder that could not be listed (its path ends with ``/``).
+
+    A row, not only a warning: the run's summary counts it, and ``--sync`` keeps the
+    rows of the files under it rather than deleting them as gone.
+    """
+    uri = _file_uri(dirpath).rstrip("/") + "/"
+    rel = f"{rel_dir}/" if rel_dir else ""
+    return FileRef(uri, rel, None, None, _short_error(exc))
 
 
 def _local_entry_refs(
@@ -355,13 +375,32 @@ def _zip_refs(
         if info.is_dir() or last[info.filename] is not info:
             continue
         member = info.filename
+        path = f"{_ZIP_PREFIX}{member}::{zip_uri}"
         yield FileRef(
-            path=f"{_ZIP_PREFIX}{member}::{zip_uri}",
+            path=path,
             relative_path=member if direct else f"{zip_rel}/{member}",
             size=info.file_size,
             mtime=_zip_mtime(info.date_time),
+            listing_error=_member_name_error(member, path),
             open_path=open_path,
         )
+
+
+def _member_name_error(member: str, path: str) -> str | None:
+    """The error of a member whose name a ``zip://`` path cannot address, else None.
+
+    The chained form ``zip://MEMBER::ARCHIVE`` is split at its first ``::`` (here as in
+    fsspec), so a name holding one would send the read elsewhere: ``x::file:///a.zip``
+    reads member ``x`` of another archive. Such a member is an error row, never opened.
+    """
+    if "::" not in member:
+        return None
+    error = AmbiguousMemberName(
+        "'::' in the member's name makes its zip:// path name another file; "
+        "rename it in the archive to read it",
+        path=path,
+    )
+    return _short_error(error)
 
 
 def _iter_fsspec_source(source: str, storage_options: StorageOptionsLike) -> Iterator[FileRef]:
@@ -369,28 +408,67 @@ def _iter_fsspec_source(source: str, storage_options: StorageOptionsLike) -> Ite
     # fsspec keeps one file system object per set of options, with its listings
     # cached: a re-run in the same process must see the bucket as it is now
     fs.invalidate_cache()
-    if fs.isfile(root):
-        info = fs.info(root)
-        name = posixpath.basename(root.rstrip("/"))
-        yield from _fsspec_file_refs(fs, root, source, name, info, direct=True)
+    try:
+        info = fs.info(root)  # not isfile/isdir: they read any failure as "no"
+    except FileNotFoundError:
+        raise SourceNotFound(f"source not found: {source}", source=source) from None
+    except Exception as exc:  # still failing after the retries: one error row, go on
+        yield FileRef(source, "", None, None, _listing_error(source, exc, storage_options))
         return
-    if not fs.isdir(root):
+    if info.get("type") == "directory":
+        yield from _walk_fsspec(fs, root, source, storage_options)
+    elif info.get("type") == "file":
+        name = posixpath.basename(root.rstrip("/"))
+        yield from _fsspec_file_refs(fs, root, source, name, info, storage_options, direct=True)
+    else:
         raise SourceNotFound(f"source not found: {source}", source=source)
 
-    def on_error(exc: OSError) -> None:
-        logger.warning("cannot list %s: %s", getattr(exc, "filename", None) or source, exc)
 
+def _walk_fsspec(
+    fs: AbstractFileSystem, root: str, source: str, storage_options: StorageOptionsLike
+) -> Iterator[FileRef]:
+    """Depth-first walk, one folder listing (all its pages) at a time.
+
+    Not ``fs.walk``: it drops a folder whose listing fails (its ``on_error`` does
+    not reach sub-folders). Here a folder that still cannot be listed after the
+    retries becomes one error reference named after it (``s3://b/prefix/``), so
+    what could not be seen is counted, never silently missing.
+    """
     prefix = root.rstrip("/") + "/"
     base = source if source.endswith("/") else source + "/"
-    # fsspec lists one directory (one paged listing) per step and yields it at once
-    for dirpath, _dirs, files in fs.walk(root, detail=True, on_error=on_error):
-        for key, info in sorted(files.items()):
-            if not key or info.get("type") == "directory":
-                continue  # "" is a directory marker object, not a file
-            full = str(info.get("name") or f"{dirpath.rstrip('/')}/{key}").rstrip("/")
+    stack = [root.rstrip("/")]
+    while stack:
+        folder = stack.pop()
+        rel_folder = folder[len(prefix) :] + "/" if folder.startswith(prefix) else ""
+        try:
+            entries = fs.ls(folder, detail=True)
+        except FileNotFoundError:
+            logger.debug("folder %s vanished while listed", folder)
+            continue
+        except Exception as exc:
+            uri = fs.unstrip_protocol(folder) + "/" if "::" in source else base + rel_folder
+            yield FileRef(uri, rel_folder, None, None, _listing_error(uri, exc, storage_options))
+            continue
+        subfolders = []
+        for info in sorted(entries, key=lambda item: str(item.get("name"))):
+            full = str(info.get("name") or "").rstrip("/")
+            if not full or full == folder:
+                continue  # the folder itself, or its directory marker object
+            if info.get("type") == "directory":
+                subfolders.append(full)
+                continue
             rel = full[len(prefix) :] if full.startswith(prefix) else full
             uri = fs.unstrip_protocol(full) if "::" in source else base + rel
-            yield from _fsspec_file_refs(fs, full, uri, rel, info, direct=False)
+            yield from _fsspec_file_refs(fs, full, uri, rel, info, storage_options, direct=False)
+        stack.extend(reversed(subfolders))
+
+
+def _listing_error(uri: str, exc: BaseException, storage_options: StorageOptionsLike) -> str:
+    """The error text of a listing that failed, with its cause named; logged once."""
+    named = storage_error(exc, StorageConfig.coerce(storage_options).retries)
+    text = _short_error(named or exc)
+    logger.warning("cannot list %s: %s", uri, text)
+    return text
 
 
 def _fsspec_file_refs(
@@ -399,6 +477,7 @@ def _fsspec_file_refs(
     uri: str,
     rel: str,
     info: dict[str, Any],
+    storage_options: StorageOptionsLike,
     *,
     direct: bool,
 ) -> Iterator[FileRef]:
@@ -411,7 +490,11 @@ def _fsspec_file_refs(
 
     @contextlib.contextmanager
     def opener() -> Iterator[zipfile.ZipFile]:
-        with fs.open(fs_path, "rb") as raw:
+        # a storage failure is an OSError named by its cause: _zip_refs makes it a row
+        with (
+            translate_errors(StorageConfig.coerce(storage_options).retries),
+            fs.open(fs_path, "rb") as raw,
+        ):
             # zipfile reports any OSError while reading the end of the file as "File
             # is not a zip file": read that block first (zipfile reads it anyway), so
             # a refused read (403) keeps its own error
@@ -465,7 +548,7 @@ def check_sources(sources: Sequence[str], *, storage_options: StorageOptionsLike
             fs, root = _url_to_fs(source, storage_options)
             fs.invalidate_cache()
             exists = fs.exists(root)
-        except (ImportError, ValueError, OSError) as exc:
+        except Exception as exc:  # botocore's connection errors are not OSErrors
             raise SourceNotFound(
                 f"source cannot be reached: {source} ({_short_error(exc)}); check the URL, "
                 "storage options and that the fsspec backend for it is installed",
@@ -477,6 +560,233 @@ def check_sources(sources: Sequence[str], *, storage_options: StorageOptionsLike
 
 # --------------------------------------------------------------------------- opening
 
+#: Largest zip member read in place, by its declared size or by what it inflates to.
+#: DICOM's 32-bit lengths keep nearly every file under 4 GiB, and a member is inflated
+#: again from its start for each backward seek: a larger one is better unzipped first.
+ZIP_MAX_MEMBER_BYTES = 4 * 1024**3
+#: Highest compression ratio (inflated / compressed) of a member larger than
+#: :data:`ZIP_RATIO_MIN_BYTES`. CT and MR compress 2-10x and sparse segmentations some
+#: 50-150x; deflate's own ceiling, about 1030x, is reached only by long runs of one
+#: byte, which is what zip bombs are made of.
+ZIP_MAX_RATIO = 200
+#: Members up to this size are read whatever their ratio: inflating one costs well under
+#: a second and holds at most this much.
+ZIP_RATIO_MIN_BYTES = 32 * 1024**2
+#: How far a guarded member moves in one read, checking the limits after each.
+_ZIP_STEP = 1 << 20
+#: The same for LZMA members: zipfile inflates all the compressed bytes of one read at
+#: once (up to some 7,000 times as many), so those reads stay small.
+_ZIP_LZMA_STEP = 4096
+
+
+def _size_text(n: float) -> str:
+    return f"{n / 1024**3:,.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:,.0f} MiB"
+
+
+def _check_zip_size(size: int, path: str, *, declared: bool) -> None:
+    """Refuse a member larger than :data:`ZIP_MAX_MEMBER_BYTES`."""
+    if size > ZIP_MAX_MEMBER_BYTES:
+        verb = "declares" if declared else "inflates past"
+        raise ZipBomb(
+            f"member {verb} {_size_text(size)} (limit {_size_text(ZIP_MAX_MEMBER_BYTES)}, "
+            "ZIP_MAX_MEMBER_BYTES in dicomlake.catalog); unzip the archive to read it",
+            path=path,
+        )
+
+
+def _check_zip_ratio(inflated: int, compressed: int, path: str, *, declared: bool) -> None:
+    """Refuse a member past :data:`ZIP_RATIO_MIN_BYTES` that inflates too many times."""
+    if inflated > ZIP_RATIO_MIN_BYTES and inflated > ZIP_MAX_RATIO * max(compressed, 1):
+        how = "" if declared else " as read, more than its declared sizes say"
+        raise ZipBomb(
+            f"member inflates {inflated / max(compressed, 1):,.0f}x{how} (limit "
+            f"{ZIP_MAX_RATIO}x past {_size_text(ZIP_RATIO_MIN_BYTES)}, ZIP_MAX_RATIO in "
+            "dicomlake.catalog)",
+            path=path,
+        )
+
+
+def _open_guarded(archive: zipfile.ZipFile, member: str, path: str) -> IO[bytes]:
+    """Open a member after checking its declared sizes, guarded while it is read."""
+    info = archive.getinfo(member)
+    _check_zip_size(info.file_size, path, declared=True)
+    _check_zip_ratio(info.file_size, info.compress_size, path, declared=True)
+    return _GuardedMember(*_member_stream(archive, info), info=info, path=path)
+
+
+def _member_stream(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo
+) -> tuple[IO[bytes], Callable[[], int], list[IO[bytes]]]:
+    """The member's inflating stream, how many compressed bytes it has read, what to close.
+
+    zipfile inflates a bzip2 member's compressed bytes whole in each read (a few
+    hundred bytes can hold gigabytes of one byte), so such a member is read as its raw
+    bytes through :class:`bz2.BZ2File`, which inflates in bounded steps.
+    """
+    if info.compress_type != zipfile.ZIP_BZIP2:
+        stream = archive.open(info)
+        compressed = info.compress_size
+
+        def consumed() -> int:
+            # zipfile's own counts: read from the archive, less what the inflater holds
+            # unread (zipfile reads ahead up to a whole step); the declared size if gone
+            left = getattr(stream, "_compress_left", None)
+            if left is None:
+                return compressed
+            inflater = getattr(stream, "_decompressor", None)
+            return compressed - left - len(getattr(inflater, "unconsumed_tail", b""))
+
+        return stream, consumed, []
+    import bz2
+    import copy
+
+    raw_info = copy.copy(info)
+    raw_info.compress_type = zipfile.ZIP_STORED
+    raw_info.file_size = info.compress_size
+    raw = archive.open(raw_info)
+    # the entry's CRC is of the inflated bytes, not these: bz2 checks its own CRCs
+    raw._expected_crc = None  # type: ignore[attr-defined]
+    return bz2.BZ2File(raw), raw.tell, [raw]
+
+
+class _GuardedMember(io.BufferedIOBase):
+    """A zip member's stream that stops once it inflates past the zip limits.
+
+    A zip's declared sizes can lie, so what is actually inflated (the furthest
+    position reached, against the compressed bytes read so far) is checked after each
+    step: forward moves go in steps of at most 1 MiB, reads and seeks alike, so the
+    reader never inflates more than one step past a limit. Going back uses the
+    stream's own seek, which inflates again only what was already checked.
+
+    Args:
+        stream: The inflating stream.
+        consumed: Returns how many compressed bytes ``stream`` has read.
+        closing: Other streams to close with this one.
+        info: The member's entry.
+        path: The member's URI, for errors.
+
+    Raises:
+        ZipBomb: From any read or seek that takes the member past a limit.
+    """
+
+    def __init__(
+        self,
+        stream: IO[bytes],
+        consumed: Callable[[], int],
+        closing: list[IO[bytes]],
+        *,
+        info: zipfile.ZipInfo,
+        path: str,
+    ) -> None:
+        super().__init__()
+        self._stream = stream
+        self._consumed = consumed
+        self._closing = closing
+        self._info = info
+        self._path = path
+        self._step = _ZIP_LZMA_STEP if info.compress_type == zipfile.ZIP_LZMA else _ZIP_STEP
+        self._pos = 0
+        self._furthest = 0
+        # below this position no limit can be passed: most reads check nothing
+        self._watch_from = min(
+            ZIP_RATIO_MIN_BYTES + 1, ZIP_MAX_MEMBER_BYTES + 1, max(info.file_size, 1)
+        )
+        self.name = info.filename
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._stream.seekable()
+
+    def tell(self) -> int:
+        return self._pos
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Read up to ``size`` bytes (all with -1), one checked step at a time."""
+        if size is not None and 0 <= size <= self._step:  # _read_step, inlined: most reads
+            data = self._stream.read(size)
+            self._pos += len(data)
+            if self._pos > self._furthest:
+                self._furthest = self._pos
+                if self._pos >= self._watch_from:
+                    self._check(self._pos)
+            return data
+        everything = size is None or size < 0
+        left = 0 if size is None else size
+        parts: list[bytes] = []
+        while everything or left > 0:
+            part = self._read_step(self._step if everything else min(left, self._step))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+
+    def read1(self, size: int = -1) -> bytes:
+        """Read at most one step."""
+        return self._read_step(self._step if size < 0 else min(size, self._step))
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Seek, in checked steps past what was inflated before.
+
+        The stream's own seek inflates what it skips: backward, it starts again from the
+        member's start, inflating only what was checked already.
+        """
+        if whence == io.SEEK_SET:
+            target = offset
+        elif whence == io.SEEK_CUR:
+            target = self._pos + offset
+        elif whence == io.SEEK_END:
+            target = self._info.file_size + offset  # zipfile's end: the declared size
+        else:
+            raise ValueError(f"whence must be 0, 1 or 2, got {whence}")
+        target = max(target, 0)
+        # zipfile inflates all the compressed bytes of one LZMA read at once: small steps
+        # only, and back to the start first (a rewind inflates nothing)
+        lzma = self._info.compress_type == zipfile.ZIP_LZMA
+        if lzma and target < self._pos:
+            self._pos = self._stream.seek(0)
+        if target <= self._furthest and not lzma:  # inflated and checked before
+            self._pos = self._stream.seek(target)
+            return self._pos
+        while self._pos < target:
+            self._stream.seek(min(target, self._pos + self._step))
+            moved = self._stream.tell()
+            if moved <= self._pos:
+                break  # the end of the member
+            self._advance(moved)
+        return self._pos
+
+    def close(self) -> None:
+        """Close the stream and the streams it reads from."""
+        if not self.closed:
+            for stream in (self._stream, *self._closing):
+                stream.close()
+        super().close()
+
+    def _read_step(self, size: int) -> bytes:
+        data = self._stream.read(size)
+        self._advance(self._pos + len(data))
+        return data
+
+    def _advance(self, position: int) -> None:
+        self._pos = position
+        if position > self._furthest:
+            self._furthest = position
+            if position >= self._watch_from:
+                self._check(position)
+
+    def _check(self, inflated: int) -> None:
+        _check_zip_size(inflated, self._path, declared=False)
+        declared = self._info.file_size
+        # zipfile stops at the declared size itself (its CRC check then fails); bz2 goes on
+        if inflated > declared or (inflated == declared and self._stream.peek(1)):  # type: ignore[attr-defined]
+            raise ZipBomb(
+                f"member inflates past its declared size ({declared:,} bytes)", path=self._path
+            )
+        _check_zip_ratio(inflated, self._consumed(), self._path, declared=False)
+
 
 class _ZipCache:
     """A small LRU of open ``ZipFile`` objects, so members share one central directory.
@@ -484,7 +794,8 @@ class _ZipCache:
     Entries are keyed by archive URI and checked against a signature (size, mtime,
     inode or ETag) on every use, so a rewritten archive is reopened. Members are
     opened under the lock: an archive evicted by another thread stays readable for
-    members already open, because ``ZipFile`` counts its open members.
+    members already open, because ``ZipFile`` counts its open members. A member is
+    checked against the zip bomb limits and handed out guarded (:class:`_GuardedMember`).
     """
 
     def __init__(self, maxsize: int) -> None:
@@ -517,7 +828,7 @@ class _ZipCache:
                 while len(self._entries) > self.maxsize:
                     _, (_, evicted) = self._entries.popitem(last=False)
                     evicted.close()
-            return archive.open(member)
+            return _open_guarded(archive, member, f"{_ZIP_PREFIX}{member}::{key}")
 
     def clear(self) -> None:
         """Close and forget every cached archive."""
@@ -623,22 +934,37 @@ def open_ref(
             subclasses likewise pass through unchanged).
         KeyError: When the archive has no such member.
         zipfile.BadZipFile: When the archive cannot be read as a zip.
+        dicomlake.storage.StorageError: When object storage still fails after its
+            retries; the subclass names the cause (``Throttled``, ``ServerError``,
+            ``NetworkError``, ``StorageTimeout``).
     """
     uri = ref if isinstance(ref, str) else ref.path
     open_path = None if isinstance(ref, str) else ref.open_path
     zipped = _split_zip_uri(uri)
     if zipped is not None:
         member, archive_uri = zipped
-        with _open_zip_member(archive_uri, member, open_path, storage_options) as handle:
+        with (
+            _remote_errors(archive_uri, storage_options),
+            _open_zip_member(archive_uri, member, open_path, storage_options) as handle,
+        ):
             yield handle
     elif _is_local(uri):
         with open(open_path or _local_path(uri), "rb") as handle:
             yield handle
     else:
-        import fsspec
+        with _remote_errors(uri, storage_options):
+            fs, path = _url_to_fs(uri, storage_options)
+            with fs.open(path, "rb") as handle:
+                yield handle
 
-        with fsspec.open(uri, "rb", **fsspec_options(storage_options)) as handle:
-            yield handle
+
+def _remote_errors(
+    uri: str, storage_options: StorageOptionsLike
+) -> contextlib.AbstractContextManager[None]:
+    """Name a remote read's storage failure by its cause (the error row's class)."""
+    if _is_local(uri):
+        return contextlib.nullcontext()
+    return translate_errors(StorageConfig.coerce(storage_options).retries)
 
 
 def _open_zip_member(

@@ -7,8 +7,12 @@ subclasses exist only where a caller acts differently::
     ├── SourceNotFound      a SRC given to ingest does not exist (CLI exit code 2)
     ├── LakeError           the lake folder cannot be created, written or read
     │   └── TableNotFound   the lake has no such table yet (nothing ingested)
-    ├── ExtractError        a file could not be turned into a row (kept as an error row,
-                            raised only by the single-file helpers)
+    ├── ExtractError        a file could not be turned into a row (the kernels keep it
+    │   │                   as an error row whose class is the subclass's name)
+    │   ├── HeaderTooLarge  a header passes a limit on its size, element count or depth
+    │   ├── ZipBomb         a zip member inflates past a size or ratio limit
+    │   ├── NestedArchive   a zip member is itself a zip archive (not opened)
+    │   └── AmbiguousMemberName  a zip member's name holds '::' (not opened)
     └── QueryError          a query given to select data (datasets, patches, volumes)
                             fails or lacks a column it must return (also a ValueError)
 
@@ -61,3 +65,34 @@ class QueryError(DicomLakeError, ValueError):
     def __init__(self, message: str, *, sql: str) -> None:
         super().__init__(message)
         self.sql = sql
+
+
+class HeaderTooLarge(ExtractError):
+    """A header passes a limit that keeps memory and time bounded.
+
+    The limits (elements and items read, DICOM JSON length, sequence depth, inflated
+    size of a deflated data set) live in :mod:`dicomlake.dicom.header`; the message
+    names the one passed and its value.
+    """
+
+
+class ZipBomb(ExtractError):
+    """A zip member inflates past a size or compression-ratio limit.
+
+    Raised when the member is opened (its declared sizes) or while it is read (the
+    bytes actually inflated, since declared sizes can lie). The limits live in
+    :mod:`dicomlake.catalog` (``ZIP_MAX_MEMBER_BYTES``, ``ZIP_MAX_RATIO``,
+    ``ZIP_RATIO_MIN_BYTES``).
+    """
+
+
+class NestedArchive(ExtractError):
+    """A zip member is a zip archive itself: it is listed as one row, never opened."""
+
+
+class AmbiguousMemberName(ExtractError):
+    """A zip member's name holds ``::``: it is listed as one row, never opened.
+
+    Its ``zip://MEMBER::ARCHIVE`` path would name another file, split at the first
+    ``::`` as fsspec splits it.
+    """

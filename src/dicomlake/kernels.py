@@ -115,8 +115,10 @@ def extract_row(
         row.update(status="error", error=ref.listing_error[:MAX_ERROR_CHARS])
         return row
     try:
+        row["parser"] = "native"  # set first: the native parser may refuse the file
         header = None if parser == "pydicom" else _native_header(ref, bulk_threshold)
-        row["parser"] = "pydicom" if header is None else "native"
+        if header is None:
+            row["parser"] = "pydicom"
         if header is not None and thumbnails is None and row["size"] is not None:
             return _ok_row(row, header, promoted=True)
         with open_ref(ref, storage_options=storage_options) as fp:

@@ -135,6 +135,8 @@ class _Seen:
     def __init__(self, *, dedupe: bool, keep: bool) -> None:
         self._set: set[int] | None = set() if dedupe else None
         self._ids: array[int] | None = array("q") if keep else None
+        #: Folders whose listing failed: what lies under them was not seen, not gone.
+        self.unlisted: list[str] = []
 
     def add(self, rid: int) -> bool:
         """Record ``rid``; return False when it was already met."""
@@ -194,6 +196,8 @@ def _plan(
     for ref in refs:
         kill_point("list")
         summary.listed += 1
+        if ref.listing_error and ref.path.endswith("/"):
+            seen.unlisted.append(ref.path)
         rid = row_id(ref.path)
         if not seen.add(rid):  # the same file reached through two sources
             summary.duplicates += 1
@@ -371,7 +375,12 @@ def _run(
         many = file_count(lake, INSTANCES_TABLE, storage_options) > AUTO_COMPACT_FILES
         if optimize or many:
             try:
-                done = compact(lake, tables=(INSTANCES_TABLE,), storage_options=storage_options)
+                done = compact(
+                    lake,
+                    tables=(INSTANCES_TABLE,),
+                    storage_options=storage_options,
+                    max_concurrent_tasks=1,  # bounded memory (see optimize)
+                )
                 summary.compacted = done.tables[0].files_removed
             except LakeError as exc:  # the rows are committed; compaction can wait
                 log.warning("compaction skipped (%s); run `dicomlake optimize`", exc)
@@ -389,7 +398,9 @@ def _run(
         summary.thumbnails += catch_up.ok
         summary.thumbnail_errors.update(catch_up.errors)
     if sync:
-        stale = stale_row_ids(lake, prefixes, seen.as_array(), storage_options=storage_options)
+        stale = stale_row_ids(
+            lake, prefixes, seen.as_array(), storage_options=storage_options, keep=seen.unlisted
+        )
         if len(stale):
             summary.deleted = delete_rows(lake, stale, storage_options=storage_options)
     summary.seconds = time.monotonic() - summary.started

@@ -22,16 +22,40 @@ as extra delta-rs options.
 
 Wherever the API takes ``storage_options`` it takes a :class:`StorageConfig` or a plain
 dict, read by :meth:`StorageConfig.from_options`.
+
+Faults of object storage (throttling, server errors, dropped connections, stalls) are
+retried by the libraries, configured by :class:`Retries`; a request that still fails
+is raised as a :class:`StorageError` subclass that names the cause (:class:`Throttled`,
+:class:`ServerError`, :class:`NetworkError`, :class:`StorageTimeout`), so the file
+becomes an error row whose class the ingest summary counts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["StorageConfig", "delta_options", "fsspec_options", "parse_storage_option"]
+from dicomlake.errors import DicomLakeError
+
+__all__ = [
+    "NetworkError",
+    "Retries",
+    "ServerError",
+    "StorageConfig",
+    "StorageError",
+    "StorageTimeout",
+    "Throttled",
+    "delta_options",
+    "fsspec_options",
+    "parse_storage_option",
+    "storage_error",
+    "translate_errors",
+    "tune_filesystem",
+]
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -70,6 +94,301 @@ def _as_bool(name: str, value: Any) -> bool:
     raise ValueError(f"storage option {name} must be true or false, got {value!r}")
 
 
+# option name (upper case) -> Retries field
+_RETRY_FIELDS: dict[str, str] = {
+    "MAX_ATTEMPTS": "max_attempts",
+    "AWS_MAX_ATTEMPTS": "max_attempts",
+    "CONNECT_TIMEOUT": "connect_timeout",
+    "READ_TIMEOUT": "read_timeout",
+    "RETRY_MODE": "mode",
+    "AWS_RETRY_MODE": "mode",
+}
+_RETRY_MODES = ("standard", "adaptive", "legacy")
+_S3_PROTOCOLS = frozenset({"s3", "s3a"})
+#: How often s3fs itself runs a request that botocore gave up on (s3fs's default is 5,
+#: which would multiply botocore's attempts by 5, and by 25 for reads). 2 keeps the one
+#: retry only s3fs can make: a read whose body was cut off after its headers came.
+S3FS_RETRIES = 2
+
+
+@dataclass(frozen=True)
+class Retries:
+    """How requests to object storage are retried, and how long each may wait.
+
+    botocore retries every request (a HEAD, a GET, each page of a listing) that
+    fails with a throttling reply (503 SlowDown, 429), a server error (500, 502, 503,
+    504), a refused, reset or dropped connection, or a timeout, up to
+    ``max_attempts`` attempts in all, waiting a random time of up to 1, 2, 4, 8...
+    seconds (at most 20) before each retry. s3fs then runs a request that still
+    failed with a dropped connection, a timeout or SlowDown once more, and likewise a
+    read whose body was cut off (which botocore cannot retry). So a HEAD or a listing
+    page makes at most ``2 * max_attempts`` requests and a read ``4 * max_attempts``.
+    A server that accepts connections and never answers costs ``read_timeout`` per
+    attempt; the local engine's per-file timeout (``--file-timeout``) bounds a file's
+    total time whatever happens.
+
+    In ``standard`` mode botocore also keeps a retry budget per client, so a store
+    that fails every request stops being retried after about a hundred retries
+    until requests succeed again; ``adaptive`` adds client-side rate limiting when
+    throttled; ``legacy`` is botocore's old policy.
+
+    Args:
+        max_attempts: Attempts per request, the first included (``AWS_MAX_ATTEMPTS``).
+        connect_timeout: Seconds to wait for a connection.
+        read_timeout: Seconds to wait for each read from the socket.
+        mode: botocore's retry mode: ``standard``, ``adaptive`` or ``legacy``
+            (``AWS_RETRY_MODE``).
+
+    Raises:
+        ValueError: If a value is out of range.
+
+    Example:
+        >>> Retries(max_attempts=3, read_timeout=5).botocore_config()["retries"]
+        {'mode': 'standard', 'total_max_attempts': 3}
+    """
+
+    max_attempts: int = 5
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    mode: str = "standard"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ValueError(
+                f"max_attempts must be a whole number of attempts >= 1, got {self.max_attempts!r}"
+            )
+        if self.max_attempts < 1:
+            raise ValueError(
+                f"max_attempts must be a whole number of attempts >= 1, got {self.max_attempts}"
+            )
+        for name in ("connect_timeout", "read_timeout"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if self.mode not in _RETRY_MODES:
+            raise ValueError(
+                f"retry mode must be one of {', '.join(map(repr, _RETRY_MODES))}, got {self.mode!r}"
+            )
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any]) -> Retries:
+        """Read ``max_attempts``, ``connect_timeout``, ``read_timeout`` and ``mode``.
+
+        Values may be text, as ``--storage-option KEY=VALUE`` gives them.
+
+        Args:
+            options: Field name to value; absent fields keep their defaults.
+
+        Returns:
+            The settings.
+
+        Raises:
+            ValueError: If a value is not a number where one is needed, or out of range.
+        """
+        values: dict[str, Any] = {}
+        for name, value in options.items():
+            values[name] = _parse_retry_value(name, value)
+        return cls(**values)
+
+    def botocore_config(self) -> dict[str, Any]:
+        """The ``botocore.config.Config`` arguments (s3fs's ``config_kwargs``)."""
+        return {
+            "connect_timeout": self.connect_timeout,
+            "read_timeout": self.read_timeout,
+            "retries": {"mode": self.mode, "total_max_attempts": self.max_attempts},
+        }
+
+
+def _parse_retry_value(name: str, value: Any) -> Any:
+    """A :class:`Retries` field from an option value, which may be text."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    try:
+        if name == "max_attempts":
+            return int(text)
+        if name in ("connect_timeout", "read_timeout"):
+            return float(text.removesuffix("s"))
+    except ValueError:
+        kind = "a whole number" if name == "max_attempts" else "a number of seconds"
+        raise ValueError(f"storage option {name} must be {kind}, got {value!r}") from None
+    return text.lower()
+
+
+# ---------------------------------------------------------------------- errors
+
+
+class StorageError(DicomLakeError, OSError):
+    """A request to object storage still failed after its retries.
+
+    The subclass names the cause, and its name is the error class that an error
+    row and the ingest summary show::
+
+        StorageError
+        ├── Throttled       503 (SlowDown, ServiceUnavailable), 429, other "slow down"s
+        ├── ServerError     500, 502 and 504 replies
+        ├── NetworkError    connection refused, reset, or dropped mid-response
+        └── StorageTimeout  no connection or no answer within the timeouts
+
+    Messages say what failed and which setting bounds the retries; they carry no
+    URL (the row has the path) and nothing from inside the object.
+    """
+
+
+class Throttled(StorageError):
+    """The store kept asking to slow down (503 SlowDown or ServiceUnavailable, 429)."""
+
+
+class ServerError(StorageError):
+    """The store kept answering with a server error (500, 502, 504)."""
+
+
+class NetworkError(StorageError):
+    """The connection kept failing: refused, reset, or dropped mid-response."""
+
+
+class StorageTimeout(StorageError):
+    """The store kept not answering within ``connect_timeout`` / ``read_timeout``."""
+
+
+_THROTTLE_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"}
+)
+_RETRIED_STATUS = frozenset({500, 502, 503, 504})
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """The exception and the ones it was raised from or during, innermost last."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _reply_error(exc: BaseException, tail: str) -> StorageError | None:
+    """Throttled or ServerError for a botocore ``ClientError`` with a 5xx/429 reply."""
+    response = getattr(exc, "response", None)
+    if not isinstance(response, Mapping) or "ResponseMetadata" not in response:
+        return None
+    status = response["ResponseMetadata"].get("HTTPStatusCode")
+    code = str((response.get("Error") or {}).get("Code") or "")
+    if not isinstance(status, int):
+        return None
+    throttled = code in _THROTTLE_CODES or status in (429, 503)
+    if not (throttled or status in _RETRIED_STATUS):
+        return None
+    text = f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")
+    operation = getattr(exc, "operation_name", None)
+    if operation:
+        text += f" on {operation}"
+    return (Throttled if throttled else ServerError)(f"{text}, {tail}")
+
+
+def _transport_error(exc: BaseException, retries: Retries, tail: str) -> StorageError | None:
+    """StorageTimeout or NetworkError for a failure below HTTP (botocore, aiohttp)."""
+    from http.client import IncompleteRead
+
+    timeouts: tuple[type[BaseException], ...] = (TimeoutError,)
+    connect: tuple[type[BaseException], ...] = ()
+    network: tuple[type[BaseException], ...] = (ConnectionError, IncompleteRead)
+    with contextlib.suppress(ImportError):  # the s3 extra
+        from botocore import exceptions as boto
+
+        connect = (boto.ConnectTimeoutError,)
+        timeouts += (boto.ReadTimeoutError, *connect)
+        network += (boto.ConnectionError, boto.HTTPClientError, boto.IncompleteReadError)
+    with contextlib.suppress(ImportError):
+        import aiohttp
+
+        network += (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
+    name = type(exc).__name__
+    if isinstance(exc, connect):
+        return StorageTimeout(
+            f"no connection within connect_timeout={retries.connect_timeout:g} s, {tail}"
+        )
+    if isinstance(exc, timeouts):
+        return StorageTimeout(
+            f"no answer within read_timeout={retries.read_timeout:g} s ({name}), {tail}"
+        )
+    if isinstance(exc, network):
+        return NetworkError(f"connection failed ({name}), {tail}")
+    return None
+
+
+def storage_error(exc: BaseException, retries: Retries | None = None) -> StorageError | None:
+    """Name the cause of a storage failure that outlived its retries.
+
+    Looks through ``exc`` and what it was raised from (s3fs turns a botocore reply
+    into an ``OSError`` raised from it) for a throttling or server-error reply, a
+    timeout or a lost connection.
+
+    Args:
+        exc: What reading or listing raised.
+        retries: The settings the request ran under, named in the message.
+
+    Returns:
+        The :class:`StorageError` to raise instead, or None when ``exc`` is none of
+        these (a missing object, a refused permission, a bad file).
+
+    Example:
+        >>> print(storage_error(ConnectionResetError("reset by peer"), Retries()))
+        connection failed (ConnectionResetError), retries exhausted (max_attempts=5)
+    """
+    retries = retries or Retries()
+    tail = f"retries exhausted (max_attempts={retries.max_attempts})"
+    for cause in _causes(exc):
+        if isinstance(cause, StorageError):
+            return cause
+        found = _reply_error(cause, tail) or _transport_error(cause, retries, tail)
+        if found is not None:
+            return found
+    return None
+
+
+@contextlib.contextmanager
+def translate_errors(retries: Retries | None = None) -> Iterator[None]:
+    """Re-raise a storage failure raised in the block as a :class:`StorageError`.
+
+    Anything else (a missing object, a bad file) passes through unchanged.
+
+    Args:
+        retries: The settings the block's requests run under.
+
+    Yields:
+        Nothing; the block runs inside.
+
+    Raises:
+        StorageError: The named cause, raised from the original exception.
+    """
+    try:
+        yield
+    except StorageError:
+        raise
+    except Exception as exc:
+        error = storage_error(exc, retries)
+        if error is None:
+            raise
+        raise error from exc
+
+
+def tune_filesystem(fs: Any) -> None:
+    """Set s3fs's own retry count, which it takes as an attribute, not an argument.
+
+    Args:
+        fs: An fsspec file system; only s3fs ones are changed.
+    """
+    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
+    if _S3_PROTOCOLS.intersection(protocols) and hasattr(fs, "retries"):
+        fs.retries = S3FS_RETRIES
+
+
 @dataclass(frozen=True, eq=True)
 class StorageConfig(Mapping[str, Any]):
     """Where and how to reach object storage, for both fsspec and delta-rs.
@@ -87,6 +406,9 @@ class StorageConfig(Mapping[str, Any]):
         endpoint_url: An S3-compatible endpoint (MinIO, moto, R2), ``AWS_ENDPOINT_URL``.
         profile: A profile of the AWS config files (``AWS_PROFILE``).
         anon: Send unsigned requests (public buckets); no credentials are looked up.
+        retries: Retries and timeouts of requests to S3 sources (see :class:`Retries`);
+            in a plain dict, ``max_attempts``, ``connect_timeout``, ``read_timeout``
+            and ``retry_mode``.
         fsspec_extra: More keyword arguments for the fsspec file system.
         delta_extra: More delta-rs storage options (``AWS_S3_ALLOW_UNSAFE_RENAME``...).
 
@@ -106,6 +428,7 @@ class StorageConfig(Mapping[str, Any]):
     endpoint_url: str | None = None
     profile: str | None = None
     anon: bool = False
+    retries: Retries = field(default_factory=Retries)
     fsspec_extra: Mapping[str, Any] = field(default_factory=dict)
     delta_extra: Mapping[str, str] = field(default_factory=dict)
 
@@ -123,6 +446,10 @@ class StorageConfig(Mapping[str, Any]):
             raise ValueError(
                 f"endpoint_url must start with http:// or https://, got {self.endpoint_url!r}"
             )
+        if not isinstance(self.retries, Retries):
+            raise TypeError(
+                f"retries must be a dicomlake.storage.Retries, got {type(self.retries).__name__}"
+            )
 
     # -------------------------------------------------------------- construction
 
@@ -134,7 +461,10 @@ class StorageConfig(Mapping[str, Any]):
         ``token``/``AWS_SESSION_TOKEN``, ``region``/``AWS_REGION``,
         ``endpoint_url``/``AWS_ENDPOINT_URL``, ``profile``/``AWS_PROFILE`` and
         ``anon``/``AWS_SKIP_SIGNATURE`` (names are case-insensitive) fill the
-        fields; ``client_kwargs`` may carry ``endpoint_url`` and ``region_name``;
+        fields; ``max_attempts``/``AWS_MAX_ATTEMPTS``, ``connect_timeout``,
+        ``read_timeout`` and ``retry_mode``/``AWS_RETRY_MODE`` (or ``retries``, a
+        :class:`Retries`) fill :attr:`retries`; ``client_kwargs`` may carry
+        ``endpoint_url`` and ``region_name``;
         any other name in upper case or starting with ``AWS_`` goes to delta-rs only,
         the rest to fsspec only.
 
@@ -146,19 +476,29 @@ class StorageConfig(Mapping[str, Any]):
 
         Raises:
             ValueError: If a value is invalid (a non-boolean ``anon``, a key without
-                its secret, ``anon`` with credentials).
+                its secret, ``anon`` with credentials, a retry setting out of range).
 
         Example:
             >>> StorageConfig.from_options({"AWS_REGION": "eu-west-1", "anon": "true"})
             StorageConfig(region='eu-west-1', anon=True)
         """
         values: dict[str, Any] = {}
+        retries: dict[str, Any] = {}
         fs_extra: dict[str, Any] = {}
         delta_extra: dict[str, str] = {}
         for name, value in options.items():
             upper = name.upper()
             target = _FIELDS.get(upper)
-            if name == "client_kwargs" and isinstance(value, Mapping):
+            if upper in _RETRY_FIELDS:
+                retries[_RETRY_FIELDS[upper]] = value
+            elif upper == "RETRIES":
+                if not isinstance(value, Retries):
+                    raise ValueError(
+                        "storage option retries takes a dicomlake.storage.Retries; for a "
+                        f"number of attempts use max_attempts={value!r}"
+                    )
+                values["retries"] = value
+            elif name == "client_kwargs" and isinstance(value, Mapping):
                 rest = dict(value)
                 if "endpoint_url" in rest:
                     values["endpoint_url"] = rest.pop("endpoint_url")
@@ -174,6 +514,9 @@ class StorageConfig(Mapping[str, Any]):
                 delta_extra[upper] = str(value)
             else:
                 fs_extra[name] = value
+        if retries:
+            base = values.get("retries", Retries())
+            values["retries"] = Retries.from_options({**asdict(base), **retries})
         return cls(**values, fsspec_extra=fs_extra, delta_extra=delta_extra)
 
     @classmethod
@@ -202,12 +545,18 @@ class StorageConfig(Mapping[str, Any]):
 
     # -------------------------------------------------------------------- forms
 
-    def fsspec(self) -> dict[str, Any]:
+    def fsspec(self, protocol: str | None = None) -> dict[str, Any]:
         """Keyword arguments for ``fsspec`` / ``s3fs.S3FileSystem``.
+
+        Args:
+            protocol: The protocol of the URL they are for; for ``s3``/``s3a`` the
+                retry and timeout settings are added as botocore ``config_kwargs``
+                (under any given in ``fsspec_extra``, which win).
 
         Returns:
             Only what was set: ``key``, ``secret``, ``token``, ``profile``, ``anon``,
-            ``client_kwargs`` (``endpoint_url``, ``region_name``) and the extras.
+            ``client_kwargs`` (``endpoint_url``, ``region_name``) and the extras,
+            plus ``config_kwargs`` for S3.
         """
         out: dict[str, Any] = {}
         for name in ("key", "secret", "token", "profile"):
@@ -225,6 +574,11 @@ class StorageConfig(Mapping[str, Any]):
         out.update(extra)
         if client:
             out["client_kwargs"] = client
+        if protocol in _S3_PROTOCOLS:
+            out["config_kwargs"] = {
+                **self.retries.botocore_config(),
+                **extra.get("config_kwargs", {}),
+            }
         return out
 
     def delta(self) -> dict[str, str]:
@@ -272,7 +626,7 @@ class StorageConfig(Mapping[str, Any]):
         return len(self.fsspec())
 
     def __bool__(self) -> bool:
-        return bool(self.fsspec() or self.delta())
+        return bool(self.fsspec() or self.delta()) or self.retries != Retries()
 
     def __repr__(self) -> str:
         shown = []
@@ -286,6 +640,8 @@ class StorageConfig(Mapping[str, Any]):
             shown.append("token='***'")
         if self.anon:
             shown.append("anon=True")
+        if self.retries != Retries():
+            shown.append(f"retries={self.retries!r}")
         if self.fsspec_extra:
             shown.append(f"fsspec_extra={sorted(self.fsspec_extra)}")
         if self.delta_extra:
@@ -297,11 +653,12 @@ StorageOptionsLike = StorageConfig | Mapping[str, Any] | None
 """What ``storage_options`` parameters accept."""
 
 
-def fsspec_options(value: StorageOptionsLike) -> dict[str, Any]:
+def fsspec_options(value: StorageOptionsLike, protocol: str | None = None) -> dict[str, Any]:
     """The fsspec keyword arguments of a config or plain dict (see :class:`StorageConfig`).
 
     Args:
         value: A config, a plain dict or None.
+        protocol: The URL's protocol; ``s3`` adds the retry settings.
 
     Returns:
         Keyword arguments for fsspec.
@@ -309,7 +666,7 @@ def fsspec_options(value: StorageOptionsLike) -> dict[str, Any]:
     Raises:
         ValueError: If a plain dict holds an invalid value.
     """
-    return StorageConfig.coerce(value).fsspec()
+    return StorageConfig.coerce(value).fsspec(protocol)
 
 
 def delta_options(value: StorageOptionsLike) -> dict[str, str] | None:

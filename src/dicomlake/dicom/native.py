@@ -18,6 +18,15 @@ exactly it declines with a short reason code:
 - ``undefined_length``, ``order``, ``vr_switch``, ``command_set``, ``no_dataset``,
   ``too_deep``, ``truncated``, ``malformed``, ``empty``: anything structurally odd.
 
+A header whose JSON is longer than :data:`~dicomlake.dicom.header.MAX_META_CHARS`, or
+that holds more data elements and items than
+:data:`~dicomlake.dicom.header.MAX_HEADER_ELEMENTS` (counted in the JSON text, see
+:func:`~dicomlake.dicom.header.json_elements`), is not declined but refused
+(:class:`~dicomlake.errors.HeaderTooLarge`), as ``read_header`` refuses it: pydicom
+would only spend far longer to reach the same verdict. The parser holds nothing per
+element but the JSON text, so its memory until the check is that text: a small multiple
+of the header's size in the file.
+
 Example:
     >>> from dicomlake.dicom import native
     >>> from dicomlake.sample import sample_file
@@ -35,6 +44,7 @@ from types import ModuleType
 
 import orjson
 
+from dicomlake.dicom import header as _header
 from dicomlake.dicom.header import Header
 
 try:
@@ -91,6 +101,9 @@ def parse_file(
 
     Raises:
         OSError: ``source`` is a path that cannot be opened or mapped.
+        HeaderTooLarge: The header passes
+            :data:`~dicomlake.dicom.header.MAX_META_CHARS` or
+            :data:`~dicomlake.dicom.header.MAX_HEADER_ELEMENTS`.
     """
     if _ext is None:
         return "unavailable"
@@ -115,6 +128,7 @@ def _parse(buffer: object, uri: str, bulk_threshold: int, decode_meta: bool) -> 
         meta_json, has_pixels, warnings, promoted = _ext.parse(buffer, uri, bulk_threshold)
     except _ext.Declined as exc:
         return str(exc.args[0])
+    _header.check_meta(meta_json, uri, count_elements=True)
     return Header(
         meta=orjson.loads(meta_json) if decode_meta else {},
         has_pixel_data=has_pixels,

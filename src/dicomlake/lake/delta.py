@@ -18,6 +18,7 @@ turned into delta-rs's options by :func:`~dicomlake.storage.delta_options`.
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import random
@@ -321,6 +322,33 @@ def _fingerprint_arrays(
     return arrays
 
 
+#: Error classes of failures that may pass (object storage throttling, server errors,
+#: dropped connections, timeouts): a re-run extracts such files again.
+TRANSIENT_ERRORS: Final = ("Throttled", "ServerError", "NetworkError", "StorageTimeout")
+
+
+def _forget_transient_errors(table: pa.Table) -> pa.Table:
+    """Drop the ``error`` column, unknowing size and time of rows with a transient error.
+
+    Both unknown classifies the file as changed, so the next run reads it again and
+    its row is replaced: a throttled bucket today is not an error row for ever.
+    """
+    error = table.column("error")
+    table = table.drop_columns(["error"])
+    if error.null_count == len(error):
+        return table
+    hits = [pc.starts_with(error, f"{name}:") for name in TRANSIENT_ERRORS]
+    transient = pc.fill_null(functools.reduce(pc.or_, hits), False)
+    if not pc.any(transient).as_py():
+        return table
+    for name in ("size", "modification_time"):
+        column = table.column(name)
+        unknown = pa.nulls(len(column), column.type)
+        index = table.schema.get_field_index(name)
+        table = table.set_column(index, name, pc.if_else(transient, unknown, column))
+    return table
+
+
 class Fingerprints:
     """What the lake already holds, to decide which files a re-run must extract.
 
@@ -375,9 +403,12 @@ class Fingerprints:
         if dt is None:
             return cls.empty()
         try:
-            table = arrow_dataset(dt).to_table(columns=["row_id", "size", "modification_time"])
+            table = arrow_dataset(dt).to_table(
+                columns=["row_id", "size", "modification_time", "error"]
+            )
         except (DeltaError, OSError, pa.ArrowException) as exc:
             raise _lake_error("read", lake, exc) from exc
+        table = _forget_transient_errors(table)
         # One column at a time, dropping each from the table once copied out, so the
         # peak stays near three copies of the data rather than five.
         row_ids = table.column("row_id").to_numpy()
@@ -520,6 +551,8 @@ def stale_row_ids(
     prefixes: Iterable[str],
     seen_row_ids: np.ndarray,
     storage_options: StorageOptions | None = None,
+    *,
+    keep: Sequence[str] = (),
 ) -> np.ndarray:
     """Row ids of files that disappeared from the sources just scanned (for ``--sync``).
 
@@ -534,6 +567,8 @@ def stale_row_ids(
             ``::``) equals the source or lies below it.
         seen_row_ids: Row ids of every file the scan listed.
         storage_options: Options for the storage backend.
+        keep: Folders (URIs ending in ``/``) whose listing failed in the scan: rows
+            under them are never stale, since their files were not seen, not gone.
 
     Returns:
         Sorted unique int64 row ids present in the lake under a prefix but not seen.
@@ -543,6 +578,7 @@ def stale_row_ids(
         LakeError: If the table exists but cannot be read.
     """
     norm = sorted({_source_prefix(p) for p in prefixes})
+    kept = sorted({_source_prefix(p) for p in keep})
     empty = np.empty(0, dtype=np.int64)
     if not norm:
         return empty
@@ -554,6 +590,8 @@ def stale_row_ids(
         for batch in _batches(dt, ["row_id", "path"]):
             if batch.num_rows:
                 under = _under_any(batch.column("path"), norm)
+                if kept:
+                    under &= ~_under_any(batch.column("path"), kept)
                 found.append(batch.column("row_id").to_numpy()[under])
     except (DeltaError, OSError, pa.ArrowException) as exc:
         raise _lake_error("read", lake, exc) from exc

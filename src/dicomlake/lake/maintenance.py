@@ -87,6 +87,7 @@ def optimize(
     retention_hours: int = DEFAULT_RETENTION_HOURS,
     tables: tuple[str, ...] | None = None,
     storage_options: StorageOptions | None = None,
+    max_concurrent_tasks: int | None = None,
 ) -> OptimizeSummary:
     """Compact every table of the lake, checkpoint its log, and optionally vacuum.
 
@@ -97,6 +98,10 @@ def optimize(
         tables: Which tables (default: ``instances`` and whichever of thumbnails,
             volumes and patches the lake has).
         storage_options: Options for object storage.
+        max_concurrent_tasks: Output files written at once (default: one per core).
+            Each holds up to a target file's rows in memory, some 400 MB of
+            ``instances`` rows: the compaction at the end of an ingest uses 1, so
+            the run's memory stays flat whatever the table's size.
 
     Returns:
         Per table: files before and after, and the files vacuumed.
@@ -113,7 +118,11 @@ def optimize(
     names = tables or (INSTANCES_TABLE, *present)
     summary = OptimizeSummary()
     for name in names:
-        summary.tables.append(_optimize_table(lake, name, vacuum, retention_hours, storage_options))
+        summary.tables.append(
+            _optimize_table(
+                lake, name, vacuum, retention_hours, storage_options, max_concurrent_tasks
+            )
+        )
     summary.seconds = time.monotonic() - started
     log.info("%s", summary)
     return summary
@@ -125,12 +134,15 @@ def _optimize_table(
     vacuum: bool,
     retention_hours: int,
     storage_options: StorageOptions | None,
+    max_concurrent_tasks: int | None,
 ) -> TableMaintenance:
     dt = open_table(lake, name, storage_options=storage_options)
     done = TableMaintenance(name, files_before=len(dt.file_uris()))
     try:
         metrics: dict[str, Any] = dt.optimize.compact(
-            target_size=TARGET_FILE_SIZE, writer_properties=WRITER_PROPERTIES
+            target_size=TARGET_FILE_SIZE,
+            max_concurrent_tasks=max_concurrent_tasks,
+            writer_properties=WRITER_PROPERTIES,
         )
         done.files_removed = int(metrics.get("numFilesRemoved", 0))
         done.files_added = int(metrics.get("numFilesAdded", 0))

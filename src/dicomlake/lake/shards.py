@@ -42,8 +42,6 @@ ADD_ACTION_SCHEMA: Final = pa.schema(
 )
 
 
-
-
 def local_folder(uri: str) -> str | None:
     """The local folder of a table URI, or None for object storage."""
     if uri.startswith("file://"):
@@ -51,25 +49,28 @@ def local_folder(uri: str) -> str | None:
     return None if "://" in uri else uri
 
 
-def filesystem(
-    uri: str, storage_options: StorageOptionsLike = None
-) -> tuple[pafs.FileSystem, str]:
+def filesystem(uri: str, storage_options: StorageOptionsLike = None) -> tuple[pafs.FileSystem, str]:
     """A pyarrow file system and path for ``uri``.
 
-    With storage options, object storage goes through fsspec with those options (the
-    same credentials and endpoint the kernels read sources with, pickled to the
-    executors); without, pyarrow's own file systems read the environment.
+    Object storage goes through fsspec, with the storage options (the same
+    credentials, endpoint and retry settings the kernels read sources with, pickled to
+    the executors) or else the environment. Not pyarrow's own S3 file system: it
+    uploads even a small file in parts, which some S3-compatible stores (moto 5.2.1)
+    fail to complete.
     """
     import pyarrow.fs as pafs
 
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
-    options = fsspec_options(storage_options)
-    if not options or uri.startswith("file://"):
+    if uri.startswith("file://"):
         return pafs.FileSystem.from_uri(uri)
     import fsspec.core
 
-    fs, root = fsspec.core.url_to_fs(uri, **options)
+    from dicomlake.storage import tune_filesystem
+
+    protocol = uri.split("://", 1)[0]
+    fs, root = fsspec.core.url_to_fs(uri, **fsspec_options(storage_options, protocol))
+    tune_filesystem(fs)
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
 
 
@@ -95,8 +96,6 @@ def file_stats(table: pa.Table) -> str:
     return json.dumps(
         {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
     )
-
-
 
 
 def remove_orphans(
@@ -128,8 +127,6 @@ def remove_orphans(
     if removed:
         log.info("removed %d files of failed task attempts from %s", len(removed), table_uri)
     return removed
-
-
 
 
 def new_job_id() -> str:
