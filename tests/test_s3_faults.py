@@ -70,19 +70,37 @@ def proxy(
 @pytest.fixture
 def bucket(servers: tuple[str, FaultProxy]) -> str:
     """A bucket (filled directly, not through the proxy) with ``data/``: 3 DICOM + 1 text."""
-    client = boto3.client(
-        "s3",
-        endpoint_url=servers[0],
-        aws_access_key_id=KEY,
-        aws_secret_access_key=SECRET,
-        region_name=REGION,
-    )
+    client = _client(servers)
     name = f"f-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=name)
     for dicom in DICOMS:
         client.upload_file(str(sample_file(dicom)), name, f"data/{dicom}")
     client.put_object(Bucket=name, Key="data/notes.txt", Body=b"not DICOM")
     return name
+
+
+def _ingest(
+    proxy: FaultProxy, bucket: str, lake: str, retries: Retries = QUICK, **options: Any
+) -> Any:
+    """Ingest the bucket's ``data/`` through the proxy in this process."""
+    return dicomlake.ingest(
+        [f"s3://{bucket}/data"],
+        lake,
+        workers=0,
+        storage_options=_config(proxy, retries),
+        **options,
+    )
+
+
+def _client(servers: tuple[str, FaultProxy]) -> Any:
+    """A boto3 client of moto itself, not through the proxy."""
+    return boto3.client(
+        "s3",
+        endpoint_url=servers[0],
+        aws_access_key_id=KEY,
+        aws_secret_access_key=SECRET,
+        region_name=REGION,
+    )
 
 
 def _config(proxy: FaultProxy, retries: Retries = QUICK) -> StorageConfig:
@@ -92,13 +110,7 @@ def _config(proxy: FaultProxy, retries: Retries = QUICK) -> StorageConfig:
 
 
 def _put(servers: tuple[str, FaultProxy], bucket: str, key: str, body: bytes) -> None:
-    client = boto3.client(
-        "s3",
-        endpoint_url=servers[0],
-        aws_access_key_id=KEY,
-        aws_secret_access_key=SECRET,
-        region_name=REGION,
-    )
+    client = _client(servers)
     client.put_object(Bucket=bucket, Key=key, Body=body)
 
 
@@ -130,9 +142,7 @@ def test_slow_answers_within_the_timeouts_are_just_slow(
 ) -> None:
     proxy.configure(Fault("get", "delay", seconds=0.3), Fault("list", "delay", seconds=0.3))
     lake = str(tmp_path / "lake")
-    summary = dicomlake.ingest(
-        [f"s3://{bucket}/data"], lake, workers=0, storage_options=_config(proxy)
-    )
+    summary = _ingest(proxy, bucket, lake)
     assert (summary.ok, summary.not_dicom, summary.error_count) == (3, 1, 0)
     assert _statuses(lake) == _expected(bucket)
     counts = proxy.counts()
@@ -154,9 +164,7 @@ def test_faults_on_the_first_attempts_are_retried(
         Fault("list", "reset", key="data/", times=1),
     )
     lake = str(tmp_path / "lake")
-    summary = dicomlake.ingest(
-        [f"s3://{bucket}/data"], lake, workers=0, storage_options=_config(proxy)
-    )
+    summary = _ingest(proxy, bucket, lake)
     assert (summary.ok, summary.not_dicom, summary.error_count) == (3, 1, 0)
     assert _statuses(lake) == _expected(bucket)
     counts = proxy.counts()
@@ -262,9 +270,7 @@ def test_a_paginated_listing_returns_every_object(
         _put(servers, bucket, key, b"x")
     proxy.configure(max_keys=2)  # the server answers listings 2 entries at a time
     lake = str(tmp_path / "lake")
-    summary = dicomlake.ingest(
-        [f"s3://{bucket}/data"], lake, workers=0, storage_options=_config(proxy)
-    )
+    summary = _ingest(proxy, bucket, lake)
     base = f"s3://{bucket}/"
     expected = _expected(bucket) | {base + key: "not_dicom" for key in extra}
     assert _statuses(lake) == expected
@@ -287,9 +293,7 @@ def test_a_listing_page_that_fails_for_a_while_is_retried(
         max_keys=2,
     )
     lake = str(tmp_path / "lake")
-    summary = dicomlake.ingest(
-        [f"s3://{bucket}/data"], lake, workers=0, storage_options=_config(proxy)
-    )
+    summary = _ingest(proxy, bucket, lake)
     base = f"s3://{bucket}/"
     assert _statuses(lake) == _expected(bucket) | {base + key: "not_dicom" for key in extra}
     assert (summary.listed, summary.error_count) == (10, 0)
@@ -361,13 +365,7 @@ def test_sync_keeps_the_rows_under_a_folder_it_could_not_list(
 
 
 def client_delete(servers: tuple[str, FaultProxy], bucket: str, key: str) -> None:
-    client = boto3.client(
-        "s3",
-        endpoint_url=servers[0],
-        aws_access_key_id=KEY,
-        aws_secret_access_key=SECRET,
-        region_name=REGION,
-    )
+    client = _client(servers)
     client.delete_object(Bucket=bucket, Key=key)
 
 

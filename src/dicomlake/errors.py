@@ -13,14 +13,19 @@ subclasses exist only where a caller acts differently::
     │   ├── ZipBomb         a zip member inflates past a size or ratio limit
     │   ├── NestedArchive   a zip member is itself a zip archive (not opened)
     │   └── AmbiguousMemberName  a zip member's name holds '::' (not opened)
-    └── QueryError          a query given to select data (datasets, patches, volumes)
-                            fails or lacks a column it must return (also a ValueError)
+    ├── QueryError          a query given to select data (datasets, patches, volumes)
+    │                       fails or lacks a column it must return (also a ValueError)
+    └── StorageError        object storage still failed after retries (also an OSError;
+                            Throttled, ServerError, NetworkError, StorageTimeout: in
+                            :mod:`dicomlake.storage`)
 
 Messages name what was expected and what was found. They never carry patient data:
 paths are fine, tag values are not.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 
 class DicomLakeError(Exception):
@@ -96,3 +101,17 @@ class AmbiguousMemberName(ExtractError):
     Its ``zip://MEMBER::ARCHIVE`` path would name another file, split at the first
     ``::`` as fsspec splits it.
     """
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and the exceptions it was raised from or during, innermost last.
+
+    Libraries wrap errors (pydicom turns any error in an item header into ``OSError``,
+    s3fs and aiobotocore wrap botocore's); the error a row should name may be inside.
+    """
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__

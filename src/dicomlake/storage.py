@@ -39,7 +39,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from dicomlake.errors import DicomLakeError
+from dicomlake.errors import DicomLakeError, exception_chain
 
 __all__ = [
     "NetworkError",
@@ -262,16 +262,6 @@ _THROTTLE_CODES = frozenset(
 _RETRIED_STATUS = frozenset({500, 502, 503, 504})
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    """The exception and the ones it was raised from or during, innermost last."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def _reply_error(exc: BaseException, tail: str) -> StorageError | None:
     """Throttled or ServerError for a botocore ``ClientError`` with a 5xx/429 reply."""
     response = getattr(exc, "response", None)
@@ -343,7 +333,7 @@ def storage_error(exc: BaseException, retries: Retries | None = None) -> Storage
     """
     retries = retries or Retries()
     tail = f"retries exhausted (max_attempts={retries.max_attempts})"
-    for cause in _causes(exc):
+    for cause in exception_chain(exc):
         if isinstance(cause, StorageError):
             return cause
         found = _reply_error(cause, tail) or _transport_error(cause, retries, tail)

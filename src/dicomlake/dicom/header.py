@@ -32,7 +32,7 @@ from dicomlake.dicom.json import (
     to_text,
 )
 from dicomlake.dicom.quiet import quiet
-from dicomlake.errors import ExtractError, HeaderTooLarge, NestedArchive
+from dicomlake.errors import ExtractError, HeaderTooLarge, NestedArchive, exception_chain
 
 #: Most data elements and sequence items (nested ones included) in one header, on both
 #: parsers. pydicom builds up to 1 KB of objects for each and reads 20,000 to 200,000 a
@@ -240,15 +240,11 @@ def _limits_surfaced(budget: HeaderBudget) -> Iterator[None]:
 
 def _limit_cause(exc: BaseException, budget: HeaderBudget) -> ExtractError | None:
     """The limit error among ``exc`` and its causes, if any (RecursionError included)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        if isinstance(current, ExtractError):
-            return current
-        if isinstance(current, RecursionError):
+    for cause in exception_chain(exc):
+        if isinstance(cause, ExtractError):
+            return cause
+        if isinstance(cause, RecursionError):
             return budget.too_deep()
-        current = current.__cause__ or current.__context__
     return None
 
 
