@@ -31,6 +31,7 @@ app = typer.Typer(
 LakeOption = Annotated[
     str, typer.Option("--lake", "-l", help="Lake folder or URI (s3://bucket/prefix).")
 ]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")]
 AnonOption = Annotated[
     bool,
     typer.Option("--anon", help="Object storage: unsigned requests (public buckets)."),
@@ -310,7 +311,7 @@ def volumes_command(
         str | None,
         typer.Option("--where", help="SQL expression over instances, e.g. \"Modality = 'CT'\"."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+    quiet: QuietOption = False,
     anon: AnonOption = False,
     storage_option: StorageOptionOption = None,
 ) -> None:
@@ -351,7 +352,7 @@ def patches_command(
         int | None,
         typer.Option("--workers", "-w", min=0, help="Worker processes (default: all cores)."),
     ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+    quiet: QuietOption = False,
     anon: AnonOption = False,
     storage_option: StorageOptionOption = None,
 ) -> None:
@@ -527,7 +528,7 @@ def optimize_command(
         int,
         typer.Option(min=0, help="How long replaced files stay for readers of old versions."),
     ] = 168,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")] = False,
+    quiet: QuietOption = False,
     anon: AnonOption = False,
     storage_option: StorageOptionOption = None,
 ) -> None:

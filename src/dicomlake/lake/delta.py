@@ -824,6 +824,13 @@ def _last_per_key(table: pa.Table, keys: Sequence[str] = ("row_id",)) -> pa.Tabl
     return table.take(pa.array(sorted(last.values())))
 
 
+def _row_ids_of(path: str, fs: Any) -> np.ndarray:
+    """The ``row_id`` column of one data file (read alone: 8 bytes a row)."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path, columns=["row_id"], filesystem=fs).column("row_id").to_numpy()
+
+
 def _data_files(dt: DeltaTable) -> set[str]:
     """The paths (relative to the table) of the data files of ``dt``'s loaded version."""
     return set(pa.table(dt.get_add_actions(flatten=False)).column("path").to_pylist())
@@ -885,7 +892,9 @@ class TableWriter:
         self._storage = storage_options
         self._storage_options = _opts(storage_options)
         self._job = new_job_id()
-        self._table: DeltaTable | None = None
+        # the table as it is now: its files are what this writer leaves to others'
+        # checks, and the loaded object serves the first commit (see _ensure_table)
+        self._table: DeltaTable | None = self._open_existing()
         self._loaded_at = 0
         self._append: list[pa.RecordBatch] = []
         self._replace: list[pa.RecordBatch] = []
@@ -894,7 +903,7 @@ class TableWriter:
         self._buffered = 0
         self._oldest: float | None = None
         self._closed = False
-        self._known_files = self._table_files()
+        self._known_files = set() if self._table is None else _data_files(self._table)
         self._taken = np.empty(0, dtype=np.int64)  # row ids other writers committed since
         #: Rows committed so far by this writer.
         self.rows_committed = 0
@@ -1043,17 +1052,10 @@ class TableWriter:
 
     def _row_ids_in(self, paths: Iterable[str]) -> np.ndarray:
         """Sorted distinct row ids held by some data files of the table."""
-        import pyarrow.parquet as pq
-
         from dicomlake.lake.shards import filesystem
 
         fs, root = filesystem(self.uri, self._storage)
-        ids = [
-            pq.read_table(f"{root}/{urllib.parse.unquote(p)}", columns=["row_id"], filesystem=fs)
-            .column("row_id")
-            .to_numpy()
-            for p in paths
-        ]
+        ids = [_row_ids_of(f"{root}/{urllib.parse.unquote(p)}", fs) for p in paths]
         return _sorted_unique(np.concatenate(ids)) if ids else np.empty(0, dtype=np.int64)
 
     def _drop_taken(self, taken: np.ndarray) -> None:
@@ -1066,20 +1068,20 @@ class TableWriter:
             return
         fs, root = filesystem(self.uri, self._storage)
         kept: list[dict[str, Any]] = []
+        taken_before = self.rows_taken
         for action in self._shards:
             if action.get("_checked") == len(taken):
                 kept.append(action)  # checked against these ids already
                 continue
             action["_checked"] = len(taken)
             path = f"{root}/{action['path']}"
-            data = pq.read_table(path, filesystem=fs)
-            keep = ~_member_of(data.column("row_id").to_numpy(), taken)
+            keep = ~_member_of(_row_ids_of(path, fs), taken)
             dropped = int(len(keep) - keep.sum())
             if not dropped:
                 kept.append(action)
                 continue
             if keep.any():
-                rest = data.filter(pa.array(keep))
+                rest = pq.read_table(path, filesystem=fs).filter(pa.array(keep))
                 name = shard_name(self._job, "kept")
                 rewritten = write_shard(self.uri, rest, name, storage_options=self._storage)
                 kept.append({**rewritten, "_checked": len(taken)})
@@ -1087,7 +1089,7 @@ class TableWriter:
             self.rows_taken += dropped
             self._buffered -= dropped
             self._shard_rows -= dropped
-        if len(kept) != len(self._shards):
+        if self.rows_taken > taken_before:
             log.info(
                 "%s: %d rows were committed by another writer first", self.uri, self.rows_taken
             )
@@ -1168,12 +1170,12 @@ class TableWriter:
         self.rows_committed += rows
         self.commits += 1
 
-    def _table_files(self) -> set[str]:
-        """The data files of the table now (none when it does not exist yet)."""
+    def _open_existing(self) -> DeltaTable | None:
+        """The table at its current version; None when it does not exist yet."""
         try:
             if not DeltaTable.is_deltatable(self.uri, self._storage_options):
-                return set()
-            return _data_files(DeltaTable(self.uri, storage_options=self._storage_options))
+                return None
+            return DeltaTable(self.uri, storage_options=self._storage_options)
         except (DeltaError, OSError) as exc:
             raise _lake_error("read", self.lake, exc) from exc
 

@@ -114,10 +114,13 @@ def optimize(
     if retention_hours < 0:
         raise ValueError(f"retention_hours must be >= 0, got {retention_hours}")
     started = time.monotonic()
-    present = [t for t in OPTIONAL_TABLES if table_exists(lake, t, storage_options=storage_options)]
-    names = tables or (INSTANCES_TABLE, *present)
+    if not tables:
+        present = (
+            t for t in OPTIONAL_TABLES if table_exists(lake, t, storage_options=storage_options)
+        )
+        tables = (INSTANCES_TABLE, *present)
     summary = OptimizeSummary()
-    for name in names:
+    for name in tables:
         summary.tables.append(
             _optimize_table(
                 lake, name, vacuum, retention_hours, storage_options, max_concurrent_tasks
