@@ -613,6 +613,57 @@ static int all_spaces(const uint8_t *s, size_t n) {
     return 1;
 }
 
+/* One item of a DS or IS value: 1 when written, 0 when it is no number (an empty
+ * item of a multi-valued element may still be null), -1 when it failed or declined. */
+typedef int (*number_item)(Parser *p, const uint8_t *item, size_t len);
+
+/* The backslash-separated items of a DS or IS value, as the JSON list after its VR. */
+static int emit_text_numbers(Parser *p, const uint8_t *s, size_t n, int multi,
+                             number_item put_item) {
+    if (PUTS(p, ",\"Value\":["))
+        return -1;
+    size_t start = 0;
+    for (size_t i = 0; i <= n; i++) {
+        if (i < n && s[i] != '\\')
+            continue;
+        const uint8_t *item = s + start;
+        size_t len = i - start;
+        if (start && putc1(p, ','))
+            return -1;
+        int m = put_item(p, item, len);
+        if (m < 0)
+            return -1;
+        if (m == 0) {
+            if (!multi || !all_spaces(item, len))
+                DECLINE(p, "value_repair");
+            if (p->pyd) /* pydicom cannot convert an empty item: read_header warns */
+                DECLINE(p, "value_repair");
+            if (PUTS(p, "null"))
+                return -1;
+        }
+        start = i + 1;
+    }
+    return PUTS(p, "]}");
+}
+
+static int ds_item(Parser *p, const uint8_t *item, size_t len) {
+    size_t b, e;
+    char tmp[64];
+    if (!ds_match(item, len, &b, &e))
+        return 0;
+    if (e - b >= sizeof tmp)
+        DECLINE(p, "value_repair");
+    memcpy(tmp, item + b, e - b);
+    tmp[e - b] = 0;
+    char *end = NULL;
+    double v = PyOS_string_to_double(tmp, &end, NULL);
+    if (end != tmp + (e - b)) {
+        PyErr_Clear();
+        DECLINE(p, "value_repair");
+    }
+    return put_double(p, v) ? -1 : 1;
+}
+
 static int emit_ds(Parser *p, const uint8_t *s, size_t n) {
     if (!printable(s, n))
         DECLINE(p, "value_repair");
@@ -626,43 +677,9 @@ static int emit_ds(Parser *p, const uint8_t *s, size_t n) {
     if (n == 0)
         return put_vr(p, DL_VR_DS) || putc1(p, '}') ? -1 : 0;
     int multi = memchr(s, '\\', n) != NULL;
-    if (put_vr(p, DL_VR_DS) || PUTS(p, ",\"Value\":["))
+    if (put_vr(p, DL_VR_DS))
         return -1;
-    size_t start = 0;
-    int first = 1;
-    char tmp[64];
-    for (size_t i = 0; i <= n; i++) {
-        if (i < n && s[i] != '\\')
-            continue;
-        const uint8_t *item = s + start;
-        size_t len = i - start, b, e;
-        if (!first && putc1(p, ','))
-            return -1;
-        first = 0;
-        if (ds_match(item, len, &b, &e)) {
-            if (e - b >= sizeof tmp)
-                DECLINE(p, "value_repair");
-            memcpy(tmp, item + b, e - b);
-            tmp[e - b] = 0;
-            char *end = NULL;
-            double v = PyOS_string_to_double(tmp, &end, NULL);
-            if (end != tmp + (e - b)) {
-                PyErr_Clear();
-                DECLINE(p, "value_repair");
-            }
-            if (put_double(p, v))
-                return -1;
-        } else if (multi && all_spaces(item, len)) {
-            if (p->pyd) /* pydicom cannot convert an empty item: read_header warns */
-                DECLINE(p, "value_repair");
-            if (PUTS(p, "null"))
-                return -1;
-        } else {
-            DECLINE(p, "value_repair");
-        }
-        start = i + 1;
-    }
-    return PUTS(p, "]}");
+    return emit_text_numbers(p, s, n, multi, ds_item);
 }
 
 /* \s*[+-]?\d+\s* with a 64-bit range check (Python's int is unbounded: decline). */
@@ -693,6 +710,19 @@ static int is_parse(const uint8_t *s, size_t n, int64_t *out) {
     return 1;
 }
 
+static int is_item(Parser *p, const uint8_t *item, size_t len) {
+    int64_t v;
+    int m = is_parse(item, len, &v);
+    if (m < 0)
+        DECLINE(p, "value_repair");
+    if (m == 0)
+        return 0;
+    /* pydicom's IS refuses a value that float() does not hold exactly */
+    if (p->pyd && (v > (INT64_C(1) << 53) || v < -(INT64_C(1) << 53)))
+        DECLINE(p, "value_repair");
+    return put_i64(p, v) ? -1 : 1;
+}
+
 static int emit_is(Parser *p, const uint8_t *s, size_t n) {
     if (!printable(s, n))
         DECLINE(p, "value_repair");
@@ -700,37 +730,9 @@ static int emit_is(Parser *p, const uint8_t *s, size_t n) {
     int multi = memchr(s, '\\', n) != NULL;
     if (!multi && all_spaces(s, n))
         return put_vr(p, DL_VR_IS) || putc1(p, '}') ? -1 : 0;
-    if (put_vr(p, DL_VR_IS) || PUTS(p, ",\"Value\":["))
+    if (put_vr(p, DL_VR_IS))
         return -1;
-    size_t start = 0;
-    int first = 1;
-    for (size_t i = 0; i <= n; i++) {
-        if (i < n && s[i] != '\\')
-            continue;
-        const uint8_t *item = s + start;
-        size_t len = i - start;
-        int64_t v;
-        if (!first && putc1(p, ','))
-            return -1;
-        first = 0;
-        int m = is_parse(item, len, &v);
-        if (m == 1) {
-            /* pydicom's IS refuses a value that float() does not hold exactly */
-            if (p->pyd && (v > (INT64_C(1) << 53) || v < -(INT64_C(1) << 53)))
-                DECLINE(p, "value_repair");
-            if (put_i64(p, v))
-                return -1;
-        } else if (m == 0 && multi && all_spaces(item, len)) {
-            if (p->pyd)
-                DECLINE(p, "value_repair");
-            if (PUTS(p, "null"))
-                return -1;
-        } else {
-            DECLINE(p, "value_repair");
-        }
-        start = i + 1;
-    }
-    return PUTS(p, "]}");
+    return emit_text_numbers(p, s, n, multi, is_item);
 }
 
 static int emit_pn(Parser *p, const uint8_t *s, size_t n, int codec) {
