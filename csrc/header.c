@@ -162,19 +162,25 @@ static int is_binary_vr(int vr) {
            vr == DL_VR_OV || vr == DL_VR_OW;
 }
 
-/* pydicom.datadict.dictionary_VR: the main dictionary, then the repeater masks in
- * order; -2 = KeyError, DL_VR_AMBIGUOUS = several or none. */
-static int dict_lookup(uint32_t tag) {
-    size_t lo = 0, hi = DL_DICT_SIZE;
+/* Where ``tag`` is in the sorted ``tags``; ``n`` when it is not there. */
+static size_t find_tag(const uint32_t *tags, size_t n, uint32_t tag) {
+    size_t lo = 0, hi = n;
     while (lo < hi) {
         size_t mid = (lo + hi) / 2;
-        if (DL_DICT_TAGS[mid] < tag)
+        if (tags[mid] < tag)
             lo = mid + 1;
         else
             hi = mid;
     }
-    if (lo < DL_DICT_SIZE && DL_DICT_TAGS[lo] == tag)
-        return DL_DICT_VRS[lo];
+    return lo < n && tags[lo] == tag ? lo : n;
+}
+
+/* pydicom.datadict.dictionary_VR: the main dictionary, then the repeater masks in
+ * order; -2 = KeyError, DL_VR_AMBIGUOUS = several or none. */
+static int dict_lookup(uint32_t tag) {
+    size_t at = find_tag(DL_DICT_TAGS, DL_DICT_SIZE, tag);
+    if (at < DL_DICT_SIZE)
+        return DL_DICT_VRS[at];
     for (size_t i = 0; i < DL_REPEATER_SIZE; i++)
         if (((tag ^ DL_REPEATER_VALUE[i]) & DL_REPEATER_MASK[i]) == 0)
             return DL_REPEATER_VRS[i];
@@ -277,15 +283,8 @@ static int is_us_ss_tag(uint32_t tag) {
 }
 
 static int is_promoted(uint32_t tag) {
-    Py_ssize_t lo = 0, hi = promoted_count;
-    while (lo < hi) {
-        Py_ssize_t mid = (lo + hi) / 2;
-        if (promoted_tags[mid] < tag)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo < promoted_count && promoted_tags[lo] == tag;
+    size_t n = (size_t)promoted_count;
+    return promoted_tags != NULL && find_tag(promoted_tags, n, tag) < n;
 }
 
 /* --------------------------------------------------------- JSON primitives */
