@@ -24,7 +24,6 @@ import json
 import select
 import socket
 import struct
-import subprocess
 import sys
 import threading
 import time
@@ -36,6 +35,8 @@ from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
+
+from moto_server import child_server
 
 FAULTS = ("delay", "hang", "reset", "reset_mid", "500", "503")
 KINDS = ("get", "head", "list", "other")
@@ -355,23 +356,8 @@ class FaultProxy:
 @contextmanager
 def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
     """Yield a :class:`FaultProxy` to ``upstream`` that lives for the block."""
-    proc = subprocess.Popen(
-        [sys.executable, __file__, upstream],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None and proc.stdin is not None
-    try:
-        yield FaultProxy(f"http://127.0.0.1:{int(proc.stdout.readline())}")
-    finally:
-        proc.stdin.close()
-        proc.stdout.close()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with child_server([__file__, upstream]) as port:
+        yield FaultProxy(f"http://127.0.0.1:{port}")
 
 
 if __name__ == "__main__":

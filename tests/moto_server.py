@@ -27,18 +27,29 @@ _SERVER = textwrap.dedent(
 
 
 @contextmanager
-def moto_endpoint() -> Iterator[str]:
-    """Yield ``http://127.0.0.1:PORT`` of a moto server that lives for the block."""
+def child_server(args: list[str]) -> Iterator[int]:
+    """Run ``python ARGS``, a server that prints its port and serves until stdin closes.
+
+    Yields the port; the server stops when the block ends.
+    """
     proc = subprocess.Popen(
-        [sys.executable, "-c", _SERVER], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None and proc.stdin is not None
     try:
-        yield f"http://127.0.0.1:{int(proc.stdout.readline())}"
+        yield int(proc.stdout.readline())
     finally:
         proc.stdin.close()
+        proc.stdout.close()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def moto_endpoint() -> Iterator[str]:
+    """Yield ``http://127.0.0.1:PORT`` of a moto server that lives for the block."""
+    with child_server(["-c", _SERVER]) as port:
+        yield f"http://127.0.0.1:{port}"
