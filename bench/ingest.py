@@ -198,8 +198,8 @@ def time_split(corpus: Path, files: list[Path], work: Path) -> dict[str, float]:
     import pyarrow as pa
 
     from dicomlake.catalog import FileRef, iter_files
-    from dicomlake.kernels import InstancesKernel
-    from dicomlake.lake.delta import InstanceWriter
+    from dicomlake.kernels.instances import InstancesKernel
+    from dicomlake.lake.writer import TableWriter
 
     start = time.perf_counter()
     refs: list[FileRef] = list(iter_files([str(corpus)]))
@@ -213,7 +213,7 @@ def time_split(corpus: Path, files: list[Path], work: Path) -> dict[str, float]:
     table = pa.Table.from_batches([batch])
     built = time.perf_counter() - start
     start = time.perf_counter()
-    with InstanceWriter(str(work / "split-lake"), max_rows=len(rows) + 1) as writer:
+    with TableWriter(str(work / "split-lake"), max_rows=len(rows) + 1) as writer:
         writer.write(table)
     written = time.perf_counter() - start
     return {

@@ -11,9 +11,16 @@ new Study/Series/SOP Instance UIDs, spread over nested folders), then:
   4. re-runs the same ingest with nothing changed: its time as a fraction of the first,
      and whether it added a table version.
 
-Deletes the files at the end (``--keep`` keeps them). CI runs it at ``--files 20000``.
+Deletes the files at the end (``--keep`` keeps them). CI runs it at ``--files 20000
+--check``: then each claim above is also checked, one line each ("check: ...: ok"), and
+the script exits non-zero if any fails. The checks count work and memory, never time:
 
-    python bench/scale.py [--files 1000000] [--workers N] [--keep]
+  - coordinator and largest-worker RSS grow less than a bound from 10k files to the end;
+  - ``instances`` is one data file after the end-of-run compaction, with a checkpoint;
+  - as many rows as files, no error;
+  - the unchanged re-run adds no table version and reads no file.
+
+    python bench/scale.py [--files 1000000] [--workers N] [--keep] [--check]
 """
 
 from __future__ import annotations
@@ -24,22 +31,40 @@ import os
 import random
 import resource
 import shutil
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Final
 
 import pydicom
 from deltalake import DeltaTable
 from pydicom.uid import PYDICOM_ROOT_UID as PYDICOM_ROOT
 
 import dicomlake
+from dicomlake.lake.maintenance import AUTO_COMPACT_FILES, optimize
 from dicomlake.sample import sample_file
 
 SOURCES = ("CT_small.dcm", "MR_small.dcm", "rtdose.dcm", "JPEG2000.dcm")
 MARKS = (10_000, 100_000, 1_000_000)
+
+#: ``--check`` runs: more than 10k files (the first RSS sample is at 10k) and at most
+#: 100k, the range the bounds below are set for. (At a million files the coordinator
+#: grows ~100 MiB and the table compacts into several 128 MiB files: README.)
+CHECK_FILES: Final = (10_001, 100_000)
+#: Coordinator RSS growth from the 10k-files sample to the last file. The README's
+#: million-file run grew 16 MiB from 10k to 100k files (199 -> 215 MiB), the most this
+#: check sees; twice that. CI's 20k-file run grows 3-4 MiB (206 -> 210 MiB, 2 cores),
+#: so a leak of ~3 KB per file fails it at CI size.
+COORDINATOR_GROWTH_MIB: Final = 32
+#: The largest worker's RSS growth over the same span. Workers stay at 201-205 MiB
+#: for a million files (README), 4 MiB of spread; in CI's run a worker reads 207-211 MiB
+#: at either sample (growth -3 to +1 MiB); twice that spread. A worker holds one task (64
+#: files) at a time, so lasting growth is a leak.
+WORKER_GROWTH_MIB: Final = 8
 
 
 def _template(name: str, run: str) -> tuple[bytes, list[tuple[int, int]]]:
@@ -129,12 +154,40 @@ def children(pid: int) -> list[int]:
     return found
 
 
+class Checks:
+    """With ``--check``: print one line per claim checked, and remember the failures."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.count = 0
+        self.failed: list[str] = []
+
+    def __call__(self, ok: bool, claim: str) -> None:
+        if not self.enabled:
+            return
+        self.count += 1
+        print(f"check: {claim}: {'ok' if ok else 'FAILED'}")
+        if not ok:
+            self.failed.append(claim)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=1_000_000)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--keep", action="store_true", help="keep the files and the lake")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check memory, table health and the re-run against bounds; exit 1 if any fails",
+    )
     args = parser.parse_args()
+    low, high = CHECK_FILES
+    if args.check and not low <= args.files <= high:
+        parser.error(f"--check is set for {low:,} to {high:,} files, not {args.files:,}")
+    if args.check and args.workers < 1:
+        parser.error("--check needs worker processes (--workers 1 or more)")
+    check = Checks(args.check)
 
     work = Path(tempfile.mkdtemp(prefix="dicomlake-scale-"))
     try:
@@ -146,7 +199,7 @@ def main() -> None:
         marks = [m for m in MARKS if m < args.files] + [args.files]
         samples: list[tuple[int, float, float]] = []
 
-        def progress(summary: dicomlake.pipeline.IngestSummary) -> None:
+        def progress(summary: dicomlake.jobs.ingest.IngestSummary) -> None:
             if marks and summary.done >= marks[0]:
                 marks.pop(0)
                 me = os.getpid()
@@ -169,19 +222,49 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         peak_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
         print(f"  peak RSS: coordinator {peak:.0f} MiB, largest worker {peak_child:.0f} MiB")
+        if args.check:
+            # samples[0] is the first past 10k files, samples[-1] the last file's
+            sampled = len(samples) >= 2 and samples[-1][0] == args.files
+            for name, column, bound in (
+                ("coordinator", 1, COORDINATOR_GROWTH_MIB),
+                ("worker", 2, WORKER_GROWTH_MIB),
+            ):
+                if sampled and samples[0][column] > 0 and samples[-1][column] > 0:
+                    growth = round(samples[-1][column] - samples[0][column])
+                    check(
+                        growth <= bound,
+                        f"{name} RSS growth 10k->end {growth} MiB <= {bound} MiB",
+                    )
+                else:
+                    check(False, f"{name} RSS sampled at 10k files and at the end ({samples})")
 
         table = DeltaTable(str(lake / "instances"))
+        if args.check and not first.compacted and len(table.file_uris()) <= AUTO_COMPACT_FILES:
+            # a run leaving this few files does not compact by itself: do it here, so
+            # the check below sees the table after a compaction either way
+            print(f"compaction: not run by ingest ({len(table.file_uris())} files), running it")
+            print(optimize(str(lake), tables=("instances",), max_concurrent_tasks=1))
+            table = DeltaTable(str(lake / "instances"))
         log = lake / "instances" / "_delta_log"
-        checkpoints = len(list(log.glob("*.checkpoint.parquet")))
+        checkpoints = len(list(log.glob("*.checkpoint*.parquet")))
+        data_files = len(table.file_uris())
         print(
-            f"table: version {table.version()}, {len(table.file_uris())} data files, "
+            f"table: version {table.version()}, {data_files} data files, "
             f"{checkpoints} checkpoint(s)"
         )
+        check(data_files == 1, f"instances data files after compaction {data_files} == 1")
+        check(checkpoints >= 1, f"checkpoints in instances/_delta_log {checkpoints} >= 1")
 
         with peak_rss("queries"):
             con = dicomlake.connect(str(lake))
         (count,) = con.sql("SELECT count(*) FROM instances").fetchall()[0]
-        assert count == args.files, (count, args.files)
+        if args.check:
+            check(
+                count == args.files and first.error_count == 0,
+                f"rows {count} == {args.files} files, {first.error_count} errors == 0",
+            )
+        else:
+            assert count == args.files, (count, args.files)
         started = time.perf_counter()
         groups = con.sql(
             "SELECT Modality, count(*), count(DISTINCT SeriesInstanceUID) FROM instances "
@@ -216,11 +299,19 @@ def main() -> None:
             "peak RSS of the coordinator by phase: "
             + ", ".join(f"{phase} {mib:.0f} MiB" for phase, mib in PEAKS.items())
         )
+        check(after == version, f"re-run adds no table version: {version} -> {after}")
+        check(
+            again.done == 0 and again.skipped_unchanged == args.files,
+            f"re-run reads nothing: {again.done} files extracted == 0, "
+            f"{again.skipped_unchanged} skipped unchanged == {args.files}",
+        )
     finally:
         if args.keep:
             print(f"kept: {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
+    if check.failed:
+        sys.exit(f"scale.py --check: {len(check.failed)} of {check.count} checks failed")
 
 
 if __name__ == "__main__":

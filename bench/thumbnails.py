@@ -54,7 +54,7 @@ from pydicom.uid import (
 import dicomlake
 from dicomlake.dicom.pixels import number_of_frames, render
 from dicomlake.sample import image_dataset, pydicom_test_files, synthetic_mammogram
-from dicomlake.thumbnails import encode_png
+from dicomlake.dicom.drawing import encode_png
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend

@@ -1,5 +1,5 @@
 /*
- * dicomlake._native: a DICOM header walker that writes DICOM JSON (PS3.18 Annex F)
+ * dicomlake.dicom._native: a DICOM header walker that writes DICOM JSON (PS3.18 Annex F)
  * straight from the file's bytes, in one pass, without a Python object per element.
  *
  * Its output equals dicomlake.dicom.header.read_header (and so pydicom's
@@ -1448,7 +1448,7 @@ static PyMethodDef native_methods[] = {
 };
 
 static struct PyModuleDef native_module = {
-    PyModuleDef_HEAD_INIT, "dicomlake._native",
+    PyModuleDef_HEAD_INIT, "dicomlake.dicom._native",
     "Native DICOM header parser: DICOM JSON straight from the file's bytes.", -1, native_methods,
     NULL, NULL, NULL, NULL,
 };
@@ -1461,7 +1461,7 @@ PyMODINIT_FUNC PyInit__native(void) {
     if (!m)
         return NULL;
     Declined = PyErr_NewExceptionWithDoc(
-        "dicomlake._native.Declined",
+        "dicomlake.dicom._native.Declined",
         "The native parser does not handle this file exactly; args[0] is the reason.", NULL, NULL);
     if (!Declined || PyModule_AddObjectRef(m, "Declined", Declined) < 0) {
         Py_DECREF(m);

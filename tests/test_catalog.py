@@ -15,14 +15,16 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from dicomlake import catalog
 from dicomlake.catalog import (
     FileRef,
     check_sources,
     extension,
     iter_files,
+    listing,
+    local_file,
     open_ref,
     path_tags,
+    zips,
 )
 from dicomlake.errors import DicomLakeError, SourceNotFound
 
@@ -84,9 +86,9 @@ def read_fsspec(url: str) -> bytes:
 
 @pytest.fixture(autouse=True)
 def _fresh_zip_cache() -> Iterator[None]:
-    catalog._zip_cache.clear()
+    zips.zip_cache.clear()
     yield
-    catalog._zip_cache.clear()
+    zips.zip_cache.clear()
 
 
 @pytest.fixture
@@ -135,7 +137,6 @@ def test_nested_folder_every_file_once_with_full_uris(tmp_path: Path) -> None:
         assert ref.mtime == stat_time(local)
         assert ref.mtime is not None and ref.mtime.tzinfo is UTC
         assert ref.listing_error is None
-        assert ref.open_path is None
         assert read_ref(ref) == data
 
 
@@ -168,7 +169,7 @@ def test_single_file_source(tmp_path: Path) -> None:
         path=uri(local),
         relative_path="one file[1].DCM",
         size=3,
-        mtime=ref.mtime,
+        mtime=stat_time(local),  # the file's own modification time, to the microsecond
     )
     assert ref.mtime is not None and ref.mtime.tzinfo is UTC
 
@@ -192,12 +193,15 @@ def test_non_utf8_file_name_is_escaped_and_still_opens(tmp_path: Path) -> None:
 
     (ref,) = iter_files([str(tmp_path)])
 
-    assert ref.relative_path == "caf\\xe9 \\xff.dcm"
-    assert ref.path == f"file://{tmp_path}/caf\\xe9 \\xff.dcm"
+    assert ref.relative_path == "caf%E9 %FF.dcm"
+    assert ref.path == f"file://localhost{tmp_path}/caf%E9 %FF.dcm"  # RFC 8089, escaped
     ref.path.encode("utf-8")  # valid text for Arrow
-    assert ref.open_path is not None
-    assert os.fsencode(ref.open_path) == os.path.join(raw_dir, raw_name)
+    local = local_file(ref)
+    assert local is not None
+    assert os.fsencode(local) == os.path.join(raw_dir, raw_name)
     assert read_ref(ref) == b"latin"
+    with open_ref(ref.path) as handle:  # the path alone opens it
+        assert handle.read() == b"latin"
 
 
 def test_fifo_and_other_special_files_are_skipped(tmp_path: Path) -> None:
@@ -332,7 +336,7 @@ def test_zip_cache_reuses_archive_and_sees_rewrites(tmp_path: Path) -> None:
     archive = tmp_path / "x.zip"
     make_zip(archive, {"m.dcm": b"version one"})
     ref = FileRef(f"zip://m.dcm::{uri(archive)}", "m.dcm", None, None)
-    cache = catalog._zip_cache
+    cache = zips.zip_cache
 
     assert read_ref(ref) == b"version one"
     assert read_ref(ref) == b"version one"
@@ -442,7 +446,7 @@ def test_unreadable_folder_is_an_error_row_and_a_warning(
                 raise PermissionError(13, "Permission denied", str(path))
             return real_scandir(path)
 
-        monkeypatch.setattr(catalog.os, "scandir", scandir)
+        monkeypatch.setattr(listing.os, "scandir", scandir)
     try:
         with caplog.at_level(logging.WARNING, logger="dicomlake.catalog"):
             refs = list(iter_files([str(src)]))

@@ -98,9 +98,21 @@ def test_sql_csv_and_parquet(lake: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2
 
 
+def table_cells(text: str) -> list[list[str]]:
+    """The cells of each row of a table rich drew (its box lines left out)."""
+    return [
+        [cell.strip() for cell in line.strip()[1:-1].split("│")]
+        for line in text.splitlines()
+        if line.strip().startswith("│")
+    ]
+
+
 def test_sql_table_and_bad_query(lake: Path) -> None:
-    result = runner.invoke(app, ["sql", "--lake", str(lake), "SELECT count(*) AS n FROM studies"])
-    assert result.exit_code == 0 and "n" in result.stdout
+    query = "SELECT count(*) AS n, sum(n_series) AS s, sum(n_instances) AS i FROM studies"
+    result = runner.invoke(app, ["sql", "--lake", str(lake), query])
+    assert result.exit_code == 0, result.output
+    # four files, each its own study and series (see small_folder)
+    assert table_cells(result.stdout) == [["4", "4", "4"]]
     result = runner.invoke(app, ["sql", "--lake", str(lake), "SELEC nonsense"])
     assert result.exit_code == 2
     assert "query failed" in result.stderr and "Traceback" not in result.output
@@ -112,10 +124,16 @@ def test_sql_on_a_lake_that_does_not_exist(tmp_path: Path) -> None:
     assert "ingest" in result.stderr
 
 
-def test_info_counts(lake: Path) -> None:
+def test_info_counts(lake: Path, small_folder: Path) -> None:
     result = runner.invoke(app, ["info", "--lake", str(lake)])
     assert result.exit_code == 0, result.output
-    assert "studies" in result.stdout and "series" in result.stdout
+    rows = {cells[0]: cells[1] for cells in table_cells(result.stdout) if len(cells) == 2}
+    # small_folder: four clean files, each its own patient, study, series and modality
+    expected = {"files": "4", "ok": "4", "not_dicom": "0", "error": "0", "patients": "4",
+                "studies": "4", "series": "4", "CT": "1", "MR": "1", "NM": "1", "RTSTRUCT": "1",
+                "total_bytes": str(sum(p.stat().st_size for p in small_folder.iterdir())),
+                "data files": "1"}  # fmt: skip
+    assert {key: rows.get(key) for key in expected} == expected
 
 
 def test_help_runs_as_a_subprocess() -> None:

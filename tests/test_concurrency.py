@@ -7,6 +7,7 @@ between the check and the commit).
 
 from __future__ import annotations
 
+import select
 import subprocess
 import sys
 import time
@@ -17,7 +18,8 @@ import pytest
 from deltalake import DeltaTable
 
 import dicomlake
-from dicomlake.lake.delta import InstanceWriter, instances_uri
+from dicomlake.lake.tables import instances_uri
+from dicomlake.lake.writer import TableWriter
 from dicomlake.sample import sample_file
 from lake_rows import make_batch
 
@@ -54,6 +56,39 @@ def ingest_command(sources: list[Path], lake: Path, *extra: str) -> list[str]:
     ]
 
 
+#: An environment variable that names one run: its coordinator and the workers it
+#: spawns (which inherit the environment) are then found in /proc whenever they started.
+RUN_MARKER = "DICOMLAKE_TEST_RUN"
+
+
+def processes_of(marker: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``RUN_MARKER=marker``."""
+    needle = f"\0{RUN_MARKER}={marker}\0".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = b"\0" + (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if needle in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def wait_until_gone(marker: str, message: str, limit: float = 60.0) -> None:
+    """Wait until no process of the run ``marker`` is left.
+
+    A worker notices within about a second that its coordinator died; ``limit`` is only
+    a guard against waiting for ever, so a slow machine passes as a fast one does.
+    """
+    deadline = time.monotonic() + limit
+    while alive := processes_of(marker):
+        assert time.monotonic() < deadline, f"{message}: {alive}"
+        time.sleep(0.1)
+
+
 def batch(ids: range, study: str = "1.2.3") -> pa.RecordBatch:
     return make_batch([{"row_id": i, "StudyInstanceUID": study} for i in ids])
 
@@ -73,8 +108,8 @@ def table_rows(lake: Path) -> dict[int, str]:
 
 def test_writers_made_before_either_commits_keep_one_row_per_id(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
-    first = InstanceWriter(str(lake), max_rows=10_000)
-    second = InstanceWriter(str(lake), max_rows=10_000)
+    first = TableWriter(str(lake), max_rows=10_000)
+    second = TableWriter(str(lake), max_rows=10_000)
     first.write(batch(range(0, 100), study="first"))
     second.write(batch(range(50, 150), study="second"))
     assert first.flush() == 100
@@ -89,11 +124,11 @@ def test_writers_made_before_either_commits_keep_one_row_per_id(tmp_path: Path) 
     assert parquet == set(actions.column("path").to_pylist())
 
 
-class _Beaten(InstanceWriter):
+class _Beaten(TableWriter):
     """A writer whose rival commits right after each check, before the commit: the race
     that two processes hit now and then, made to happen on every attempt it is armed."""
 
-    def __init__(self, lake: str, rival: InstanceWriter, rival_batches: list) -> None:
+    def __init__(self, lake: str, rival: TableWriter, rival_batches: list) -> None:
         super().__init__(lake, max_rows=10_000)
         self.rival = rival
         self.rival_batches = rival_batches
@@ -108,7 +143,7 @@ class _Beaten(InstanceWriter):
 
 def test_a_commit_beaten_by_another_writer_is_checked_again(tmp_path: Path) -> None:
     lake = str(tmp_path / "lake")
-    rival = InstanceWriter(lake, max_rows=10_000)
+    rival = TableWriter(lake, max_rows=10_000)
     writer = _Beaten(
         lake,
         rival,
@@ -125,9 +160,9 @@ def test_a_commit_beaten_by_another_writer_is_checked_again(tmp_path: Path) -> N
 
 def test_a_merge_beaten_by_another_writer_replaces_its_rows(tmp_path: Path) -> None:
     lake = str(tmp_path / "lake")
-    with InstanceWriter(lake) as setup:
+    with TableWriter(lake) as setup:
         setup.write(batch(range(0, 20), "old"))
-    rival = InstanceWriter(lake, max_rows=10_000)
+    rival = TableWriter(lake, max_rows=10_000)
     writer = _Beaten(lake, rival, [(batch(range(10, 30), "rival"), True)])
     writer.write(batch(range(0, 30), "changed"), replace=True)
     assert writer.flush() == 30
@@ -139,8 +174,8 @@ def test_a_merge_beaten_by_another_writer_replaces_its_rows(tmp_path: Path) -> N
 
 def test_tables_created_by_two_writers_at_once(tmp_path: Path) -> None:
     lake = str(tmp_path / "lake")
-    rival = InstanceWriter(lake, max_rows=10_000)
-    writer = InstanceWriter(lake, max_rows=10_000)
+    rival = TableWriter(lake, max_rows=10_000)
+    writer = TableWriter(lake, max_rows=10_000)
     rival.write(batch(range(0, 10)))
     writer.write(batch(range(5, 15)))
     writer._ensure_table()  # both saw no table; one creates it, the other must cope
@@ -174,26 +209,64 @@ def test_two_ingests_over_overlapping_folders_give_one_row_per_file(tmp_path: Pa
     assert again.returncode == 0 and "900 skipped unchanged" in again.stdout
 
 
+#: An ingest that, after each batch that brought a new commit, prints the number of
+#: commits so far and waits for a line on stdin: the reader reads after each commit
+#: while the writer goes on to the next, however fast or slow the machine.
+PACED_INGEST = """
+import sys
+
+import dicomlake
+
+
+def paced(summary):
+    if summary.commits > paced.commits:
+        paced.commits = summary.commits
+        print(summary.commits, flush=True)
+        sys.stdin.readline()
+
+
+paced.commits = 0
+if __name__ == "__main__":
+    dicomlake.ingest(
+        [sys.argv[1]],
+        sys.argv[2],
+        workers=1,
+        task_size=20,
+        # commits by rows only: one per task, however slow the machine
+        commits=dicomlake.CommitPolicy(rows=20, seconds=3600),
+        progress=paced,
+    )
+"""
+
+
 @pytest.mark.slow
 def test_readers_never_see_a_half_written_state(tmp_path: Path) -> None:
     root = tmp_path / "src"
     write_files(root, 800)
     lake = tmp_path / "lake"
-    command = ingest_command(
-        [root], lake, "--workers", "1", "--commit-rows", "20", "--parser", "pydicom"
-    )
-    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    with (tmp_path / "stderr").open("w") as stderr:
+        run = subprocess.Popen(
+            [sys.executable, "-c", PACED_INGEST, str(root), str(lake)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    assert run.stdin is not None and run.stdout is not None
+    notices: list[int] = []  # the writer's commit count at each pause
     seen: list[tuple[int, int]] = []
     cli_seen: list[str] = []
-    deadline = time.monotonic() + 300
-    while run.poll() is None and time.monotonic() < deadline:
-        if not (lake / "instances" / "_delta_log").is_dir():
-            time.sleep(0.05)
-            continue
-        try:
-            con = dicomlake.connect(str(lake))
-        except dicomlake.errors.TableNotFound:
-            continue  # the first commit is under way
+    while True:
+        # one line at a time: the writer prints the next only after our go-ahead
+        ready, _, _ = select.select([run.stdout], [], [], 300)  # a guard against a hang
+        assert ready, "the ingest neither committed nor ended"
+        line = run.stdout.readline()
+        if not line:
+            break
+        notices.append(int(line))
+        run.stdin.write("go\n")  # the writer works on its next commit while we read
+        run.stdin.flush()
+        con = dicomlake.connect(str(lake))
         seen.append(con.sql("SELECT count(*), count(DISTINCT row_id) FROM instances").fetchall()[0])
         con.close()
         if len(seen) % 10 == 5:
@@ -214,15 +287,21 @@ def test_readers_never_see_a_half_written_state(tmp_path: Path) -> None:
             )
             assert out.returncode == 0, out.stderr
             cli_seen.append(out.stdout.strip().splitlines()[-1])
-    assert run.wait(timeout=60) == 0
+    run.stdin.close()
+    assert run.wait(timeout=300) == 0, (tmp_path / "stderr").read_text()
     uri = instances_uri(str(lake))
     latest = DeltaTable(uri).version()
     committed = set()
     for version in range(latest + 1):
         actions = DeltaTable(uri, version=version).get_add_actions(flatten=True)
         committed.add(sum(actions.column("num_records").to_pylist()))
-    assert len(seen) >= 10, "the reader hardly ran while the ingest committed"
+    # 800 files in tasks of 20, a commit every 20 rows: one pause per commit
+    assert len(seen) == len(notices) == 40 and notices == sorted(set(notices))
     assert all(count == distinct for count, distinct in seen)
-    assert {count for count, _ in seen} <= committed  # each read saw a whole version
-    assert len({count for count, _ in seen}) > 2  # and it saw several of them
-    assert cli_seen and set(cli_seen) == {"0"}
+    counts = [count for count, _ in seen]
+    assert set(counts) <= committed  # each read saw a whole version
+    assert counts == sorted(counts)  # never an older one than the read before
+    # each read lies between its commit and the writer's next pause, so no three reads
+    # in a row see the same version
+    assert len(set(counts)) >= (len(counts) + 1) // 2
+    assert cli_seen == ["0"] * (len(seen) // 10 + (len(seen) % 10 >= 5))

@@ -16,16 +16,21 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from deltalake import DeltaTable
 
 import dicomlake
-from dicomlake.lake.delta import instances_uri
+from dicomlake.lake import instances_uri
 from dicomlake.lake.maintenance import table_state
-from test_concurrency import ingest_command, lake_paths, write_files
+from test_concurrency import (
+    RUN_MARKER,
+    ingest_command,
+    lake_paths,
+    wait_until_gone,
+    write_files,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -61,21 +66,6 @@ def assert_complete(lake: Path, expected: set[str], command: list[str]) -> None:
     vacuum = [sys.executable, "-m", "dicomlake", "optimize", "--lake", str(lake)]
     assert run([*vacuum, "--vacuum", "--retention-hours", "0", "--quiet"]).returncode == 0
     assert table_state(str(lake)).unreferenced_files == 0
-
-
-def children(pid: int) -> list[int]:
-    """Pids of the processes whose parent is ``pid`` (an ingest's workers)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if (
-                entry.name.isdigit()
-                and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid
-            ):
-                found.append(int(entry.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -142,28 +132,32 @@ def test_killed_during_a_merge_of_changed_files(
 
 
 def test_killed_at_random_moments(source: tuple[Path, set[str]], tmp_path: Path) -> None:
+    """Each trial is killed at a random moment: by a timer (0.2-4 s), or by a kill point
+    at a random pass of the listing (which every run passes FILES times, re-runs too),
+    whichever comes first. So every trial is killed, however fast or slow the machine:
+    a fast one is mostly stopped by the kill point, a slow one by the timer."""
     root, expected = source
     lake = tmp_path / "lake"
     command = ingest_command([root], lake, *OPTIONS, "--parser", "pydicom")
     trials = int(os.environ.get("DICOMLAKE_CRASH_TRIALS", "6"))
     rng = random.Random(7)
-    kills = 0
     for trial in range(trials):
         if trial % 3 == 0 and lake.exists():
             shutil.rmtree(lake)  # start afresh now and then, to kill early stages too
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        time.sleep(rng.uniform(0.2, 4.0))
-        workers = children(process.pid)
-        if process.poll() is None:
+        delay, listed = rng.uniform(0.2, 4.0), rng.randint(1, FILES)
+        marker = f"random-{os.getpid()}-{trial}"
+        env = {**os.environ, "DICOMLAKE_KILL_AT": f"list:{listed}", RUN_MARKER: marker}
+        process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
+        )
+        try:
+            _, stderr = process.communicate(timeout=delay)
+        except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
-            kills += 1
-        process.wait(timeout=60)
-        deadline = time.monotonic() + 15
-        while alive := [pid for pid in workers if Path(f"/proc/{pid}").exists()]:
-            assert time.monotonic() < deadline, f"workers outlived their coordinator: {alive}"
-            time.sleep(0.1)
+            _, stderr = process.communicate()
+        assert process.returncode == -signal.SIGKILL, (trial, stderr)
+        wait_until_gone(marker, "workers outlived their coordinator")
         assert_sound(lake, expected)
-    assert kills >= trials // 2, "most runs ended before the kill: make the run longer"
     assert_complete(lake, expected, command)
 
 
@@ -223,5 +217,7 @@ def test_disk_full_gives_a_clear_error_and_the_lake_opens(
     committed = assert_sound(lake, everything)
     assert 0 < committed < len(everything)
     subprocess.run(["mount", "-o", "remount,size=64m", str(small_disk)], check=True)
+    assert len(everything) == 5 * FILES
     assert_complete(lake, everything, command)
-    assert expected  # the source the copies came from is untouched
+    # the source the copies came from is untouched: still exactly its FILES files
+    assert {f"file://{p}" for p in root.rglob("*.dcm")} == expected and len(expected) == FILES

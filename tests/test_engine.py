@@ -10,7 +10,7 @@ import pytest
 
 from dicomlake.catalog import FileRef
 from dicomlake.engine.local import LocalEngine, Task
-from dicomlake.kernels import InstancesKernel
+from dicomlake.kernels.instances import InstancesKernel
 from dicomlake.sample import sample_file
 
 
@@ -58,7 +58,7 @@ def test_in_process_and_pool_give_identical_rows(tmp_path: Path) -> None:
 
 
 def test_extract_instances_is_the_kernel_in_one_call(tmp_path: Path) -> None:
-    from dicomlake.kernels import extract_instances
+    from dicomlake.kernels.instances import extract_instances
     from dicomlake.schema import INSTANCES_SCHEMA
 
     (tmp_path / "text.dcm").write_text("not DICOM")

@@ -241,7 +241,7 @@ def test_each_hostile_file_gives_one_row(
     """With MAX_HEADER_ELEMENTS at 50,000 so that pydicom's refusals stay quick here
     (test_worst_case_memory runs the default)."""
     if path == "native" and not native.available():
-        pytest.skip("dicomlake._native is not built")
+        pytest.skip("dicomlake.dicom._native is not built")
     monkeypatch.setattr(header, "MAX_HEADER_ELEMENTS", 50_000)
     src = hostile_folder(tmp_path, big_files, zipped=path == "zip")
     rows = ingest_rows(src, tmp_path / "lake", parser="pydicom" if path == "pydicom" else "auto")
@@ -290,7 +290,7 @@ def _pydicom_outcome(data: bytes) -> str:
 
 def test_both_parsers_count_elements_and_items_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     if not native.available():
-        pytest.skip("dicomlake._native is not built")
+        pytest.skip("dicomlake.dicom._native is not built")
     meta_elements = 7  # the file meta group of _preamble, and (0010,0010)
     base = meta_elements + 1  # ... and the sequence
     for count, empty in ((300, True), (150, False)):
@@ -309,7 +309,7 @@ def test_both_parsers_count_elements_and_items_alike(monkeypatch: pytest.MonkeyP
 
 def test_both_parsers_refuse_the_same_json_length(monkeypatch: pytest.MonkeyPatch) -> None:
     if not native.available():
-        pytest.skip("dicomlake._native is not built")
+        pytest.skip("dicomlake.dicom._native is not built")
     data = GOOD["CT_small.dcm"]
     result = native.parse_file(data, uri="file:///x")
     assert not isinstance(result, str) and result.meta_json is not None
@@ -359,7 +359,7 @@ _CHILD = """
 import json, resource, sys, time, warnings
 warnings.simplefilter("ignore")
 from dicomlake.catalog import iter_files
-from dicomlake.kernels import extract_row
+from dicomlake.kernels.instances import extract_row
 timings = {}
 for ref in iter_files([sys.argv[1]]):
     start = time.perf_counter()

@@ -27,8 +27,7 @@ import fsspec
 import pytest
 
 import dicomlake
-from dicomlake import catalog
-from dicomlake.catalog import iter_files, open_ref
+from dicomlake.catalog import iter_files, open_ref, zips
 from dicomlake.errors import ZipBomb
 from dicomlake.sample import sample_file
 from test_native_fuzz import _PATIENT, _explicit, _preamble
@@ -44,7 +43,7 @@ MR = sample_file("MR_small.dcm").read_bytes()
 
 @pytest.fixture(autouse=True)
 def _fresh_zip_cache() -> None:
-    catalog._zip_cache.clear()  # archives of the same path are rewritten between tests
+    zips.zip_cache.clear()  # archives of the same path are rewritten between tests
 
 
 # --------------------------------------------------------------------------- writing zips
@@ -266,14 +265,14 @@ def test_zip_bomb_by_size_and_the_limits_can_be_raised(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     archive = write_zip(tmp_path / "src" / "big.zip", [zero_bomb("big.dcm", 40 * MiB)])
-    monkeypatch.setattr(catalog, "ZIP_MAX_MEMBER_BYTES", 32 * MiB)
+    monkeypatch.setattr(zips, "ZIP_MAX_MEMBER_BYTES", 32 * MiB)
     rows = ingest_rows(tmp_path / "src", tmp_path / "lake")
     assert error_class(rows["big.zip/big.dcm"][1]) == "ZipBomb"
     assert "member declares 40 MiB (limit 32 MiB" in (rows["big.zip/big.dcm"][1] or "")
 
-    monkeypatch.setattr(catalog, "ZIP_MAX_MEMBER_BYTES", GiB)
-    monkeypatch.setattr(catalog, "ZIP_MAX_RATIO", 2000)
-    catalog._zip_cache.clear()
+    monkeypatch.setattr(zips, "ZIP_MAX_MEMBER_BYTES", GiB)
+    monkeypatch.setattr(zips, "ZIP_MAX_RATIO", 2000)
+    zips.zip_cache.clear()
     with open_ref(f"zip://big.dcm::file://{archive}") as handle:
         assert handle.seek(0, os.SEEK_END) == len(zero_pixels_head(40 * MiB)) + 40 * MiB
 

@@ -24,6 +24,7 @@ from dicomlake.sample import (
     write_bad_files,
     write_broken_zip,
 )
+from test_concurrency import RUN_MARKER, wait_until_gone
 
 
 def rows(lake: Path, where: str = "true") -> list[dict]:
@@ -281,22 +282,6 @@ def test_same_file_through_two_sources_is_one_row(small_folder: Path, tmp_path: 
     assert len(rows(lake)) == 4
 
 
-def _orphaned_workers() -> list[int]:
-    """Pool workers (spawned processes) whose parent is gone (re-parented to init)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"multiprocessing.spawn" in cmdline and ppid == 1:
-            found.append(int(entry.name))
-    return found
-
-
 @pytest.mark.slow
 def test_kill_9_mid_ingest_then_rerun_gives_exactly_one_row_per_file(tmp_path: Path) -> None:
     folder = tmp_path / "src"
@@ -318,26 +303,16 @@ def test_kill_9_mid_ingest_then_rerun_gives_exactly_one_row_per_file(tmp_path: P
         "1",
         "--commit-rows",
         "100",
-        # pydicom reads ~10x slower than the native parser: the run lasts long enough
-        # to be killed midway (its worker still writes Parquet shards)
-        "--parser",
-        "pydicom",
         "--quiet",
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    log = lake / "instances" / "_delta_log"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if log.exists() and len(list(log.glob("*.json"))) >= 2:  # some commits landed
-            break
-        time.sleep(0.05)
-    assert process.poll() is None, "the run ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    deadline = time.monotonic() + 10  # its workers notice and leave within a second or so
-    while _orphaned_workers() and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _orphaned_workers(), "worker processes outlived their killed coordinator"
+    # SIGKILL to the coordinator right after its second commit's log entry, while its
+    # worker is mid-task: midway through the run on any machine, however fast
+    marker = f"kill-9-{os.getpid()}"
+    env = {**os.environ, "DICOMLAKE_KILL_AT": "committed:2", RUN_MARKER: marker}
+    with (tmp_path / "stderr").open("w") as stderr:  # not a pipe: the worker holds it open
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    assert process.wait(timeout=300) == -signal.SIGKILL, (tmp_path / "stderr").read_text()
+    wait_until_gone(marker, "worker processes outlived their killed coordinator")
     committed = len(rows(lake))
     assert 0 < committed < 1500
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)

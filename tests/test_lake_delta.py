@@ -8,6 +8,7 @@ import stat
 import subprocess
 import sys
 import time
+import tracemalloc
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from dicomlake.lake import (
     UNCHANGED,
     UNKNOWN,
     Fingerprints,
-    InstanceWriter,
+    TableWriter,
     check_lake_writable,
     conform_batch,
     delete_rows,
@@ -80,7 +81,7 @@ def test_open_table_missing_raises_table_not_found(lake: str) -> None:
 
 
 def test_writer_commits_when_max_rows_reached(lake: str) -> None:
-    writer = InstanceWriter(lake, max_rows=4, max_seconds=3600)
+    writer = TableWriter(lake, max_rows=4, max_seconds=3600)
     writer.write(ids(1, 2))
     assert writer.commits == 0
     assert writer.buffered_rows == 2
@@ -98,23 +99,40 @@ def test_writer_commits_when_max_rows_reached(lake: str) -> None:
     assert [h["operation"] for h in history][:2] == ["WRITE", "WRITE"]
 
 
-def test_writer_commits_when_max_seconds_pass(lake: str) -> None:
-    writer = InstanceWriter(lake, max_rows=1_000_000, max_seconds=0.05)
+class _Clock:
+    """The ``time`` module, but with a monotonic clock that moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def test_writer_commits_when_max_seconds_pass(lake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock()  # the writer's clock, so that a slow machine is not an overdue row
+    monkeypatch.setattr(sys.modules[TableWriter.__module__], "time", clock)
+    writer = TableWriter(lake, max_rows=1_000_000, max_seconds=0.5)
     writer.write(ids(1))
     assert writer.commits == 0
-    time.sleep(0.1)
+    clock.now += 1.0
     writer.write(ids(2))  # the oldest buffered row is now overdue
     assert writer.commits == 1
     assert writer.rows_committed == 2
     writer.write(ids(3))
     assert writer.commit_if_due() == 0
-    time.sleep(0.1)
+    clock.now += 0.25
+    assert writer.commit_if_due() == 0
+    clock.now += 0.25  # now half a second old
     assert writer.commit_if_due() == 1  # an idle engine can poll
     assert sorted(read(lake)) == [1, 2, 3]
 
 
 def test_writer_context_manager_flushes_even_on_error(lake: str) -> None:
-    with pytest.raises(KeyError), InstanceWriter(lake) as writer:
+    with pytest.raises(KeyError), TableWriter(lake) as writer:
         writer.write(ids(1, 2))
         raise KeyError("boom")
     assert sorted(read(lake)) == [1, 2]
@@ -123,9 +141,9 @@ def test_writer_context_manager_flushes_even_on_error(lake: str) -> None:
 
 
 def test_replace_keeps_exactly_one_row_per_row_id(lake: str) -> None:
-    with InstanceWriter(lake) as writer:
+    with TableWriter(lake) as writer:
         writer.write(ids(1, 2, 3, size=10))
-    with InstanceWriter(lake) as writer:
+    with TableWriter(lake) as writer:
         writer.write(ids(2, 3, size=20), replace=True)
         writer.write(ids(3, 4, size=30), replace=True)  # 3 changed twice; 4 is new
         writer.write(ids(5, size=50))
@@ -137,7 +155,7 @@ def test_replace_keeps_exactly_one_row_per_row_id(lake: str) -> None:
 
 
 def test_replace_on_a_new_lake_creates_the_table(lake: str) -> None:
-    with InstanceWriter(lake) as writer:
+    with TableWriter(lake) as writer:
         writer.write(ids(7, size=1), replace=True)
     assert read(lake)[7]["size"] == 1
     assert DeltaTable(instances_uri(lake)).schema().to_arrow() is not None
@@ -146,9 +164,9 @@ def test_replace_on_a_new_lake_creates_the_table(lake: str) -> None:
 
 def test_writer_rejects_bad_options(lake: str) -> None:
     with pytest.raises(ValueError, match="max_rows"):
-        InstanceWriter(lake, max_rows=0)
+        TableWriter(lake, max_rows=0)
     with pytest.raises(ValueError, match="max_seconds"):
-        InstanceWriter(lake, max_seconds=0)
+        TableWriter(lake, max_seconds=0)
 
 
 # ----------------------------------------------------------------------- conform_batch
@@ -188,7 +206,7 @@ def test_conform_batch_rejects_uncastable_and_null_keys() -> None:
 
 
 def test_fingerprints_classify(lake: str) -> None:
-    with InstanceWriter(lake) as writer:
+    with TableWriter(lake) as writer:
         writer.write(
             make_batch(
                 [
@@ -235,19 +253,44 @@ def test_fingerprints_of_missing_lake_are_empty(lake: str) -> None:
         fp.classify(np.array([1]), np.array([1, 2]), np.array([1]))
 
 
-def test_fingerprints_scale_without_python_objects() -> None:
+def _classify_counted(n: int) -> tuple[np.ndarray, int, int, int]:
+    """Classify n/2 rows of a lake of ``n`` plus 1000 new ones; return the answer, the
+    rows asked about, the Python and C function calls made and the peak traced memory
+    (numpy's arrays included)."""
     rng = np.random.default_rng(0)
-    n = 1_000_000
     lake_ids = rng.integers(-(2**63), 2**63 - 1, n, dtype=np.int64)
     fp = Fingerprints(lake_ids, np.arange(n), np.arange(n))
     assert fp.nbytes == 24 * n
     query = np.concatenate([lake_ids[::2], rng.integers(0, 2**62, 1000)])
     sizes = np.concatenate([np.arange(n)[::2], np.zeros(1000, dtype=np.int64)])
-    start = time.perf_counter()
-    got = fp.classify(query, sizes, sizes)
-    assert time.perf_counter() - start < 5
+    calls = 0
+
+    def count(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    tracemalloc.start()
+    sys.setprofile(count)
+    try:
+        got = fp.classify(query, sizes, sizes)
+    finally:
+        sys.setprofile(None)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return got, calls, peak, len(query)
+
+
+def test_fingerprints_scale_without_python_objects() -> None:
+    n = 1_000_000
+    got, calls, peak, asked = _classify_counted(n)
     assert (got[: n // 2] == UNCHANGED).all()
     assert (got[n // 2 :] == NEW).sum() >= 999
+    # the work done in Python does not grow with the rows: numpy does it all
+    half_got, half_calls, _, _ = _classify_counted(n // 2)
+    assert (half_got[: n // 4] == UNCHANGED).all()
+    assert calls == half_calls < 200
+    # a few int64 arrays as long as the question; a Python int per row alone is 32 bytes
+    assert peak < 64 * asked, f"{peak / asked:.0f} bytes per row"
 
 
 # -------------------------------------------------------------------------------- sync
@@ -265,7 +308,7 @@ def test_stale_row_ids_respects_sources_and_zip_members(lake: str) -> None:
         8: "file:///data/a",  # the source itself was a single file
         9: "zip://inner.dcm::zip://nested.zip::file:///data/a/outer.zip",
     }
-    with InstanceWriter(lake) as writer:
+    with TableWriter(lake) as writer:
         writer.write(make_batch([{"row_id": r, "path": p} for r, p in paths.items()]))
     seen = np.array([1, 4, 1000], dtype=np.int64)
     stale = stale_row_ids(lake, ["file:///data/a/"], seen)
@@ -283,7 +326,7 @@ def test_stale_row_ids_respects_sources_and_zip_members(lake: str) -> None:
 
 
 def test_delete_rows(lake: str) -> None:
-    with InstanceWriter(lake) as writer:
+    with TableWriter(lake) as writer:
         writer.write(ids(*range(10)))
     version = table_version(lake)
     assert delete_rows(lake, np.array([], dtype=np.int64)) == 0
@@ -310,7 +353,7 @@ def test_check_lake_writable_on_regular_file(tmp_path: Any) -> None:
     with pytest.raises(LakeError, match=r"cannot write lake at .*is a file") as info:
         check_lake_writable(str(lake))
     assert info.value.lake == str(lake)
-    writer = InstanceWriter(str(lake))
+    writer = TableWriter(str(lake))
     writer.write(ids(1))
     with pytest.raises(LakeError, match="cannot write lake at"):
         writer.flush()
@@ -329,7 +372,7 @@ def test_check_lake_writable_on_read_only_folder(tmp_path: Any) -> None:
     try:
         with pytest.raises(LakeError, match="cannot write lake at"):
             check_lake_writable(str(lake))
-        writer = InstanceWriter(str(lake))
+        writer = TableWriter(str(lake))
         writer.write(ids(1))
         with pytest.raises(LakeError, match="cannot write lake at"):
             writer.flush()
@@ -393,14 +436,14 @@ def test_paths_delta_rs_cannot_open_are_refused(tmp_path: Any) -> None:
         with pytest.raises(LakeError, match=r"cannot use lake at .*'\[' or '%'"):
             check_lake_writable(lake)
         with pytest.raises(LakeError, match="cannot use lake"):
-            InstanceWriter(lake)
+            TableWriter(lake)
         assert not os.path.exists(lake)
 
 
 def test_fingerprints_and_stale_rows_after_rewrites(lake: str) -> None:
-    with InstanceWriter(lake) as writer:
+    with TableWriter(lake) as writer:
         writer.write(ids(1, 2, 3, size=10, modification_time=T0))
-    with InstanceWriter(lake) as writer:
+    with TableWriter(lake) as writer:
         writer.write(ids(2, size=20, modification_time=T0), replace=True)
     assert delete_rows(lake, np.array([3])) == 1
     fp = Fingerprints.load(lake)
@@ -411,7 +454,7 @@ def test_fingerprints_and_stale_rows_after_rewrites(lake: str) -> None:
 
 def test_lake_path_with_space(tmp_path: Any) -> None:
     lake = str(tmp_path / "my lake")
-    with InstanceWriter(lake) as writer:
+    with TableWriter(lake) as writer:
         writer.write(ids(1, 2, size=1, modification_time=T0))
     assert len(Fingerprints.load(lake)) == 2
     assert stale_row_ids(lake, ["file:///data"], np.array([1])).tolist() == [2]

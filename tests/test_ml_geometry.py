@@ -7,7 +7,7 @@ import random
 import numpy as np
 import pytest
 
-from dicomlake.ml.geometry import (
+from dicomlake.dicom.geometry import (
     REASONS,
     GeometryTolerance,
     Rejection,

@@ -17,13 +17,8 @@ from typer.testing import CliRunner
 import dicomlake
 from dicomlake.cli import app
 from dicomlake.errors import QueryError
-from dicomlake.ml.patches import (
-    DicomPatcher,
-    PatchOptions,
-    grid,
-    otsu_threshold,
-    tissue_fractions,
-)
+from dicomlake.kernels.patches import PatchOptions, grid, otsu_threshold, tissue_fractions
+from dicomlake.ml.patches import DicomPatcher
 from dicomlake.sample import image_dataset, sample_file
 
 FILES = {

@@ -25,9 +25,11 @@ from typer.testing import CliRunner
 import dicomlake
 from dicomlake.cli import app
 from dicomlake.errors import QueryError, TableNotFound
+from dicomlake.jobs.volumes import frame_records
 from dicomlake.lake.sql import connect
-from dicomlake.ml.volumes import VOLUMES_SCHEMA, build_volumes, frame_records
+from dicomlake.ml.volumes import build_volumes
 from dicomlake.sample import pydicom_test_files, sample_file
+from dicomlake.schema import VOLUMES_SCHEMA
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 ORIGIN = np.array([-158.135803, -179.035797, -75.699997])
@@ -414,7 +416,7 @@ def test_dataloader_workers_yield_the_same_volumes(dataset: Any) -> None:
 
 def test_import_volumes_without_torch() -> None:
     code = (
-        "import sys, dicomlake.ml.volumes, dicomlake.ml.geometry, dicomlake.ml; "
+        "import sys, dicomlake.ml.volumes, dicomlake.dicom.geometry, dicomlake.ml; "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
@@ -473,8 +475,8 @@ def test_pydicom_series(pydicom_lake: Path) -> None:
 
 def test_enhanced_volume_frames_in_position_order(pydicom_lake: Path) -> None:
     pytest.importorskip("torch")
+    from dicomlake.dicom.frames import load_frame
     from dicomlake.ml import SeriesVolumeDataset
-    from dicomlake.ml.frames import load_frame
 
     ds = SeriesVolumeDataset(
         str(pydicom_lake), "SELECT * FROM series WHERE n_instances = 1 AND n_frames = 2"

@@ -92,7 +92,9 @@ EXPECTED_DECLINES = {
     "data/liver_expb.dcm": "big_endian",
 }
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="dicomlake._native is not built")
+pytestmark = pytest.mark.skipif(
+    not native.available(), reason="dicomlake.dicom._native is not built"
+)
 
 
 def _uri(path: Path) -> str:
@@ -303,7 +305,7 @@ def test_vr_table_is_fresh() -> None:
 
 def test_speed_sanity() -> None:
     """Prints parse-only files/s against read_header; no assertion on time."""
-    from dicomlake import _native
+    from dicomlake.dicom import _native
 
     files = [p for p in ALL_FILES if _id(p) not in EXPECTED_DECLINES]
     blobs = [(p.read_bytes(), _uri(p)) for p in files]
@@ -323,7 +325,7 @@ _SANITIZER_RUN = textwrap.dedent(
     """
     import importlib.util, sys
     from pathlib import Path
-    spec = importlib.util.spec_from_file_location("dicomlake._native", sys.argv[1])
+    spec = importlib.util.spec_from_file_location("dicomlake.dicom._native", sys.argv[1])
     ext = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ext)
     ext.set_promoted([0x00080060, 0x00020010, 0x00280010])
@@ -363,7 +365,7 @@ def test_sanitizer_build_over_truncated_copies(tmp_path: Path) -> None:
          "--build-temp", str(tmp_path / "tmp")],
         cwd=ROOT, env=env, check=True, capture_output=True,
     )  # fmt: skip
-    (built,) = (tmp_path / "lib" / "dicomlake").glob("_native*.so")
+    (built,) = (tmp_path / "lib" / "dicomlake" / "dicom").glob("_native*.so")
     run_env = os.environ | {
         "LD_PRELOAD": libasan,
         "PYTHONMALLOC": "malloc",  # every bytes object its own allocation, with redzones

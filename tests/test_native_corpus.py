@@ -249,7 +249,7 @@ def test_corpus_covers_every_vr(corpus: dict[str, Path]) -> None:
 def _native() -> Any:
     native = pytest.importorskip("dicomlake.dicom.native")
     if not native.available():
-        pytest.skip("dicomlake._native is not built")
+        pytest.skip("dicomlake.dicom._native is not built")
     return native
 
 

@@ -5,8 +5,9 @@ Mutants: truncations at many offsets, random bit flips, 16- and 32-bit length fi
 overwritten with 0xFFFFFFFF / 0xFFFFFFFE / huge / odd values, plus hand-built files:
 sequences nested 10,000 deep, a 2 GB element declared in a 1 KB file, 100,000 tiny
 elements. Each mutant is parsed in this process (the sanitizer build, see
-.ci/sanitize, catches memory errors): it must return or decline, within a bounded time,
-and whatever it returns must be sound (valid JSON, bulk data inside the file). An
+.ci/sanitize, catches memory errors): it must return or decline, and whatever it
+returns must be sound (valid JSON, bulk data inside the file) and bounded by the file
+(no more elements than 8-byte element headers fit in it, JSON linear in its size). An
 ingest of a folder of mutants must give exactly one row per file.
 
 Accepted mutants are also compared with ``read_header`` (the first
@@ -36,7 +37,7 @@ import orjson
 import pytest
 
 import dicomlake
-from dicomlake.dicom.header import read_header
+from dicomlake.dicom.header import json_elements, read_header
 from dicomlake.sample import sample_file
 from native_corpus import BULK_THRESHOLD, corpus_bytes
 from test_native_corpus import canonical
@@ -46,9 +47,9 @@ DIFF_CASES = int(os.environ.get("DICOMLAKE_FUZZ_DIFF", "3000"))
 INGEST_CASES = int(os.environ.get("DICOMLAKE_FUZZ_INGEST", "1000"))
 SEED = int(os.environ.get("DICOMLAKE_FUZZ_SEED", "0"))
 #: One parse taking longer than this is a hang: faulthandler dumps the stacks and exits.
-HANG_SECONDS = 60.0
-#: A parse taking longer than this fails the test (a mutant is at most a few MB).
-SLOW_SECONDS = 5.0
+#: Only a guard against waiting for ever: what the tests assert is the work a parse
+#: did (see check_parse), never how long it took.
+HANG_SECONDS = 600.0
 
 REAL_SEEDS = [
     "CT_small.dcm",
@@ -295,7 +296,7 @@ def mutants(count: int = CASES, seed: int = SEED) -> Iterator[tuple[str, bytes]]
 def _native() -> Any:
     native = pytest.importorskip("dicomlake.dicom.native")
     if not native.available():
-        pytest.skip("dicomlake._native is not built")
+        pytest.skip("dicomlake.dicom._native is not built")
     return native
 
 
@@ -319,19 +320,32 @@ def _bulk_ranges(value: Any, key: str = "") -> Iterator[tuple[str, int, int]]:
                 yield from _bulk_ranges(v, k if len(k) == 8 else key)
 
 
+def json_size_bound(size: int, elements: int, uri: str = "file:///fuzz") -> int:
+    """Most characters of DICOM JSON a file of ``size`` bytes holding ``elements``
+    elements and items can give: at most 16 per byte of value (a backslash-separated
+    person name gives some 10: a new {"Alphabetic": ...} object per 2 bytes; a control
+    character 6: a \\u escape), plus the key, VR, brackets and a BulkDataURI of each
+    element (at most 64 characters and the URI)."""
+    return 16 * size + (elements + 1) * (64 + len(uri))
+
+
 def check_parse(native: Any, name: str, data: bytes | Path, size: int) -> str:
     """Parse one mutant; return 'ok' or the decline reason. Fails on an unsound result."""
     faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
-    start = time.perf_counter()
     try:
         result = native.parse_file(data, uri="file:///fuzz", bulk_threshold=BULK_THRESHOLD)
     finally:
         faulthandler.cancel_dump_traceback_later()
-    took = time.perf_counter() - start
-    assert took < SLOW_SECONDS, f"{name}: {took:.1f} s"
     if isinstance(result, str):
         assert result and len(result) < 40, (name, result)
         return result
+    # Bounded work, whatever the mutant: each element and item it reports took at least
+    # 8 bytes of the file (a tag and a length), and its JSON grows linearly with the
+    # file (see json_size_bound). A parser that looped over the same bytes, or whose
+    # work grew faster than the file, would break one or the other.
+    elements = json_elements(result.meta_json)
+    assert elements <= size // 8, (name, elements, size)
+    assert len(result.meta_json) <= json_size_bound(size, elements), (name, size)
     meta = orjson.loads(result.meta_json)
     assert isinstance(meta, dict), name
     assert isinstance(result.has_pixel_data, bool)
@@ -350,7 +364,7 @@ def mutant_set() -> list[tuple[str, bytes]]:
 def test_native_survives_mutants(mutant_set: list[tuple[str, bytes]], tmp_path: Path) -> None:
     native = _native()
     outcomes: Counter[str] = Counter()
-    start = time.perf_counter()
+    start = time.perf_counter()  # printed only, never asserted
     for index, (name, data) in enumerate(mutant_set):
         outcomes[check_parse(native, name, data, len(data))] += 1
         if index % 25 == 0 and data:  # a mapped file too (what ingest uses)

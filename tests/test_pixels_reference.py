@@ -46,9 +46,9 @@ from pydicom.uid import (
     JPEGTransferSyntaxes,
 )
 
+from dicomlake.dicom.drawing import encode_png
 from dicomlake.dicom.pixels import ROBUST_PERCENTILES, number_of_frames, render
 from dicomlake.sample import sample_file
-from dicomlake.thumbnails import encode_png
 
 DCM2PNM = shutil.which("dcm2pnm")
 needs_dcmtk = pytest.mark.skipif(

@@ -391,12 +391,12 @@ def test_frame_dataset_reads_a_bucket_lake_in_dataloader_workers(
 def test_two_writers_of_a_bucket_lake_commit_each_row_once(s3: Any, aws_env: str) -> None:
     """Concurrent writers on object storage: delta-rs claims each version with a
     conditional put, and a writer beaten to it checks the other's rows again."""
-    from dicomlake.lake.delta import InstanceWriter
+    from dicomlake.lake.writer import TableWriter
     from lake_rows import make_batch
     from test_concurrency import _Beaten
 
     lake = f"s3://{_bucket(s3)}/lake"
-    rival = InstanceWriter(lake, max_rows=10_000)
+    rival = TableWriter(lake, max_rows=10_000)
     writer = _Beaten(lake, rival, [(make_batch([{"row_id": i} for i in range(50, 150)]), False)])
     writer.write(make_batch([{"row_id": i} for i in range(100)]))
     assert writer.flush() == 50

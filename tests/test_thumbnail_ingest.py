@@ -55,7 +55,7 @@ def test_multi_frame_middle_first_and_all(tmp_path: Path) -> None:
     for choice, expected in (("middle", [5]), ("first", [0]), ("all", list(range(10)))):
         lake = tmp_path / f"lake-{choice}"
         dicomlake.ingest(
-            [str(folder)], str(lake), workers=0, thumbnails=True, thumbnail_frame=choice
+            [str(folder)], str(lake), workers=0, thumbnails=dicomlake.ThumbnailOptions(frame=choice)
         )
         assert [r["frame"] for r in thumbs(lake)] == expected
 

@@ -16,10 +16,11 @@ from pydicom.uid import (
 )
 
 import dicomlake
+from dicomlake.dicom.drawing import encode_png
 from dicomlake.dicom.header import read_header
 from dicomlake.dicom.pixels import render
+from dicomlake.kernels.thumbnails import DEFAULT_SIZE, ThumbnailOptions, thumbnail_rows
 from dicomlake.sample import image_dataset, pydicom_test_files, sample_file, synthetic_mammogram
-from dicomlake.thumbnails import DEFAULT_SIZE, ThumbnailOptions, draw, encode_png
 
 #: Pixel-bearing files that give an error row instead of a thumbnail, and why; each
 #: with a piece of the error text the row must carry.
@@ -113,7 +114,7 @@ def test_draw_gives_the_same_error_rows_without_a_lake() -> None:
         path = sample_file(name)
         with path.open("rb") as fp:
             assert read_header(fp, uri=str(path)).has_pixel_data
-            rows = draw(
+            rows = thumbnail_rows(
                 fp,
                 path=str(path),
                 instance_id=1,

@@ -4,8 +4,6 @@ in a real browser (Chromium through Playwright), on a lake ingested from real fi
 from __future__ import annotations
 
 import datetime as dt
-import inspect
-import io
 import os
 import shutil
 import socket
@@ -22,17 +20,16 @@ import numpy as np
 import pyarrow as pa
 import pydicom
 import pytest
-from deltalake import write_deltalake
 from typer.testing import CliRunner
 
 import dicomlake
 from dicomlake.catalog import open_ref
 from dicomlake.cli import app as cli_app
-from dicomlake.lake import InstanceWriter
+from dicomlake.lake import TableWriter
 from dicomlake.sample import sample_file, write_bad_files
-from dicomlake.schema import INSTANCES_SCHEMA, THUMBNAILS_SCHEMA
+from dicomlake.schema import INSTANCES_SCHEMA
 from dicomlake.viewer import create_app
-from dicomlake.viewer.connection import LakeConnection, QueryTimeout
+from dicomlake.viewer.connection import Cursor, LakeConnection, QueryTimeout
 from dicomlake.viewer.safety import UnsafeClause, check_where
 from dicomlake.viewer.tags import bulk_length, tag_rows
 
@@ -115,76 +112,35 @@ def make_corpus(root: Path) -> Path:
     return root
 
 
-def _png_frames(path: str) -> list[tuple[int, bytes, int, int, str]]:
-    """Every frame of a file as a PNG (min-max scaled), like `--frame all`."""
-    from PIL import Image
-
-    with open_ref(path) as handle:
-        ds = pydicom.dcmread(handle)
-        pixels = ds.pixel_array
-    n_frames = int(ds.get("NumberOfFrames") or 1)
-    samples = int(ds.get("SamplesPerPixel") or 1)
-    frames = list(pixels) if n_frames > 1 else [pixels]
-    out = []
-    for index, frame in enumerate(frames):
-        array = np.asarray(frame, dtype=np.float64)
-        lo, hi = float(array.min()), float(array.max())
-        scaled = ((array - lo) / (hi - lo or 1.0) * 255.0).astype(np.uint8)
-        image = Image.fromarray(scaled, "RGB" if samples == 3 else "L")
-        image.thumbnail((256, 256))
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG")
-        out.append((index, buffer.getvalue(), image.width, image.height, image.mode))
-    return out
-
-
-def write_thumbnails(lake: str) -> None:
-    """Draw the thumbnails table by hand.
-
-    Stands in until ``dicomlake.ingest(..., thumbnails=True)`` lands (see build_lake).
-    """
-    con = dicomlake.connect(lake)
-    rows = [  # through Arrow: DuckDB needs pytz to hand out TIMESTAMPTZ values
-        tuple(r.values())
-        for r in con.sql(
-            "SELECT row_id, path, SOPInstanceUID, size, modification_time FROM instances "
-            "WHERE status = 'ok' AND has_pixel_data"
-        )
-        .to_arrow_table()
-        .to_pylist()
-    ]
-    con.close()
-    now = dt.datetime.now(dt.UTC)
-    records = []
-    for row_id, path, sop, size, mtime in rows:
-        base = {"row_id": row_id, "path": path, "SOPInstanceUID": sop, "size": size,
-                "modification_time": mtime, "created_at": now, "format": "png"}  # fmt: skip
-        try:
-            frames = _png_frames(path)
-        except Exception as exc:  # an undecodable file gets an error row, as ingest does
-            records.append({**base, "status": "error", "error": f"{type(exc).__name__}: {exc}"})
-            continue
-        for index, data, width, height, mode in frames:
-            records.append({**base, "frame": index, "width": width, "height": height,
-                            "mode": mode, "data": data, "status": "ok"})  # fmt: skip
-    table = pa.Table.from_pylist(records, schema=THUMBNAILS_SCHEMA)
-    write_deltalake(f"{lake}/thumbnails", table, mode="overwrite")
-
-
 def build_lake(sources: list[str], lake: str) -> None:
-    """Ingest with thumbnails: through ingest(thumbnails=True) once the lead's pipeline
-    accepts it, else by hand with write_thumbnails (a stand-in until then)."""
-    from dicomlake.pipeline import ingest
-
-    parameters = inspect.signature(ingest).parameters
-    if "thumbnails" in parameters:
-        options: dict[str, Any] = {"thumbnails": True}
-        if "thumbnail_frame" in parameters:
-            options["thumbnail_frame"] = "all"  # the frame slider needs every frame
-        ingest(sources, lake, workers=0, **options)
-    else:
-        ingest(sources, lake, workers=0)
-        write_thumbnails(lake)
+    """Ingest with thumbnails, drawn by dicomlake itself: every frame (the frame slider
+    needs them all) of every instance with pixel data, or the test fails here."""
+    every_frame = dicomlake.ThumbnailOptions(frame="all")
+    summary = dicomlake.ingest(sources, lake, workers=0, thumbnails=every_frame)
+    con = dicomlake.connect(lake)
+    try:
+        views = {name for (name,) in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}
+        assert "thumbnails" in views, "dicomlake drew no thumbnails"
+        wanted, drawn, missing = con.sql(
+            """
+            WITH wanted AS (
+                SELECT row_id, coalesce("NumberOfFrames", 1) AS frames FROM instances
+                WHERE status = 'ok' AND has_pixel_data
+            ), drawn AS (
+                SELECT row_id, count(DISTINCT frame) AS frames FROM thumbnails
+                WHERE status = 'ok' AND data IS NOT NULL GROUP BY row_id
+            )
+            SELECT (SELECT sum(frames) FROM wanted), (SELECT sum(frames) FROM drawn),
+                (SELECT count(*) FROM wanted FULL JOIN drawn USING (row_id)
+                 WHERE wanted.frames IS DISTINCT FROM drawn.frames)
+            """
+        ).fetchall()[0]
+    finally:
+        con.close()
+    assert wanted and drawn == wanted == summary.thumbnails and missing == 0, (
+        f"{wanted} frames to draw, {drawn} drawn ({summary.thumbnails} by the run), "
+        f"{missing} instances without all of theirs: {dict(summary.thumbnail_errors)}"
+    )
 
 
 def write_big_lake(lake: str, n_series: int) -> None:
@@ -209,7 +165,7 @@ def write_big_lake(lake: str, n_series: int) -> None:
         {f.name: columns.get(f.name, pa.nulls(n, f.type)) for f in INSTANCES_SCHEMA},
         schema=INSTANCES_SCHEMA,
     )
-    with InstanceWriter(lake, max_rows=n + 1) as writer:
+    with TableWriter(lake, max_rows=n + 1) as writer:
         writer.write(table)
 
 
@@ -334,7 +290,8 @@ def test_connection_reads_the_lake_but_nothing_else(lake: str) -> None:
     db = LakeConnection(lake)
     with db.cursor() as cur:
         assert cur.fetch("SELECT count(*) FROM instances")[0][0] == 14
-        assert cur.fetch("SELECT count(*) FROM thumbnails WHERE status = 'ok'")[0][0] >= 10
+        # every frame: 3 CT slices, 3 one-frame MRs, the 10-frame MR and the ultrasound
+        assert cur.fetch("SELECT count(*) FROM thumbnails WHERE status = 'ok'")[0][0] == 17
         assert cur.fetch("SELECT tag(meta, 'Modality') FROM instances WHERE status = 'ok'")
         # the second guard: even a query that skips check_where cannot read other files
         for sql in (
@@ -540,26 +497,41 @@ def test_unknown_host_names_are_refused(http: httpx.Client) -> None:
 # --------------------------------------------------------------------------- other lakes
 
 
-def test_paging_a_lake_of_100000_series(tmp_path: Path) -> None:
+def test_paging_a_lake_of_100000_series(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from starlette.testclient import TestClient
 
     lake = str(tmp_path / "big")
     write_big_lake(lake, 100_000)
+    fetched: list[int] = []  # rows DuckDB handed to Python, per query
+    real_fetch = Cursor.fetch
+
+    def counted(self: Cursor, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        rows = real_fetch(self, sql, params)
+        fetched.append(len(rows))
+        return rows
+
+    monkeypatch.setattr(Cursor, "fetch", counted)
     with TestClient(create_app(lake)) as client:
-        client.get("/api/series", params={"limit": 1})  # warm the file cache
-        start = time.perf_counter()
+        client.get("/api/series", params={"limit": 1})
+        fetched.clear()
         first = client.get("/api/series").json()
-        took = time.perf_counter() - start
         assert len(first["items"]) == 48 and first["total"] == 100_000
         assert first["next_offset"] == 48
-        assert took < 2.0, f"first page took {took:.2f} s"
+        # paged in SQL: one query, and only the page's rows reach Python, never the
+        # 100,000 series (nor a count of them made in Python)
+        assert fetched == [48]
+        fetched.clear()
         last = client.get("/api/series", params={"offset": 99_990, "limit": 48}).json()
         assert len(last["items"]) == 10 and last["next_offset"] is None
+        assert fetched == [10]
         ct = client.get("/api/series", params={"modality": "CT", "offset": 48}).json()
         assert ct["total"] == 25_000 and ct["offset"] == 48 and len(ct["items"]) == 48
         assert all(i["Modality"] == "CT" for i in ct["items"])
         where = client.get("/api/series", params={"where": "row_id % 1000 = 0"}).json()
         assert where["total"] == 100
+        beyond = client.get("/api/series", params={"offset": 100_000}).json()
+        assert beyond["items"] == [] and beyond["total"] == 100_000
+    assert max(fetched) <= 48  # no request of them all took more than a page
 
 
 def test_viewer_sees_new_ingests(tmp_path: Path) -> None:
@@ -574,8 +546,9 @@ def test_viewer_sees_new_ingests(tmp_path: Path) -> None:
         assert client.get("/api/series").json()["items"][0]["thumbnail"] is None
         (tmp_path / "b").mkdir()
         shutil.copyfile(sample_file("MR_small.dcm"), tmp_path / "b" / "mr.dcm")
-        dicomlake.ingest([str(tmp_path / "b")], lake, workers=0)
-        write_thumbnails(lake)
+        # thumbnails for b's file, and, at the end of the run, for a's that had none
+        summary = dicomlake.ingest([str(tmp_path / "b")], lake, workers=0, thumbnails=True)
+        assert summary.thumbnails == 2
         items = client.get("/api/series").json()["items"]
         assert len(items) == 2 and all(i["thumbnail"] for i in items)
 

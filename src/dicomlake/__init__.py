@@ -9,18 +9,21 @@ The whole API in three lines::
 or, holding one connection for many queries, ``with dicomlake.Lake(path) as lake:``.
 
 Heavy modules (deltalake, duckdb, the process pool) load on first use, so
-``import dicomlake`` and ``dicomlake --help`` stay fast.
+``import dicomlake`` and ``dicomlake --help`` stay fast; so do the option classes
+below, imported from this package on first use.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import importlib
+from typing import TYPE_CHECKING, Any, Unpack
 
 from dicomlake.client import Lake
 from dicomlake.errors import (
     DicomLakeError,
     ExtractError,
     LakeError,
+    QueryError,
     SourceNotFound,
     TableNotFound,
 )
@@ -28,52 +31,113 @@ from dicomlake.errors import (
 if TYPE_CHECKING:
     import duckdb
 
-    from dicomlake.pipeline import IngestSummary
+    from dicomlake._types import IngestOptions, PathLike, StorageOptions
+    from dicomlake.jobs.ingest import CommitPolicy, IngestSummary
+    from dicomlake.kernels.thumbnails import ThumbnailOptions
+    from dicomlake.notebook import ThumbnailGrid
+    from dicomlake.storage.settings import Retries, StorageConfig
 
 __version__ = "0.1.0"
 
+#: Names loaded on first use, and the module each comes from.
+_LAZY = {
+    "CommitPolicy": "dicomlake.jobs.ingest",
+    "IngestSummary": "dicomlake.jobs.ingest",
+    "Retries": "dicomlake.storage.settings",
+    "StorageConfig": "dicomlake.storage.settings",
+    "ThumbnailOptions": "dicomlake.kernels.thumbnails",
+}
 
-def ingest(sources: list[str] | str, lake: str, **options: Any) -> IngestSummary:
-    """Ingest DICOM files into ``lake``; see :func:`dicomlake.pipeline.ingest` for options.
+
+def ingest(
+    sources: PathLike | list[PathLike] | tuple[PathLike, ...],
+    lake: PathLike,
+    **options: Unpack[IngestOptions],
+) -> IngestSummary:
+    """Ingest DICOM files into ``lake``; the options are :func:`dicomlake.jobs.ingest.ingest`'s.
 
     Raises:
         SourceNotFound: A source does not exist.
         LakeError: The lake cannot be written.
+        ValueError: An option is out of range.
     """
-    from dicomlake.pipeline import ingest as _ingest
+    from dicomlake.jobs.ingest import ingest as _ingest
 
     return _ingest(sources, lake, **options)
 
 
-def connect(lake: str, **options: Any) -> duckdb.DuckDBPyConnection:
+def connect(
+    lake: PathLike, *, storage_options: StorageOptions = None, version: int | None = None
+) -> duckdb.DuckDBPyConnection:
     """Return a DuckDB connection with the lake's views registered.
+
+    Args:
+        lake: Lake folder or URI.
+        storage_options: Settings for object storage.
+        version: Version of the ``instances`` table to read; None for the latest.
 
     Raises:
         TableNotFound: Nothing has been ingested into ``lake`` yet.
+        LakeError: The lake cannot be read.
     """
+    import os
+
     from dicomlake.lake.sql import connect as _connect
 
-    return _connect(lake, **options)
+    return _connect(os.fspath(lake), storage_options=storage_options, version=version)
 
 
-def show(result: Any, **options: Any) -> Any:
+def show(
+    result: Any,
+    *,
+    lake: PathLike | Lake | duckdb.DuckDBPyConnection | None = None,
+    columns: int = 4,
+    size: int = 160,
+    limit: int | None = None,
+) -> ThumbnailGrid:
     """Return a grid of the thumbnails of ``result``'s rows, shown inline by Jupyter.
 
     ``result`` is a DuckDB relation, Arrow table or list of dicts with a ``row_id``
-    column; see :func:`dicomlake.notebook.show` for the options.
+    column; see :func:`dicomlake.notebook.show`.
+
+    Raises:
+        ValueError: The result has no ``row_id`` column, or no lake can be found.
     """
+    import os
+
+    from dicomlake.notebook import MAX_ROWS
     from dicomlake.notebook import show as _show
 
-    return _show(result, **options)
+    where = os.fspath(lake) if isinstance(lake, str | os.PathLike) else lake
+    return _show(
+        result, lake=where, columns=columns, size=size, limit=MAX_ROWS if limit is None else limit
+    )
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dicomlake' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
 
 
 __all__ = [
+    "CommitPolicy",
     "DicomLakeError",
     "ExtractError",
+    "IngestSummary",
     "Lake",
     "LakeError",
+    "QueryError",
+    "Retries",
     "SourceNotFound",
+    "StorageConfig",
     "TableNotFound",
+    "ThumbnailOptions",
     "__version__",
     "connect",
     "ingest",

@@ -7,14 +7,15 @@ so the connection is made once and refreshed only after the lake changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Self
+import os
+from typing import TYPE_CHECKING, Any, Self, Unpack
 
 if TYPE_CHECKING:
     import duckdb
     import pyarrow as pa
 
-    from dicomlake.pipeline import IngestSummary
+    from dicomlake._types import LakeIngestOptions, PathLike, StorageOptions
+    from dicomlake.jobs.ingest import IngestSummary
 
 
 class Lake:
@@ -30,19 +31,24 @@ class Lake:
         ...     lake.sql("SELECT Modality, count(*) FROM instances GROUP BY 1").fetchall()
     """
 
-    def __init__(self, path: str, *, storage_options: dict[str, Any] | None = None) -> None:
-        self.path = str(path)
+    def __init__(self, path: PathLike, *, storage_options: StorageOptions = None) -> None:
+        self.path = os.fspath(path)
         self.storage_options = storage_options
         self._con: duckdb.DuckDBPyConnection | None = None
 
-    def ingest(self, sources: Sequence[str] | str, **options: Any) -> IngestSummary:
-        """Ingest ``sources`` into this lake; options as :func:`dicomlake.pipeline.ingest`.
+    def ingest(
+        self,
+        sources: PathLike | list[PathLike] | tuple[PathLike, ...],
+        **options: Unpack[LakeIngestOptions],
+    ) -> IngestSummary:
+        """Ingest ``sources`` into this lake; options as :func:`dicomlake.jobs.ingest.ingest`.
 
         Raises:
             SourceNotFound: A source does not exist.
             LakeError: The lake cannot be written.
+            ValueError: An option is out of range.
         """
-        from dicomlake.pipeline import ingest
+        from dicomlake.jobs.ingest import ingest
 
         summary = ingest(sources, self.path, storage_options=self.storage_options, **options)
         self.close()  # the next query sees the new version
@@ -62,15 +68,29 @@ class Lake:
         return self._con
 
     def sql(self, query: str) -> duckdb.DuckDBPyRelation:
-        """Run ``query`` over the views ``instances``, ``series``, ``studies``."""
+        """Run ``query`` over the views ``instances``, ``series``, ``studies``.
+
+        Raises:
+            TableNotFound: Nothing has been ingested yet.
+            duckdb.Error: The query fails.
+        """
         return self.connection.sql(query)
 
     def to_arrow(self, query: str) -> pa.Table:
-        """Run ``query`` and return the whole result as an Arrow table."""
+        """Run ``query`` and return the whole result as an Arrow table.
+
+        Raises:
+            TableNotFound: Nothing has been ingested yet.
+            duckdb.Error: The query fails.
+        """
         return self.connection.sql(query).to_arrow_table()
 
     def summary(self) -> dict[str, Any]:
-        """Counts of files, statuses, errors by class, studies, series, modalities."""
+        """Counts of files, statuses, errors by class, studies, series, modalities.
+
+        Raises:
+            TableNotFound: Nothing has been ingested yet.
+        """
         from dicomlake.lake.sql import lake_summary
 
         return lake_summary(self.connection)

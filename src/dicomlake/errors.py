@@ -9,15 +9,20 @@ subclasses exist only where a caller acts differently::
     │   └── TableNotFound   the lake has no such table yet (nothing ingested)
     ├── ExtractError        a file could not be turned into a row (the kernels keep it
     │   │                   as an error row whose class is the subclass's name)
+    │   ├── NotDicom        the bytes are not DICOM (a ``not_dicom`` row, not an error)
+    │   ├── TruncatedFile   the file ends inside its header (also a ValueError)
     │   ├── HeaderTooLarge  a header passes a limit on its size, element count or depth
     │   ├── ZipBomb         a zip member inflates past a size or ratio limit
     │   ├── NestedArchive   a zip member is itself a zip archive (not opened)
     │   └── AmbiguousMemberName  a zip member's name holds '::' (not opened)
     ├── QueryError          a query given to select data (datasets, patches, volumes)
     │                       fails or lacks a column it must return (also a ValueError)
-    └── StorageError        object storage still failed after retries (also an OSError;
-                            Throttled, ServerError, NetworkError, StorageTimeout: in
-                            :mod:`dicomlake.storage`)
+    ├── MissingColumn       a Spark transformer's input lacks a column (also a ValueError)
+    └── StorageError        object storage still failed after retries (also an OSError)
+        ├── Throttled       503 (SlowDown, ServiceUnavailable), 429, other "slow down"s
+        ├── ServerError     500, 502 and 504 replies
+        ├── NetworkError    connection refused, reset, or dropped mid-response
+        └── StorageTimeout  no connection or no answer within the timeouts
 
 Messages name what was expected and what was found. They never carry patient data:
 paths are fine, tag values are not.
@@ -53,11 +58,26 @@ class TableNotFound(LakeError):
 
 
 class ExtractError(DicomLakeError):
-    """A single file could not be parsed into a row."""
+    """A single file could not be parsed into a row.
 
-    def __init__(self, message: str, *, path: str) -> None:
+    Attributes:
+        path: The file's URI, when the code that raised knew it.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None) -> None:
         super().__init__(message)
         self.path = path
+
+
+class NotDicom(ExtractError):
+    """The bytes are not a DICOM file (no DICM prefix and no recognisable data set).
+
+    The kernels make such a file a ``not_dicom`` row rather than an error row.
+    """
+
+
+class TruncatedFile(ExtractError, ValueError):
+    """The file ends inside its header: in an element's tag, length or value."""
 
 
 class QueryError(DicomLakeError, ValueError):
@@ -70,6 +90,18 @@ class QueryError(DicomLakeError, ValueError):
     def __init__(self, message: str, *, sql: str) -> None:
         super().__init__(message)
         self.sql = sql
+
+
+class MissingColumn(DicomLakeError, ValueError):
+    """A Spark transformer's input lacks a column it needs.
+
+    Attributes:
+        column: The missing column's name.
+    """
+
+    def __init__(self, message: str, *, column: str) -> None:
+        super().__init__(message)
+        self.column = column
 
 
 class HeaderTooLarge(ExtractError):
@@ -86,7 +118,7 @@ class ZipBomb(ExtractError):
 
     Raised when the member is opened (its declared sizes) or while it is read (the
     bytes actually inflated, since declared sizes can lie). The limits live in
-    :mod:`dicomlake.catalog` (``ZIP_MAX_MEMBER_BYTES``, ``ZIP_MAX_RATIO``,
+    :mod:`dicomlake.catalog.zips` (``ZIP_MAX_MEMBER_BYTES``, ``ZIP_MAX_RATIO``,
     ``ZIP_RATIO_MIN_BYTES``).
     """
 
@@ -101,6 +133,32 @@ class AmbiguousMemberName(ExtractError):
     Its ``zip://MEMBER::ARCHIVE`` path would name another file, split at the first
     ``::`` as fsspec splits it.
     """
+
+
+class StorageError(DicomLakeError, OSError):
+    """A request to object storage still failed after its retries.
+
+    The subclass names the cause, and its name is the error class that an error
+    row and the ingest summary show. Messages say what failed and which setting
+    bounds the retries; they carry no URL (the row has the path) and nothing from
+    inside the object.
+    """
+
+
+class Throttled(StorageError):
+    """The store kept asking to slow down (503 SlowDown or ServiceUnavailable, 429)."""
+
+
+class ServerError(StorageError):
+    """The store kept answering with a server error (500, 502, 504)."""
+
+
+class NetworkError(StorageError):
+    """The connection kept failing: refused, reset, or dropped mid-response."""
+
+
+class StorageTimeout(StorageError):
+    """The store kept not answering within ``connect_timeout`` / ``read_timeout``."""
 
 
 def exception_chain(exc: BaseException) -> Iterator[BaseException]:

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
+    BasicTextSRStorage,
     DigitalMammographyXRayImageStorageForPresentation,
     ExplicitVRLittleEndian,
     generate_uid,
@@ -75,7 +76,7 @@ def no_preamble_file(dest: Path) -> Path:
 def no_pixel_file(dest: Path) -> Path:
     """Write a Basic Text SR-like instance with no pixel data."""
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.11"
+    meta.MediaStorageSOPClassUID = BasicTextSRStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
@@ -185,7 +186,8 @@ def synthetic_mammogram(
     inside = ((x / (0.8 * cols)) ** 2 + ((y - rows / 2) / (0.45 * rows)) ** 2) < 1
     image = 0.05 * top + 0.5 * top * inside * (1 - x / cols) + 0.1 * top * np.sin(y / 97)
     image += rng.normal(0, 0.01 * top, shape).astype(np.float32)
-    return np.clip(image, 0, top).astype(np.uint16 if bits > 8 else np.uint8)
+    pixels: np.ndarray = np.clip(image, 0, top).astype(np.uint16 if bits > 8 else np.uint8)
+    return pixels
 
 
 def image_dataset(pixels: np.ndarray, bits: int, photometric: str = "MONOCHROME2") -> Dataset:

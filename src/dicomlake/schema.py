@@ -1,10 +1,12 @@
-"""The lake's column contract: the Arrow schema of the ``instances`` table.
+"""The lake's column contract: the Arrow schemas of its tables.
 
 Every engine and kernel produces rows in exactly this schema, and the SQL views are
 written against it. Adding a column is fine; renaming or retyping one breaks users.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 import pyarrow as pa
 
@@ -101,6 +103,54 @@ THUMBNAILS_SCHEMA: pa.Schema = pa.schema(
         pa.field("error", pa.string()),
         pa.field("size", pa.int64()),  # of the source file, for incremental runs
         pa.field("modification_time", pa.timestamp("us", tz="UTC")),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+#: The ``patches`` table: one row per patch kept, or one error row per frame (or file)
+#: that could not be tiled.
+PATCHES_SCHEMA: Final = pa.schema(
+    [
+        pa.field("row_id", pa.int64(), nullable=False),  # the instance's row_id
+        pa.field("path", pa.string(), nullable=False),
+        pa.field("SOPInstanceUID", pa.string()),
+        pa.field("frame", pa.int32()),  # 0-based; null when the file could not be read
+        pa.field("x", pa.int32()),  # column of the patch's top-left pixel
+        pa.field("y", pa.int32()),  # row of the patch's top-left pixel
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("tissue_fraction", pa.float64()),  # foreground share, 0..1
+        pa.field("status", pa.string(), nullable=False),  # 'ok' or 'error'
+        pa.field("error", pa.string()),
+        pa.field("pixels", pa.binary()),  # float32 LE (channels, height, width) or null
+        pa.field("channels", pa.int32()),  # 1 grayscale (physical units), 3 RGB 0..255
+        pa.field("dtype", pa.string()),  # 'float32'
+        pa.field("size", pa.int64()),  # of the source file, for incremental runs
+        pa.field("modification_time", pa.timestamp("us", tz="UTC")),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+#: Schema of the ``volumes`` table: one row per series.
+VOLUMES_SCHEMA: Final = pa.schema(
+    [
+        pa.field("SeriesInstanceUID", pa.string(), nullable=False),
+        pa.field("StudyInstanceUID", pa.string()),
+        pa.field("Modality", pa.string()),
+        pa.field("status", pa.string(), nullable=False),  # 'ok' or 'rejected'
+        pa.field("reason", pa.string()),  # a code of dicomlake.dicom.geometry.REASONS
+        pa.field("message", pa.string()),
+        pa.field("n_slices", pa.int32()),
+        pa.field("rows", pa.int32()),
+        pa.field("columns", pa.int32()),
+        pa.field("spacing_row", pa.float64()),
+        pa.field("spacing_column", pa.float64()),
+        pa.field("spacing_slice", pa.float64()),
+        pa.field("orientation", pa.list_(pa.float64())),  # 6 direction cosines
+        pa.field("origin", pa.list_(pa.float64())),  # position of the first slice
+        pa.field("affine", pa.list_(pa.float64())),  # 16 values, row-major
+        pa.field("paths", pa.list_(pa.string())),  # slice order; path order if rejected
+        pa.field("frames", pa.list_(pa.int32())),  # 0-based, in slice order
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )

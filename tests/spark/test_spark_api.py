@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from deltalake import DeltaTable
 
-from dicomlake.kernels import row_id
+from dicomlake.rows import row_id
 from dicomlake.schema import PROMOTED_TAGS
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def test_pixels_program_end_to_end(spark: SparkSession, spark_folder: Path, tmp_
 
 def test_engines_agree(spark: SparkSession, tmp_path: Path) -> None:
     import dicomlake
-    from dicomlake.lake.delta import arrow_dataset, open_table
+    from dicomlake.lake.tables import arrow_dataset, open_table
     from dicomlake.sample import write_sample_corpus
     from dicomlake.spark import Catalog
     from dicomlake.spark.dicom import DicomMetaExtractor

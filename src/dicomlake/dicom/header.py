@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO
@@ -32,7 +33,14 @@ from dicomlake.dicom.json import (
     to_text,
 )
 from dicomlake.dicom.quiet import quiet
-from dicomlake.errors import ExtractError, HeaderTooLarge, NestedArchive, exception_chain
+from dicomlake.errors import (
+    ExtractError,
+    HeaderTooLarge,
+    NestedArchive,
+    NotDicom,
+    TruncatedFile,
+    exception_chain,
+)
 
 #: Most data elements and sequence items (nested ones included) in one header, on both
 #: parsers. pydicom builds up to 1 KB of objects for each and reads 20,000 to 200,000 a
@@ -64,16 +72,16 @@ _EXPLICIT_VRS = frozenset(
 _LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
 _ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
+_TSYNTAX = b"\x02\x00\x10\x00"  # (0002,0010) Transfer Syntax UID, as the file meta writes it
+_BIG_ENDIAN = b"1.2.840.10008.1.2.2"  # Explicit VR Big Endian
+#: What pydicom raises when it runs out of bytes (a long length, an item's header).
+_RAN_OUT = (OSError, EOFError, struct.error)
 #: The first bytes of a zip archive: a local file header, or the end of an empty one.
 _ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 
 
 class _Truncated(Exception):
     """Encapsulated pixel data ends before its delimiter; args[0] is the length read."""
-
-
-class NotDicom(Exception):
-    """The bytes are not a DICOM file (no DICM prefix and no recognisable dataset)."""
 
 
 @dataclass(slots=True)
@@ -249,7 +257,7 @@ def _limit_cause(exc: BaseException, budget: HeaderBudget) -> ExtractError | Non
 
 
 def _read_header(fp: BinaryIO, uri: str, bulk_threshold: int, budget: HeaderBudget) -> Header:
-    reader = BudgetedReader(fp, budget, defer_size=bulk_threshold)
+    reader = _EndWatch(fp, budget, defer_size=bulk_threshold)
     try:
         ds = pydicom.dcmread(
             reader,  # type: ignore[arg-type]
@@ -259,11 +267,18 @@ def _read_header(fp: BinaryIO, uri: str, bulk_threshold: int, budget: HeaderBudg
         )
     except InvalidDicomError as exc:
         raise NotDicom(str(exc)) from exc
+    except Exception as exc:
+        # a cut inside a long length, a sequence or an item: pydicom raises struct.error
+        # or "No tag to read"; the row names the cut (a passed limit stays the error)
+        cut = None if _limit_cause(exc, budget) else _cut_short(reader, fp, uri, exc)
+        if cut is None:
+            raise
+        raise cut from exc
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", "") or "")
     deflated = tsyntax in _DEFLATED
     # a deflated data set's offsets count inflated bytes: it may well be longer than
     # the file, and zlib itself says when the stream is cut short
-    _check_complete(ds, fp, file_meta_only=deflated)
+    _check_complete(ds, fp, file_meta_only=deflated, cut=_cut_short(reader, fp, uri))
     deflated_pixels: str | None = None
     if deflated:  # offsets point into the inflated stream: inline every value
         fp.seek(0)
@@ -310,16 +325,20 @@ def _read_header(fp: BinaryIO, uri: str, bulk_threshold: int, budget: HeaderBudg
     return Header(meta=meta, has_pixel_data=has_pixels, warnings=converter.warnings)
 
 
-class TruncatedFile(ValueError):
-    """The file ends inside its header."""
-
-
-def _check_complete(ds: pydicom.Dataset, fp: BinaryIO, *, file_meta_only: bool = False) -> None:
+def _check_complete(
+    ds: pydicom.Dataset,
+    fp: BinaryIO,
+    *,
+    file_meta_only: bool = False,
+    cut: TruncatedFile | None = None,
+) -> None:
     """Raise TruncatedFile when the header ends early or has no data set.
 
     pydicom stops quietly at the end of the file, so a header cut short would
     otherwise look like a complete, smaller one. With ``file_meta_only`` (a deflated
-    file) only the file meta group's offsets are file offsets.
+    file) only the file meta group's offsets are file offsets. ``cut`` is the error of
+    a file that ends inside an element's header (see :func:`_cut_short`), raised when
+    no value is cut short.
     """
     position = fp.tell()
     size = fp.seek(0, 2)
@@ -336,8 +355,117 @@ def _check_complete(ds: pydicom.Dataset, fp: BinaryIO, *, file_meta_only: bool =
                     f"file ends inside element ({elem.tag >> 16:04X},{elem.tag & 0xFFFF:04X}): "
                     f"{size} bytes, the element needs {elem.value_tell + elem.length}"
                 )
+    if cut is not None:
+        raise cut
     if not ds._dict:
         raise TruncatedFile(f"no data set after the file meta information ({size} bytes)")
+
+
+class _EndWatch(BudgetedReader):
+    """A :class:`BudgetedReader` that notes where pydicom read past the end of the file.
+
+    pydicom reads an element's or item's header with one 8-byte read and stops without
+    a word when it comes back short, so a file cut inside a tag, VR or length reads as
+    a complete, smaller header; a cut inside a long length or a sequence raises an error
+    that names no cut (``struct.error``, ``No tag to read``). This keeps the first read
+    that came back short since pydicom last stepped back before its end (pydicom peeks
+    and rewinds), the last element or item header read, and where the transfer syntax's
+    header is (to name that tag in a big endian data set). A value's read is told from
+    a header's as :class:`BudgetedReader` tells them: by where the last header's value
+    starts. Nothing but a comparison is added to a read that is not short.
+    """
+
+    __slots__ = ("cut", "last_header", "tsyntax_header")
+
+    def __init__(self, fp: BinaryIO, budget: HeaderBudget, defer_size: int | None = None) -> None:
+        super().__init__(fp, budget, defer_size)
+        #: (where it started, bytes asked, bytes read, whether it read a value) of the
+        #: first read that came back short
+        self.cut: tuple[int, int, int, bool] | None = None
+        #: (where it starts, its 8 bytes) of the last element or item header read, and
+        #: of the transfer syntax's
+        self.last_header: tuple[int, bytes] | None = None
+        self.tsyntax_header: tuple[int, bytes] | None = None
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Read like :class:`BudgetedReader`; note a read that comes back short."""
+        data = BudgetedReader.read(self, size)
+        if size is not None and len(data) < size and self.cut is None:
+            # a short read leaves where the last header's value starts as it was
+            start = self._pos - len(data)
+            self.cut = (start, size, len(data), start == self._value_at and not self._long)
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Seek like :class:`BudgetedReader`; stepping back before a short read's end forgets it."""
+        position = BudgetedReader.seek(self, offset, whence)
+        if self.cut is not None and position < self.cut[0] + self.cut[2]:
+            self.cut = None
+        return position
+
+    def _header(self, data: bytes, start: int) -> int:
+        self.last_header = (start, data)
+        if data[:4] == _TSYNTAX:
+            self.tsyntax_header = self.last_header
+        return BudgetedReader._header(self, data, start)
+
+
+def _cut_short(
+    reader: _EndWatch, fp: BinaryIO, uri: str, exc: BaseException | None = None
+) -> TruncatedFile | None:
+    """The error of a file whose end pydicom read into, if it did (None: it did not).
+
+    A read that came back with some bytes but fewer than asked is a cut (at the top
+    level, pydicom stopped quietly there), and so is a value's read that found the end.
+    A header's read that found the end exactly is one only with ``exc``, an error from
+    running out of bytes (a sequence or item without its end): at the top level, the
+    end between two elements is a shorter, whole file. Without ``exc``, pydicom ending
+    past the end of the file (it skips what a length names) is one too. ``exc`` may
+    also be zlib's error for a deflated data set cut short. The message names the tag
+    of the header last read, never a value.
+    """
+    position = fp.tell()
+    size = fp.seek(0, 2)
+    try:
+        if isinstance(exc, zlib.error) and "truncated" in str(exc):  # Error -5, Z_BUF_ERROR
+            return TruncatedFile(f"file ends inside its deflated data set: {size} bytes", path=uri)
+        cut = reader.cut
+        if cut is not None and (cut[2] or cut[3] or isinstance(exc, _RAN_OUT)):
+            start, asked, got, value = cut
+        elif exc is None and reader.tell() > size:
+            start, asked, got, value = reader.tell(), 0, 0, True
+        else:
+            return None
+        if reader.last_header is None:
+            return TruncatedFile(
+                f"file ends inside the header of the first element: {size} bytes", path=uri
+            )
+        at, header = reader.last_header
+        big = header[:2] != b"\x02\x00" and _transfer_syntax(reader, fp) == _BIG_ENDIAN
+        group, elem = struct.unpack(">HH" if big else "<HH", header[:4])
+        tag = f"({group:04X},{elem:04X})"
+        if value:
+            what = f"the value of element {tag}"
+        elif asked == 8 and got:
+            what = f"the header of an element after {tag}"
+        elif asked == 8:
+            what = f"a sequence, after {tag}"
+        elif asked == 4 and start == at + 8 and header[4:6] in _LONG_LENGTH_VRS:
+            what = f"the header of element {tag}"  # its 4-byte length
+        else:
+            what = f"element {tag}"
+        return TruncatedFile(f"file ends inside {what}: {size} bytes", path=uri)
+    finally:
+        fp.seek(position)
+
+
+def _transfer_syntax(reader: _EndWatch, fp: BinaryIO) -> bytes:
+    """The transfer syntax UID the file meta gave pydicom (b"" when it gave none)."""
+    if reader.tsyntax_header is None:
+        return b""
+    at, header = reader.tsyntax_header
+    fp.seek(at + 8)
+    return fp.read(min(struct.unpack_from("<H", header, 6)[0], 64)).rstrip(b"\0 ")
 
 
 def _vr_of(ds: pydicom.Dataset, tag: int) -> str:
@@ -357,6 +485,11 @@ def _pixel_element(
     fp.seek(start)
     header = fp.read(8)
     if len(header) < 8:
+        if header:  # fewer bytes than any element's header (pydicom stopped quietly)
+            raise TruncatedFile(
+                f"file ends inside the header of an element at byte {start}: "
+                f"{start + len(header)} bytes"
+            )
         return None
     end = "<" if little else ">"
     group, elem = struct.unpack(end + "HH", header[:4])
@@ -370,7 +503,13 @@ def _pixel_element(
     else:
         vr = header[4:6].decode("latin-1")
         if header[4:6] in _LONG_LENGTH_VRS:
-            (length,) = struct.unpack(end + "L", fp.read(4))
+            raw = fp.read(4)
+            if len(raw) < 4:
+                raise TruncatedFile(
+                    f"file ends inside the header of element ({group:04X},{elem:04X}): "
+                    f"{start + 8 + len(raw)} bytes"
+                )
+            (length,) = struct.unpack(end + "L", raw)
             offset = start + 12
         else:
             (length,) = struct.unpack(end + "H", header[6:8])

@@ -29,7 +29,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from functools import lru_cache
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import orjson
 from pydicom.charset import default_encoding
@@ -38,6 +38,7 @@ from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import data_element_generator, read_sequence
 from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
 
 from dicomlake.errors import ExtractError, HeaderTooLarge
 
@@ -214,7 +215,7 @@ class BudgetedReader:
 
     __slots__ = ("_budget", "_counted", "_defer_size", "_fp", "_long", "_pos", "_value_at")
 
-    def __init__(self, fp: BinaryIO, budget: HeaderBudget, defer_size: int | None = None) -> None:
+    def __init__(self, fp: IO[bytes], budget: HeaderBudget, defer_size: int | None = None) -> None:
         self._fp = fp
         self._budget = budget
         self._defer_size = defer_size
@@ -451,7 +452,7 @@ class JsonConverter:
 
     def __init__(
         self,
-        fp: BinaryIO,
+        fp: IO[bytes],
         *,
         bulk_handler: BulkHandler | None,
         bulk_threshold: int = 1024,
@@ -482,7 +483,7 @@ class JsonConverter:
         self.budget.enter(depth)
         out: JsonDict = {}
         elements = ds._dict  # raw elements, unconverted; pydicom's own storage
-        charset = elements.get(0x00080005)
+        charset = elements.get(BaseTag(0x00080005))
         if charset is not None:
             value = charset.value
             codec = charset_codec(value) if isinstance(value, bytes | str | None) else None
@@ -602,12 +603,12 @@ class JsonConverter:
         self, ds: Dataset, tag: int, key: str, codec: str | None, base: int, depth: int
     ) -> JsonDict | None:
         """Convert one element with pydicom, recursing into sequences ourselves."""
-        raw = ds._dict[tag]
+        raw = ds._dict[BaseTag(tag)]
         item_base = base
         if isinstance(raw, RawDataElement):
             if raw.value is None:
                 raw = raw._replace(value=self._read(base + raw.value_tell, raw.length))
-                ds._dict[tag] = raw
+                ds._dict[BaseTag(tag)] = raw
             item_base = base + raw.value_tell  # items parsed from the value's bytes
         try:
             elem = ds[tag]

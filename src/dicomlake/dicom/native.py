@@ -1,6 +1,6 @@
 """The native header parser: DICOM JSON from a file's bytes, in C, at native speed.
 
-``dicomlake._native`` is compiled at ``pip install`` when a C compiler is there (see
+``dicomlake.dicom._native`` is compiled at ``pip install`` when a C compiler is there (see
 ``setup.py``); without it :func:`available` is False and :func:`parse_file` declines
 every file with ``"unavailable"``, so callers always fall back to
 :func:`dicomlake.dicom.header.read_header`. Its output equals ``read_header``'s (and
@@ -47,10 +47,11 @@ import orjson
 from dicomlake.dicom import header as _header
 from dicomlake.dicom.header import Header
 
+_ext: ModuleType | None
 try:
-    from dicomlake import _native as _ext
+    from dicomlake.dicom import _native as _ext
 except ImportError:  # built without a C compiler: the pydicom path only
-    _ext: ModuleType | None = None  # type: ignore[no-redef]
+    _ext = None
 if not hasattr(_ext, "parse"):  # a stray namespace package, not the extension
     _ext = None
 

@@ -22,26 +22,26 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Literal
+from typing import IO, Any
 
 import numpy as np
 import pydicom
 import pydicom.uid
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pydicom.pixels import (
+from pydicom.pixels.processing import (
     apply_color_lut,
     apply_modality_lut,
     apply_voi,
     convert_color_space,
-    pixel_array,
 )
+from pydicom.pixels.utils import pixel_array
 
+from dicomlake._types import FrameChoice
 from dicomlake.dicom.quiet import quiet
 
 logger = logging.getLogger(__name__)
 
-FrameChoice = Literal["first", "middle", "all"] | int
 _JPEG_BASELINE = {"1.2.840.10008.1.2.4.50"}
 _JPEG_2000 = {
     "1.2.840.10008.1.2.4.90",
@@ -115,7 +115,7 @@ def pixel_aspect(ds: Dataset) -> float:
 
 @quiet
 def read_frame(
-    fp: BinaryIO, frame: int, *, max_side: int | None = None
+    fp: IO[bytes], frame: int, *, max_side: int | None = None
 ) -> tuple[np.ndarray, Dataset, int]:
     """Decode one frame of the file open in ``fp``: (stored values, dataset, scale).
 
@@ -153,7 +153,7 @@ def read_frame(
             return reduced[0], ds, reduced[1]
     fp.seek(0)
     try:
-        arr = pixel_array(fp, index=frame)
+        arr = pixel_array(fp, index=frame)  # type: ignore[arg-type]  # any binary file
     except (AttributeError, ValueError) as exc:
         # no file meta, deflated, or pixel data written with a VR switch: pydicom's
         # full reader copes with those where the frame-by-frame reader does not
@@ -168,7 +168,7 @@ def read_frame(
 
 
 def _reduced_decode(
-    fp: BinaryIO, pixel_start: int, ds: Dataset, tsyntax: str, frame: int, level: int
+    fp: IO[bytes], pixel_start: int, ds: Dataset, tsyntax: str, frame: int, level: int
 ) -> tuple[np.ndarray, int] | None:
     """Decode a frame at 1/2**k resolution (1 <= k <= level), or None if we can't.
 
@@ -269,7 +269,7 @@ def _reduced_j2k(data: bytes, ds: Dataset, level: int) -> tuple[np.ndarray, int]
         if image.mode == "RGB" and precision > 8:
             return None  # Pillow keeps only 8 of the bits: let pydicom decode in full
         full_width = image.size[0]
-        image.reduce = attempt
+        image.reduce = attempt  # type: ignore[method-assign,assignment]  # J2K level
         try:
             image.load()
             break
@@ -402,7 +402,8 @@ def frame_view(ds: Dataset, frame: int) -> Dataset:
         return ds
     view = Dataset()
     view.update(ds)  # shallow: the elements are shared, not copied
-    view.set_original_encoding(*ds.original_encoding, ds.original_character_set)
+    implicit, little = ds.original_encoding
+    view.set_original_encoding(implicit, little, ds.original_character_set)
     if hasattr(ds, "file_meta"):
         view.file_meta = ds.file_meta
     for element in found.values():
@@ -439,7 +440,7 @@ def display_frame(stored: np.ndarray, ds: Dataset, frame: int = 0) -> DisplayFra
     return DisplayFrame(_to_uint8(unit), "L", frame, aspect)
 
 
-def render(fp: BinaryIO, *, frame: int = 0, max_side: int | None = None) -> DisplayFrame:
+def render(fp: IO[bytes], *, frame: int = 0, max_side: int | None = None) -> DisplayFrame:
     """Decode frame ``frame`` of the file in ``fp`` and return it ready to display.
 
     Raises:
@@ -471,4 +472,5 @@ def _shrink(stored: np.ndarray, ds: Dataset, factor: int) -> np.ndarray:
     # two sums along one axis each: much faster than one mean over a 4-D view
     strips = stored[: rows * factor, : cols * factor].reshape(rows, factor, cols * factor, *rest)
     summed = strips.sum(axis=1, dtype=np.float32).reshape(rows, cols, factor, *rest).sum(axis=2)
-    return summed / np.float32(factor * factor)
+    mean: np.ndarray = summed / np.float32(factor * factor)
+    return mean

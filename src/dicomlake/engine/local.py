@@ -7,7 +7,9 @@ that one file into an error row, and hands the rest of the task to a fresh worke
 The same path covers a worker that dies (a codec crashing the interpreter).
 
 Tasks are pulled from the caller's iterator only when a worker has room, so memory
-stays flat whatever the corpus size.
+stays flat whatever the corpus size. What a worker does with a task's batches before
+they travel back is the engine's ``sink`` (:mod:`dicomlake.engine.sinks`); reading a
+task's files ahead is its ``prefetch``. Kernels know neither.
 """
 
 from __future__ import annotations
@@ -22,46 +24,16 @@ import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+from dicomlake.catalog import FileRef, Prefetcher
+from dicomlake.kernels.base import Kernel
 
-from dicomlake.catalog import FileRef
+if TYPE_CHECKING:
+    from dicomlake._types import Batches
+    from dicomlake.engine.sinks import Sink
 
 logger = logging.getLogger(__name__)
-
-
-class Kernel(Protocol):
-    """What the engine runs: one row per file, then one batch per task (picklable)."""
-
-    def row(self, ref: FileRef) -> dict[str, Any]:
-        """Return the row of one file; never raises for a bad file."""
-        ...
-
-    def batch(self, rows: Sequence[dict[str, Any]]) -> dict[str, pa.RecordBatch]:
-        """Return the rows as one RecordBatch per table."""
-        ...
-
-    def error_row(self, ref: FileRef, reason: str) -> dict[str, Any]:
-        """Return the row of a file that timed out or crashed its worker."""
-        ...
-
-
-def _prepare(kernel: Kernel, refs: Sequence[FileRef]) -> None:
-    """Let a kernel with a ``prepare(refs)`` method start work ahead (read-ahead)."""
-    prepare = getattr(kernel, "prepare", None)
-    if prepare is not None:
-        prepare(refs)
-
-
-def _ship(kernel: Kernel, out: dict[str, pa.RecordBatch], context: Any) -> dict[str, Any]:
-    """What a task's result becomes before it leaves the worker.
-
-    A kernel with a ``ship(out, context)`` method may store its rows itself (as
-    Parquet shards in the table's folder) and return something smaller.
-    """
-    ship = getattr(kernel, "ship", None)
-    return out if ship is None else ship(out, context)
 
 
 _TASKS_PER_WORKER = 2
@@ -101,11 +73,32 @@ def _read_slot(state: Any, base: int) -> tuple[int, int, float]:
 
 @dataclass
 class Task:
-    """A batch of files and what the caller wants back with its result."""
+    """A batch of files; ``replace``: their rows replace rows the lake has (changed files)."""
 
     refs: Sequence[FileRef]
-    context: Any = None
+    replace: bool = False
     task_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Work:
+    """What each worker runs: the kernel, and the engine's sink and read-ahead."""
+
+    kernel: Kernel
+    sink: Sink | None
+    prefetch: Prefetcher | None
+
+    def run(self, refs: Sequence[FileRef], replace: bool, before: Any = None) -> Batches:
+        """A task's result as it leaves the worker (``before(i)`` ahead of file i)."""
+        if self.prefetch is not None:
+            self.prefetch.submit(refs)
+        rows = []
+        for index, ref in enumerate(refs):
+            if before is not None:
+                before(index)
+            rows.append(self.kernel.row(ref))
+        out = self.kernel.batch(rows)
+        return out if self.sink is None else self.sink.ship(out, replace=replace)
 
 
 @dataclass
@@ -116,9 +109,7 @@ class _Worker:
     tasks: deque[Task] = field(default_factory=deque)
 
 
-def _worker_main(
-    kernel: Kernel, inbox: Any, outbox: Any, state: Any, slot: int, parent: int
-) -> None:
+def _worker_main(work: _Work, inbox: Any, outbox: Any, state: Any, slot: int, parent: int) -> None:
     """Worker loop: run tasks from ``inbox``, publishing progress in ``state``."""
     warnings.simplefilter("ignore")  # pydicom warns on every odd value; rows say it
     base = slot * _SLOT
@@ -135,23 +126,27 @@ def _worker_main(
             continue
         if message is None:
             return
-        task_id, refs, context = message
-        _prepare(kernel, refs)
-        rows = []
-        for index, ref in enumerate(refs):
+        task_id, refs, replace = message
+
+        def started(index: int, task_id: int = task_id) -> None:
             _publish(state, base, task_id, index, time.monotonic())
-            rows.append(kernel.row(ref))
+
+        out = work.run(refs, replace, started)
         _publish(state, base, task_id, len(refs), 0.0)
-        outbox.put((task_id, _ship(kernel, kernel.batch(rows), context)))
+        outbox.put((task_id, out))
 
 
 class LocalEngine:
     """Run a kernel over a stream of tasks on a pool of worker processes.
 
     Args:
-        kernel: Picklable object making rows and batches (see :class:`Kernel`).
+        kernel: Picklable object making rows and batches (see
+            :class:`~dicomlake.kernels.base.Kernel`).
         workers: Number of processes; 0 runs the kernel in this process (no timeout).
         file_timeout: Seconds one file may take before its worker is killed.
+        sink: What a worker does with a task's batches before they travel back (see
+            :mod:`dicomlake.engine.sinks`); None sends them back whole.
+        prefetch: Read each task's local files ahead on a few threads per worker.
     """
 
     def __init__(
@@ -160,8 +155,11 @@ class LocalEngine:
         *,
         workers: int | None = None,
         file_timeout: float = 120.0,
+        sink: Sink | None = None,
+        prefetch: bool = False,
     ) -> None:
         self.kernel = kernel
+        self._work = _Work(kernel, sink, Prefetcher() if prefetch else None)
         self.workers = (os.cpu_count() or 1) if workers is None else workers
         self.file_timeout = file_timeout
         self.timeouts = 0
@@ -186,15 +184,14 @@ class LocalEngine:
             self._pool.shutdown()
             self._pool = None
 
-    def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, dict[str, pa.RecordBatch]]]:
+    def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, Batches]]:
         """Yield (task, {table: batch}) for every task, in completion order."""
         if self.workers <= 0:
             for task in tasks:
-                _prepare(self.kernel, task.refs)
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    rows = [self.kernel.row(ref) for ref in task.refs]
-                yield task, _ship(self.kernel, self.kernel.batch(rows), task.context)
+                    out = self._work.run(task.refs, task.replace)
+                yield task, out
             return
         self.start()
         pool, self._pool = self._pool, None
@@ -219,7 +216,7 @@ class _Pool:
         inbox = self.ctx.Queue()
         process = self.ctx.Process(
             target=_worker_main,
-            args=(self.engine.kernel, inbox, self.outbox, self.state, slot, os.getpid()),
+            args=(self.engine._work, inbox, self.outbox, self.state, slot, os.getpid()),
             daemon=True,
         )
         process.start()
@@ -230,13 +227,13 @@ class _Pool:
         task.task_id = self.next_id
         self.by_id[task.task_id] = task
         worker.tasks.append(task)
-        worker.inbox.put((task.task_id, list(task.refs), task.context))
+        worker.inbox.put((task.task_id, list(task.refs), task.replace))
 
     def start(self) -> None:
         if not self.workers:
             self.workers = [self._start(slot) for slot in range(self.engine.workers)]
 
-    def run(self, tasks: Iterator[Task]) -> Iterator[tuple[Task, dict[str, pa.RecordBatch]]]:
+    def run(self, tasks: Iterator[Task]) -> Iterator[tuple[Task, Batches]]:
         self.start()
         exhausted = False
         try:
@@ -267,16 +264,17 @@ class _Pool:
                 if self.retry:
                     task = self.retry.popleft()
                 elif not exhausted:
-                    task = next(tasks, None)
-                    if task is None:
+                    following = next(tasks, None)
+                    if following is None:
                         exhausted = True
                         break
+                    task = following
                 else:
                     break
                 self._send(worker, task)
         return exhausted
 
-    def _check_stuck(self) -> Iterator[tuple[Task, dict[str, pa.RecordBatch]]]:
+    def _check_stuck(self) -> Iterator[tuple[Task, Batches]]:
         now = time.monotonic()
         for i, worker in enumerate(self.workers):
             if not worker.tasks:
@@ -309,14 +307,14 @@ class _Pool:
             bad = current.refs[index]
             rest = [r for j, r in enumerate(current.refs) if j != index]
             if rest:
-                self.retry.append(Task(refs=rest, context=current.context))
+                self.retry.append(Task(refs=rest, replace=current.replace))
             for task in list(worker.tasks)[1:]:
-                self.retry.append(Task(refs=task.refs, context=task.context))
+                self.retry.append(Task(refs=task.refs, replace=task.replace))
             _publish(self.state, base, task_id, index, 0.0)
             self.workers[i] = self._start(worker.slot)
             kernel = self.engine.kernel
             batch = kernel.batch([kernel.error_row(bad, reason)])
-            yield Task(refs=[bad], context=current.context), batch
+            yield Task(refs=[bad], replace=current.replace), batch
 
     def shutdown(self) -> None:
         for worker in self.workers:

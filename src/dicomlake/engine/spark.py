@@ -5,8 +5,9 @@ functions that need a task context, so this module imports without Spark. Three 
 
 - :func:`instances_mapper` and :func:`thumbnails_mapper` build the functions given to
   ``DataFrame.mapInArrow``: each turns a partition's Arrow batches into file references,
-  runs :class:`~dicomlake.kernels.InstancesKernel` (or :func:`~dicomlake.thumbnails.draw`)
-  on them and returns the input columns with the kernel's columns added;
+  runs :class:`~dicomlake.kernels.instances.InstancesKernel` (or
+  :func:`~dicomlake.kernels.thumbnails.thumbnail_rows`) on them and returns the input
+  columns with the kernel's columns added;
 - :func:`parquet_writer` builds the executors' side of a Delta write: each task writes
   its rows to one Parquet file in the table's folder and returns that file's add-action;
 - :func:`commit` is the driver's side: it commits the add-actions of the successful
@@ -28,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pyarrow as pa
 
+from dicomlake._types import StorageOptions
 from dicomlake.catalog import FileRef
 from dicomlake.errors import LakeError
 from dicomlake.lake.shards import (
@@ -35,19 +37,18 @@ from dicomlake.lake.shards import (
     commit_shards,
     file_stats,
     filesystem,
-    local_folder,
     new_job_id,
     remove_orphans,
 )
 from dicomlake.schema import INSTANCES_SCHEMA
-from dicomlake.storage import StorageOptionsLike
+from dicomlake.storage.locations import local_path
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
     from pyspark.sql.types import StructType
 
-    from dicomlake.kernels import InstancesKernel
-    from dicomlake.thumbnails import ThumbnailOptions
+    from dicomlake.kernels.instances import InstancesKernel
+    from dicomlake.kernels.thumbnails import ThumbnailOptions
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,8 @@ def _column(batch: pa.RecordBatch, names: Sequence[str]) -> list[Any] | None:
     for name in names:
         index = batch.schema.get_field_index(name)
         if index >= 0:
-            return batch.column(index).to_pylist()
+            values: list[Any] = batch.column(index).to_pylist()
+            return values
     return None
 
 
@@ -223,7 +225,7 @@ def instances_mapper(kernel: InstancesKernel, out_schema: pa.Schema) -> ArrowMap
 
 
 def _image_struct(row: dict[str, Any]) -> dict[str, Any] | None:
-    """A thumbnail row from :func:`~dicomlake.thumbnails.draw` as a Spark image struct."""
+    """A row of :func:`~dicomlake.kernels.thumbnails.thumbnail_rows` as a Spark image struct."""
     if row.get("status") != "ok" or row.get("data") is None:
         return None
     import numpy as np
@@ -248,12 +250,12 @@ def thumbnails_mapper(
     options: ThumbnailOptions,
     out_schema: pa.Schema,
     *,
-    storage_options: dict[str, Any] | None = None,
+    storage_options: StorageOptions = None,
 ) -> ArrowMapper:
     """The ``mapInArrow`` function that draws one thumbnail per row with pixel data.
 
     Frames go through the same display pipeline as ``dicomlake ingest --thumbnails``
-    (:func:`dicomlake.thumbnails.draw`); the first frame drawn becomes the row's
+    (:func:`dicomlake.kernels.thumbnails.thumbnail_rows`); the first frame drawn becomes the row's
     ``thumbnail``, a Spark image struct (raw bytes, row-major, BGR for colour). Rows
     without pixel data, or whose frame cannot be drawn, get a null ``thumbnail``.
 
@@ -266,8 +268,8 @@ def thumbnails_mapper(
         A function from input batches to output batches.
     """
     from dicomlake.catalog import open_ref
-    from dicomlake.kernels import row_id
-    from dicomlake.thumbnails import draw
+    from dicomlake.kernels.thumbnails import thumbnail_rows
+    from dicomlake.rows import row_id
 
     def one(batch: pa.RecordBatch, index: int, ref: FileRef) -> dict[str, Any] | None:
         flags = _column(batch, ("has_pixel_data",))
@@ -279,7 +281,7 @@ def thumbnails_mapper(
         frames = _column(batch, ("NumberOfFrames",))
         try:
             with open_ref(ref, storage_options=storage_options) as fp:
-                rows = draw(
+                rows = thumbnail_rows(
                     fp,
                     path=ref.path,
                     instance_id=row_id(ref.path),
@@ -315,7 +317,7 @@ def parquet_writer(
     job_id: str,
     *,
     task_hook: ArrowMapper | None = None,
-    storage_options: StorageOptionsLike = None,
+    storage_options: StorageOptions = None,
 ) -> ArrowMapper:
     """The ``mapInArrow`` function that writes a partition as one Parquet file.
 
@@ -395,7 +397,7 @@ def commit(
     mode: Literal["append", "overwrite"],
     job_id: str,
     name: str | None = None,
-    storage_options: StorageOptionsLike = None,
+    storage_options: StorageOptions = None,
     cleanup: bool = True,
 ) -> int:
     """Commit the files the tasks wrote, in one Delta transaction, then remove orphans.
@@ -436,7 +438,7 @@ def save_dataframe(
     *,
     mode: Literal["append", "overwrite"] = "append",
     name: str | None = None,
-    storage_options: StorageOptionsLike = None,
+    storage_options: StorageOptions = None,
     cleanup: bool = True,
     task_hook: ArrowMapper | None = None,
 ) -> int:
@@ -467,7 +469,7 @@ def save_dataframe(
     if mode not in ("append", "overwrite"):
         raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
     schema = nullable(to_arrow(df.schema))
-    local = local_folder(table_uri)
+    local = local_path(table_uri)
     if local is not None:
         if os.path.exists(local) and not os.path.isdir(local):
             raise LakeError(f"cannot save to {local}: it is a file, not a folder", lake=local)
@@ -491,7 +493,7 @@ def save_dataframe(
     )
 
 
-def parquet_reader(schema: pa.Schema, storage_options: StorageOptionsLike = None) -> ArrowMapper:
+def parquet_reader(schema: pa.Schema, storage_options: StorageOptions = None) -> ArrowMapper:
     """The ``mapInArrow`` function that reads the Parquet files named in a ``uri`` column.
 
     Lets Spark load a table on object storage without Hadoop's S3 connector: each task

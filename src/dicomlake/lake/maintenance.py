@@ -21,17 +21,19 @@ from typing import Any, Final
 
 from deltalake.exceptions import DeltaError
 
-from dicomlake.lake.delta import (
+from dicomlake._types import StorageOptions
+from dicomlake.lake.sql import OPTIONAL_TABLES
+from dicomlake.lake.tables import (
     INSTANCES_TABLE,
     TARGET_FILE_SIZE,
     WRITER_PROPERTIES,
-    StorageOptions,
-    _is_panic,
-    _lake_error,
+    data_files,
+    is_panic,
+    lake_error,
     open_table,
     table_exists,
+    table_uri,
 )
-from dicomlake.lake.sql import OPTIONAL_TABLES
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ class OptimizeSummary:
         return "optimized: " + ("; ".join(parts) or "no tables") + f" in {self.seconds:.1f} s"
 
 
-def file_count(lake: str, table: str, storage_options: StorageOptions | None = None) -> int:
+def file_count(lake: str, table: str, storage_options: StorageOptions = None) -> int:
     """Number of data files in the current version of ``table``.
 
     Raises:
@@ -86,7 +88,7 @@ def optimize(
     vacuum: bool = False,
     retention_hours: int = DEFAULT_RETENTION_HOURS,
     tables: tuple[str, ...] | None = None,
-    storage_options: StorageOptions | None = None,
+    storage_options: StorageOptions = None,
     max_concurrent_tasks: int | None = None,
 ) -> OptimizeSummary:
     """Compact every table of the lake, checkpoint its log, and optionally vacuum.
@@ -136,7 +138,7 @@ def _optimize_table(
     name: str,
     vacuum: bool,
     retention_hours: int,
-    storage_options: StorageOptions | None,
+    storage_options: StorageOptions,
     max_concurrent_tasks: int | None,
 ) -> TableMaintenance:
     dt = open_table(lake, name, storage_options=storage_options)
@@ -161,10 +163,10 @@ def _optimize_table(
             )
         done.files_after = len(dt.file_uris())
     except (DeltaError, OSError) as exc:
-        raise _lake_error("optimize", lake, exc) from exc
+        raise lake_error("optimize", lake, exc) from exc
     except BaseException as exc:
-        if _is_panic(exc):  # delta-rs panics surface as pyo3 PanicException
-            raise _lake_error("optimize", lake, exc) from exc
+        if is_panic(exc):  # delta-rs panics surface as pyo3 PanicException
+            raise lake_error("optimize", lake, exc) from exc
         raise
     return done
 
@@ -195,7 +197,7 @@ class TableState:
 
 
 def table_state(
-    lake: str, table: str = INSTANCES_TABLE, storage_options: StorageOptions | None = None
+    lake: str, table: str = INSTANCES_TABLE, storage_options: StorageOptions = None
 ) -> TableState:
     """Read a table's version, last commit, and the leftovers of interrupted runs.
 
@@ -205,12 +207,11 @@ def table_state(
     """
     import pyarrow.fs as pafs
 
-    from dicomlake.lake.delta import _data_files, table_uri
     from dicomlake.lake.shards import filesystem
 
     dt = open_table(lake, table, storage_options=storage_options)
     try:
-        used = _data_files(dt)
+        used = data_files(dt)
         last = dt.history(1)[0] if dt.version() >= 0 else {}
         fs, root = filesystem(table_uri(lake, table), storage_options)
         names = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root)) if i.is_file]
@@ -221,7 +222,7 @@ def table_state(
             with fs.open_input_stream(f"{log_dir}/_last_checkpoint") as handle:
                 checkpoint = int(json.loads(handle.read())["version"])
     except (DeltaError, OSError, ValueError, KeyError) as exc:
-        raise _lake_error("read", lake, exc) from exc
+        raise lake_error("read", lake, exc) from exc
     stamp = last.get("timestamp")
     return TableState(
         table=table,

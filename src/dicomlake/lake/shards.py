@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pyarrow as pa
 
-from dicomlake.errors import LakeError
-from dicomlake.storage import StorageOptionsLike, delta_options, fsspec_options
+from dicomlake._types import StorageOptions
+from dicomlake.storage.settings import delta_options, fsspec_options
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -42,14 +42,7 @@ ADD_ACTION_SCHEMA: Final = pa.schema(
 )
 
 
-def local_folder(uri: str) -> str | None:
-    """The local folder of a table URI, or None for object storage."""
-    if uri.startswith("file://"):
-        return uri[len("file://") :]
-    return None if "://" in uri else uri
-
-
-def filesystem(uri: str, storage_options: StorageOptionsLike = None) -> tuple[pafs.FileSystem, str]:
+def filesystem(uri: str, storage_options: StorageOptions = None) -> tuple[pafs.FileSystem, str]:
     """A pyarrow file system and path for ``uri``.
 
     Object storage goes through fsspec, with the storage options (the same
@@ -63,10 +56,11 @@ def filesystem(uri: str, storage_options: StorageOptionsLike = None) -> tuple[pa
     if "://" not in uri:
         return pafs.LocalFileSystem(), os.path.abspath(uri)
     if uri.startswith("file://"):
-        return pafs.FileSystem.from_uri(uri)
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs, str(path)
     import fsspec.core
 
-    from dicomlake.storage import tune_filesystem
+    from dicomlake.storage.faults import tune_filesystem
 
     protocol = uri.split("://", 1)[0]
     fs, root = fsspec.core.url_to_fs(uri, **fsspec_options(storage_options, protocol))
@@ -102,7 +96,7 @@ def remove_orphans(
     table_uri: str,
     job_id: str,
     committed: set[str],
-    storage_options: StorageOptionsLike = None,
+    storage_options: StorageOptions = None,
 ) -> list[str]:
     """Delete the files of job ``job_id`` in the table's folder that are not committed.
 
@@ -147,7 +141,7 @@ def write_shard(
     table: pa.Table,
     name: str,
     *,
-    storage_options: StorageOptionsLike = None,
+    storage_options: StorageOptions = None,
 ) -> dict[str, Any]:
     """Write ``table`` as the data file ``name`` in the table's folder.
 
@@ -200,7 +194,7 @@ def commit_shards(
     *,
     mode: Literal["append", "overwrite"] = "append",
     name: str | None = None,
-    storage_options: StorageOptionsLike = None,
+    storage_options: StorageOptions = None,
 ) -> int:
     """Commit written shards in one Delta transaction; create the table if need be.
 
@@ -219,6 +213,8 @@ def commit_shards(
     from deltalake.exceptions import DeltaError
     from deltalake.transaction import create_table_with_add_actions
 
+    from dicomlake.lake.tables import lake_error
+
     adds = add_actions(actions)
     rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
     delta_schema = Schema.from_arrow(schema)
@@ -232,5 +228,5 @@ def commit_shards(
                 table_uri, delta_schema, adds, mode="error", name=name, storage_options=delta
             )
     except (DeltaError, OSError) as exc:
-        raise LakeError(f"cannot commit to {table_uri}: {exc}", lake=table_uri) from exc
-    return rows
+        raise lake_error("write", table_uri, exc) from exc
+    return int(rows)

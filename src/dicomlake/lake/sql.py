@@ -33,19 +33,19 @@ from typing import TYPE_CHECKING, Any
 import duckdb
 import pyarrow as pa
 
+from dicomlake._types import StorageOptions
 from dicomlake.errors import LakeError
-from dicomlake.lake.delta import (
+from dicomlake.lake.tables import (
     INSTANCES_TABLE,
     PATCHES_TABLE,
     THUMBNAILS_TABLE,
     VOLUMES_TABLE,
-    StorageOptions,
-    _local_path,
     arrow_dataset,
     open_table,
     table_exists,
 )
-from dicomlake.storage import fsspec_options
+from dicomlake.storage.locations import url_local_path
+from dicomlake.storage.settings import fsspec_options
 
 if TYPE_CHECKING:
     from deltalake import DeltaTable
@@ -155,12 +155,12 @@ def _sql_string(text: str) -> str:
 def _plain_path(uri: str) -> str:
     """A data file's local path: file_uris() percent-encodes ("a b" -> "a%20b")."""
     if uri.startswith("file://"):
-        return _local_path(uri) or uri
+        return url_local_path(uri) or uri
     return urllib.parse.unquote(uri)
 
 
 def _register_fsspec(
-    con: duckdb.DuckDBPyConnection, uri: str, storage_options: StorageOptions | None
+    con: duckdb.DuckDBPyConnection, uri: str, storage_options: StorageOptions
 ) -> bool:
     """Let DuckDB read ``uri``'s protocol through fsspec; False if fsspec cannot.
 
@@ -188,7 +188,7 @@ def _register_table(
     name: str,
     dt: DeltaTable,
     lake: str,
-    storage_options: StorageOptions | None = None,
+    storage_options: StorageOptions = None,
 ) -> None:
     """Create the view ``name`` over the files of ``dt``'s loaded version.
 
@@ -205,7 +205,7 @@ def _register_table(
             f"{unsupported}, which dicomlake cannot read; rewrite the table without them",
             lake=lake,
         )
-    local = _local_path(dt.table_uri)
+    local = url_local_path(dt.table_uri)
     if local is None and not _register_fsspec(con, dt.table_uri, storage_options):
         # DuckDB cannot reach this store: read through delta-rs (module docstring).
         con.register(name, arrow_dataset(dt))
@@ -249,7 +249,7 @@ def _register_tag_helpers(con: duckdb.DuckDBPyConnection) -> None:
 def connect(
     lake: str,
     *,
-    storage_options: StorageOptions | None = None,
+    storage_options: StorageOptions = None,
     version: int | None = None,
 ) -> duckdb.DuckDBPyConnection:
     """Open an in-memory DuckDB connection with the lake's views.

@@ -20,22 +20,23 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from dicomlake.dicom.frames import PhysicalFrame, load_frame
+    from dicomlake.jobs.volumes import build_volumes
     from dicomlake.ml.frame_dataset import FrameDataset
-    from dicomlake.ml.frames import FrameCache, PhysicalFrame, load_frame
+    from dicomlake.ml.frames import FrameCache
     from dicomlake.ml.patch_dataset import PatchDataset
     from dicomlake.ml.patches import DicomPatcher
     from dicomlake.ml.volume_dataset import SeriesVolumeDataset
-    from dicomlake.ml.volumes import build_volumes
 
 _EXPORTS = {
     "DicomPatcher": "dicomlake.ml.patches",
     "FrameCache": "dicomlake.ml.frames",
     "FrameDataset": "dicomlake.ml.frame_dataset",
     "PatchDataset": "dicomlake.ml.patch_dataset",
-    "PhysicalFrame": "dicomlake.ml.frames",
+    "PhysicalFrame": "dicomlake.dicom.frames",
     "SeriesVolumeDataset": "dicomlake.ml.volume_dataset",
     "build_volumes": "dicomlake.ml.volumes",
-    "load_frame": "dicomlake.ml.frames",
+    "load_frame": "dicomlake.dicom.frames",
 }
 
 __all__ = [

@@ -8,12 +8,14 @@ from typing import Any
 
 import pyarrow as pa
 
+from dicomlake._types import StorageOptions
+from dicomlake.dicom.frames import Window, check_window
 from dicomlake.errors import QueryError
+from dicomlake.lake.selection import PRIVATE
 from dicomlake.ml._torch import require_torch
-from dicomlake.ml.frames import FrameCache, FrameReader, Window, check_window
+from dicomlake.ml.frames import FrameCache, FrameReader
 from dicomlake.ml.labels import Labels
-from dicomlake.ml.selection import PRIVATE, LakeLike, lake_location
-from dicomlake.storage import StorageOptionsLike
+from dicomlake.ml.selection import LakeLike, lake_location
 
 
 class SelectedDataset:
@@ -37,8 +39,8 @@ class SelectedDataset:
         window: Window,
         transform: Callable[[dict[str, Any]], Any] | None,
         cache_dir: str | os.PathLike[str] | None,
-        storage_options: StorageOptionsLike,
-    ) -> tuple[str, StorageOptionsLike]:
+        storage_options: StorageOptions,
+    ) -> tuple[str, StorageOptions]:
         """Check the shared arguments; return the lake's path and storage options.
 
         Raises:
@@ -75,7 +77,7 @@ class SelectedDataset:
         return self._items.rename_columns(names)
 
     def __len__(self) -> int:
-        return self._items.num_rows
+        return int(self._items.num_rows)
 
     def _check_index(self, index: int) -> int:
         if not -len(self) <= index < len(self):

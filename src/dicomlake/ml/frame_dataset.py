@@ -11,14 +11,15 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from dicomlake.catalog import _short_error
+from dicomlake._types import StorageOptions
+from dicomlake.dicom.frames import PhysicalFrame, Window
 from dicomlake.errors import ExtractError
+from dicomlake.lake.selection import PRIVATE, select_pixel_instances
 from dicomlake.ml._base import SelectedDataset
 from dicomlake.ml._torch import require_torch
-from dicomlake.ml.frames import PhysicalFrame, Window
 from dicomlake.ml.labels import labels_for
-from dicomlake.ml.selection import PRIVATE, LakeLike, select_pixel_instances
-from dicomlake.storage import StorageOptionsLike
+from dicomlake.ml.selection import LakeLike
+from dicomlake.rows import error_text
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def match_channels(values: np.ndarray, channels: int | None) -> np.ndarray:
     if channels is None or values.shape[0] == channels:
         return values
     if channels == 1:
-        return (values * _LUMA).sum(axis=0, keepdims=True, dtype=np.float32)
+        luma: np.ndarray = (values * _LUMA).sum(axis=0, keepdims=True, dtype=np.float32)
+        return luma
     if channels == 3:
         return np.repeat(values, 3, axis=0)
     raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
@@ -170,7 +172,7 @@ class FrameDataset(SelectedDataset):
         on_error: Literal["raise", "skip"] = "raise",
         reduced_decode: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
-        storage_options: StorageOptionsLike = None,
+        storage_options: StorageOptions = None,
     ) -> None:
         self.size = check_size(size)
         if channels not in (None, 1, 3):
@@ -219,7 +221,7 @@ class FrameDataset(SelectedDataset):
                     row[0], row[1], size=row[2], mtime=row[3], max_side=self._max_side
                 )
             except Exception as exc:
-                message = f"cannot decode frame {row[1]} of {row[0]}: {_short_error(exc)}"
+                message = f"cannot decode frame {row[1]} of {row[0]}: {error_text(exc)}"
                 if self.on_error == "raise":
                     raise ExtractError(
                         f"{message} (on_error='skip' goes on with the next item)", path=row[0]

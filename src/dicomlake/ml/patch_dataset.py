@@ -33,17 +33,14 @@ from typing import Any, Final
 import numpy as np
 import pyarrow as pa
 
+from dicomlake._types import StorageOptions
+from dicomlake.dicom.frames import PhysicalFrame, Window
 from dicomlake.errors import ExtractError, QueryError
+from dicomlake.lake.selection import PRIVATE, query_columns, require_columns
 from dicomlake.ml._base import SelectedDataset
 from dicomlake.ml._torch import require_torch
-from dicomlake.ml.frames import PhysicalFrame, Window
 from dicomlake.ml.labels import labels_for
-from dicomlake.ml.selection import (
-    PRIVATE,
-    LakeLike,
-    query_columns,
-    require_columns,
-)
+from dicomlake.ml.selection import LakeLike
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +84,7 @@ def _statement(sql: str, columns: list[str], keep: list[str]) -> str:
 def _select(
     lake: str,
     sql: str,
-    options: dict[str, Any] | None,
+    options: StorageOptions,
     label: str | None,
     spool: Callable[[], Path],
 ) -> tuple[pa.Table, Path | None]:
@@ -353,10 +350,10 @@ class PatchDataset(SelectedDataset):
                     path, frame, size=row[f"{PRIVATE}size"], mtime=row[f"{PRIVATE}mtime"]
                 )
             except Exception as exc:
-                from dicomlake.catalog import _short_error
+                from dicomlake.rows import error_text
 
                 raise ExtractError(
-                    f"cannot decode frame {frame} of {path}: {_short_error(exc)}", path=path
+                    f"cannot decode frame {frame} of {path}: {error_text(exc)}", path=path
                 ) from exc
             values = loaded.windowed(self.window)
             self._last = ((path, frame), values)

@@ -12,16 +12,16 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dicomlake.catalog import _short_error
+from dicomlake.dicom.frames import PhysicalFrame, Window
+from dicomlake.dicom.geometry import TOO_FEW_SLICES, GeometryTolerance, Rejection, VolumeGeometry
 from dicomlake.dicom.pixels import robust_range
 from dicomlake.errors import ExtractError
+from dicomlake.jobs.volumes import RejectedSeries, select_series
 from dicomlake.ml._base import SelectedDataset
 from dicomlake.ml._torch import require_torch
-from dicomlake.ml.frames import PhysicalFrame, Window
-from dicomlake.ml.geometry import TOO_FEW_SLICES, GeometryTolerance, Rejection, VolumeGeometry
 from dicomlake.ml.labels import labels_for
 from dicomlake.ml.selection import LakeLike
-from dicomlake.ml.volumes import RejectedSeries, select_series
+from dicomlake.rows import error_text
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class SeriesVolumeDataset(SelectedDataset):
 
     Every series is checked before it becomes an item (one orientation, one size, no
     duplicate or missing positions, uniform spacing: see
-    :mod:`dicomlake.ml.geometry`); a series that fails is left out and listed in
+    :mod:`dicomlake.dicom.geometry`); a series that fails is left out and listed in
     :attr:`rejected` with its reason. Geometry comes from the lake's columns, so
     making the dataset reads no pixels.
 
@@ -104,7 +104,7 @@ class SeriesVolumeDataset(SelectedDataset):
         cache_dir: Folder for decoded frames (``.npy``); None decodes every time.
         storage_options: Options for an object-store lake and its files.
         tolerance: How far slices may be from a regular grid: a
-            :class:`~dicomlake.ml.geometry.GeometryTolerance`, or a number for the
+            :class:`~dicomlake.dicom.geometry.GeometryTolerance`, or a number for the
             relative slice-spacing tolerance (default 1%).
 
     Raises:
@@ -198,7 +198,7 @@ class SeriesVolumeDataset(SelectedDataset):
         """
         volume = self._volumes[self._check_index(index)]
         geometry = volume.geometry
-        slices = []
+        slices: list[PhysicalFrame] = []
         for k, (path, frame, (size, mtime)) in enumerate(
             zip(geometry.paths, geometry.frames, volume.files, strict=True)
         ):
@@ -207,7 +207,7 @@ class SeriesVolumeDataset(SelectedDataset):
             except Exception as exc:
                 raise ExtractError(
                     f"cannot decode frame {frame} of {path} (slice {k} of a "
-                    f"{geometry.n_slices}-slice series): {_short_error(exc)}",
+                    f"{geometry.n_slices}-slice series): {error_text(exc)}",
                     path=path,
                 ) from exc
             values = loaded.values

@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pyarrow as pa
 
-from dicomlake.catalog import FileRef, iter_files
+from dicomlake._types import StorageOptions
+from dicomlake.catalog import FileRef, iter_files, local_file
 from dicomlake.errors import TableNotFound
 from dicomlake.spark._compat import require_pyspark, to_arrow, to_spark
-from dicomlake.storage import StorageConfig, StorageOptionsLike, delta_options
+from dicomlake.storage.settings import StorageConfig, delta_options
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -39,16 +40,10 @@ CATALOG_SCHEMA: Final = pa.schema(
 LIST_BATCH_ROWS: Final = 10_000
 
 
-def _local_path(ref: FileRef) -> str | None:
-    if not ref.path.startswith("file://"):
-        return None  # object storage, memory://, or a zip member: no file of its own
-    return ref.path[len("file://") :]
-
-
 def _catalog_batches(
     refs: Iterator[FileRef], *, extensions: set[str] | None, is_anon: bool
 ) -> Iterator[pa.RecordBatch]:
-    from dicomlake.kernels import source_columns
+    from dicomlake.catalog import source_columns
 
     rows: list[dict[str, Any]] = []
     for ref in refs:
@@ -59,7 +54,7 @@ def _catalog_batches(
             rowId=row["row_id"],
             modificationTime=row["modification_time"],
             length=row["size"],
-            local_path=_local_path(ref),
+            local_path=_text_local_path(ref),
             is_anon=is_anon,
         )
         rows.append(row)
@@ -70,7 +65,23 @@ def _catalog_batches(
         yield pa.RecordBatch.from_pylist(rows, schema=CATALOG_SCHEMA)
 
 
-_active_storage_options: StorageOptionsLike = None
+def _text_local_path(ref: FileRef) -> str | None:
+    """The ``local_path`` column: a local file's path, None where it is not valid text.
+
+    A name that is not valid UTF-8 has no text form that ``open`` takes; its ``path``
+    (``file://localhost/...``) opens it through :func:`dicomlake.catalog.open_ref`.
+    """
+    local = local_file(ref)
+    if local is None:
+        return None
+    try:
+        local.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return local
+
+
+_active_storage_options: StorageOptions = None
 
 
 def delta_writer(spark: SparkSession) -> Literal["delta-rs", "delta-spark"]:
@@ -84,7 +95,7 @@ def delta_writer(spark: SparkSession) -> Literal["delta-rs", "delta-spark"]:
     return "delta-spark" if "DeltaSparkSessionExtension" in extensions else "delta-rs"
 
 
-def active_storage_options() -> StorageOptionsLike:
+def active_storage_options() -> StorageOptions:
     """Storage settings of the :class:`Catalog` made last in this process (or None)."""
     return _active_storage_options
 
@@ -119,7 +130,7 @@ class Catalog:
         table: str = "object_catalog",
         lake: str | None = None,
         *,
-        storage_options: StorageOptionsLike = None,
+        storage_options: StorageOptions = None,
         files_per_partition: int = 256,
         writer: Literal["auto", "delta-rs", "delta-spark"] = "auto",
     ) -> None:
@@ -141,7 +152,7 @@ class Catalog:
         if lake is None:
             self.table_uri = os.path.abspath(table)
         else:
-            from dicomlake.lake.delta import table_uri
+            from dicomlake.lake.tables import table_uri
 
             self.table_uri = table_uri(lake, table)
 
@@ -263,7 +274,7 @@ class Catalog:
         from deltalake import DeltaTable
 
         from dicomlake.engine.spark import parquet_reader
-        from dicomlake.lake.shards import local_folder
+        from dicomlake.storage.locations import local_path
 
         options = delta_options(self.storage_options)
         if not DeltaTable.is_deltatable(self.table_uri, options):
@@ -276,7 +287,7 @@ class Catalog:
         uris = table.file_uris()
         if not uris:
             return self.spark.createDataFrame([], schema)
-        if local_folder(self.table_uri) is not None:
+        if local_path(self.table_uri) is not None:
             return self.spark.read.schema(schema).parquet(*uris)
         files = self.spark.createDataFrame([(u,) for u in uris], "uri string")
         files = files.repartition(min(len(uris), self.spark.sparkContext.defaultParallelism))

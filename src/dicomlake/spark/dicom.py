@@ -2,7 +2,7 @@
 
 Each transformer has ``transform(df) -> DataFrame`` and checks its input columns first.
 :class:`DicomMetaExtractor` runs the same kernel as ``dicomlake ingest``
-(:class:`~dicomlake.kernels.InstancesKernel`) inside ``mapInArrow``, so a Spark run and
+(:class:`~dicomlake.kernels.instances.InstancesKernel`) inside ``mapInArrow``, so a Spark run and
 a local run give the same rows.
 """
 
@@ -21,8 +21,8 @@ from dicomlake.spark._compat import require_pyspark, to_arrow, to_spark
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
-    from dicomlake.dicom.pixels import FrameChoice
-    from dicomlake.ml.patches import PatchFrames, PatchOptions
+    from dicomlake._types import FrameChoice, StorageOptions
+    from dicomlake.kernels.patches import PatchOptions
     from dicomlake.spark.catalog import Catalog
 
 __all__ = [
@@ -99,7 +99,7 @@ class DicomMetaExtractor(_Transformer):
         """
         self._check(df)
         from dicomlake.engine.spark import INSTANCES_SCHEMA, instances_mapper, merge_schema
-        from dicomlake.kernels import InstancesKernel
+        from dicomlake.kernels.instances import InstancesKernel
 
         out = merge_schema(to_arrow(df.schema), INSTANCES_SCHEMA)
         kernel = InstancesKernel(
@@ -134,9 +134,9 @@ class DicomThumbnailExtractor(_Transformer):
         size: int = 256,
         frame: FrameChoice = "middle",
         *,
-        storage_options: dict[str, Any] | None = None,
+        storage_options: StorageOptions = None,
     ) -> None:
-        from dicomlake.thumbnails import ThumbnailOptions
+        from dicomlake.kernels.thumbnails import ThumbnailOptions
 
         if frame == "all":
             raise ValueError(
@@ -310,7 +310,7 @@ class TagExtractor(_Transformer):
 
 
 def _patches_mapper(
-    options: PatchOptions, storage_options: dict[str, Any] | None
+    options: PatchOptions, storage_options: StorageOptions
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The ``mapInArrow`` function: each input row's file tiled by the patches kernel.
 
@@ -322,7 +322,7 @@ def _patches_mapper(
     import datetime as dt
 
     from dicomlake.engine.spark import refs_from_batch
-    from dicomlake.ml.patches import PatchSource, patch_instance, patches_batch
+    from dicomlake.kernels.patches import PatchSource, patch_instance, patches_batch
 
     def column(batch: pa.RecordBatch, name: str) -> list[Any] | None:
         index = batch.schema.get_field_index(name)
@@ -381,13 +381,13 @@ class DicomPatcher(_Transformer):
         stride: int | None = None,
         min_tissue: float = 0.0,
         store_pixels: bool = False,
-        frames: PatchFrames = "all",
+        frames: FrameChoice = "all",
         *,
         inputCol: str = "path",
         outputCol: str | None = None,
-        storage_options: dict[str, Any] | None = None,
+        storage_options: StorageOptions = None,
     ) -> None:
-        from dicomlake.ml.patches import PatchOptions
+        from dicomlake.kernels.patches import PatchOptions
 
         self.options = PatchOptions(
             size=size,
@@ -424,7 +424,7 @@ class DicomPatcher(_Transformer):
         """
         self._check(df)
         from dicomlake.engine.spark import nullable
-        from dicomlake.ml.patches import PATCHES_SCHEMA
+        from dicomlake.schema import PATCHES_SCHEMA
 
         if self.input_col != "path":
             df = df.withColumn("path", df[self.input_col])

@@ -24,14 +24,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dicomlake.lake.delta import (
+from dicomlake.lake.tables import (
     INSTANCES_TABLE,
     THUMBNAILS_TABLE,
-    _local_path,
     open_table,
     table_exists,
     table_uri,
 )
+from dicomlake.storage.locations import local_path
 
 if TYPE_CHECKING:
     import duckdb
@@ -75,7 +75,7 @@ def lock_down(con: duckdb.DuckDBPyConnection, lake: str) -> None:
         con: A connection made by :func:`dicomlake.lake.sql.connect`.
         lake: The lake it reads.
     """
-    local = _local_path(table_uri(lake, INSTANCES_TABLE))
+    local = local_path(table_uri(lake, INSTANCES_TABLE))
     if local is not None:
         root = os.path.dirname(local).rstrip(os.sep) + os.sep
         con.execute("SET allowed_directories = ?", [[root]])
@@ -131,7 +131,7 @@ class LakeConnection:
         except BaseException:
             con.close()
             raise
-        shared = _local_path(table_uri(self.lake, INSTANCES_TABLE)) is None
+        shared = local_path(table_uri(self.lake, INSTANCES_TABLE)) is None
         log.info("viewer reads %s at version %s", self.lake, versions)
         return _Generation(con, versions, has_thumbnails, shared)
 

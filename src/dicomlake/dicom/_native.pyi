@@ -1,7 +1,9 @@
-"""Stub of the optional C extension ``dicomlake._native`` (src/dicomlake/_native/header.c)."""
+"""Stub of the optional C extension ``dicomlake.dicom._native`` (its source: csrc/header.c)."""
 
-from collections.abc import Buffer, Iterable
+from collections.abc import Iterable
 from typing import Any
+
+from typing_extensions import Buffer
 
 MAX_DEPTH: int
 

@@ -21,41 +21,19 @@ cannot both claim a version. Stores without conditional puts need
 as extra delta-rs options.
 
 Wherever the API takes ``storage_options`` it takes a :class:`StorageConfig` or a plain
-dict, read by :meth:`StorageConfig.from_options`.
-
-Faults of object storage (throttling, server errors, dropped connections, stalls) are
-retried by the libraries, configured by :class:`Retries`; a request that still fails
-is raised as a :class:`StorageError` subclass that names the cause (:class:`Throttled`,
-:class:`ServerError`, :class:`NetworkError`, :class:`StorageTimeout`), so the file
-becomes an error row whose class the ingest summary counts.
+dict (:data:`dicomlake._types.StorageOptions`), read by :meth:`StorageConfig.coerce`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dicomlake.errors import DicomLakeError, exception_chain
-
-__all__ = [
-    "NetworkError",
-    "Retries",
-    "ServerError",
-    "StorageConfig",
-    "StorageError",
-    "StorageTimeout",
-    "Throttled",
-    "delta_options",
-    "fsspec_options",
-    "parse_storage_option",
-    "storage_error",
-    "translate_errors",
-    "tune_filesystem",
-]
+if TYPE_CHECKING:
+    from dicomlake._types import StorageOptions
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -104,7 +82,7 @@ _RETRY_FIELDS: dict[str, str] = {
     "AWS_RETRY_MODE": "mode",
 }
 _RETRY_MODES = ("standard", "adaptive", "legacy")
-_S3_PROTOCOLS = frozenset({"s3", "s3a"})
+S3_PROTOCOLS = frozenset({"s3", "s3a"})
 #: How often s3fs itself runs a request that botocore gave up on (s3fs's default is 5,
 #: which would multiply botocore's attempts by 5, and by 25 for reads). 2 keeps the one
 #: retry only s3fs can make: a read whose body was cut off after its headers came.
@@ -218,165 +196,6 @@ def _parse_retry_value(name: str, value: Any) -> Any:
         kind = "a whole number" if name == "max_attempts" else "a number of seconds"
         raise ValueError(f"storage option {name} must be {kind}, got {value!r}") from None
     return text.lower()
-
-
-# ---------------------------------------------------------------------- errors
-
-
-class StorageError(DicomLakeError, OSError):
-    """A request to object storage still failed after its retries.
-
-    The subclass names the cause, and its name is the error class that an error
-    row and the ingest summary show::
-
-        StorageError
-        ├── Throttled       503 (SlowDown, ServiceUnavailable), 429, other "slow down"s
-        ├── ServerError     500, 502 and 504 replies
-        ├── NetworkError    connection refused, reset, or dropped mid-response
-        └── StorageTimeout  no connection or no answer within the timeouts
-
-    Messages say what failed and which setting bounds the retries; they carry no
-    URL (the row has the path) and nothing from inside the object.
-    """
-
-
-class Throttled(StorageError):
-    """The store kept asking to slow down (503 SlowDown or ServiceUnavailable, 429)."""
-
-
-class ServerError(StorageError):
-    """The store kept answering with a server error (500, 502, 504)."""
-
-
-class NetworkError(StorageError):
-    """The connection kept failing: refused, reset, or dropped mid-response."""
-
-
-class StorageTimeout(StorageError):
-    """The store kept not answering within ``connect_timeout`` / ``read_timeout``."""
-
-
-_THROTTLE_CODES = frozenset(
-    {"SlowDown", "Throttling", "ThrottlingException", "TooManyRequests", "RequestLimitExceeded"}
-)
-_RETRIED_STATUS = frozenset({500, 502, 503, 504})
-
-
-def _reply_error(exc: BaseException, tail: str) -> StorageError | None:
-    """Throttled or ServerError for a botocore ``ClientError`` with a 5xx/429 reply."""
-    response = getattr(exc, "response", None)
-    if not isinstance(response, Mapping) or "ResponseMetadata" not in response:
-        return None
-    status = response["ResponseMetadata"].get("HTTPStatusCode")
-    code = str((response.get("Error") or {}).get("Code") or "")
-    if not isinstance(status, int):
-        return None
-    throttled = code in _THROTTLE_CODES or status in (429, 503)
-    if not (throttled or status in _RETRIED_STATUS):
-        return None
-    text = f"HTTP {status}" + (f" {code}" if code and code != str(status) else "")
-    operation = getattr(exc, "operation_name", None)
-    if operation:
-        text += f" on {operation}"
-    return (Throttled if throttled else ServerError)(f"{text}, {tail}")
-
-
-def _transport_error(exc: BaseException, retries: Retries, tail: str) -> StorageError | None:
-    """StorageTimeout or NetworkError for a failure below HTTP (botocore, aiohttp)."""
-    from http.client import IncompleteRead
-
-    timeouts: tuple[type[BaseException], ...] = (TimeoutError,)
-    connect: tuple[type[BaseException], ...] = ()
-    network: tuple[type[BaseException], ...] = (ConnectionError, IncompleteRead)
-    with contextlib.suppress(ImportError):  # the s3 extra
-        from botocore import exceptions as boto
-
-        connect = (boto.ConnectTimeoutError,)
-        timeouts += (boto.ReadTimeoutError, *connect)
-        network += (boto.ConnectionError, boto.HTTPClientError, boto.IncompleteReadError)
-    with contextlib.suppress(ImportError):
-        import aiohttp
-
-        network += (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError)
-    name = type(exc).__name__
-    if isinstance(exc, connect):
-        return StorageTimeout(
-            f"no connection within connect_timeout={retries.connect_timeout:g} s, {tail}"
-        )
-    if isinstance(exc, timeouts):
-        return StorageTimeout(
-            f"no answer within read_timeout={retries.read_timeout:g} s ({name}), {tail}"
-        )
-    if isinstance(exc, network):
-        return NetworkError(f"connection failed ({name}), {tail}")
-    return None
-
-
-def storage_error(exc: BaseException, retries: Retries | None = None) -> StorageError | None:
-    """Name the cause of a storage failure that outlived its retries.
-
-    Looks through ``exc`` and what it was raised from (s3fs turns a botocore reply
-    into an ``OSError`` raised from it) for a throttling or server-error reply, a
-    timeout or a lost connection.
-
-    Args:
-        exc: What reading or listing raised.
-        retries: The settings the request ran under, named in the message.
-
-    Returns:
-        The :class:`StorageError` to raise instead, or None when ``exc`` is none of
-        these (a missing object, a refused permission, a bad file).
-
-    Example:
-        >>> print(storage_error(ConnectionResetError("reset by peer"), Retries()))
-        connection failed (ConnectionResetError), retries exhausted (max_attempts=5)
-    """
-    retries = retries or Retries()
-    tail = f"retries exhausted (max_attempts={retries.max_attempts})"
-    for cause in exception_chain(exc):
-        if isinstance(cause, StorageError):
-            return cause
-        found = _reply_error(cause, tail) or _transport_error(cause, retries, tail)
-        if found is not None:
-            return found
-    return None
-
-
-@contextlib.contextmanager
-def translate_errors(retries: Retries | None = None) -> Iterator[None]:
-    """Re-raise a storage failure raised in the block as a :class:`StorageError`.
-
-    Anything else (a missing object, a bad file) passes through unchanged.
-
-    Args:
-        retries: The settings the block's requests run under.
-
-    Yields:
-        Nothing; the block runs inside.
-
-    Raises:
-        StorageError: The named cause, raised from the original exception.
-    """
-    try:
-        yield
-    except StorageError:
-        raise
-    except Exception as exc:
-        error = storage_error(exc, retries)
-        if error is None:
-            raise
-        raise error from exc
-
-
-def tune_filesystem(fs: Any) -> None:
-    """Set s3fs's own retry count, which it takes as an attribute, not an argument.
-
-    Args:
-        fs: An fsspec file system; only s3fs ones are changed.
-    """
-    protocols = fs.protocol if isinstance(fs.protocol, tuple | list) else (fs.protocol,)
-    if _S3_PROTOCOLS.intersection(protocols) and hasattr(fs, "retries"):
-        fs.retries = S3FS_RETRIES
 
 
 @dataclass(frozen=True, eq=True)
@@ -564,7 +383,7 @@ class StorageConfig(Mapping[str, Any]):
         out.update(extra)
         if client:
             out["client_kwargs"] = client
-        if protocol in _S3_PROTOCOLS:
+        if protocol in S3_PROTOCOLS:
             out["config_kwargs"] = {
                 **self.retries.botocore_config(),
                 **extra.get("config_kwargs", {}),
@@ -639,11 +458,7 @@ class StorageConfig(Mapping[str, Any]):
         return f"StorageConfig({', '.join(shown)})"
 
 
-StorageOptionsLike = StorageConfig | Mapping[str, Any] | None
-"""What ``storage_options`` parameters accept."""
-
-
-def fsspec_options(value: StorageOptionsLike, protocol: str | None = None) -> dict[str, Any]:
+def fsspec_options(value: StorageOptions, protocol: str | None = None) -> dict[str, Any]:
     """The fsspec keyword arguments of a config or plain dict (see :class:`StorageConfig`).
 
     Args:
@@ -659,7 +474,7 @@ def fsspec_options(value: StorageOptionsLike, protocol: str | None = None) -> di
     return StorageConfig.coerce(value).fsspec(protocol)
 
 
-def delta_options(value: StorageOptionsLike) -> dict[str, str] | None:
+def delta_options(value: StorageOptions) -> dict[str, str] | None:
     """The delta-rs storage options of a config or plain dict, None when empty.
 
     Args:

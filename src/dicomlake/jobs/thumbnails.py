@@ -1,0 +1,127 @@
+"""The thumbnails job: draw every instance of a lake that has pixel data and no thumbnail.
+
+For a lake ingested without ``--thumbnails``, or a run that died between the two
+tables' commits; ingest with thumbnails also ends with it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from dicomlake.jobs.runner import refs_of, run_kernel
+from dicomlake.kernels.thumbnails import DEFAULT_SIZE, ThumbnailOptions, ThumbnailsKernel
+from dicomlake.lake.tables import THUMBNAILS_TABLE
+from dicomlake.lake.writer import TableWriter
+from dicomlake.rows import tally
+
+if TYPE_CHECKING:
+    from dicomlake._types import Batches, FrameChoice, StorageOptions
+    from dicomlake.engine.local import Task
+
+
+@dataclass
+class ThumbnailSummary:
+    """What a thumbnails run did."""
+
+    instances: int = 0
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def thumbnails_per_second(self) -> float:
+        """Thumbnails drawn per second of wall time."""
+        return self.ok / self.seconds if self.seconds > 0 else 0.0
+
+
+def missing_thumbnails(lake: str, storage_options: StorageOptions = None) -> pa.Table:
+    """Instances with pixel data and no thumbnail row yet, by path.
+
+    Raises:
+        TableNotFound: The lake has no instances yet.
+    """
+    from dicomlake.lake.sql import connect
+
+    con = connect(lake, storage_options=storage_options)
+    try:
+        has_thumbnails = bool(
+            con.sql(
+                "SELECT count(*) FROM duckdb_views() WHERE view_name = 'thumbnails'"
+            ).fetchall()[0][0]
+        )
+        anti = "AND row_id NOT IN (SELECT row_id FROM thumbnails)" if has_thumbnails else ""
+        return con.sql(
+            "SELECT path, relative_path, size, modification_time, SOPInstanceUID, "
+            "coalesce(NumberOfFrames, 1) AS frames FROM instances "
+            f"WHERE status = 'ok' AND has_pixel_data {anti} ORDER BY path"
+        ).to_arrow_table()
+    finally:
+        con.close()
+
+
+def build_thumbnails(
+    lake: str,
+    *,
+    size: int = DEFAULT_SIZE,
+    frame: FrameChoice = "middle",
+    workers: int | None = None,
+    file_timeout: float = 120.0,
+    task_size: int = 16,
+    storage_options: StorageOptions = None,
+    progress: Callable[[ThumbnailSummary], None] | None = None,
+) -> ThumbnailSummary:
+    """Draw thumbnails for every instance of ``lake`` that has pixel data and none yet.
+
+    Args:
+        lake: The lake folder or URI.
+        size: Longest side of a thumbnail, in pixels.
+        frame: Which frames to draw: 'first', 'middle' (default), 'all', or an index.
+        workers: Worker processes (default: all cores; 0 runs in this process).
+        file_timeout: Seconds one file may take before it becomes an error row.
+        task_size: Files per task sent to a worker.
+        storage_options: Settings for object storage.
+        progress: Called with the running summary after each batch.
+
+    Returns:
+        The run's summary.
+
+    Raises:
+        TableNotFound: The lake has no instances yet.
+        LakeError: The thumbnails table cannot be written.
+        ValueError: ``size`` or ``frame`` is out of range.
+    """
+    options = ThumbnailOptions(size=size, frame=frame)
+    started = time.monotonic()
+    missing = missing_thumbnails(lake, storage_options)
+    frames_of = {
+        r["path"]: (r["SOPInstanceUID"], int(r["frames"] or 1)) for r in missing.to_pylist()
+    }
+    kernel = ThumbnailsKernel(options, frames_of=frames_of, storage_options=storage_options)
+    summary = ThumbnailSummary()
+
+    def count(task: Task, out: Batches) -> None:
+        counts = tally(out[THUMBNAILS_TABLE])
+        summary.ok += counts.pop("ok", 0)
+        summary.errors.update(counts)
+        summary.instances += len(task.refs)
+        summary.seconds = time.monotonic() - started
+        if progress is not None:
+            progress(summary)
+
+    run_kernel(
+        kernel,
+        refs_of(missing),
+        TableWriter(lake, THUMBNAILS_TABLE, max_rows=2000, storage_options=storage_options),
+        workers=workers,
+        file_timeout=file_timeout,
+        task_size=task_size,
+        on_result=count,
+    )
+    summary.seconds = time.monotonic() - started
+    return summary

@@ -1,0 +1,33 @@
+"""The contract between kernels and engines.
+
+A kernel turns file references into rows, one file at a time, and a task's rows into
+one Arrow RecordBatch per table. It never raises for a bad file (the row says what
+went wrong), writes nothing to the lake and knows no engine, so the local process
+pool and Spark run the same kernels and give identical rows. Kernels are picklable:
+the engine ships them to its workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from dicomlake._types import Batches, Row
+    from dicomlake.catalog import FileRef
+
+
+class Kernel(Protocol):
+    """What an engine runs: one row per file, then one batch per table per task."""
+
+    def row(self, ref: FileRef) -> Row:
+        """Return the row of one file; never raises for a bad file."""
+        ...
+
+    def batch(self, rows: Sequence[Row]) -> Batches:
+        """Return a task's rows as one RecordBatch per table."""
+        ...
+
+    def error_row(self, ref: FileRef, reason: str) -> Row:
+        """Return the row of a file the engine gave up on (it timed out or crashed)."""
+        ...

@@ -1,0 +1,218 @@
+"""The ``instances`` kernel: one file's header as one row of the lake's column contract.
+
+The native parser reads the local files it handles exactly; everything else (zip
+members, objects, what it declines) goes through pydicom. Both give the same ``meta``
+and typed columns; the ``parser`` column says which one read the file.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Final, get_args
+
+import orjson
+import pyarrow as pa
+
+from dicomlake._types import Batches, Parser, Row, StorageOptions
+from dicomlake.catalog import FileRef, local_file, open_ref, source_columns
+from dicomlake.dicom import native
+from dicomlake.dicom.header import Header, read_header
+from dicomlake.dicom.tags import promoted_values
+from dicomlake.errors import NotDicom
+from dicomlake.killpoints import kill_point
+from dicomlake.rows import build_batch, clip_error, error_text, flatten
+from dicomlake.schema import INSTANCES_SCHEMA
+
+if TYPE_CHECKING:
+    from dicomlake.kernels.thumbnails import ThumbnailOptions
+
+#: Binary values longer than this many bytes become BulkDataURIs (PS3.18 Annex F).
+BULK_THRESHOLD: Final = 1024
+#: Which header parser to use: the native fast path where it can, or pydicom always.
+PARSERS: Final = get_args(Parser)
+
+
+def _native_header(ref: FileRef, bulk_threshold: int) -> Header | None:
+    """The header through the native parser, or None when it declines or cannot run."""
+    local = local_file(ref)
+    if local is None or not native.available():
+        return None
+    result = native.parse_file(
+        local, uri=ref.path, bulk_threshold=bulk_threshold, decode_meta=False
+    )
+    return None if isinstance(result, str) else result
+
+
+def extract_row(
+    ref: FileRef,
+    *,
+    bulk_threshold: int = BULK_THRESHOLD,
+    storage_options: StorageOptions = None,
+    thumbnails: ThumbnailOptions | None = None,
+    parser: Parser = "auto",
+) -> Row:
+    """Parse one file into a row dict with the lake's columns (never raises).
+
+    The native parser reads local files when it is built and ``parser`` allows it;
+    whatever it declines (and every zip member or object) goes through pydicom. The
+    ``parser`` column says which one read the file. With ``thumbnails``, the row also
+    carries ``_thumbnails``: the thumbnail rows drawn from the same file.
+    """
+    row = source_columns(ref)
+    row["warnings"] = None
+    if ref.listing_error:
+        row.update(status="error", error=clip_error(ref.listing_error))
+        return row
+    try:
+        row["parser"] = "native"  # set first: the native parser may refuse the file
+        header = None if parser == "pydicom" else _native_header(ref, bulk_threshold)
+        if header is None:
+            row["parser"] = "pydicom"
+        if header is not None and thumbnails is None and row["size"] is not None:
+            return _ok_row(row, header, promoted=True)
+        with open_ref(ref, storage_options=storage_options) as fp:
+            if header is None:
+                header = read_header(fp, uri=ref.path, bulk_threshold=bulk_threshold)
+            if row["size"] is None:
+                row["size"] = fp.seek(0, 2)
+            row.update(promoted_values(header.tags(), header.warnings))
+            if thumbnails is not None and header.has_pixel_data:
+                from dicomlake.kernels.thumbnails import thumbnail_rows
+
+                row["_thumbnails"] = thumbnail_rows(
+                    fp,
+                    path=ref.path,
+                    instance_id=row["row_id"],
+                    sop_instance_uid=row["SOPInstanceUID"],
+                    frames=row["NumberOfFrames"] or 1,
+                    options=thumbnails,
+                    size=row["size"],
+                    mtime=ref.mtime,
+                )
+        return _ok_row(row, header, promoted=False)
+    except NotDicom as exc:
+        row.update(status="not_dicom", error=error_text(exc))
+        return row
+    except Exception as exc:  # one bad file never stops a run
+        row.update(status="error", error=error_text(exc))
+        return row
+
+
+def _ok_row(row: Row, header: Header, *, promoted: bool) -> Row:
+    """Fill an ``ok`` row from a parsed header (and its promoted tags, unless done)."""
+    warnings = header.warnings
+    if promoted:
+        row.update(promoted_values(header.tags(), warnings))
+    row.update(
+        status="ok",
+        error=None,
+        warnings=warnings or None,
+        has_pixel_data=header.has_pixel_data,
+        meta=header.meta_json or meta_text(header.meta),
+    )
+    return row
+
+
+def meta_text(meta: dict[str, Any]) -> str:
+    """The header's DICOM JSON as text.
+
+    orjson, unless a value is an integer beyond 64 bits (an IS of 20 digits), which
+    only the standard library writes; JSON numbers have no size limit.
+    """
+    try:
+        return orjson.dumps(meta).decode("utf-8")
+    except TypeError:
+        return json.dumps(meta, ensure_ascii=False, separators=(",", ":"))
+
+
+def rows_to_batch(rows: Sequence[Row], ingested_at: dt.datetime) -> pa.RecordBatch:
+    """Build a RecordBatch in :data:`INSTANCES_SCHEMA` from row dicts."""
+    return build_batch(rows, INSTANCES_SCHEMA, stamps={"ingested_at": ingested_at})
+
+
+def extract_instances(
+    refs: Sequence[FileRef],
+    *,
+    bulk_threshold: int = BULK_THRESHOLD,
+    storage_options: StorageOptions = None,
+    ingested_at: dt.datetime | None = None,
+) -> pa.RecordBatch:
+    """Parse a batch of files into one RecordBatch of ``instances`` rows.
+
+    Args:
+        refs: The files to parse.
+        bulk_threshold: Binary values longer than this many bytes become BulkDataURIs.
+        storage_options: Settings for object-storage sources.
+        ingested_at: The run's timestamp (now, by default).
+
+    Returns:
+        One row per reference, in order, in :data:`dicomlake.schema.INSTANCES_SCHEMA`.
+    """
+    kernel = InstancesKernel(
+        bulk_threshold=bulk_threshold, storage_options=storage_options, ingested_at=ingested_at
+    )
+    return kernel.batch([kernel.row(ref) for ref in refs])["instances"]
+
+
+class InstancesKernel:
+    """The ``instances`` kernel as the engines run it: picklable, options bound.
+
+    Args:
+        bulk_threshold: Binary values longer than this many bytes become BulkDataURIs.
+        storage_options: Settings for object-storage sources.
+        ingested_at: The run's timestamp, the same on every row of a run.
+        thumbnails: Also draw thumbnails from the same read of each file.
+        parser: 'auto' (native where it can, else pydicom), 'native' or 'pydicom'.
+
+    Raises:
+        ValueError: ``parser`` is not one of :data:`PARSERS`.
+    """
+
+    def __init__(
+        self,
+        *,
+        bulk_threshold: int = BULK_THRESHOLD,
+        storage_options: StorageOptions = None,
+        ingested_at: dt.datetime | None = None,
+        thumbnails: ThumbnailOptions | None = None,
+        parser: Parser = "auto",
+    ) -> None:
+        if parser not in PARSERS:
+            raise ValueError(f"parser must be one of {', '.join(PARSERS)}; got {parser!r}")
+        self.bulk_threshold = bulk_threshold
+        self.storage_options = storage_options
+        self.ingested_at = ingested_at or dt.datetime.now(dt.UTC)
+        self.thumbnails = thumbnails
+        self.parser = parser
+
+    def row(self, ref: FileRef) -> Row:
+        """Return the row of one file (never raises)."""
+        kill_point("parse")
+        return extract_row(
+            ref,
+            bulk_threshold=self.bulk_threshold,
+            storage_options=self.storage_options,
+            thumbnails=self.thumbnails,
+            parser=self.parser,
+        )
+
+    def batch(self, rows: Sequence[Row]) -> Batches:
+        """Return rows as ``{"instances": batch}`` (and ``"thumbnails"`` when drawn)."""
+        out: Batches = {"instances": rows_to_batch(rows, self.ingested_at)}
+        if self.thumbnails is not None:
+            from dicomlake.kernels.thumbnails import thumbnails_batch
+
+            drawn = flatten(rows, "_thumbnails")
+            out["thumbnails"] = thumbnails_batch(drawn, self.ingested_at)
+        return out
+
+    def error_row(self, ref: FileRef, reason: str) -> Row:
+        """Return the error row of a file the engine gave up on (timeout, crash)."""
+        row = source_columns(ref)
+        row.update(status="error", error=clip_error(reason), warnings=None)
+        return row
+
+
+__all__ = ["BULK_THRESHOLD", "PARSERS", "InstancesKernel", "extract_instances", "extract_row"]
