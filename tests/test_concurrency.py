@@ -256,38 +256,42 @@ def test_readers_never_see_a_half_written_state(tmp_path: Path) -> None:
     notices: list[int] = []  # the writer's commit count at each pause
     seen: list[tuple[int, int]] = []
     cli_seen: list[str] = []
-    while True:
-        # one line at a time: the writer prints the next only after our go-ahead
-        ready, _, _ = select.select([run.stdout], [], [], 300)  # a guard against a hang
-        assert ready, "the ingest neither committed nor ended"
-        line = run.stdout.readline()
-        if not line:
-            break
-        notices.append(int(line))
-        run.stdin.write("go\n")  # the writer works on its next commit while we read
-        run.stdin.flush()
-        con = dicomlake.connect(str(lake))
-        seen.append(con.sql("SELECT count(*), count(DISTINCT row_id) FROM instances").fetchall()[0])
-        con.close()
-        if len(seen) % 10 == 5:
-            out = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "dicomlake",
-                    "sql",
-                    "--lake",
-                    str(lake),
-                    "--format",
-                    "csv",
-                    "SELECT count(*) - count(DISTINCT row_id) FROM instances",
-                ],
-                capture_output=True,
-                text=True,
-            )
-            assert out.returncode == 0, out.stderr
-            cli_seen.append(out.stdout.strip().splitlines()[-1])
-    run.stdin.close()
+    try:
+        while True:
+            # one line at a time: the writer prints the next only after our go-ahead
+            ready, _, _ = select.select([run.stdout], [], [], 300)  # a guard against a hang
+            assert ready, "the ingest neither committed nor ended"
+            line = run.stdout.readline()
+            if not line:
+                break
+            notices.append(int(line))
+            run.stdin.write("go\n")  # the writer works on its next commit while we read
+            run.stdin.flush()
+            con = dicomlake.connect(str(lake))
+            query = "SELECT count(*), count(DISTINCT row_id) FROM instances"
+            seen.append(con.sql(query).fetchall()[0])
+            con.close()
+            if len(seen) % 10 == 5:
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "dicomlake",
+                        "sql",
+                        "--lake",
+                        str(lake),
+                        "--format",
+                        "csv",
+                        "SELECT count(*) - count(DISTINCT row_id) FROM instances",
+                    ],
+                    capture_output=True,
+                    text=True,
+                )
+                assert out.returncode == 0, out.stderr
+                cli_seen.append(out.stdout.strip().splitlines()[-1])
+    finally:  # whatever happened, no pipe is left open
+        run.stdin.close()
+        run.stdout.close()
     assert run.wait(timeout=300) == 0, (tmp_path / "stderr").read_text()
     uri = instances_uri(str(lake))
     latest = DeltaTable(uri).version()

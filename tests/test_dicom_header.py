@@ -134,11 +134,11 @@ PIXEL_FILES = [p for p in ALL_FILES if p.suffix == ".dcm" and p.stat().st_size <
 @pytest.mark.parametrize("path", PIXEL_FILES, ids=[p.name for p in PIXEL_FILES])
 def test_pixel_data_bulk_uri_names_pydicoms_bytes(path: Path) -> None:
     if path.name in EXPECTED_DIFFERENCES or _reference(path) is None:
-        pytest.skip("not read by pydicom as a user would")
+        pytest.skip("not applicable: not read by pydicom as a user would")
     try:
         expected = _full_pixel_bytes(path)
     except Exception:
-        pytest.skip("pydicom cannot read the pixel data")
+        pytest.skip("not applicable: pydicom cannot read the pixel data")
     header = _ours(path)
     if any("truncated" in w for w in header.warnings):
         # we keep what the file holds and warn; pydicom's value differs or is absent

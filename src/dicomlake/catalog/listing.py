@@ -74,14 +74,14 @@ def iter_files(
         dicomlake.errors.SourceNotFound: source not found: /nonexistent-dicomlake-source
     """
     for source in sources:
-        if is_local(source):
-            yield from _iter_local_source(source)
+        root = local_path(source)
+        if root is not None:
+            yield from _iter_local_source(source, root)
         else:
             yield from _iter_fsspec_source(source, storage_options)
 
 
-def _iter_local_source(source: str) -> Iterator[FileRef]:
-    root = local_path(source)
+def _iter_local_source(source: str, root: str) -> Iterator[FileRef]:
     try:
         st = os.stat(root)
     except FileNotFoundError:
@@ -387,8 +387,8 @@ def check_sources(sources: Sequence[str], *, storage_options: StorageOptions = N
         dicomlake.errors.SourceNotFound: source not found: /nonexistent-dicomlake-source
     """
     for source in sources:
-        if is_local(source):
-            path = local_path(source)
+        path = local_path(source)
+        if path is not None:
             if not os.path.exists(path):
                 raise SourceNotFound(f"source not found: {source}", source=source)
             if os.path.isdir(path):

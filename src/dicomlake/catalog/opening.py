@@ -61,8 +61,8 @@ def open_ref(
             _open_zip_member(archive_uri, member, storage_options) as handle,
         ):
             yield handle
-    elif is_local(uri):
-        with open(local_path(uri), "rb") as handle:
+    elif (local := local_path(uri)) is not None:
+        with open(local, "rb") as handle:
             yield handle
     else:
         with _remote_errors(uri, storage_options):
@@ -85,8 +85,8 @@ def _open_zip_member(
     member: str,
     storage_options: StorageOptions,
 ) -> IO[bytes]:
-    if is_local(archive_uri):
-        local = local_path(archive_uri)
+    local = local_path(archive_uri)
+    if local is not None:
         st = os.stat(local)
         signature: Hashable = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
         return zip_cache.open_member(

@@ -14,7 +14,7 @@ import threading
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
-from typing import IO
+from typing import IO, cast
 
 from dicomlake.catalog.refs import ZIP_PREFIX
 from dicomlake.errors import ZipBomb
@@ -71,7 +71,8 @@ def open_guarded(archive: zipfile.ZipFile, member: str, path: str) -> IO[bytes]:
     info = archive.getinfo(member)
     _check_zip_size(info.file_size, path, declared=True)
     _check_zip_ratio(info.file_size, info.compress_size, path, declared=True)
-    return _GuardedMember(*_member_stream(archive, info), info=info, path=path)
+    guarded = _GuardedMember(*_member_stream(archive, info), info=info, path=path)
+    return cast("IO[bytes]", guarded)  # a binary file: io's classes are not typing's IO
 
 
 def _member_stream(
@@ -94,7 +95,7 @@ def _member_stream(
             if left is None:
                 return compressed
             inflater = getattr(stream, "_decompressor", None)
-            return compressed - left - len(getattr(inflater, "unconsumed_tail", b""))
+            return int(compressed - left - len(getattr(inflater, "unconsumed_tail", b"")))
 
         return stream, consumed, []
     import bz2

@@ -18,10 +18,11 @@ import struct
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import IO
 
 import pydicom
 from pydicom.errors import InvalidDicomError
+from pydicom.tag import BaseTag
 
 from dicomlake.dicom.json import (
     BINARY_VRS,
@@ -122,7 +123,7 @@ def sniff(head: bytes) -> bool:
 
 
 @quiet
-def read_header(fp: BinaryIO, *, uri: str, bulk_threshold: int = 1024) -> Header:
+def read_header(fp: IO[bytes], *, uri: str, bulk_threshold: int = 1024) -> Header:
     """Parse the header of the DICOM file open in ``fp``.
 
     Args:
@@ -256,11 +257,11 @@ def _limit_cause(exc: BaseException, budget: HeaderBudget) -> ExtractError | Non
     return None
 
 
-def _read_header(fp: BinaryIO, uri: str, bulk_threshold: int, budget: HeaderBudget) -> Header:
+def _read_header(fp: IO[bytes], uri: str, bulk_threshold: int, budget: HeaderBudget) -> Header:
     reader = _EndWatch(fp, budget, defer_size=bulk_threshold)
     try:
         ds = pydicom.dcmread(
-            reader,  # type: ignore[arg-type]
+            reader,
             stop_before_pixels=True,
             defer_size=bulk_threshold,
             force=True,
@@ -285,10 +286,10 @@ def _read_header(fp: BinaryIO, uri: str, bulk_threshold: int, budget: HeaderBudg
         # inflated once more, pixel data included: the elements are counted again, and
         # the values' bytes are bounded by MAX_DEFLATED_BYTES
         whole = _budget(uri, bulk_threshold, values=False)
-        ds = pydicom.dcmread(BudgetedReader(fp, whole), force=True)  # type: ignore[arg-type]
+        ds = pydicom.dcmread(BudgetedReader(fp, whole), force=True)
         deflated_pixels = next((_vr_of(ds, t) for t in PIXEL_TAGS if t in ds), None)
         for tag in PIXEL_TAGS:
-            ds._dict.pop(tag, None)  # stands in the meta as a whole-file BulkDataURI
+            ds._dict.pop(BaseTag(tag), None)  # stands in the meta as a whole-file BulkDataURI
         pixel_start = None
     else:
         pixel_start = fp.tell()
@@ -310,7 +311,8 @@ def _read_header(fp: BinaryIO, uri: str, bulk_threshold: int, budget: HeaderBudg
         meta["7FE00010"] = {"vr": deflated_pixels, "BulkDataURI": uri}
     if pixel_start is not None:
         implicit, little = ds.original_encoding
-        pixel = _pixel_element(fp, pixel_start, bool(implicit), little is not False)
+        little_endian = little is not False  # known once a data set was read
+        pixel = _pixel_element(fp, pixel_start, bool(implicit), little_endian)
         if pixel is not None:
             tag, vr, offset, length, truncated = pixel
             has_pixels = True
@@ -318,7 +320,7 @@ def _read_header(fp: BinaryIO, uri: str, bulk_threshold: int, budget: HeaderBudg
                 converter.warnings.append("pixel data truncated: the file ends inside it")
             meta[f"{tag:08X}"] = converter.element(
                 pydicom.dataelem.RawDataElement(
-                    pydicom.tag.Tag(tag), vr, length, None, offset, bool(implicit), little
+                    pydicom.tag.Tag(tag), vr, length, None, offset, bool(implicit), little_endian
                 ),
                 None,
             )
@@ -327,7 +329,7 @@ def _read_header(fp: BinaryIO, uri: str, bulk_threshold: int, budget: HeaderBudg
 
 def _check_complete(
     ds: pydicom.Dataset,
-    fp: BinaryIO,
+    fp: IO[bytes],
     *,
     file_meta_only: bool = False,
     cut: TruncatedFile | None = None,
@@ -377,7 +379,7 @@ class _EndWatch(BudgetedReader):
 
     __slots__ = ("cut", "last_header", "tsyntax_header")
 
-    def __init__(self, fp: BinaryIO, budget: HeaderBudget, defer_size: int | None = None) -> None:
+    def __init__(self, fp: IO[bytes], budget: HeaderBudget, defer_size: int | None = None) -> None:
         super().__init__(fp, budget, defer_size)
         #: (where it started, bytes asked, bytes read, whether it read a value) of the
         #: first read that came back short
@@ -411,7 +413,7 @@ class _EndWatch(BudgetedReader):
 
 
 def _cut_short(
-    reader: _EndWatch, fp: BinaryIO, uri: str, exc: BaseException | None = None
+    reader: _EndWatch, fp: IO[bytes], uri: str, exc: BaseException | None = None
 ) -> TruncatedFile | None:
     """The error of a file whose end pydicom read into, if it did (None: it did not).
 
@@ -459,7 +461,7 @@ def _cut_short(
         fp.seek(position)
 
 
-def _transfer_syntax(reader: _EndWatch, fp: BinaryIO) -> bytes:
+def _transfer_syntax(reader: _EndWatch, fp: IO[bytes]) -> bytes:
     """The transfer syntax UID the file meta gave pydicom (b"" when it gave none)."""
     if reader.tsyntax_header is None:
         return b""
@@ -470,12 +472,12 @@ def _transfer_syntax(reader: _EndWatch, fp: BinaryIO) -> bytes:
 
 def _vr_of(ds: pydicom.Dataset, tag: int) -> str:
     """The VR the file gives a pixel data element (its standard VR when none or odd)."""
-    vr = ds._dict[tag].VR
+    vr = ds._dict[BaseTag(tag)].VR
     return vr if vr in BINARY_VRS else PIXEL_TAGS[tag]
 
 
 def _pixel_element(
-    fp: BinaryIO, start: int, implicit: bool, little: bool
+    fp: IO[bytes], start: int, implicit: bool, little: bool
 ) -> tuple[int, str, int, int, bool] | None:
     """Locate the pixel data element: (tag, VR, value offset, length, truncated).
 
@@ -529,7 +531,7 @@ def _pixel_element(
     return tag, vr, offset, length, truncated
 
 
-def _encapsulated_length(fp: BinaryIO, offset: int, end: str) -> int:
+def _encapsulated_length(fp: IO[bytes], offset: int, end: str) -> int:
     """Return the byte length of an encapsulated value, up to its delimiter.
 
     Raises:
