@@ -71,6 +71,18 @@ def _enforce(report: pytest.TestReport | pytest.CollectReport) -> None:
     )
 
 
+#: Markers a test gets from the fixtures it uses, so ``-m "not browser"`` needs no list.
+_MARKERS_BY_FIXTURE = {"browser": "browser", "spark": "spark", "torch": "torch"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            marker = _MARKERS_BY_FIXTURE.get(fixture)
+            if marker is not None:
+                item.add_marker(marker)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[Any]:
     outcome = yield

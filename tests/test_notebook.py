@@ -15,7 +15,7 @@ from PIL import Image
 import dicomlake
 from dicomlake.notebook import ThumbnailGrid, show
 from dicomlake.sample import sample_file
-from test_viewer import build_lake
+from helpers.lakes import build_lake
 
 IMG = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 

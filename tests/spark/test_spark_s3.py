@@ -1,6 +1,6 @@
 """The pixels program on object storage: sources and table in a real S3 server (moto).
 
-The server runs in a child process on 127.0.0.1 (as in ``tests/test_s3.py``: delta-rs
+The server runs in a child process on 127.0.0.1 (as in ``tests/storage/test_s3.py``: delta-rs
 calls block holding the GIL, so a server thread in this process could not answer).
 The Spark session was started before any credentials existed, and none are put in the
 environment here: the executors' Python workers can reach the bucket only through the
@@ -20,12 +20,12 @@ import pytest
 
 from dicomlake.sample import sample_file
 from dicomlake.storage import StorageConfig
-from moto_server import moto_endpoint
+from helpers.moto_server import moto_endpoint
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.s3]
 
 pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")

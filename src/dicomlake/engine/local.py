@@ -22,7 +22,7 @@ import queue
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +88,12 @@ class _Work:
     sink: Sink | None
     prefetch: Prefetcher | None
 
-    def run(self, refs: Sequence[FileRef], replace: bool, before: Any = None) -> Batches:
+    def run(
+        self,
+        refs: Sequence[FileRef],
+        replace: bool,
+        before: Callable[[int], None] | None = None,
+    ) -> Batches:
         """A task's result as it leaves the worker (``before(i)`` ahead of file i)."""
         if self.prefetch is not None:
             self.prefetch.submit(refs)

@@ -82,19 +82,8 @@ class DicomPatcher:
     ) -> PatchSummary:
         """Tile the instances ``sql`` selects and write their rows to ``<lake>/patches``.
 
-        Each selected instance's earlier rows are replaced; only ``ok`` instances with
-        pixel data are tiled (see :func:`dicomlake.jobs.patches.write_patches`).
-
-        Args:
-            lake: Lake path or :class:`~dicomlake.Lake`.
-            sql: A query over the lake's views that returns ``path``.
-            workers: Worker processes (default: all cores; 0 runs in this process).
-            storage_options: Settings for object storage (default: the Lake's).
-            file_timeout: Seconds one file may take before it becomes an error row.
-            progress: Called with the running summary after each task.
-
-        Returns:
-            The run's summary.
+        :func:`dicomlake.jobs.patches.write_patches` with these options; ``lake`` may
+        also be a :class:`~dicomlake.Lake`, whose storage settings are the default.
 
         Raises:
             QueryError: The query fails or returns no ``path``.

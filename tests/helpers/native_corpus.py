@@ -18,6 +18,7 @@ at and above the bulk threshold; native and encapsulated pixel data.
 from __future__ import annotations
 
 import io
+import math
 import struct
 import warnings
 import zlib
@@ -1135,3 +1136,20 @@ def write_corpus(folder: Path, names: list[str] | None = None) -> dict[str, Path
         path.write_bytes(data)
         paths[name] = path
     return paths
+
+
+def canonical(value: Any) -> Any:
+    """JSON values compared by type: 1 != 1.0, -0.0 != 0.0, NaN == NaN (by bits)."""
+    if isinstance(value, dict):
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [canonical(v) for v in value]
+    if isinstance(value, float):
+        if math.isnan(value):
+            return ("float", "nan")
+        return ("float", struct.pack("<d", value).hex())
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return ("int", value)
+    raise TypeError(f"not a JSON value: {value!r}")

@@ -10,8 +10,6 @@ declines, with their reasons, are listed in ``EXPECTED_DECLINES``.
 from __future__ import annotations
 
 import base64
-import math
-import struct
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,9 @@ import pydicom
 import pytest
 
 from dicomlake.dicom.header import Header, read_header
-from native_corpus import BULK_THRESHOLD, CASES, write_corpus
+from helpers.native_corpus import BULK_THRESHOLD, CASES, canonical, write_corpus
+
+pytestmark = pytest.mark.native
 
 PIXEL_KEYS = {"7FE00010", "7FE00008", "7FE00009"}
 DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
@@ -151,23 +151,6 @@ def _inline_bulk(value: Any, path: Path, deflated: bool = False) -> Any:
     return {k: _inline_bulk(v, path, deflated) for k, v in value.items()}
 
 
-def canonical(value: Any) -> Any:
-    """JSON values compared by type: 1 != 1.0, -0.0 != 0.0, NaN == NaN (by bits)."""
-    if isinstance(value, dict):
-        return {k: canonical(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [canonical(v) for v in value]
-    if isinstance(value, float):
-        if math.isnan(value):
-            return ("float", "nan")
-        return ("float", struct.pack("<d", value).hex())
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, int):
-        return ("int", value)
-    raise TypeError(f"not a JSON value: {value!r}")
-
-
 def _pydicom_reference(path: Path) -> tuple[dict[str, Any], set[str], dict[str, Any]]:
     """pydicom's JSON element by element: (json, keys it cannot convert, pixel json).
 
@@ -232,7 +215,7 @@ def test_read_header_equals_pydicom(name: str, corpus: dict[str, Path]) -> None:
 
 def test_corpus_covers_every_vr(corpus: dict[str, Path]) -> None:
     """Each VR shows up with a value, and empty, in both little endian syntaxes."""
-    from native_corpus import ALL_VRS
+    from helpers.native_corpus import ALL_VRS
 
     for vr in ALL_VRS:
         for syntax in ("explicit", "implicit"):

@@ -24,7 +24,7 @@ from dicomlake.sample import (
     write_bad_files,
     write_broken_zip,
 )
-from test_concurrency import RUN_MARKER, wait_until_gone
+from helpers.runs import RUN_MARKER, wait_until_gone
 
 
 def rows(lake: Path, where: str = "true") -> list[dict]:

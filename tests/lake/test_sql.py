@@ -16,7 +16,7 @@ from deltalake import write_deltalake
 from dicomlake.errors import TableNotFound
 from dicomlake.lake import TableWriter, connect, delete_rows, lake_summary
 from dicomlake.schema import INSTANCES_SCHEMA
-from lake_rows import make_batch
+from helpers.lake_rows import make_batch
 
 
 def meta(**elements: tuple[str, list[Any]]) -> str:

@@ -32,6 +32,7 @@ from dicomlake.viewer import create_app
 from dicomlake.viewer.connection import Cursor, LakeConnection, QueryTimeout
 from dicomlake.viewer.safety import UnsafeClause, check_where
 from dicomlake.viewer.tags import bulk_length, tag_rows
+from helpers.lakes import build_lake
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -110,37 +111,6 @@ def make_corpus(root: Path) -> Path:
     _save("MR_small.dcm", root / "x" / QUOTED_NAME, SOPInstanceUID="1.2.3.400.2", **xss)
     write_bad_files(root / "bad")  # 3 not_dicom, 2 error
     return root
-
-
-def build_lake(sources: list[str], lake: str) -> None:
-    """Ingest with thumbnails, drawn by dicomlake itself: every frame (the frame slider
-    needs them all) of every instance with pixel data, or the test fails here."""
-    every_frame = dicomlake.ThumbnailOptions(frame="all")
-    summary = dicomlake.ingest(sources, lake, workers=0, thumbnails=every_frame)
-    con = dicomlake.connect(lake)
-    try:
-        views = {name for (name,) in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}
-        assert "thumbnails" in views, "dicomlake drew no thumbnails"
-        wanted, drawn, missing = con.sql(
-            """
-            WITH wanted AS (
-                SELECT row_id, coalesce("NumberOfFrames", 1) AS frames FROM instances
-                WHERE status = 'ok' AND has_pixel_data
-            ), drawn AS (
-                SELECT row_id, count(DISTINCT frame) AS frames FROM thumbnails
-                WHERE status = 'ok' AND data IS NOT NULL GROUP BY row_id
-            )
-            SELECT (SELECT sum(frames) FROM wanted), (SELECT sum(frames) FROM drawn),
-                (SELECT count(*) FROM wanted FULL JOIN drawn USING (row_id)
-                 WHERE wanted.frames IS DISTINCT FROM drawn.frames)
-            """
-        ).fetchall()[0]
-    finally:
-        con.close()
-    assert wanted and drawn == wanted == summary.thumbnails and missing == 0, (
-        f"{wanted} frames to draw, {drawn} drawn ({summary.thumbnails} by the run), "
-        f"{missing} instances without all of theirs: {dict(summary.thumbnail_errors)}"
-    )
 
 
 def write_big_lake(lake: str, n_series: int) -> None:

@@ -29,8 +29,10 @@ import dicomlake
 from dicomlake.cli import app
 from dicomlake.sample import sample_file
 from dicomlake.storage import Retries, StorageConfig, storage_error
-from fault_proxy import Fault, FaultProxy, fault_proxy
-from moto_server import moto_endpoint
+from helpers.fault_proxy import Fault, FaultProxy, fault_proxy
+from helpers.moto_server import moto_endpoint
+
+pytestmark = pytest.mark.s3
 
 KEY, SECRET, REGION = "testing", "testing", "us-east-1"
 DICOMS = ("CT_small.dcm", "MR_small.dcm", "rtstruct.dcm")

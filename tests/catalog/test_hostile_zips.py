@@ -30,7 +30,7 @@ import dicomlake
 from dicomlake.catalog import iter_files, open_ref, zips
 from dicomlake.errors import ZipBomb
 from dicomlake.sample import sample_file
-from test_native_fuzz import _PATIENT, _explicit, _preamble
+from helpers.dicom_bytes import PATIENT, explicit, preamble
 
 MiB = 1 << 20
 GiB = 1 << 30
@@ -94,11 +94,11 @@ def deflated(name: str, data: bytes) -> Entry:
 def zero_pixels_head(zeros: int) -> bytes:
     """A DICOM header whose pixel data, the last element, are ``zeros`` bytes."""
     image = b"".join(
-        _explicit(0x0028, elem, b"US", struct.pack("<H", value))
+        explicit(0x0028, elem, b"US", struct.pack("<H", value))
         for elem, value in ((0x0002, 1), (0x0010, 512), (0x0011, 512), (0x0100, 16))
     )
     pixels = struct.pack("<HH", 0x7FE0, 0x0010) + b"OW\0\0" + struct.pack("<L", zeros)
-    return _preamble() + _PATIENT + image + pixels
+    return preamble() + PATIENT + image + pixels
 
 
 def zero_bomb(name: str, zeros: int, **declared: int) -> Entry:

@@ -20,6 +20,8 @@ torch = pytest.importorskip("torch")
 
 from dicomlake.ml import FrameCache, FrameDataset  # noqa: E402
 
+pytestmark = pytest.mark.torch
+
 FILES = {
     "ct.dcm": "CT_small.dcm",  # CT, rescaled to HU, 128 x 128
     "mr.dcm": "MR_small.dcm",

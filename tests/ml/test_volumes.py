@@ -223,6 +223,7 @@ def test_rebuild_overwrites_and_where_selects_instances(corpus: Corpus, tmp_path
     con.close()
 
 
+@pytest.mark.torch
 def test_bad_where_is_a_query_error(corpus: Corpus, tmp_path: Path) -> None:
     with pytest.raises(QueryError, match="NoSuchColumn"):
         build_volumes(str(corpus.lake), "NoSuchColumn = 1")
@@ -297,6 +298,7 @@ def test_affine_places_pixels_where_the_header_says(dataset: Any, corpus: Corpus
         )
 
 
+@pytest.mark.torch
 def test_query_with_path_forms_series_from_those_instances(corpus: Corpus) -> None:
     pytest.importorskip("torch")
     from dicomlake.ml import SeriesVolumeDataset
@@ -312,6 +314,7 @@ def test_query_with_path_forms_series_from_those_instances(corpus: Corpus) -> No
     assert ds.geometries[0].spacing[2] == pytest.approx(2.5)
 
 
+@pytest.mark.torch
 def test_label_window_transform_and_cache(corpus: Corpus, tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from dicomlake.ml import SeriesVolumeDataset
@@ -342,6 +345,7 @@ def test_label_window_transform_and_cache(corpus: Corpus, tmp_path: Path) -> Non
     assert bool((again == image).all())
 
 
+@pytest.mark.torch
 def test_label_must_agree_within_a_series(corpus: Corpus) -> None:
     pytest.importorskip("torch")
     from dicomlake.ml import SeriesVolumeDataset
@@ -362,6 +366,7 @@ def test_label_must_agree_within_a_series(corpus: Corpus) -> None:
         ("  ; ", "empty"),
     ],
 )
+@pytest.mark.torch
 def test_query_errors(corpus: Corpus, sql: str, match: str) -> None:
     pytest.importorskip("torch")
     from dicomlake.ml import SeriesVolumeDataset
@@ -398,6 +403,7 @@ def test_dataset_pickles_small_without_connections(dataset: Any) -> None:
     assert bool((clone[0]["image"] == dataset[0]["image"]).all())
 
 
+@pytest.mark.torch
 def test_dataloader_workers_yield_the_same_volumes(dataset: Any) -> None:
     torch = pytest.importorskip("torch")
 
@@ -473,6 +479,7 @@ def test_pydicom_series(pydicom_lake: Path) -> None:
     assert affine @ [0, 0, 1, 1] == pytest.approx([99.5, -301.5, -159.0, 1])
 
 
+@pytest.mark.torch
 def test_enhanced_volume_frames_in_position_order(pydicom_lake: Path) -> None:
     pytest.importorskip("torch")
     from dicomlake.dicom.frames import load_frame

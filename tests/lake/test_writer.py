@@ -34,7 +34,7 @@ from dicomlake.lake import (
     table_version,
 )
 from dicomlake.schema import INSTANCES_SCHEMA
-from lake_rows import make_batch
+from helpers.lake_rows import make_batch
 
 T0 = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 T0_US = int(T0.timestamp() * 1_000_000)

@@ -386,6 +386,7 @@ def reference_crops(name: str) -> np.ndarray:
     return values if values.ndim == 3 else values[np.newaxis]
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("store_pixels", [False, True], ids=["from-files", "from-table"])
 def test_dataset_items_are_pydicoms_values_cropped(
     lake: str, torch: Any, store_pixels: bool, tmp_path: Path
@@ -422,6 +423,7 @@ def test_dataset_items_are_pydicoms_values_cropped(
     assert not any(p.exists() for p in spools)  # the spool goes with the dataset
 
 
+@pytest.mark.torch
 def test_dataset_windows_and_labels(lake: str, torch: Any) -> None:
     from dicomlake.ml import PatchDataset
 
@@ -441,6 +443,7 @@ def test_dataset_windows_and_labels(lake: str, torch: Any) -> None:
     assert seen == {"ct.dcm": 0, "mr.dcm": 1, "emri.dcm": 1}
 
 
+@pytest.mark.torch
 def test_dataset_transform_gets_the_item_dict(lake: str, torch: Any) -> None:
     from dicomlake.ml import PatchDataset
 
@@ -449,6 +452,7 @@ def test_dataset_transform_gets_the_item_dict(lake: str, torch: Any) -> None:
     assert len(ds) == 4 and float(ds[3]["image"].sum()) == 32 * 32
 
 
+@pytest.mark.torch
 def test_dataset_query_errors(lake: str, torch: Any) -> None:
     from dicomlake.ml import PatchDataset
 
@@ -462,6 +466,7 @@ def test_dataset_query_errors(lake: str, torch: Any) -> None:
         PatchDataset(lake, "SELECT * FROM patches WHERE status = 'ok'", window="dicom")
 
 
+@pytest.mark.torch
 @pytest.mark.parametrize("store_pixels", [False, True], ids=["from-files", "from-table"])
 def test_dataset_pickles_small_and_loads_the_same_in_worker_processes(
     lake: str, torch: Any, store_pixels: bool

@@ -39,8 +39,21 @@ import pytest
 import dicomlake
 from dicomlake.dicom.header import json_elements, read_header
 from dicomlake.sample import sample_file
-from native_corpus import BULK_THRESHOLD, corpus_bytes
-from test_native_corpus import canonical
+from helpers.dicom_bytes import (
+    LONG_VRS,
+    PATIENT,
+    SQ_UNDEFINED,
+    deep_defined,
+    deep_implicit,
+    deep_undefined,
+    huge_declared,
+    many_items,
+    preamble,
+    tiny_elements,
+)
+from helpers.native_corpus import BULK_THRESHOLD, canonical, corpus_bytes
+
+pytestmark = pytest.mark.native
 
 CASES = int(os.environ.get("DICOMLAKE_FUZZ_CASES", "20000"))
 DIFF_CASES = int(os.environ.get("DICOMLAKE_FUZZ_DIFF", "3000"))
@@ -88,7 +101,6 @@ GENERATED_SEEDS = [
     "pixels-native-implicit",
     "un-explicit",
 ]
-LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 SHORT_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 LONG_VALUES = [0xFFFFFFFF, 0xFFFFFFFE, 0x7FFFFFFF, 0x80000000, 0xFFFFFFF0, 1 << 30]
 SHORT_VALUES = [0xFFFF, 0xFFFE, 0x8000, 0xFFF1]
@@ -169,111 +181,29 @@ def mutate(rng: random.Random, data: bytes, fields: list[tuple[int, int]]) -> tu
     return f"word@{offset}={value:#x}", bytes(out)
 
 
-def _preamble(syntax: str = "1.2.840.10008.1.2.1") -> bytes:
-    """Preamble, DICM and a file meta group for ``syntax``."""
-
-    def element(tag: int, vr: bytes, value: bytes) -> bytes:
-        if len(value) % 2:
-            value += b"\0"
-        return struct.pack("<HH", 0x0002, tag) + vr + struct.pack("<H", len(value)) + value
-
-    body = element(0x0002, b"UI", b"1.2.840.10008.5.1.4.1.1.7")
-    body += element(0x0003, b"UI", b"1.2.3.4")
-    body += element(0x0010, b"UI", syntax.encode())
-    body += element(0x0012, b"UI", b"1.2.826.0.1.3680043.8.498.1")
-    version = struct.pack("<HH", 0x0002, 0x0001) + b"OB\0\0" + struct.pack("<L", 2) + b"\0\1"
-    body = version + body
-    group_length = struct.pack("<HH", 0x0002, 0x0000) + b"UL" + struct.pack("<HL", 4, len(body))
-    return b"\0" * 128 + b"DICM" + group_length + body
-
-
-def _explicit(group: int, elem: int, vr: bytes, value: bytes, length: int | None = None) -> bytes:
-    n = len(value) if length is None else length
-    if vr in LONG_VRS:
-        return struct.pack("<HH", group, elem) + vr + b"\0\0" + struct.pack("<L", n) + value
-    return struct.pack("<HH", group, elem) + vr + struct.pack("<H", n) + value
-
-
-_PATIENT = _explicit(0x0010, 0x0010, b"PN", b"Fuzz^Case ")
-_SQ_UNDEFINED = struct.pack("<HH", 0x0008, 0x1115) + b"SQ\0\0" + b"\xff\xff\xff\xff"
-_ITEM_UNDEFINED = b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
-_ITEM_END = b"\xfe\xff\x0d\xe0\0\0\0\0"
-_SQ_END = b"\xfe\xff\xdd\xe0\0\0\0\0"
-
-
-def _deep_undefined(depth: int, closed: bool) -> bytes:
-    opening = (_SQ_UNDEFINED + _ITEM_UNDEFINED) * depth
-    closing = (_ITEM_END + _SQ_END) * depth if closed else b""
-    return _preamble() + _PATIENT + opening + closing
-
-
-def _deep_defined(depth: int) -> bytes:
-    value = b""
-    for _ in range(depth):  # one item holding one sequence element holding ``value``
-        sq = struct.pack("<HH", 0x0008, 0x1115) + b"SQ\0\0" + struct.pack("<L", len(value))
-        inner = sq + value
-        item = b"\xfe\xff\x00\xe0" + struct.pack("<L", len(inner)) + inner
-        value = item
-    top = struct.pack("<HH", 0x0008, 0x1115) + b"SQ\0\0" + struct.pack("<L", len(value))
-    return _preamble() + _PATIENT + top + value
-
-
-def _deep_implicit(depth: int) -> bytes:
-    sq = struct.pack("<HHL", 0x0008, 0x1115, 0xFFFFFFFF)
-    patient = struct.pack("<HHL", 0x0010, 0x0010, 10) + b"Fuzz^Case "
-    opening = (sq + _ITEM_UNDEFINED) * depth
-    return _preamble("1.2.840.10008.1.2") + patient + opening + (_ITEM_END + _SQ_END) * depth
-
-
-def _huge_declared(vr: bytes, group: int = 0x0009, elem: int = 0x1001) -> bytes:
-    creator = _explicit(0x0009, 0x0010, b"LO", b"FUZZ") if group == 0x0009 else b""
-    head = _preamble() + _PATIENT + creator
-    element = _explicit(group, elem, vr, b"", length=0x80000000)  # 2 GiB
-    return (head + element).ljust(1024, b"\xab")
-
-
-def _tiny_elements(count: int) -> bytes:
-    parts = [_preamble(), _PATIENT]
-    group, made = 0x0011, 0
-    while made < count:
-        parts.append(_explicit(group, 0x0010, b"LO", b"FUZZ"))
-        for elem in range(0x1000, 0x1100):
-            if made == count:
-                break
-            parts.append(_explicit(group, elem, b"SH", b"ab" if made % 2 else b""))
-            made += 1
-        group += 2
-    return b"".join(parts)
-
-
-def _many_items(count: int) -> bytes:
-    item = b"\xfe\xff\x00\xe0" + struct.pack("<L", 10) + _explicit(0x0010, 0x0020, b"LO", b"ab")
-    return _preamble() + _PATIENT + _SQ_UNDEFINED + item * count + _SQ_END
-
-
 def structural() -> dict[str, bytes]:
     """Hand-built hostile files, always part of the run."""
     return {
-        "deep-undefined-10000": _deep_undefined(10_000, closed=True),
-        "deep-undefined-10000-unclosed": _deep_undefined(10_000, closed=False),
-        "deep-defined-10000": _deep_defined(10_000),
-        "deep-implicit-10000": _deep_implicit(10_000),
-        "huge-OB-2GB": _huge_declared(b"OB"),
-        "huge-UT-2GB": _huge_declared(b"UT"),
-        "huge-UN-2GB": _huge_declared(b"UN"),
-        "huge-SQ-2GB": _huge_declared(b"SQ", 0x0008, 0x1115),
-        "huge-pixels-2GB": _huge_declared(b"OW", 0x7FE0, 0x0010),
+        "deep-undefined-10000": deep_undefined(10_000, closed=True),
+        "deep-undefined-10000-unclosed": deep_undefined(10_000, closed=False),
+        "deep-defined-10000": deep_defined(10_000),
+        "deep-implicit-10000": deep_implicit(10_000),
+        "huge-OB-2GB": huge_declared(b"OB"),
+        "huge-UT-2GB": huge_declared(b"UT"),
+        "huge-UN-2GB": huge_declared(b"UN"),
+        "huge-SQ-2GB": huge_declared(b"SQ", 0x0008, 0x1115),
+        "huge-pixels-2GB": huge_declared(b"OW", 0x7FE0, 0x0010),
         "huge-item-2GB": (
-            _preamble()
-            + _PATIENT
-            + _SQ_UNDEFINED
+            preamble()
+            + PATIENT
+            + SQ_UNDEFINED
             + b"\xfe\xff\x00\xe0"
             + struct.pack("<L", 1 << 31)
         ).ljust(1024, b"\0"),
-        "tiny-elements-100000": _tiny_elements(100_000),
-        "items-100000": _many_items(100_000),
-        "only-preamble": _preamble(),
-        "preamble-cut-in-meta": _preamble()[:140],
+        "tiny-elements-100000": tiny_elements(100_000),
+        "items-100000": many_items(100_000),
+        "only-preamble": preamble(),
+        "preamble-cut-in-meta": preamble()[:140],
         "empty": b"",
         "dicm-only": b"\0" * 128 + b"DICM",
     }

@@ -35,7 +35,9 @@ from dicomlake.storage import (
     fsspec_options,
     parse_storage_option,
 )
-from moto_server import moto_endpoint
+from helpers.moto_server import moto_endpoint
+
+pytestmark = pytest.mark.s3
 
 _AWS_VARS = (
     "AWS_ACCESS_KEY_ID",
@@ -358,6 +360,7 @@ def test_plain_dict_with_delta_style_names(
 # ------------------------------------------------------------------- deep learning
 
 
+@pytest.mark.torch
 def test_frame_dataset_reads_a_bucket_lake_in_dataloader_workers(
     source_bucket: str, s3: Any, aws_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -392,12 +395,13 @@ def test_two_writers_of_a_bucket_lake_commit_each_row_once(s3: Any, aws_env: str
     """Concurrent writers on object storage: delta-rs claims each version with a
     conditional put, and a writer beaten to it checks the other's rows again."""
     from dicomlake.lake.writer import TableWriter
-    from lake_rows import make_batch
-    from test_concurrency import _Beaten
+    from helpers.lake_rows import make_batch
+    from helpers.writers import BeatenWriter
 
     lake = f"s3://{_bucket(s3)}/lake"
     rival = TableWriter(lake, max_rows=10_000)
-    writer = _Beaten(lake, rival, [(make_batch([{"row_id": i} for i in range(50, 150)]), False)])
+    rival_rows = make_batch([{"row_id": i} for i in range(50, 150)])
+    writer = BeatenWriter(lake, rival, [(rival_rows, False)])
     writer.write(make_batch([{"row_id": i} for i in range(100)]))
     assert writer.flush() == 50
     assert writer.conflicts == 1 and writer.rows_taken == 50

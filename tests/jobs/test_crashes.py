@@ -24,7 +24,7 @@ from deltalake import DeltaTable
 import dicomlake
 from dicomlake.lake import instances_uri
 from dicomlake.lake.maintenance import table_state
-from test_concurrency import (
+from helpers.runs import (
     RUN_MARKER,
     ingest_command,
     lake_paths,

@@ -36,7 +36,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-from moto_server import child_server
+from helpers.moto_server import child_server
 
 FAULTS = ("delay", "hang", "reset", "reset_mid", "500", "503")
 KINDS = ("get", "head", "list", "other")
@@ -356,7 +356,7 @@ class FaultProxy:
 @contextmanager
 def fault_proxy(upstream: str) -> Iterator[FaultProxy]:
     """Yield a :class:`FaultProxy` to ``upstream`` that lives for the block."""
-    with child_server([__file__, upstream]) as port:
+    with child_server(["-m", "helpers.fault_proxy", upstream]) as port:
         yield FaultProxy(f"http://127.0.0.1:{port}")
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import select
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,73 +19,9 @@ from deltalake import DeltaTable
 import dicomlake
 from dicomlake.lake.tables import instances_uri
 from dicomlake.lake.writer import TableWriter
-from dicomlake.sample import sample_file
-from lake_rows import make_batch
-
-
-def write_files(folder: Path, count: int, per_folder: int = 100) -> set[str]:
-    """``count`` copies of CT_small in subfolders; returns their row paths."""
-    data = sample_file("CT_small.dcm").read_bytes()
-    paths = set()
-    for i in range(count):
-        sub = folder / f"d{i // per_folder:03d}"
-        sub.mkdir(parents=True, exist_ok=True)
-        path = sub / f"f{i:05d}.dcm"
-        path.write_bytes(data)
-        paths.add(f"file://{path}")
-    return paths
-
-
-def lake_paths(lake: Path) -> list[str]:
-    con = dicomlake.connect(str(lake))
-    return [p for (p,) in con.sql("SELECT path FROM instances").fetchall()]
-
-
-def ingest_command(sources: list[Path], lake: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "dicomlake",
-        "ingest",
-        *map(str, sources),
-        "--lake",
-        str(lake),
-        "--quiet",
-        *extra,
-    ]
-
-
-#: An environment variable that names one run: its coordinator and the workers it
-#: spawns (which inherit the environment) are then found in /proc whenever they started.
-RUN_MARKER = "DICOMLAKE_TEST_RUN"
-
-
-def processes_of(marker: str) -> list[int]:
-    """Pids of the live processes whose environment holds ``RUN_MARKER=marker``."""
-    needle = f"\0{RUN_MARKER}={marker}\0".encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = b"\0" + (entry / "environ").read_bytes()
-        except OSError:  # gone meanwhile, or not ours to read
-            continue
-        if needle in environ:
-            found.append(int(entry.name))
-    return found
-
-
-def wait_until_gone(marker: str, message: str, limit: float = 60.0) -> None:
-    """Wait until no process of the run ``marker`` is left.
-
-    A worker notices within about a second that its coordinator died; ``limit`` is only
-    a guard against waiting for ever, so a slow machine passes as a fast one does.
-    """
-    deadline = time.monotonic() + limit
-    while alive := processes_of(marker):
-        assert time.monotonic() < deadline, f"{message}: {alive}"
-        time.sleep(0.1)
+from helpers.lake_rows import make_batch
+from helpers.runs import ingest_command, lake_paths, write_files
+from helpers.writers import BeatenWriter
 
 
 def batch(ids: range, study: str = "1.2.3") -> pa.RecordBatch:
@@ -124,27 +59,10 @@ def test_writers_made_before_either_commits_keep_one_row_per_id(tmp_path: Path) 
     assert parquet == set(actions.column("path").to_pylist())
 
 
-class _Beaten(TableWriter):
-    """A writer whose rival commits right after each check, before the commit: the race
-    that two processes hit now and then, made to happen on every attempt it is armed."""
-
-    def __init__(self, lake: str, rival: TableWriter, rival_batches: list) -> None:
-        super().__init__(lake, max_rows=10_000)
-        self.rival = rival
-        self.rival_batches = rival_batches
-
-    def _catch_up(self, dt: DeltaTable) -> None:
-        super()._catch_up(dt)
-        if self.rival_batches:
-            rows, replace = self.rival_batches.pop(0)
-            self.rival.write(rows, replace=replace)
-            self.rival.flush()
-
-
 def test_a_commit_beaten_by_another_writer_is_checked_again(tmp_path: Path) -> None:
     lake = str(tmp_path / "lake")
     rival = TableWriter(lake, max_rows=10_000)
-    writer = _Beaten(
+    writer = BeatenWriter(
         lake,
         rival,
         [(batch(range(50, 150), "rival"), False), (batch(range(150, 160), "rival"), False)],
@@ -163,7 +81,7 @@ def test_a_merge_beaten_by_another_writer_replaces_its_rows(tmp_path: Path) -> N
     with TableWriter(lake) as setup:
         setup.write(batch(range(0, 20), "old"))
     rival = TableWriter(lake, max_rows=10_000)
-    writer = _Beaten(lake, rival, [(batch(range(10, 30), "rival"), True)])
+    writer = BeatenWriter(lake, rival, [(batch(range(10, 30), "rival"), True)])
     writer.write(batch(range(0, 30), "changed"), replace=True)
     assert writer.flush() == 30
     assert writer.conflicts == 1

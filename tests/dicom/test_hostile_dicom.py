@@ -38,18 +38,18 @@ from dicomlake.dicom import header, native
 from dicomlake.dicom.header import read_header
 from dicomlake.errors import HeaderTooLarge
 from dicomlake.sample import sample_file
-from test_native_fuzz import (
-    _ITEM_END,
-    _ITEM_UNDEFINED,
-    _PATIENT,
-    _SQ_END,
-    _deep_defined,
-    _deep_implicit,
-    _deep_undefined,
-    _explicit,
-    _huge_declared,
-    _preamble,
-    _tiny_elements,
+from helpers.dicom_bytes import (
+    ITEM_END,
+    ITEM_UNDEFINED,
+    PATIENT,
+    SQ_END,
+    deep_defined,
+    deep_implicit,
+    deep_undefined,
+    explicit,
+    huge_declared,
+    preamble,
+    tiny_elements,
 )
 
 MiB = 1 << 20
@@ -70,50 +70,50 @@ def _sq(tag: int, length: int = 0xFFFFFFFF) -> bytes:
 
 def declared(vr: bytes, length: int, tag: int = 0x00091001) -> bytes:
     """A 1 KB file whose one element (after a private creator) declares ``length``."""
-    creator = _explicit(0x0009, 0x0010, b"LO", b"HOSTILE") if tag >> 16 == 0x0009 else b""
-    head = _preamble() + _PATIENT + creator
-    element = _explicit(tag >> 16, tag & 0xFFFF, vr, b"", length=length)
+    creator = explicit(0x0009, 0x0010, b"LO", b"HOSTILE") if tag >> 16 == 0x0009 else b""
+    head = preamble() + PATIENT + creator
+    element = explicit(tag >> 16, tag & 0xFFFF, vr, b"", length=length)
     return (head + element).ljust(1024, b"\xab")
 
 
 def implicit_declared(length: int) -> bytes:
     """Implicit VR: an element whose 32-bit length says ``length``."""
-    head = _preamble("1.2.840.10008.1.2") + struct.pack("<HHL", 0x0010, 0x0010, 4) + b"A^B "
+    head = preamble("1.2.840.10008.1.2") + struct.pack("<HHL", 0x0010, 0x0010, 4) + b"A^B "
     return (head + struct.pack("<HHL", 0x0010, 0x0020, length)).ljust(1024, b"\0")
 
 
 def item_declared(length: int) -> bytes:
     item = b"\xfe\xff\x00\xe0" + struct.pack("<L", length)
-    return (_preamble() + _PATIENT + _sq(0x00400275) + item).ljust(1024, b"\0")
+    return (preamble() + PATIENT + _sq(0x00400275) + item).ljust(1024, b"\0")
 
 
 def nested(depth: int) -> bytes:
     """Sequences nested ``depth`` deep (undefined lengths), in tag order for both parsers."""
-    leaf = _explicit(0x0040, 0x0009, b"SH", b"LEAF")
-    opening = (_sq(0x00400275) + _ITEM_UNDEFINED) * depth
-    closing = (_ITEM_END + _SQ_END) * depth
-    return _preamble() + _PATIENT + opening + leaf + closing
+    leaf = explicit(0x0040, 0x0009, b"SH", b"LEAF")
+    opening = (_sq(0x00400275) + ITEM_UNDEFINED) * depth
+    closing = (ITEM_END + SQ_END) * depth
+    return preamble() + PATIENT + opening + leaf + closing
 
 
 def items(count: int, *, empty: bool) -> bytes:
     """One sequence of ``count`` items, empty or holding one short element each."""
-    body = b"" if empty else _explicit(0x0040, 0x0009, b"SH", b"ab")
+    body = b"" if empty else explicit(0x0040, 0x0009, b"SH", b"ab")
     item = b"\xfe\xff\x00\xe0" + struct.pack("<L", len(body)) + body
-    return _preamble() + _PATIENT + _sq(0x00400275) + item * count + _SQ_END
+    return preamble() + PATIENT + _sq(0x00400275) + item * count + SQ_END
 
 
 def deflated(data_set: bytes | Callable[[zlib._Compress], bytes], level: int = 9) -> bytes:
     """A Deflated Explicit VR Little Endian file of ``data_set`` (or what writes it)."""
     packer = zlib.compressobj(level, zlib.DEFLATED, -15)
     body = data_set(packer) if callable(data_set) else packer.compress(data_set)
-    return _preamble(DEFLATED) + body + packer.flush()
+    return preamble(DEFLATED) + body + packer.flush()
 
 
 def inflating_zeros(size: int) -> Callable[[zlib._Compress], bytes]:
     """A data set of one element, then ``size`` zeros: 1 MiB deflated once, repeated."""
 
     def write(packer: zlib._Compress) -> bytes:
-        start = packer.compress(_PATIENT) + packer.flush(zlib.Z_FULL_FLUSH)
+        start = packer.compress(PATIENT) + packer.flush(zlib.Z_FULL_FLUSH)
         block = packer.compress(bytes(MiB)) + packer.flush(zlib.Z_FULL_FLUSH)
         return start + block * (size // MiB)
 
@@ -131,13 +131,13 @@ def small_hostile() -> dict[str, bytes]:
         "len-FFFFFFFE-item": item_declared(0xFFFFFFFE),
         "len-FFFFFFFE-pixels": declared(b"OW", 0xFFFFFFFE, 0x7FE00010),
         "len-FFFE-LO": declared(b"LO", 0xFFFE),
-        "huge-2GB-OB": _huge_declared(b"OB"),
-        "huge-2GB-UT": _huge_declared(b"UT"),
-        "huge-2GB-SQ": _huge_declared(b"SQ", 0x0008, 0x1115),
-        "deep-10000": _deep_undefined(10_000, closed=True),
-        "deep-10000-unclosed": _deep_undefined(10_000, closed=False),
-        "deep-10000-defined": _deep_defined(10_000),
-        "deep-10000-implicit": _deep_implicit(10_000),
+        "huge-2GB-OB": huge_declared(b"OB"),
+        "huge-2GB-UT": huge_declared(b"UT"),
+        "huge-2GB-SQ": huge_declared(b"SQ", 0x0008, 0x1115),
+        "deep-10000": deep_undefined(10_000, closed=True),
+        "deep-10000-unclosed": deep_undefined(10_000, closed=False),
+        "deep-10000-defined": deep_defined(10_000),
+        "deep-10000-implicit": deep_implicit(10_000),
         "deep-65": nested(65),
         "deflated-300MiB": deflated(inflating_zeros(300 * MiB)),
     }
@@ -172,11 +172,11 @@ EXPECTED = {
 def big_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The files of 2,000,000 elements or items, written once per session."""
     folder = tmp_path_factory.mktemp("big-hostile")
-    tiny = _tiny_elements(BIG)
+    tiny = tiny_elements(BIG)
     written = {
         "tiny-2M": tiny,
         "items-2M": items(BIG, empty=True),
-        "deflated-tiny-2M": deflated(tiny[len(_preamble()) :], level=1),
+        "deflated-tiny-2M": deflated(tiny[len(preamble()) :], level=1),
     }
     for name, data in written.items():
         (folder / f"{name}.dcm").write_bytes(data)
@@ -291,7 +291,7 @@ def _pydicom_outcome(data: bytes) -> str:
 def test_both_parsers_count_elements_and_items_alike(monkeypatch: pytest.MonkeyPatch) -> None:
     if not native.available():
         pytest.skip("dicomlake.dicom._native is not built")
-    meta_elements = 7  # the file meta group of _preamble, and (0010,0010)
+    meta_elements = 7  # the file meta group of preamble, and (0010,0010)
     base = meta_elements + 1  # ... and the sequence
     for count, empty in ((300, True), (150, False)):
         data = items(count, empty=empty)
@@ -300,7 +300,7 @@ def test_both_parsers_count_elements_and_items_alike(monkeypatch: pytest.MonkeyP
         assert _both(data) == ("ok", "ok")
         monkeypatch.setattr(header, "MAX_HEADER_ELEMENTS", size - 1)
         assert _both(data) == ("HeaderTooLarge", "HeaderTooLarge")
-    flat = _tiny_elements(1000)  # 1000 elements and their 4 private creators
+    flat = tiny_elements(1000)  # 1000 elements and their 4 private creators
     monkeypatch.setattr(header, "MAX_HEADER_ELEMENTS", meta_elements + 1004)
     assert _both(flat) == ("ok", "ok")
     monkeypatch.setattr(header, "MAX_HEADER_ELEMENTS", meta_elements + 1003)
@@ -337,7 +337,7 @@ def test_nesting_limit() -> None:
 
 
 def test_deflated_data_set_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = deflated(_PATIENT + _explicit(0x0010, 0x0020, b"LO", b"ID") + bytes(8))
+    data = deflated(PATIENT + explicit(0x0010, 0x0020, b"LO", b"ID") + bytes(8))
     assert _pydicom_outcome(data) == "ok"
     monkeypatch.setattr(header, "MAX_DEFLATED_BYTES", 20)
     with pytest.raises(HeaderTooLarge, match="deflated data set inflates past"):
@@ -346,8 +346,8 @@ def test_deflated_data_set_past_its_limit(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_a_value_declared_past_the_budget_is_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
     """A deferred value is charged before it is read: a 5 MB text is refused unread."""
-    text = _explicit(0x0010, 0x4000, b"LT", b"x" * 60_000)
-    data = _preamble() + _PATIENT + text
+    text = explicit(0x0010, 0x4000, b"LT", b"x" * 60_000)
+    data = preamble() + PATIENT + text
     monkeypatch.setattr(header, "MAX_META_CHARS", 20_000)  # values: twice this
     with pytest.raises(HeaderTooLarge, match="values pass"):
         _pydicom_outcome(data)

@@ -12,7 +12,10 @@ import dicomlake
 from dicomlake.cli import app
 from dicomlake.dicom import native
 
-pytestmark = pytest.mark.skipif(not native.available(), reason="native parser not built")
+pytestmark = [
+    pytest.mark.native,
+    pytest.mark.skipif(not native.available(), reason="dicomlake.dicom._native is not built"),
+]
 
 
 def rows(lake: Path) -> dict[str, dict]:

@@ -50,6 +50,8 @@ from dicomlake.dicom.drawing import encode_png
 from dicomlake.dicom.pixels import ROBUST_PERCENTILES, number_of_frames, render
 from dicomlake.sample import sample_file
 
+pytestmark = pytest.mark.dcmtk
+
 DCM2PNM = shutil.which("dcm2pnm")
 needs_dcmtk = pytest.mark.skipif(
     not all(shutil.which(tool) for tool in ("dcm2pnm", "dcmdjpeg", "dcmdjpls")),

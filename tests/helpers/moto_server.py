@@ -6,11 +6,13 @@ the GIL, so a server thread in the test process could never answer them.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 _SERVER = textwrap.dedent(
     """
@@ -32,8 +34,14 @@ def child_server(args: list[str]) -> Iterator[int]:
 
     Yields the port; the server stops when the block ends.
     """
+    tests = str(Path(__file__).resolve().parents[1])  # so a server may import helpers
+    path = os.pathsep.join(p for p in (tests, os.environ.get("PYTHONPATH", "")) if p)
     proc = subprocess.Popen(
-        [sys.executable, *args], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=os.environ | {"PYTHONPATH": path},
     )
     assert proc.stdout is not None and proc.stdin is not None
     try:

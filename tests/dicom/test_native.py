@@ -34,7 +34,7 @@ from dicomlake.dicom.header import Header, read_header
 from dicomlake.dicom.tags import promoted_values
 from dicomlake.sample import pydicom_test_files
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ALL_FILES = pydicom_test_files()
 
 
@@ -92,9 +92,10 @@ EXPECTED_DECLINES = {
     "data/liver_expb.dcm": "big_endian",
 }
 
-pytestmark = pytest.mark.skipif(
-    not native.available(), reason="dicomlake.dicom._native is not built"
-)
+pytestmark = [
+    pytest.mark.native,
+    pytest.mark.skipif(not native.available(), reason="dicomlake.dicom._native is not built"),
+]
 
 
 def _uri(path: Path) -> str:

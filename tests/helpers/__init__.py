@@ -1,0 +1,4 @@
+"""What several test modules share: builders of files and lakes, servers, processes.
+
+Test modules import from here, never from one another.
+"""
