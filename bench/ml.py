@@ -41,9 +41,9 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
 import dicomlake
-from dicomlake.storage.locations import local_path as _local_path
 from dicomlake.ml import FrameDataset
 from dicomlake.sample import pydicom_test_files, sample_file
+from dicomlake.storage.locations import local_path as _local_path
 
 SIZE = (128, 128)
 BATCH = 16

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ingest import build_corpus  # bench/ingest.py, beside this file
+from ingest import build_corpus, readable_sources  # bench/ingest.py, beside this file
 
 CORES = 2
 
@@ -89,7 +89,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="dicomlake-bench-spark-"))
     try:
         corpus = work / "corpus"
-        files = build_corpus(corpus, args.files)
+        files = build_corpus(corpus, readable_sources(), args.files)
         size = sum(f.stat().st_size for f in files) / 2**20
         for path in files:  # both engines read from memory
             path.read_bytes()

@@ -52,9 +52,9 @@ from pydicom.uid import (
 )
 
 import dicomlake
+from dicomlake.dicom.drawing import encode_png
 from dicomlake.dicom.pixels import number_of_frames, render
 from dicomlake.sample import image_dataset, pydicom_test_files, synthetic_mammogram
-from dicomlake.dicom.drawing import encode_png
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the backend
@@ -234,8 +234,7 @@ def main() -> None:
                         [str(root / c) for c in ("small", "compressed", "large")],
                         str(lake),
                         workers=workers,
-                        thumbnails=True,
-                        thumbnail_size=args.size,
+                        thumbnails=dicomlake.ThumbnailOptions(size=args.size),
                     )
                 seconds = time.perf_counter() - start
                 label = "in process" if workers == 0 else f"{workers} workers"
