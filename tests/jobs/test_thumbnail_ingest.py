@@ -86,6 +86,8 @@ def test_thumbnails_command_fills_a_lake_ingested_without(
     assert len(got) == 3 and all(max(r["width"], r["height"]) <= 64 for r in got)
     result = CliRunner().invoke(app, ["thumbnails", "--lake", str(lake), "-w", "0"])
     assert "0 instances" in result.stdout  # nothing missing any more
+    quiet = CliRunner().invoke(app, ["thumbnails", "--lake", str(lake), "-w", "0", "-q"])
+    assert quiet.exit_code == 0 and quiet.stdout == ""
 
 
 def test_undrawable_file_is_an_error_row_and_its_instance_is_untouched(tmp_path: Path) -> None:

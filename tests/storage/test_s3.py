@@ -280,6 +280,10 @@ def test_cli_lake_in_bucket_with_workers(
     assert result.output.splitlines()[-1] == "4"
     result = runner.invoke(app, ["info", "--lake", lake, *opts])
     assert result.exit_code == 0, result.output
+    # a derived table written into the bucket with the same options
+    result = runner.invoke(app, ["thumbnails", "--lake", lake, "-w", "0", "--size", "32", *opts])
+    assert result.exit_code == 0, result.output
+    assert "thumbnails: 3 instances, 3 drawn, 0 not drawn" in result.output  # 3 with pixels
 
     # without the options the lake cannot be reached: one line, exit 2
     result = runner.invoke(app, ["info", "--lake", lake, "--storage-option", "BROKEN"])

@@ -12,6 +12,7 @@ from dicomlake.cli.options import (
     LakeOption,
     QuietOption,
     StorageOptionOption,
+    WorkersOption,
     fail,
     storage_config,
 )
@@ -24,19 +25,23 @@ def thumbnails_command(
         int, typer.Option("--size", min=16, max=4096, help="Longest side, in pixels.")
     ] = 256,
     frame: Annotated[FrameOption, typer.Option(help="Frames to draw.")] = FrameOption.middle,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", "-w", min=0, help="Worker processes (default: all cores)."),
-    ] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    workers: WorkersOption = None,
+    quiet: QuietOption = False,
+    anon: AnonOption = False,
+    storage_option: StorageOptionOption = None,
 ) -> None:
     """Draw thumbnails for instances of the lake that have pixel data and none yet."""
     from dicomlake.jobs.thumbnails import build_thumbnails
 
+    storage = storage_config(anon, storage_option)
     try:
-        summary = build_thumbnails(lake, size=size, frame=frame.value, workers=workers)
+        summary = build_thumbnails(
+            lake, size=size, frame=frame.value, workers=workers, storage_options=storage
+        )
     except DicomLakeError as exc:
         raise fail(str(exc)) from None
+    if quiet:
+        return
     failed = ", ".join(f"{k} {v}" for k, v in sorted(summary.errors.items()))
     typer.echo(
         f"thumbnails: {summary.instances} instances, {summary.ok} drawn, "
@@ -88,10 +93,7 @@ def patches_command(
         str | None,
         typer.Option("--where", help="SQL expression over instances, e.g. \"Modality = 'SM'\"."),
     ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", "-w", min=0, help="Worker processes (default: all cores)."),
-    ] = None,
+    workers: WorkersOption = None,
     quiet: QuietOption = False,
     anon: AnonOption = False,
     storage_option: StorageOptionOption = None,

@@ -13,6 +13,7 @@ from dicomlake.cli.options import (
     LakeOption,
     ParserOption,
     StorageOptionOption,
+    WorkersOption,
     fail,
     interactive,
     storage_config,
@@ -27,10 +28,7 @@ def ingest(
         typer.Argument(help="Folders, files, zip archives or fsspec URLs to ingest."),
     ],
     lake: LakeOption,
-    workers: Annotated[
-        int | None,
-        typer.Option("--workers", "-w", min=0, help="Worker processes (default: all cores)."),
-    ] = None,
+    workers: WorkersOption = None,
     sync: Annotated[
         bool, typer.Option("--sync", help="Remove rows of files that no longer exist.")
     ] = False,

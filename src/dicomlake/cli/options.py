@@ -23,6 +23,10 @@ LakeOption = Annotated[
     str, typer.Option("--lake", "-l", help="Lake folder or URI (s3://bucket/prefix).")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No summary line.")]
+WorkersOption = Annotated[
+    int | None,
+    typer.Option("--workers", "-w", min=0, help="Worker processes (default: all cores)."),
+]
 AnonOption = Annotated[
     bool,
     typer.Option("--anon", help="Object storage: unsigned requests (public buckets)."),
