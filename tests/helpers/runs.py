@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 import dicomlake
 from dicomlake.sample import sample_file
 
@@ -75,5 +77,6 @@ def wait_until_gone(marker: str, message: str, limit: float = 60.0) -> None:
     """
     deadline = time.monotonic() + limit
     while alive := processes_of(marker):
-        assert time.monotonic() < deadline, f"{message}: {alive}"
+        if time.monotonic() > deadline:  # a hang guard, not a measure of speed
+            pytest.fail(f"{message}: {alive} still running after {limit:g} s")
         time.sleep(0.1)
