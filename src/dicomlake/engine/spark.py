@@ -22,7 +22,6 @@ import io
 import logging
 import os
 import posixpath
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
@@ -34,8 +33,8 @@ from dicomlake.catalog import FileRef
 from dicomlake.errors import LakeError
 from dicomlake.lake.shards import (
     ADD_ACTION_SCHEMA,
+    add_action,
     commit_shards,
-    file_stats,
     filesystem,
     new_job_id,
     remove_orphans,
@@ -370,20 +369,9 @@ def parquet_writer(
                 writer.close()
         if writer is None:
             return
-        info = fs.get_file_info(target)
-        mtime = info.mtime_ns // 1_000_000 if info.mtime_ns else int(time.time() * 1000)
         table = pa.Table.from_batches(collected, schema=schema)
         yield pa.RecordBatch.from_pylist(
-            [
-                {
-                    "path": name,
-                    "size": info.size,
-                    "modification_time": mtime,
-                    "num_records": table.num_rows,
-                    "stats": file_stats(table),
-                }
-            ],
-            schema=ADD_ACTION_SCHEMA,
+            [add_action(fs, target, name, table)], schema=ADD_ACTION_SCHEMA
         )
 
     return run

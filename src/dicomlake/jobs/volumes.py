@@ -39,7 +39,7 @@ from dicomlake.dicom.geometry import (
     series_geometry,
 )
 from dicomlake.errors import QueryError
-from dicomlake.lake.selection import PRIVATE, query_columns
+from dicomlake.lake.selection import PRIVATE, query_columns, strip_query
 from dicomlake.lake.tables import VOLUMES_TABLE
 from dicomlake.lake.writer import TableWriter
 from dicomlake.schema import VOLUMES_SCHEMA
@@ -361,9 +361,7 @@ def select_series(
         keep = ["SeriesInstanceUID"] + (["path"] if "path" in columns else [])
         if label is not None and label not in keep:
             keep.append(label)
-        text = sql.strip()
-        while text.endswith(";"):
-            text = text[:-1].rstrip()
+        text = strip_query(sql)
         picked = ", ".join(_quote(c) for c in keep)
         selected = f"{PRIVATE}selected"
         try:

@@ -24,7 +24,12 @@ if TYPE_CHECKING:
 PRIVATE = "__dl_"
 
 
-def _strip(sql: str) -> str:
+def strip_query(sql: str) -> str:
+    """A user's query without surrounding space and trailing ``;``, ready to nest.
+
+    Raises:
+        QueryError: Nothing is left.
+    """
     text = sql.strip()
     while text.endswith(";"):
         text = text[:-1].rstrip()
@@ -40,7 +45,7 @@ def query_columns(con: duckdb.DuckDBPyConnection, sql: str) -> list[str]:
         QueryError: The query does not parse or bind (DuckDB's message, as is).
     """
     try:
-        return [row[0] for row in con.execute(f"DESCRIBE ({_strip(sql)})").fetchall()]
+        return [row[0] for row in con.execute(f"DESCRIBE ({strip_query(sql)})").fetchall()]
     except duckdb.Error as exc:
         raise QueryError(f"the query failed: {exc}", sql=sql) from exc
 
@@ -82,7 +87,7 @@ def run_query(
     """
     from dicomlake.lake.sql import connect
 
-    text = _strip(sql)
+    text = strip_query(sql)
     con = connect(lake, storage_options=storage_options)
     try:
         columns = query_columns(con, text)

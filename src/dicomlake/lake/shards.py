@@ -159,6 +159,16 @@ def write_shard(
     fs, root = filesystem(table_uri, storage_options)
     target = f"{root.rstrip('/')}/{name}"
     pq.write_table(table, target, filesystem=fs, compression="zstd", compression_level=3)
+    return add_action(fs, target, name, table)
+
+
+def add_action(fs: pafs.FileSystem, target: str, name: str, table: pa.Table) -> dict[str, Any]:
+    """The add-action of the data file ``name``, written at ``target`` with ``table``'s rows.
+
+    Returns:
+        A row of :data:`ADD_ACTION_SCHEMA`: name, size and time from the file system,
+        row count and statistics from the rows.
+    """
     info = fs.get_file_info(target)
     mtime = info.mtime_ns // 1_000_000 if info.mtime_ns else int(time.time() * 1000)
     return {

@@ -36,7 +36,7 @@ import pyarrow as pa
 from dicomlake._types import StorageOptions
 from dicomlake.dicom.frames import PhysicalFrame, Window
 from dicomlake.errors import ExtractError, QueryError
-from dicomlake.lake.selection import PRIVATE, query_columns, require_columns
+from dicomlake.lake.selection import PRIVATE, query_columns, require_columns, strip_query
 from dicomlake.ml._base import SelectedDataset
 from dicomlake.ml._torch import require_torch
 from dicomlake.ml.labels import labels_for
@@ -62,13 +62,6 @@ _JOINED: Final = {
 _PIXELS: Final = "pixels"
 
 
-def _strip(sql: str) -> str:
-    text = sql.strip()
-    while text.endswith(";"):
-        text = text[:-1].rstrip()
-    return text
-
-
 def _statement(sql: str, columns: list[str], keep: list[str]) -> str:
     """The user's query joined to the instances it names, in the query's order."""
     picked = ", ".join(f'{expr} AS "{alias}"' for alias, expr in _JOINED.items())
@@ -76,7 +69,7 @@ def _statement(sql: str, columns: list[str], keep: list[str]) -> str:
     pixels = f', s."{_PIXELS}"' if _PIXELS in columns else ""
     return (
         f"SELECT {users}, {picked}{pixels} FROM (SELECT *, row_number() OVER () AS "
-        f"{PRIVATE}order FROM ({_strip(sql)})) s JOIN instances i ON i.path = s.path "
+        f"{PRIVATE}order FROM ({strip_query(sql)})) s JOIN instances i ON i.path = s.path "
         f"WHERE i.status = 'ok' AND i.has_pixel_data ORDER BY s.{PRIVATE}order"
     )
 
