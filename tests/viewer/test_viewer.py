@@ -6,10 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-import socket
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +30,7 @@ from dicomlake.viewer.connection import Cursor, LakeConnection, QueryTimeout
 from dicomlake.viewer.safety import UnsafeClause, check_where
 from dicomlake.viewer.tags import bulk_length, tag_rows
 from helpers.lakes import build_lake
+from helpers.servers import LiveServer
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -149,35 +147,6 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> str:
     path = str(root / "lake")
     build_lake([str(corpus)], path)
     return path
-
-
-class LiveServer:
-    """uvicorn serving the viewer on a free loopback port, in a thread."""
-
-    def __init__(self, lake: str) -> None:
-        import uvicorn
-
-        self.app = create_app(lake, check_every=0.2, host="127.0.0.1")
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the viewer did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -13,20 +13,22 @@ import contextlib
 import logging
 import re
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import duckdb
 import orjson
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from dicomlake.viewer import pages, queries
+from dicomlake.viewer import dicomweb, ohif, pages, queries
+from dicomlake.viewer.auth import TokenAuth
 from dicomlake.viewer.connection import LakeConnection, QueryTimeout
 from dicomlake.viewer.queries import BadRequest, Filters
 from dicomlake.viewer.safety import UnsafeClause
@@ -114,6 +116,10 @@ def create_app(
     *,
     check_every: float = 2.0,
     allowed_hosts: list[str] | None = None,
+    token: str | None = None,
+    cors_origins: Sequence[str] = (),
+    allow_store: bool = False,
+    ohif_dir: str | None = None,
 ) -> Starlette:
     """Build the viewer's ASGI app for ``lake``.
 
@@ -121,9 +127,15 @@ def create_app(
         lake: Lake folder or URI.
         check_every: Seconds between checks for a new lake version.
         allowed_hosts: Host names to answer to; None answers any.
+        token: Bearer token every request must carry; None asks for none.
+        cors_origins: Origins whose pages may call the server from a browser.
+        allow_store: Accept STOW-RS uploads (``POST /dicomweb/studies``).
+        ohif_dir: The unpacked OHIF app to serve at ``/ohif/``; None looks in the
+            user's cache (see :mod:`dicomlake.viewer.ohif`).
 
     Returns:
-        A Starlette app that serves the gallery, series pages and JSON API.
+        A Starlette app that serves the gallery, series pages, JSON API, DICOMweb
+        (``/dicomweb``) and OHIF (``/ohif``).
 
     Raises:
         TableNotFound: The lake has nothing ingested yet.
@@ -222,10 +234,24 @@ def create_app(
         Route("/api/thumbnail/{row_id}", api_thumbnail),
         Route("/api/download", api_download),
         Mount("/static", StaticFiles(packages=[("dicomlake.viewer", "static")]), name="static"),
+        Mount("/dicomweb", routes=dicomweb.routes(db, allow_store=allow_store)),
+        Mount("/ohif", routes=ohif.routes(ohif_dir)),
     ]
     middleware = []
     if allowed_hosts is not None:
         middleware.append(Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts))
+    if cors_origins:
+        middleware.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(cors_origins),
+                allow_methods=["GET", "POST"] if allow_store else ["GET"],
+                allow_headers=["Authorization", "Accept", "Content-Type"],
+                expose_headers=["Warning", "Content-Location"],
+            )
+        )
+    if token is not None:
+        middleware.append(Middleware(TokenAuth, token=token))
     app = Starlette(
         routes=routes,
         middleware=middleware,

@@ -1,0 +1,45 @@
+"""The viewer served for real: uvicorn on a free loopback port, in a thread."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from typing import Any
+
+from dicomlake.viewer import create_app
+
+
+class LiveServer:
+    """uvicorn serving ``create_app(lake, **options)`` on a free loopback port.
+
+    Use as a context manager; ``url`` is the server's base address.
+    """
+
+    def __init__(self, lake: str, **options: Any) -> None:
+        import uvicorn
+
+        options.setdefault("check_every", 0.2)
+        options.setdefault("host", "127.0.0.1")
+        self.app = create_app(lake, **options)
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(self.app, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("the viewer did not start")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.sock.close()
