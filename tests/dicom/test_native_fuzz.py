@@ -194,11 +194,7 @@ def structural() -> dict[str, bytes]:
         "huge-SQ-2GB": huge_declared(b"SQ", 0x0008, 0x1115),
         "huge-pixels-2GB": huge_declared(b"OW", 0x7FE0, 0x0010),
         "huge-item-2GB": (
-            preamble()
-            + PATIENT
-            + SQ_UNDEFINED
-            + b"\xfe\xff\x00\xe0"
-            + struct.pack("<L", 1 << 31)
+            preamble() + PATIENT + SQ_UNDEFINED + b"\xfe\xff\x00\xe0" + struct.pack("<L", 1 << 31)
         ).ljust(1024, b"\0"),
         "tiny-elements-100000": tiny_elements(100_000),
         "items-100000": many_items(100_000),

@@ -24,9 +24,7 @@ if TYPE_CHECKING:
 
 
 @contextlib.contextmanager
-def open_ref(
-    ref: FileRef | str, *, storage_options: StorageOptions = None
-) -> Iterator[IO[bytes]]:
+def open_ref(ref: FileRef | str, *, storage_options: StorageOptions = None) -> Iterator[IO[bytes]]:
     """Open a reference for reading, wherever it lies.
 
     Local files are opened directly (a ``file://localhost/`` path, one that is not
@@ -89,9 +87,7 @@ def _open_zip_member(
     if local is not None:
         st = os.stat(local)
         signature: Hashable = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-        return zip_cache.open_member(
-            archive_uri, signature, lambda: zipfile.ZipFile(local), member
-        )
+        return zip_cache.open_member(archive_uri, signature, lambda: zipfile.ZipFile(local), member)
     fs, path = url_to_fs(archive_uri, storage_options)
     info = fs.info(path)
     etag = info.get("ETag") or info.get("etag") or info.get("md5Hash")

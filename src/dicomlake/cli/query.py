@@ -55,7 +55,6 @@ def sql(
     write_result(table, output_format, output)
 
 
-
 def info(
     lake: LakeOption, anon: AnonOption = False, storage_option: StorageOptionOption = None
 ) -> None:

@@ -109,7 +109,6 @@ class Progress:
         self._progress.__exit__(None, None, None)
 
 
-
 def write_result(table: pa.Table, output_format: OutputFormat, output: Path | None) -> None:
     """A query's result in ``output_format``, to ``output`` or stdout."""
     import pyarrow.csv as pa_csv
@@ -172,7 +171,6 @@ def _print_table(table: Any, output: Path | None, limit: int = 1000) -> None:
     console.print(view)
     if table.num_rows > limit:
         console.print(f"({table.num_rows} rows, first {limit} shown; use --format csv for all)")
-
 
 
 def state_rows(state: TableState) -> dict[str, Any]:

@@ -42,14 +42,12 @@ if TYPE_CHECKING:
     from dicomlake._types import FrameChoice, StorageOptions
 
 
-
 #: Dtype of the ``pixels`` column's values (little-endian).
 PIXEL_DTYPE: Final = "float32"
 
 #: RGB foreground: a channel below this share of 255, or a saturation above the next.
 RGB_NEAR_WHITE: Final = 0.8
 RGB_MIN_SATURATION: Final = 0.15
-
 
 
 # --------------------------------------------------------------------------- options

@@ -28,6 +28,7 @@ UNCHANGED: Final = 2
 #: Marks an unknown size or modification time in the arrays given to ``classify``.
 UNKNOWN: Final = -1
 
+
 def _fingerprint_arrays(
     row_ids: np.ndarray, sizes: np.ndarray, mtimes_us: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -290,6 +290,7 @@ def arrow_dataset(dt: DeltaTable) -> pads.Dataset:
         return dt.to_pyarrow_dataset(filesystem=fs)
     return dt.to_pyarrow_dataset()
 
+
 def data_files(dt: DeltaTable) -> set[str]:
     """The paths (relative to the table) of the data files of ``dt``'s loaded version."""
     return set(pa.table(dt.get_add_actions(flatten=False)).column("path").to_pylist())

@@ -55,6 +55,7 @@ COMMIT_ATTEMPTS: Final = 100
 #: the other writers added and tries again (see TableWriter._commit).
 _NO_REBASE: Final = CommitProperties(max_commit_retries=0)
 
+
 def conform_batch(
     batch: pa.RecordBatch | pa.Table, *, lake: str = "", schema: pa.Schema = INSTANCES_SCHEMA
 ) -> pa.RecordBatch:
@@ -140,7 +141,6 @@ def row_ids_of(path: str, fs: Any) -> np.ndarray:
         pq.read_table(path, columns=["row_id"], filesystem=fs).column("row_id").to_numpy()
     )
     return ids
-
 
 
 class TableWriter:
@@ -715,4 +715,3 @@ class TableWriter:
             f"{type(self).__name__}({self.uri!r}, buffered={self._buffered}, "
             f"committed={self.rows_committed}, commits={self.commits})"
         )
-

@@ -34,6 +34,7 @@ class TokenAuth:
         return given is not None and hmac.compare_digest(given.encode("utf-8"), self._token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on when it carries the token; otherwise answer 401."""
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -79,7 +80,9 @@ class TokenAuth:
         )
 
 
-async def _respond(send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def _respond(
+    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]]
+) -> None:
     headers = [*headers, (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
