@@ -97,12 +97,36 @@ def serve(
         str, typer.Option(help="Address to bind; the default lets only this machine connect.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port.")] = 8765,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="DICOMLAKE_TOKEN",
+            help="Bearer token every request must carry; needed to bind beyond loopback.",
+        ),
+    ] = None,
+    no_auth: Annotated[
+        bool,
+        typer.Option("--no-auth", help="Bind beyond loopback without a token (anyone may read)."),
+    ] = False,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="An origin (https://host:port) whose pages may call this server."),
+    ] = None,
 ) -> None:
-    """Browse the lake in a web browser: series thumbnails, filters, tags, downloads."""
+    """Browse the lake: the gallery, DICOMweb at /dicomweb and OHIF at /ohif."""
+    from dicomlake.viewer import LOOPBACK
+
+    if host not in LOOPBACK and token is None and not no_auth:
+        raise fail(
+            f"binding {host} lets other machines read the lake: give --token (or "
+            "DICOMLAKE_TOKEN), or --no-auth to serve it to anyone who can reach it"
+        )
+    if token is not None and not token.strip():
+        raise fail("--token must not be empty")
     try:
         from dicomlake.viewer import serve as run_server
 
-        run_server(lake, host=host, port=port)
+        run_server(lake, host=host, port=port, token=token, cors_origins=cors_origin or ())
     except ImportError as exc:
         raise fail(str(exc)) from None
     except DicomLakeError as exc:

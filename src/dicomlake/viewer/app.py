@@ -119,6 +119,7 @@ def create_app(
     token: str | None = None,
     cors_origins: Sequence[str] = (),
     allow_store: bool = False,
+    store_dir: str | None = None,
     ohif_dir: str | None = None,
 ) -> Starlette:
     """Build the viewer's ASGI app for ``lake``.
@@ -130,6 +131,8 @@ def create_app(
         token: Bearer token every request must carry; None asks for none.
         cors_origins: Origins whose pages may call the server from a browser.
         allow_store: Accept STOW-RS uploads (``POST /dicomweb/studies``).
+        store_dir: Where stored instances are written before they are ingested;
+            None is the lake's own ``_store`` folder (local lakes only).
         ohif_dir: The unpacked OHIF app to serve at ``/ohif/``; None looks in the
             user's cache (see :mod:`dicomlake.viewer.ohif`).
 
@@ -234,7 +237,9 @@ def create_app(
         Route("/api/thumbnail/{row_id}", api_thumbnail),
         Route("/api/download", api_download),
         Mount("/static", StaticFiles(packages=[("dicomlake.viewer", "static")]), name="static"),
-        Mount("/dicomweb", routes=dicomweb.routes(db, allow_store=allow_store)),
+        Mount(
+            "/dicomweb", routes=dicomweb.routes(db, allow_store=allow_store, store_dir=store_dir)
+        ),
         Mount("/ohif", routes=ohif.routes(ohif_dir)),
     ]
     middleware = []

@@ -13,8 +13,10 @@ from dicomlake.viewer.connection import LakeConnection
 __all__ = ["routes"]
 
 
-def routes(db: LakeConnection, *, allow_store: bool = False) -> list[BaseRoute]:
+def routes(
+    db: LakeConnection, *, allow_store: bool = False, store_dir: str | None = None
+) -> list[BaseRoute]:
     """The routes under ``/dicomweb``."""
     from dicomlake.viewer.dicomweb.service import build_routes
 
-    return build_routes(db, allow_store=allow_store)
+    return build_routes(db, allow_store=allow_store, store_dir=store_dir)
