@@ -412,13 +412,21 @@ def frame_view(ds: Dataset, frame: int) -> Dataset:
 
 
 @quiet
-def display_frame(stored: np.ndarray, ds: Dataset, frame: int = 0) -> DisplayFrame:
+def display_frame(
+    stored: np.ndarray,
+    ds: Dataset,
+    frame: int = 0,
+    *,
+    window: tuple[float, float, str] | None = None,
+) -> DisplayFrame:
     """Run one decoded frame through the display pipeline.
 
     Args:
         stored: The frame as pydicom decodes it (stored values; RGB for color).
         ds: The dataset the frame belongs to (for LUTs, windows, photometric).
         frame: Which frame this is, recorded in the result.
+        window: (center, width, function) to use instead of the file's own VOI
+            (a viewer's ``window=`` request); grayscale only.
 
     Returns:
         The frame as uint8 L or RGB.
@@ -433,7 +441,7 @@ def display_frame(stored: np.ndarray, ds: Dataset, frame: int = 0) -> DisplayFra
     if samples == 3 or (stored.ndim == 3 and stored.shape[-1] == 3):
         return DisplayFrame(_rgb8(stored, ds), "RGB", frame, aspect)
     values = apply_modality_lut(stored, ds).astype(np.float64, copy=False)
-    unit = _voi(values, ds)
+    unit = _voi(values, ds) if window is None else apply_window(values, *window)
     shape = str(ds.get("PresentationLUTShape", "") or "").upper()
     if photometric == "MONOCHROME1" or shape == "INVERSE":
         unit = 1.0 - unit

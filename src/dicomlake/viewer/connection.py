@@ -60,6 +60,9 @@ class _Generation:
     shared: bool  # object-store lake: Arrow views live on ``con`` only, so no cursors
     idle: queue.SimpleQueue[duckdb.DuckDBPyConnection] = field(default_factory=queue.SimpleQueue)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: What services built once per version of the lake (DICOMweb's search index).
+    built: dict[str, Any] = field(default_factory=dict)
+    build_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def token(self) -> str:
@@ -71,6 +74,9 @@ class _Generation:
 def lock_down(con: duckdb.DuckDBPyConnection, lake: str) -> None:
     """Forbid everything but reading the lake's own files, for good.
 
+    No extension is installed or loaded on demand, no file outside the lake is read,
+    and no setting can be changed later.
+
     Args:
         con: A connection made by :func:`dicomlake.lake.sql.connect`.
         lake: The lake it reads.
@@ -79,6 +85,10 @@ def lock_down(con: duckdb.DuckDBPyConnection, lake: str) -> None:
     if local is not None:
         root = os.path.dirname(local).rstrip(os.sep) + os.sep
         con.execute("SET allowed_directories = ?", [[root]])
+    # An unknown function name would otherwise fetch and load an extension on demand
+    # (``sqlite_scan(...)`` in a WHERE clause starts a download).
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 
@@ -209,6 +219,7 @@ class Cursor:
 
     def __init__(self, con: duckdb.DuckDBPyConnection, gen: _Generation, timeout: float):
         self.con = con
+        self.gen = gen
         self.token = gen.token
         self.has_thumbnails = gen.has_thumbnails
         self.timeout = timeout
