@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import posixpath
+import urllib.parse
 from functools import lru_cache
 from importlib import resources
 from string import Template
@@ -134,10 +135,23 @@ def series_page(detail: dict[str, Any], token: str) -> str:
         ]
     )
     items = "\n".join(_instance_item(row, token) for row in detail["instances"])
+    study = head.get("StudyInstanceUID")
+    ohif = (
+        f'<a class="button ohif" href="{esc(ohif_url(study))}" '
+        f'title="The whole study in the OHIF viewer">Open in OHIF</a>'
+        if study
+        else ""
+    )
     return render(
         "series.html",
         title=esc(title),
         facts=facts,
+        ohif=ohif,
         instances=items,
         count=esc(len(detail["instances"])),
     )
+
+
+def ohif_url(study_uid: str) -> str:
+    """Where OHIF (served at /ohif/ over /dicomweb) opens a study."""
+    return f"/ohif/viewer?StudyInstanceUIDs={urllib.parse.quote(study_uid, safe='')}"

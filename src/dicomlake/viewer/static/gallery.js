@@ -80,7 +80,7 @@
       images = item.n_instances === 1 ? plural(item.n_frames, "frame")
         : `${item.n_instances.toLocaleString()} inst · ${item.n_frames.toLocaleString()} fr`;
     }
-    return el(
+    const card = el(
       "a",
       { className: "card", href: `/series/${encodeURIComponent(item.SeriesInstanceUID)}`,
         title: item.SeriesInstanceUID },
@@ -92,6 +92,14 @@
           el("span", {}, item.study_date || "no date"),
           el("span", {}, images))),
     );
+    // a link may not sit inside the card's link: the two share a wrapper
+    const ohif = item.StudyInstanceUID ? el(
+      "a",
+      { className: "button ohif", title: "The whole study in the OHIF viewer",
+        href: `/ohif/viewer?StudyInstanceUIDs=${encodeURIComponent(item.StudyInstanceUID)}` },
+      "Open in OHIF",
+    ) : null;
+    return el("div", { className: "card-wrap" }, card, ohif);
   }
 
   function failureRow(item) {
