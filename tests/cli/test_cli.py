@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -132,8 +133,21 @@ def test_info_counts(lake: Path, small_folder: Path) -> None:
     expected = {"files": "4", "ok": "4", "not_dicom": "0", "error": "0", "patients": "4",
                 "studies": "4", "series": "4", "CT": "1", "MR": "1", "NM": "1", "RTSTRUCT": "1",
                 "total_bytes": str(sum(p.stat().st_size for p in small_folder.iterdir())),
-                "data files": "1"}  # fmt: skip
+                "data files": "1", "duplicate_instances": "0"}  # fmt: skip
     assert {key: rows.get(key) for key in expected} == expected
+
+
+def test_info_counts_duplicate_instances(tmp_path: Path, small_folder: Path) -> None:
+    """The same instance in two folders is counted once as a duplicate."""
+    folder = tmp_path / "twice"
+    for copy in ("a", "b"):
+        shutil.copytree(small_folder, folder / copy)
+    lake = tmp_path / "lake"
+    assert runner.invoke(app, ["ingest", str(folder), "--lake", str(lake), "-q"]).exit_code == 0
+    result = runner.invoke(app, ["info", "--lake", str(lake)])
+    assert result.exit_code == 0, result.output
+    rows = {cells[0]: cells[1] for cells in table_cells(result.stdout) if len(cells) == 2}
+    assert rows["ok"] == "8" and rows["duplicate_instances"] == "4"
 
 
 def test_help_runs_as_a_subprocess() -> None:

@@ -198,6 +198,7 @@ def test_lake_summary(con: duckdb.DuckDBPyConnection, lake: str) -> None:
         "series": 3,
         "modalities": {"CT": 3, "MR": 3},
         "total_bytes": 3 + 3010 + 1005,
+        "duplicate_instances": 0,
     }
     # the connection is left usable (no half-fetched result)
     assert one(con, "SELECT 1") == 1

@@ -308,7 +308,9 @@ def lake_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         text before the first ``:`` of ``error``, most frequent first),
         ``patients``, ``studies``, ``series``, ``modalities`` (``ok`` instances per
         Modality, most frequent first, ``None`` for rows without one) and
-        ``total_bytes``.
+        ``total_bytes``, and ``duplicate_instances``: ``ok`` files whose SOP Instance
+        UID another ``ok`` file has too (beyond the first of each; DICOMweb serves one
+        of them, see :data:`dicomlake.viewer.dicomweb.index.DUPLICATE_RULE`).
 
     Raises:
         duckdb.Error: If ``con`` was not made by :func:`connect`.
@@ -325,11 +327,13 @@ def lake_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
             count(DISTINCT "PatientID") FILTER (WHERE status = 'ok'),
             count(DISTINCT "StudyInstanceUID") FILTER (WHERE status = 'ok'),
             count(DISTINCT "SeriesInstanceUID") FILTER (WHERE status = 'ok'),
-            coalesce(sum(size), 0)::BIGINT
+            coalesce(sum(size), 0)::BIGINT,
+            count(DISTINCT "SOPInstanceUID") FILTER (WHERE status = 'ok'),
+            count("SOPInstanceUID") FILTER (WHERE status = 'ok')
         FROM instances
         """
     ).fetchall()[0]
-    files, ok, not_dicom, error, patients, studies, series, total_bytes = row
+    files, ok, not_dicom, error, patients, studies, series, total_bytes, sops, with_sop = row
     errors = con.execute(
         """
         SELECT trim(split_part(coalesce(error, ''), ':', 1)) AS cls, count(*) AS n
@@ -359,4 +363,5 @@ def lake_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         "series": series,
         "modalities": dict(modalities),
         "total_bytes": total_bytes,
+        "duplicate_instances": with_sop - sops,
     }
