@@ -1,5 +1,8 @@
 """The thumbnails job: draw every instance of a lake that has pixel data and no thumbnail.
 
+Waveform instances (ECGs: no pixel data, a Waveform Sequence) are drawn too, as a plot;
+ingest draws them here, not while reading (the instances kernel draws pixels only).
+
 For a lake ingested without ``--thumbnails``, or a run that died between the two
 tables' commits; ingest with thumbnails also ends with it.
 """
@@ -14,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
+from dicomlake.dicom.waveform import AUDIO_SOP_CLASSES
 from dicomlake.jobs.runner import refs_of, run_kernel
 from dicomlake.kernels.thumbnails import DEFAULT_SIZE, ThumbnailOptions, ThumbnailsKernel
 from dicomlake.lake.tables import THUMBNAILS_TABLE
@@ -40,8 +44,19 @@ class ThumbnailSummary:
         return self.ok / self.seconds if self.seconds > 0 else 0.0
 
 
+#: Waveform instances drawn: a waveform SOP class (not audio) with a Waveform Sequence
+#: (5400,0100); the cheap SOP class test narrows the rows whose ``meta`` is parsed.
+WAVEFORM_SQL = (
+    "SOPClassUID LIKE '1.2.840.10008.5.1.4.1.1.9.%' "
+    f"AND SOPClassUID NOT IN ({', '.join(repr(uid) for uid in sorted(AUDIO_SOP_CLASSES))}) "
+    """AND json_exists(meta, '$."54000100"')"""
+)
+
+
 def missing_thumbnails(lake: str, storage_options: StorageOptions = None) -> pa.Table:
-    """Instances with pixel data and no thumbnail row yet, by path.
+    """Instances with pixel data or a waveform and no thumbnail row yet, by path.
+
+    The ``waveform`` column is true for those drawn as a waveform plot.
 
     Raises:
         TableNotFound: The lake has no instances yet.
@@ -58,8 +73,9 @@ def missing_thumbnails(lake: str, storage_options: StorageOptions = None) -> pa.
         anti = "AND row_id NOT IN (SELECT row_id FROM thumbnails)" if has_thumbnails else ""
         return con.sql(
             "SELECT path, relative_path, size, modification_time, SOPInstanceUID, "
-            "coalesce(NumberOfFrames, 1) AS frames FROM instances "
-            f"WHERE status = 'ok' AND has_pixel_data {anti} ORDER BY path"
+            "coalesce(NumberOfFrames, 1) AS frames, NOT has_pixel_data AS waveform "
+            "FROM instances WHERE status = 'ok' "
+            f"AND (has_pixel_data OR ({WAVEFORM_SQL})) {anti} ORDER BY path"
         ).to_arrow_table()
     finally:
         con.close()
@@ -76,7 +92,7 @@ def build_thumbnails(
     storage_options: StorageOptions = None,
     progress: Callable[[ThumbnailSummary], None] | None = None,
 ) -> ThumbnailSummary:
-    """Draw thumbnails for every instance of ``lake`` that has pixel data and none yet.
+    """Draw thumbnails for every instance of ``lake`` with pixels or a waveform and none yet.
 
     Args:
         lake: The lake folder or URI.
@@ -99,10 +115,12 @@ def build_thumbnails(
     options = ThumbnailOptions(size=size, frame=frame)
     started = time.monotonic()
     missing = missing_thumbnails(lake, storage_options)
-    frames_of = {
-        r["path"]: (r["SOPInstanceUID"], int(r["frames"] or 1)) for r in missing.to_pylist()
-    }
-    kernel = ThumbnailsKernel(options, frames_of=frames_of, storage_options=storage_options)
+    rows = missing.to_pylist()
+    frames_of = {r["path"]: (r["SOPInstanceUID"], int(r["frames"] or 1)) for r in rows}
+    waveforms = {r["path"] for r in rows if r["waveform"]}
+    kernel = ThumbnailsKernel(
+        options, frames_of=frames_of, waveforms=waveforms, storage_options=storage_options
+    )
     summary = ThumbnailSummary()
 
     def count(task: Task, out: Batches) -> None:

@@ -5,20 +5,24 @@ has open (:func:`thumbnail_rows`), and :class:`ThumbnailsKernel` for instances o
 lake that have no thumbnail yet (see :mod:`dicomlake.jobs.thumbnails`). A frame that
 cannot be drawn is an error row of the ``thumbnails`` table; its instance's row is
 untouched.
+
+An instance with no pixel data but a waveform (an ECG) gets one row, frame 0: its
+plot (:func:`waveform_rows`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Final
 
 import pyarrow as pa
 
 from dicomlake.catalog import FileRef, open_ref
-from dicomlake.dicom.drawing import draw
+from dicomlake.dicom.drawing import Drawing, draw
 from dicomlake.dicom.pixels import frame_indices
+from dicomlake.dicom.waveform import draw_waveform
 from dicomlake.rows import build_batch, clip_error, error_text, flatten, row_id
 from dicomlake.schema import THUMBNAILS_SCHEMA
 
@@ -80,20 +84,50 @@ def thumbnail_rows(
         except Exception as exc:  # one frame that cannot be drawn is an error row
             rows.append({**base, "frame": index, "status": "error", "error": error_text(exc)})
             continue
-        rows.append(
-            {
-                **base,
-                "frame": index,
-                "width": drawing.width,
-                "height": drawing.height,
-                "mode": drawing.mode,
-                "format": "png",
-                "data": drawing.png,
-                "status": "ok",
-                "error": None,
-            }
-        )
+        rows.append(_drawn_row(base, index, drawing))
     return rows
+
+
+def waveform_rows(
+    fp: IO[bytes],
+    *,
+    path: str,
+    instance_id: int,
+    sop_instance_uid: str | None,
+    options: ThumbnailOptions,
+    size: int | None = None,
+    mtime: dt.datetime | None = None,
+) -> list[Row]:
+    """Return the one thumbnail row (frame 0) of a waveform: its plot (never raises).
+
+    A waveform has no frames, so ``options.frame`` does not apply; ``options.size`` does.
+    """
+    base = {
+        "row_id": instance_id,
+        "path": path,
+        "SOPInstanceUID": sop_instance_uid,
+        "size": size,
+        "modification_time": mtime,
+    }
+    try:
+        drawing = draw_waveform(fp, size=options.size)
+    except Exception as exc:  # a malformed waveform is an error row
+        return [{**base, "frame": 0, "status": "error", "error": error_text(exc)}]
+    return [_drawn_row(base, 0, drawing)]
+
+
+def _drawn_row(base: Row, frame: int, drawing: Drawing) -> Row:
+    return {
+        **base,
+        "frame": frame,
+        "width": drawing.width,
+        "height": drawing.height,
+        "mode": drawing.mode,
+        "format": "png",
+        "data": drawing.png,
+        "status": "ok",
+        "error": None,
+    }
 
 
 def thumbnails_batch(rows: Sequence[Row], created_at: dt.datetime) -> pa.RecordBatch:
@@ -107,6 +141,7 @@ class ThumbnailsKernel:
     Args:
         options: How to draw.
         frames_of: path -> (SOPInstanceUID, NumberOfFrames), from the lake.
+        waveforms: Paths of instances without pixel data whose waveform is drawn.
         storage_options: Settings for object storage.
     """
 
@@ -115,10 +150,12 @@ class ThumbnailsKernel:
         options: ThumbnailOptions,
         *,
         frames_of: Mapping[str, tuple[str | None, int]],
+        waveforms: Collection[str] = (),
         storage_options: StorageOptions = None,
     ) -> None:
         self.options = options
         self.frames_of = dict(frames_of)
+        self.waveforms = frozenset(waveforms)
         self.storage_options = storage_options
         self.created_at = dt.datetime.now(dt.UTC)
 
@@ -127,16 +164,27 @@ class ThumbnailsKernel:
         uid, frames = self.frames_of.get(ref.path, (None, 1))
         try:
             with open_ref(ref, storage_options=self.storage_options) as fp:
-                rows = thumbnail_rows(
-                    fp,
-                    path=ref.path,
-                    instance_id=row_id(ref.path),
-                    sop_instance_uid=uid,
-                    frames=frames,
-                    options=self.options,
-                    size=ref.size,
-                    mtime=ref.mtime,
-                )
+                if ref.path in self.waveforms:
+                    rows = waveform_rows(
+                        fp,
+                        path=ref.path,
+                        instance_id=row_id(ref.path),
+                        sop_instance_uid=uid,
+                        options=self.options,
+                        size=ref.size,
+                        mtime=ref.mtime,
+                    )
+                else:
+                    rows = thumbnail_rows(
+                        fp,
+                        path=ref.path,
+                        instance_id=row_id(ref.path),
+                        sop_instance_uid=uid,
+                        frames=frames,
+                        options=self.options,
+                        size=ref.size,
+                        mtime=ref.mtime,
+                    )
         except Exception as exc:
             return self.error_row(ref, error_text(exc))
         return {"thumbnails": rows}
