@@ -92,7 +92,9 @@ def accepted(header: str | None) -> list[Accepted]:
 
 def _split(header: str) -> list[str]:
     """Split on commas outside quotes."""
-    parts, current, quoted = [], [], False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = False
     for char in header:
         if char == '"':
             quoted = not quoted

@@ -127,8 +127,7 @@ def draw(instance: Instance, frame: int, look: Presentation) -> Image.Image:
     with opened(instance) as handle:
         if instance.frames == 0:
             handle.seek(0)
-            ds = pydicom.dcmread(handle, force=True)
-            image = _waveform(ds, (look.size or (1024, 0))[0])
+            image = _waveform(pydicom.dcmread(handle, force=True), (look.size or (1024, 0))[0])
         else:
             try:
                 stored, ds, _ = read_frame(handle, frame, max_side=max_side)

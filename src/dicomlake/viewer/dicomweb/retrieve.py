@@ -33,6 +33,7 @@ from dicomlake.viewer.dicomweb.multipart import (
     new_boundary,
 )
 from dicomlake.viewer.dicomweb.service import (
+    Endpoint,
     HTTPProblem,
     base_url,
     guarded,
@@ -94,7 +95,19 @@ def instances_of(cur: Cursor, wanted: dict[str, str]) -> list[Instance]:
     if not rows:
         what = "instance" if "instance" in wanted else "series" if "series" in wanted else "study"
         raise HTTPProblem(404, f"no such {what} in the lake")
-    return [Instance(int(r[0]), *r[1:6], int(r[6]), r[7]) for r in rows]
+    return [
+        Instance(
+            row_id=int(r[0]),
+            path=r[1],
+            study=r[2],
+            series=r[3],
+            sop=r[4],
+            syntax=r[5],
+            frames=int(r[6]),
+            size=r[7],
+        )
+        for r in rows
+    ]
 
 
 @contextlib.contextmanager
@@ -431,7 +444,7 @@ def routes(db: LakeConnection) -> list[BaseRoute]:
     return [Route(path, _negotiated(handler), methods=["GET"]) for path, handler in table]
 
 
-def _negotiated(handler: Any) -> Any:
+def _negotiated(handler: Endpoint) -> Endpoint:
     """``guarded``, and a 406 for what cannot be offered."""
 
     def wrapped(request: Request) -> Response:

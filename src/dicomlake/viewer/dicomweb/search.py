@@ -51,6 +51,9 @@ _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _DATE = re.compile(r"[0-9]{8}")
 _TIME = re.compile(r"([0-9]{2})(?::?([0-9]{2})(?::?([0-9]{2})(\.[0-9]{1,6})?)?)?")
 
+#: Value representations matched as numbers (``5`` matches a stored ``5.000000``).
+_NUMBER_VRS = frozenset({"DS", "IS", "FL", "FD", "US", "UL", "SS", "SL", "UV", "SV"})
+
 _TABLES = {"study": "dw_studies", "series": "dw_series", "instance": "dw_instances"}
 _ORDER = {
     "study": 't."StudyDate" DESC NULLS LAST, t."StudyTime" DESC NULLS LAST, t."StudyInstanceUID"',
@@ -220,7 +223,7 @@ def _match(kind: str, col: str, key: str, value: str, fuzzy: bool) -> tuple[str,
         if any("*" in v or "?" in v for v in values):
             patterns = [_like(v) for v in values]
             return (
-                f"len(list_filter({col}, x -> list_bool_or([x LIKE p ESCAPE '\\' "
+                f"len(list_filter({col}, lambda x: list_bool_or([x LIKE p ESCAPE '\\' "
                 "FOR p IN ?::VARCHAR[]]))) > 0",
                 [patterns],
             )
@@ -233,7 +236,7 @@ def _match(kind: str, col: str, key: str, value: str, fuzzy: bool) -> tuple[str,
         # Every word of the query starts some component of the name, in any case.
         return (
             f"list_bool_and([len(list_filter(string_split_regex(lower({col}), '[\\^ =]+'), "
-            f"c -> c LIKE p ESCAPE '\\')) > 0 FOR p IN ?::VARCHAR[]])",
+            f"lambda c: c LIKE p ESCAPE '\\')) > 0 FOR p IN ?::VARCHAR[]])",
             [patterns],
         )
     values = value.split("\\") if kind == "text" else [value]
@@ -337,46 +340,44 @@ def _time_range(col: str, key: str, value: str) -> tuple[str, list[Any]]:
 
 
 def _meta_condition(tag: str, key: str, value: str) -> Condition:
-    """Match an attribute the index does not hold, on each file's header."""
+    """Match an attribute the index does not hold, on each file's header.
+
+    The element's first value is pulled out of ``meta`` once per row (as ``m.v``,
+    its JSON path a bound parameter) and matched like an index column of its kind.
+    """
     vr = vr_of(tag)
     path = f'$."{tag}".Value[0]' + (".Alphabetic" if vr == "PN" else "")
-    col = "json_extract_string(m.meta, ?)"
-    if vr in ("DA",):
-        # Compare the text: YYYYMMDD sorts like the date.
-        low, high = _range(value) if "-" in value else (value, value)
-        conds, params = [], []
-        for bound, op in ((low, ">="), (high, "<=")):
-            if bound:
-                if not _DATE.fullmatch(bound):
-                    raise BadQuery(f"{key}: {bound!r} is not a date (YYYYMMDD)")
-                conds.append(f"{col} {op} ?")
-                params.extend([path, bound])
-        sql, match_params = " AND ".join(conds) or "TRUE", params
+    if vr == "DA":
+        sql, params = _date_range("try_strptime(m.v, '%Y%m%d')::DATE", key, value)
     elif vr in ("TM", "DT"):
-        low, high = _range(value) if "-" in value else (value, value)
-        conds, params = [], []
-        for bound, op in ((low, ">="), (high, "<=")):
-            if bound:
-                if not re.fullmatch(r"[0-9.+\-]+", bound):
-                    raise BadQuery(f"{key}: {bound!r} is not a {vr} value")
-                conds.append(f"{col} {op} ?")
-                params.extend([path, bound if op == ">=" else bound + "\U0010ffff"])
-        sql, match_params = " AND ".join(conds) or "TRUE", params
+        sql, params = _text_range(key, value, vr)
+    elif vr in _NUMBER_VRS:
+        try:
+            numbers = [float(n) for n in value.split("\\")]
+        except ValueError:
+            raise BadQuery(f"{key} must be a number, not {value!r}") from None
+        sql, params = "list_contains(?::DOUBLE[], TRY_CAST(m.v AS DOUBLE))", [numbers]
     else:
         kind = "uid" if vr == "UI" else "name" if vr == "PN" else "text"
-        inner, inner_params = _match(kind, "__col__", key, value, False)
-        count = inner.count("__col__")
-        sql = inner.replace("__col__", col)
-        # Each use of the column takes its path parameter before the value's.
-        match_params = []
-        pieces = inner.split("__col__")
-        values = iter(inner_params)
-        for i, piece in enumerate(pieces):
-            match_params.extend(next(values) for _ in range(piece.count("?")))
-            if i < count:
-                match_params.append(path)
-    sub = f"t.row_id IN (SELECT m.row_id FROM instances AS m WHERE m.status = 'ok' AND {sql})"
-    return Condition(tag, sub, match_params, "meta")
+        sql, params = _match(kind, "m.v", key, value, False)
+    sub = (
+        "t.row_id IN (SELECT m.row_id FROM (SELECT row_id, json_extract_string(meta, ?) AS v "
+        f"FROM instances WHERE status = 'ok') AS m WHERE {sql})"
+    )
+    return Condition(tag, sub, [path, *params], "meta")
+
+
+def _text_range(key: str, value: str, vr: str) -> tuple[str, list[Any]]:
+    """TM and DT values as text: their digits sort like the times they name."""
+    low, high = _range(value) if "-" in value else (value, value)
+    conds, params = [], []
+    for bound, op in ((low, ">="), (high, "<=")):
+        if bound:
+            if not re.fullmatch(r"[0-9.+\-]+", bound):
+                raise BadQuery(f"{key}: {bound!r} is not a {vr} value")
+            conds.append(f"m.v {op} ?")
+            params.append(bound if op == ">=" else bound + "\U0010ffff")
+    return " AND ".join(conds) or "TRUE", params
 
 
 # --------------------------------------------------------------------------- running
