@@ -101,32 +101,37 @@ class Study:
     description: str
     #: (Modality, SeriesDescription, source file, instances)
     series: tuple[tuple[str, str, str, int], ...]
+    #: the patient's birth date and sex, the study's ID and referring physician
+    patient: tuple[str, str] = ("", "O")
+    referring: str = ""
 
 
 STUDIES = (
     Study(
         "alpha-2010", "P-ALPHA", "Doe^John^Q^Dr^Jr", "20100101", "083000", "ACC-1001", "Chest",
         (("CT", "Chest CT axial", "CT_small.dcm", 3), ("CT", "Scout", "CT_small.dcm", 1)),
+        ("19600229", "M"), "Welby^Marcus",
     ),
     Study(
         "alpha-2012", "P-ALPHA", "Doe^John^Q^Dr^Jr", "20120101", "141500", "ACC-1002", "Brain",
-        (("MR", "Brain T1", "MR_small.dcm", 2),),
+        (("MR", "Brain T1", "MR_small.dcm", 2),), ("19600229", "M"), "House^Gregory",
     ),
     Study(
         "beta-2015", "p-beta", "doe^jane", "20151231", "235959", "ACC-2001", "Abdomen",
         (("CT", "Abdomen CT", "CT_small.dcm", 1), ("MR", "Liver MR", "emri_small.dcm", 1)),
+        ("19851110", "F"),
     ),
     Study(
         "gamma-2018", "P-GAMMA", "McDonald^Ann Marie", "20180704", "101010", "ACC-3001", "Echo",
-        (("US", "Cardiac echo", "US1_J2KR.dcm", 1),),
+        (("US", "Cardiac echo", "US1_J2KR.dcm", 1),), ("19721003", "F"), "Welby^Marcus",
     ),
     Study(
         "delta-2009", "P-DELTA", "MCDONALD^ANNE", "20091231", "000000", "ACC-4001", "Knee",
-        (("MR", "Knee PD", "MR_small.dcm", 1),),
+        (("MR", "Knee PD", "MR_small.dcm", 1),), ("19991231", "F"),
     ),
     Study(
         "eps-2011", "P-EPS", "Smith^Bob", "20111231", "120000", "ACC-5001", "Plan",
-        (("RTSTRUCT", "Structures", "rtstruct.dcm", 1),),
+        (("RTSTRUCT", "Structures", "rtstruct.dcm", 1),), ("19450508", "M"),
     ),
 )  # fmt: skip
 
@@ -191,6 +196,13 @@ def build_corpus(folder: Path) -> Corpus:
                 ds.PatientID, ds.PatientName = study.patient_id, study.patient_name
                 ds.StudyDate, ds.StudyTime = study.date, study.time
                 ds.AccessionNumber, ds.StudyDescription = study.accession, study.description
+                # one value per patient and per study, whatever the source file had
+                ds.PatientBirthDate, ds.PatientSex = study.patient
+                ds.StudyID, ds.ReferringPhysicianName = study.key[:16], study.referring
+                ds.TimezoneOffsetFromUTC = "+0100"
+                for keyword in ("PatientAge", "PatientWeight", "PatientSize"):
+                    if keyword in ds:
+                        delattr(ds, keyword)
                 ds.StudyInstanceUID = corpus.uids[study.key]
                 ds.SeriesInstanceUID = corpus.uids[f"{study.key}/{s}"]
                 ds.SOPInstanceUID = _uid(study.key, s, i)
@@ -214,6 +226,8 @@ class Peers:
     corpus: Corpus
     ours: httpx.Client
     orthanc: httpx.Client
+    #: Orthanc's HTTP root (its WADO-URI is at ``/wado``, beside ``/dicom-web``)
+    orthanc_root: httpx.Client
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +244,9 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Peers]:
             LiveServer(lake) as live,
             httpx.Client(base_url=live.url + "/dicomweb", timeout=30) as ours,
             httpx.Client(base_url=orthanc.dicomweb_url, timeout=30) as theirs,
+            httpx.Client(base_url=orthanc.url, timeout=30) as root,
         ):
-            yield Peers(corpus, ours, theirs)
+            yield Peers(corpus, ours, theirs, root)
 
 
 # --- QIDO-RS ---------------------------------------------------------------------------
@@ -329,6 +344,8 @@ CASES = {
     "study-name-encoded-caret": Case(
         "/studies", "PatientName=Doe%5EJohn%2A", (names(*ALPHA),), deviation=1
     ),
+    # an empty value, and "*" alone, are universal matching: entities without a
+    # PatientName match too (PS3.4 C.2.2.2.3 and C.2.2.2.4)
     "study-name-empty-is-universal": Case("/studies", "PatientName="),
     "study-name-star-is-universal": Case("/studies", "PatientName=*"),
     # --- studies: dates and times
@@ -351,6 +368,7 @@ CASES = {
     "study-modality-and-patient": Case("/studies", "ModalitiesInStudy=CT&PatientID=P-ALPHA"),
     "study-accession": Case("/studies", "AccessionNumber=ACC-1001"),
     "study-accession-case": Case("/studies", "AccessionNumber=acc-1001", (names(),), deviation=2),
+    # "The origin server shall ignore any unsupported Query Parameters" (PS3.18 8.3)
     "study-unknown-parameter-ignored": Case("/studies", "NoSuchParameter=1"),
     # --- series
     "series-all": Case("/series", ""),
@@ -585,18 +603,18 @@ def test_qido_includefield(peers: Peers, name: str) -> None:
 
 def test_qido_includefield_all(peers: Peers) -> None:
     """``includefield=all`` returns the other available attributes too (Orthanc ignores
-    it: deviation 6): here StudyDescription and PatientAge of a study."""
-    body = results(search(peers.ours, "/studies", "PatientID=P-EPS&includefield=all"))
-    (study,) = body
+    it: deviation 6): here StudyDescription, which is not a default attribute."""
+    default = results(search(peers.ours, "/studies", "PatientID=P-EPS"))
+    (study,) = results(search(peers.ours, "/studies", "PatientID=P-EPS&includefield=all"))
     assert study["00081030"]["Value"] == ["Plan"]
-    assert "00101010" in study
+    assert default[0].keys() <= study.keys()
 
 
 # --- limit and offset ------------------------------------------------------------------
 
 PAGED = {
     "studies": ("/studies", ""),
-    "studies-by-date": ("/studies", "StudyDate=-20151231"),
+    "studies-by-date": ("/studies", "StudyDate=20000101-20151231"),
     "studies-by-modality": ("/studies", "ModalitiesInStudy=MR"),
     "series-by-modality": ("/series", "Modality=CT"),
     "instances-by-patient": ("/instances", "PatientID=P-ALPHA"),
@@ -733,3 +751,44 @@ def test_wado_frames_equal_orthanc(peers: Peers) -> None:
             assert ours[0] == theirs[0], f"{name_of(peers, {uid})}: frame 1 differs"
             compared += 1
     assert compared >= 10
+
+
+def every_instance(peers: Peers) -> list[tuple[str, str, str]]:
+    body = results(search(peers.orthanc, "/instances"))
+    return sorted(
+        (r["0020000D"]["Value"][0], r["0020000E"]["Value"][0], r["00080018"]["Value"][0])
+        for r in body
+    )
+
+
+def parse(data: bytes) -> pydicom.Dataset:
+    from io import BytesIO
+
+    return pydicom.dcmread(BytesIO(data), force=True)
+
+
+def test_wado_retrieve_instance_equals_orthanc(peers: Peers) -> None:
+    """Retrieving each instance as it is stored (``transfer-syntax=*``) gives the same
+    data set (file meta aside: a server may add or rewrite it) as Orthanc."""
+    accept = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+    instances = every_instance(peers)
+    assert len(instances) == len(peers.corpus.paths)
+    for study, series, uid in instances:
+        path = f"/studies/{study}/series/{series}/instances/{uid}"
+        (ours,) = frame_parts(peers.ours.get(path, headers=accept))
+        (theirs,) = frame_parts(peers.orthanc.get(path, headers=accept))
+        assert parse(ours) == parse(theirs), name_of(peers, {uid})
+
+
+def test_wado_uri_equals_orthanc(peers: Peers) -> None:
+    """WADO-URI (PS3.18 9) with ``contentType=application/dicom``: the same data set."""
+    for study, series, uid in every_instance(peers)[::3]:
+        query = (
+            f"requestType=WADO&studyUID={study}&seriesUID={series}&objectUID={uid}"
+            "&contentType=application/dicom"
+        )
+        ours = peers.ours.get("/wado?" + query)
+        theirs = peers.orthanc_root.get("/wado?" + query)
+        assert ours.status_code == theirs.status_code == 200, (ours.text, theirs.text)
+        assert ours.headers["content-type"].startswith("application/dicom")
+        assert parse(ours.content) == parse(theirs.content), name_of(peers, {uid})
