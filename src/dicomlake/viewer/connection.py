@@ -84,7 +84,9 @@ def lock_down(con: duckdb.DuckDBPyConnection, lake: str) -> None:
     local = local_path(table_uri(lake, INSTANCES_TABLE))
     if local is not None:
         root = os.path.dirname(local).rstrip(os.sep) + os.sep
-        con.execute("SET allowed_directories = ?", [[root]])
+    else:  # the lake's own prefix in its bucket, read through the registered fsspec
+        root = lake.rstrip("/") + "/"
+    con.execute("SET allowed_directories = ?", [[root]])
     # An unknown function name would otherwise fetch and load an extension on demand
     # (``sqlite_scan(...)`` in a WHERE clause starts a download).
     con.execute("SET autoinstall_known_extensions = false")
