@@ -24,6 +24,7 @@ from dicomlake.viewer.dicomweb.attributes import (
     DEFAULTS,
     INDEXED,
     INSTANCE_AVAILABILITY,
+    INSTANCE_DEFAULTS,
     LEVEL_KEYS,
     MODALITIES_IN_STUDY,
     RETRIEVE_URL,
@@ -442,10 +443,13 @@ def _answer(
     cached: dict[int, dict[str, Any]] = {}
     if level != "instance":
         cached = _cached_elements(cur, rep_ids)
-    missing = [t for t in from_header if level == "instance" or t not in ELEMENT_TAGS]
+    # An instance's defaults (UIDs and numbers) are index columns, exactly as stored;
+    # anything else is read from the representative files' headers.
+    held = set(INSTANCE_DEFAULTS) if level == "instance" else set(ELEMENT_TAGS)
+    missing = [t for t in from_header if t not in held]
     extra = (
         _header_elements(cur, rep_ids, missing, search.include_all)
-        if missing or (search.include_all)
+        if missing or search.include_all
         else {}
     )
     items = []
@@ -457,7 +461,7 @@ def _answer(
         for tag in from_header:
             if tag in elements:
                 item[tag] = elements[tag]
-            elif level == "instance" and tag in INDEXED:
+            elif level == "instance" and tag in held:
                 element = _from_column(tag, INDEXED[tag], row)
                 if element is not None:
                     item[tag] = element
