@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +42,16 @@ def orthanc_binary() -> Path | None:
 def orthanc_available() -> bool:
     """Whether both the server and its DICOMweb plugin are installed."""
     return orthanc_binary() is not None and DICOMWEB_PLUGIN.exists()
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: on Linux, a SIGTERM when the test process dies, so a
+    killed run leaves no Orthanc behind (``__exit__`` never runs then)."""
+    if sys.platform == "linux":
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -118,6 +130,7 @@ class OrthancServer:
                 stderr=subprocess.STDOUT,
                 cwd=self.folder,
                 start_new_session=True,
+                preexec_fn=_die_with_parent,
             )
         self.client = httpx.Client(base_url=self.url, timeout=60)
         try:
