@@ -112,6 +112,20 @@ def serve(
         list[str] | None,
         typer.Option(help="An origin (https://host:port) whose pages may call this server."),
     ] = None,
+    allow_store: Annotated[
+        bool,
+        typer.Option(
+            "--allow-store",
+            help="Accept DICOMweb STOW-RS uploads (POST /dicomweb/studies) into the lake.",
+        ),
+    ] = False,
+    store_dir: Annotated[
+        str | None,
+        typer.Option(
+            help="Local folder for uploaded files (default: <lake>/_store; needed for a "
+            "lake in object storage)."
+        ),
+    ] = None,
 ) -> None:
     """Browse the lake: the gallery, DICOMweb at /dicomweb and OHIF at /ohif."""
     from dicomlake.viewer import LOOPBACK
@@ -123,10 +137,20 @@ def serve(
         )
     if token is not None and not token.strip():
         raise fail("--token must not be empty")
+    if store_dir is not None and not allow_store:
+        raise fail("--store-dir is where uploads go: it needs --allow-store")
     try:
         from dicomlake.viewer import serve as run_server
 
-        run_server(lake, host=host, port=port, token=token, cors_origins=cors_origin or ())
+        run_server(
+            lake,
+            host=host,
+            port=port,
+            token=token,
+            cors_origins=cors_origin or (),
+            allow_store=allow_store,
+            store_dir=store_dir,
+        )
     except ImportError as exc:
         raise fail(str(exc)) from None
     except DicomLakeError as exc:
