@@ -281,7 +281,6 @@ def test_paging_is_stable_and_says_when_cut(http: httpx.Client, client: DICOMweb
 @pytest.mark.parametrize(
     ("query", "message"),
     [
-        ("NoSuchKeyword=1", "neither a DICOM keyword"),
         ("StudyDate=2015", "not a date"),
         ("StudyInstanceUID=1.2.x", "not a UID"),
         ("limit=-1", "limit"),
@@ -296,6 +295,18 @@ def test_bad_queries_are_400_with_the_reason(http: httpx.Client, query: str, mes
     response = http.get(f"/studies?{query}")
     assert response.status_code == 400
     assert message in response.json()["error"]
+
+
+def test_unknown_parameters_are_ignored_with_a_warning(http: httpx.Client) -> None:
+    response = http.get("/studies", params={"NoSuchKeyword": "1", "PatientID": "P1"})
+    assert response.status_code == 200 and uids_of(response.json()) == {CT_STUDY}
+    assert "NoSuchKeyword" in response.headers["Warning"]
+
+
+def test_a_lone_star_is_universal_matching(client: DICOMwebClient) -> None:
+    """``*`` alone matches studies without the attribute too (PS3.4 C.2.2.2.4)."""
+    everything = uids_of(client.search_for_studies())
+    assert uids_of(client.search_for_studies(search_filters={"AccessionNumber": "*"})) == everything
 
 
 def test_uids_in_paths_are_checked(http: httpx.Client) -> None:

@@ -102,6 +102,7 @@ class Search:
     include_all: bool = False
     limit: int = DEFAULT_LIMIT
     offset: int = 0
+    ignored: list[str] = field(default_factory=list)  # parameters that are not attributes
 
 
 @dataclass
@@ -110,6 +111,7 @@ class Page:
 
     items: list[dict[str, Any]]
     truncated: bool
+    ignored: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -151,16 +153,18 @@ def parse(
             raise BadQuery(f"{key}: matching on attributes inside sequences is not supported")
         try:
             tag = resolve(key)
-        except UnknownAttribute as exc:
-            raise BadQuery(str(exc)) from None
+        except UnknownAttribute:
+            # PS3.18 §8.3: unsupported parameters are ignored; the Warning says so.
+            search.ignored.append(key[:64])
+            continue
         if tag in seen:
             raise BadQuery(f"{key} is given more than once")
         seen.add(tag)
         if len(value) > MAX_VALUE:
             raise BadQuery(f"{key}: the value is longer than {MAX_VALUE} characters")
         search.returned.append(tag)
-        if value == "":
-            continue  # universal matching: return it, match everything
+        if value.strip("*") == "":
+            continue  # universal matching ("" or "*"): return it, match everything
         search.conditions.append(_condition(tag, key, value, fuzzy))
     for tag, uid in (scope or {}).items():
         search.conditions.append(_condition(tag, tag, uid, False))
@@ -403,7 +407,7 @@ def run(cur: Cursor, search: Search, base_url: str) -> Page:
     truncated = len(rows) > search.limit
     rows = rows[: search.limit]
     items = _answer(cur, search, rows, key, base_url)
-    return Page(items, truncated)
+    return Page(items, truncated, search.ignored)
 
 
 def _where(search: Search) -> tuple[str, list[Any]]:

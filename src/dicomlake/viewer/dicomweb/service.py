@@ -121,12 +121,16 @@ def build_routes(
             query = search.parse(level, request.query_params.multi_items(), scope=scope)
             with db.cursor() as cur:
                 page = search.run(cur, query, base_url(request))
-            headers = {}
+            warnings = []
             if page.truncated:
-                headers["Warning"] = (
+                warnings.append(
                     '299 dicomlake "There are more results than this page holds; '
                     'ask again with offset and limit."'
                 )
+            if page.ignored:
+                names = ", ".join(re.sub(r"[^A-Za-z0-9_.-]", "?", k) for k in page.ignored)
+                warnings.append(f'299 dicomlake "Unsupported query parameters ignored: {names}"')
+            headers = {"Warning": ", ".join(warnings)} if warnings else {}
             return json_response(page.items, headers=headers)
 
         handler.__name__ = f"search_{level}"
@@ -145,22 +149,5 @@ def build_routes(
     if allow_store:
         from dicomlake.viewer.dicomweb.stow import stow_route
 
-        routes.extend(stow_route(db.lake, store_dir or default_store_dir(db.lake)))
+        routes.extend(stow_route(db.lake, store_dir))
     return routes
-
-
-def default_store_dir(lake: str) -> str:
-    """The lake's own folder for stored instances: ``<lake>/_store`` (local lakes).
-
-    Raises:
-        HTTPProblem: Never; a lake in object storage raises ValueError instead.
-    """
-    from dicomlake.storage.locations import local_path
-
-    local = local_path(lake)
-    if local is None:
-        raise ValueError(
-            "--allow-store on a lake in object storage needs --store-dir: a local folder "
-            "for the stored files"
-        )
-    return f"{local.rstrip('/')}/_store"
