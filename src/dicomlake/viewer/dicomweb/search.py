@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -279,8 +279,32 @@ def _range(value: str) -> tuple[str, str]:
     return low.strip(), high.strip()
 
 
+def _between(
+    col: str, key: str, value: str, bound: Callable[[str, bool], Any]
+) -> tuple[str, list[Any]]:
+    """SQL for a value or a range ``A-B``, ``-B``, ``A-``.
+
+    ``bound(text, upper)`` reads one end; a single value is the range from its lower
+    to its upper reading (a TM of ``10`` spans the hour).
+    """
+    if "-" in value:
+        low, high = _range(value)
+        if not low and not high:
+            raise BadQuery(f"{key}: a range needs at least one end")
+    else:
+        low = high = value
+    conds, params = [], []
+    if low:
+        conds.append(f"{col} >= ?")
+        params.append(bound(low, False))
+    if high:
+        conds.append(f"{col} <= ?")
+        params.append(bound(high, True))
+    return "(" + " AND ".join(conds) + ")", params
+
+
 def _date_range(col: str, key: str, value: str) -> tuple[str, list[Any]]:
-    def date(text: str) -> dt.date:
+    def date(text: str, upper: bool) -> dt.date:
         text = text.replace(".", "")  # ACR-NEMA YYYY.MM.DD
         if not _DATE.fullmatch(text):
             raise BadQuery(f"{key}: {text!r} is not a date (YYYYMMDD)")
@@ -289,59 +313,34 @@ def _date_range(col: str, key: str, value: str) -> tuple[str, list[Any]]:
         except ValueError:
             raise BadQuery(f"{key}: {text!r} is not a date (YYYYMMDD)") from None
 
-    if "-" not in value:
-        return f"{col} = ?", [date(value)]
-    low, high = _range(value)
-    if not low and not high:
-        raise BadQuery(f"{key}: a range needs at least one end")
-    conds, params = [], []
-    if low:
-        conds.append(f"{col} >= ?")
-        params.append(date(low))
-    if high:
-        conds.append(f"{col} <= ?")
-        params.append(date(high))
-    return "(" + " AND ".join(conds) + ")", params
-
-
-def _time(key: str, text: str, *, upper: bool) -> dt.time:
-    match = _TIME.fullmatch(text)
-    if not match:
-        raise BadQuery(f"{key}: {text!r} is not a time (HHMMSS.FFFFFF)")
-    hours, minutes, seconds, fraction = match.groups()
-    fill = 59 if upper else 0
-    micro = int((fraction or ".")[1:].ljust(6, "9" if upper else "0")) if fraction else 0
-    if upper and not fraction:
-        micro = 999999
-    try:
-        return dt.time(
-            int(hours),
-            int(minutes) if minutes else fill,
-            int(seconds) if seconds else fill,
-            micro,
-        )
-    except ValueError:
-        raise BadQuery(f"{key}: {text!r} is not a time (HHMMSS.FFFFFF)") from None
+    return _between(col, key, value, date)
 
 
 def _time_range(col: str, key: str, value: str) -> tuple[str, list[Any]]:
+    """TM matching on the index's TIME column: ``10`` is 10:00:00 to 10:59:59.999999."""
+
+    def time(text: str, upper: bool) -> dt.time:
+        match = _TIME.fullmatch(text)
+        if not match:
+            raise BadQuery(f"{key}: {text!r} is not a time (HHMMSS.FFFFFF)")
+        hours, minutes, seconds, fraction = match.groups()
+        fill = 59 if upper else 0
+        if fraction:
+            micro = int(fraction[1:].ljust(6, "9" if upper else "0"))
+        else:
+            micro = 999999 if upper else 0
+        try:
+            return dt.time(
+                int(hours),
+                int(minutes) if minutes else fill,
+                int(seconds) if seconds else fill,
+                micro,
+            )
+        except ValueError:
+            raise BadQuery(f"{key}: {text!r} is not a time (HHMMSS.FFFFFF)") from None
+
     column = 't."study_time"' if col.endswith('"StudyTime"') else col
-    if "-" not in value:
-        return f"{column} BETWEEN ? AND ?", [
-            _time(key, value, upper=False),
-            _time(key, value, upper=True),
-        ]
-    low, high = _range(value)
-    if not low and not high:
-        raise BadQuery(f"{key}: a range needs at least one end")
-    conds, params = [], []
-    if low:
-        conds.append(f"{column} >= ?")
-        params.append(_time(key, low, upper=False))
-    if high:
-        conds.append(f"{column} <= ?")
-        params.append(_time(key, high, upper=True))
-    return "(" + " AND ".join(conds) + ")", params
+    return _between(column, key, value, time)
 
 
 def _meta_condition(tag: str, key: str, value: str) -> Condition:
