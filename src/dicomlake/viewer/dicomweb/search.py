@@ -443,9 +443,11 @@ def _answer(
     wanted = list(dict.fromkeys((*DEFAULTS[level], *search.returned)))
     from_header = [t for t in wanted if t not in COMPUTED]
     rep_ids = [int(r["rep_row_id"] if level != "instance" else r["row_id"]) for r in rows]
-    cached: dict[int, dict[str, Any]] = {}
-    if level != "instance":
-        cached = _cached_elements(cur, rep_ids)
+    cached = (
+        {rep: _elements(row["elements"]) for rep, row in zip(rep_ids, rows, strict=True)}
+        if level != "instance"
+        else {}
+    )
     # An instance's defaults (UIDs and numbers) are index columns, exactly as stored;
     # anything else is read from the representative files' headers.
     held = set(INSTANCE_DEFAULTS) if level == "instance" else set(ELEMENT_TAGS)
@@ -473,19 +475,13 @@ def _answer(
     return items
 
 
-def _cached_elements(cur: Cursor, rep_ids: list[int]) -> dict[int, dict[str, Any]]:
-    rows = cur.fetch(
-        "SELECT row_id, elements FROM dw_elements WHERE row_id IN (SELECT unnest(?::BIGINT[]))",
-        [rep_ids],
-    )
-    out = {}
-    for row_id, elements in rows:
-        out[int(row_id)] = {
-            tag: orjson.loads(text)
-            for tag, text in zip(ELEMENT_TAGS, elements, strict=True)
-            if text is not None
-        }
-    return out
+def _elements(texts: list[str | None] | None) -> dict[str, Any]:
+    """The cached default attributes of a study's or series' representative file."""
+    return {
+        tag: orjson.loads(text)
+        for tag, text in zip(ELEMENT_TAGS, texts or [None] * len(ELEMENT_TAGS), strict=True)
+        if text is not None
+    }
 
 
 def _header_elements(
