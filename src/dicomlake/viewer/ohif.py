@@ -6,7 +6,7 @@ cycle): ``dicomlake ohif install`` fetches the prebuilt app, the npm package
 ``dist/`` into the user's cache (:func:`cache_dir`), one folder per version.
 :func:`routes` serves the newest installed version (or the folder ``ohif_dir``).
 
-The prebuilt app assumes it is served from the root of a site, so three things are
+The prebuilt app assumes it is served from the root of a site, so four things are
 written for ``/ohif/`` as they are served, and the files in the cache stay as npm
 shipped them:
 
@@ -15,12 +15,15 @@ shipped them:
   inline script (the Content-Security-Policy keeps ``script-src 'self'``);
 - webpack's runtime in the bundles (``__webpack_require__.p = "/"``) loads chunks,
   workers and wasm codecs from ``/ohif/``;
+- style sheets' ``url(/...)`` (the fonts) point into ``/ohif/``;
 - ``app-config.js`` is ours (:func:`app_config`): one DICOMweb data source, this
   server's ``/dicomweb``, no dialogs, tours or external URLs.
 
 OHIF's pages get their own CSP (:data:`OHIF_CSP`): what the app needs (wasm codecs,
-workers from blob: URLs, inline styles) and nothing from another origin. Without an
-installed app every ``/ohif/`` URL answers 404 with a page that says how to install.
+workers from blob: URLs, inline styles) and nothing from another origin; scripts
+loaded as workers may also evaluate strings (:data:`OHIF_WORKER_CSP`), which the
+image decoder's codecs need. Without an installed app every ``/ohif/`` URL answers
+404 with a page that says how to install.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import tarfile
 import tempfile
 import threading
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,7 +305,7 @@ def tarball_version(tarball: Path) -> str:
     try:
         with tarfile.open(tarball, "r:gz") as tar:
             meta = _package_json(tar)
-    except (OSError, tarfile.TarError, EOFError) as exc:
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         raise OhifInstallError(f"{tarball} is not a readable npm tarball: {exc}") from exc
     if meta.get("name") != PACKAGE:
         raise OhifInstallError(f"{tarball} is {meta.get('name')!r}, not {PACKAGE}")
@@ -356,7 +360,7 @@ def unpack(tarball: Path, version: str, root: Path) -> tuple[int, int]:
             final.rename(old)
         staging.rename(final)
         shutil.rmtree(old, ignore_errors=True)
-    except (OSError, tarfile.TarError, EOFError) as exc:
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         raise OhifInstallError(f"cannot unpack {tarball} into {root}: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -390,6 +394,12 @@ def install(
     started = time.monotonic()
     say = progress or (lambda line: None)
     root = cache_dir() if root is None else root
+    checked = False
+    if tarball is not None and integrity is not None:
+        # before reading a byte of it: a tampered tarball is refused as such
+        say(f"checking {tarball.name} against its integrity")
+        check_integrity(tarball, integrity)
+        checked = True
     if tarball is not None and version is None:
         version = tarball_version(tarball)
     version = check_version(version or DEFAULT_VERSION)
@@ -400,8 +410,9 @@ def install(
         if tarball is None:
             say(f"fetching {PACKAGE}@{version} (npm pack)")
             tarball = npm_pack(version, Path(work))
-        say(f"checking {tarball.name} against {integrity.split('-', 1)[0]} integrity")
-        check_integrity(tarball, integrity)
+        if not checked:
+            say(f"checking {tarball.name} against the registry's integrity")
+            check_integrity(tarball, integrity)
         say(f"unpacking into {root / version}")
         files, size = unpack(tarball, version, root)
     seconds = time.monotonic() - started
@@ -418,6 +429,13 @@ OHIF_CSP = (
     "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; font-src 'self' data:; "
     "connect-src 'self' data: blob:; media-src 'self' blob:; object-src 'none'; "
     "base-uri 'self'; frame-ancestors 'none'; form-action 'self'"
+)
+#: The CSP of a script loaded as a worker (``Sec-Fetch-Dest: worker``): the image
+#: decoder's wasm codecs (OpenJPEG, CharLS, libjpeg-turbo) are emscripten builds
+#: whose embind glue makes functions with ``new Function``, so the worker, which has
+#: no DOM, may evaluate strings; OHIF's pages may not.
+OHIF_WORKER_CSP = OHIF_CSP.replace(
+    "script-src 'self' 'wasm-unsafe-eval'", "script-src 'self' 'wasm-unsafe-eval' 'unsafe-eval'"
 )
 OHIF_HEADERS = {
     "Content-Security-Policy": OHIF_CSP,
@@ -667,6 +685,10 @@ def routes(ohif_dir: str | None = None) -> list[BaseRoute]:
         if path.is_file():
             cache = "public, max-age=31536000, immutable" if _HASHED.search(wanted) else "no-cache"
             headers = {**OHIF_HEADERS, "Cache-Control": cache}
+            if wanted.endswith((".js", ".mjs")):
+                headers["Vary"] = "Sec-Fetch-Dest"  # the same bundle, as a worker or not
+                if request.headers.get("sec-fetch-dest") in ("worker", "sharedworker"):
+                    headers["Content-Security-Policy"] = OHIF_WORKER_CSP
             if wanted.endswith((".js", ".mjs", ".css")):
                 fixed = site.rewritten_file(path)
                 if fixed is not None:
