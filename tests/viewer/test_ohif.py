@@ -342,16 +342,23 @@ def _client(lake: str, **options: Any) -> Any:
     return TestClient(create_app(lake, **options))
 
 
-def test_without_ohif_the_page_says_how_to_install(lake: str, cache: Path) -> None:
-    """Status 404 (there is no app to serve) with a page that says what to run."""
+def test_without_ohif_the_page_says_how_to_install(lake: str, cache: Path, tmp_path: Path) -> None:
+    """Status 404 (there is no app to serve) with a page that says what to run; once
+    it is installed, a reload shows it (no restart)."""
     with _client(lake) as client:
         for url in ("/ohif/", "/ohif/viewer?StudyInstanceUIDs=1.2.3", "/ohif/app.bundle.js"):
             response = client.get(url)
             assert response.status_code == 404
             assert response.headers["content-type"].startswith("text/html")
             assert "<code>dicomlake ohif install</code>" in response.text
+            assert f"<code>{cache}</code>" in response.text
             assert "script-src 'self';" in response.headers["content-security-policy"]
         assert client.get("/ohif", follow_redirects=False).headers["location"].endswith("/ohif/")
+        tarball = tmp_path / "ohif.tgz"
+        result = _install(["--from-tarball", str(tarball), "--integrity", make_tarball(tarball)])
+        assert result.exit_code == 0, result.output
+        response = client.get("/ohif/viewer?StudyInstanceUIDs=1.2.3")
+        assert response.status_code == 200 and 'src="/ohif/app-config.js"' in response.text
 
 
 def test_index_html_is_rewritten_for_the_sub_path(lake: str, fake_dist: Path) -> None:

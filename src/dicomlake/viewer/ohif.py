@@ -478,7 +478,7 @@ _INLINE = "_dicomlake/inline-"
 _WEBPACK_ROOT = b'__webpack_require__.p = "/";'
 _WEBPACK_OHIF = b'__webpack_require__.p = "' + PREFIX.encode() + b'";'
 _CSS_ROOT_URL = re.compile(rb"""url\((["']?)/(?!/|ohif/)""")
-_HASHED = re.compile(r"(^|[./])[0-9a-f]{16,}\.(js|css|wasm)$")
+_HASHED = re.compile(r"(^|[./])[0-9a-f]{16,}\.(js|css|wasm|woff2?)$")
 _INLINE_SCRIPT = re.compile(r"<script>(.*?)</script>", re.S)
 _ROOT_URL = re.compile(r"""(\s(?:href|src|content)=["'])/(?!/|ohif/)""")
 
@@ -575,6 +575,9 @@ class _Site:
         self.rewritten: dict[Path, tuple[float, bytes | None]] = {}
 
     def find(self) -> Path | None:
+        """The app's folder: looked for until found, again if it goes away."""
+        if self.dist is not None and not (self.dist / "index.html").is_file():
+            self.dist = None  # removed (or being replaced) since
         if self.dist is None:
             if self.given is not None:
                 found = self.given if (self.given / "index.html").is_file() else None
@@ -584,6 +587,11 @@ class _Site:
                 log.info("serving OHIF from %s", found)
             self.dist = found
         return self.dist
+
+    @property
+    def where(self) -> Path:
+        """Where the app is looked for."""
+        return self.given if self.given is not None else cache_dir()
 
     def index_page(self, dist: Path) -> tuple[bytes, list[bytes]]:
         path = dist / "index.html"
@@ -617,8 +625,8 @@ class _Site:
         return fixed
 
 
-def not_installed_page() -> str:
-    """The page every /ohif/ URL shows while no OHIF is installed."""
+def not_installed_page(where: Path) -> str:
+    """The page every /ohif/ URL shows while no OHIF is installed in ``where``."""
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -631,10 +639,10 @@ def not_installed_page() -> str:
 <main class="message-page">
   <h1>OHIF is not installed</h1>
   <p>The OHIF viewer is fetched once into this computer's cache (about 50 MB, with
-  npm). Stop the server, run</p>
+  npm). Run</p>
   <pre><code>dicomlake ohif install</code></pre>
-  <p>then start <code>dicomlake serve</code> again and reload this page.
-  It looked in <code>{html.escape(str(cache_dir()))}</code>.</p>
+  <p>then reload this page: the server looks for it again.
+  It looked in <code>{html.escape(str(where))}</code>.</p>
   <p><a href="/">Back to all series</a></p>
 </main>
 </body>
@@ -667,7 +675,7 @@ def routes(ohif_dir: str | None = None) -> list[BaseRoute]:
             from dicomlake.viewer.app import SECURITY_HEADERS
 
             headers = {**SECURITY_HEADERS, "Cache-Control": "no-store"}
-            return HTMLResponse(not_installed_page(), status_code=404, headers=headers)
+            return HTMLResponse(not_installed_page(site.where), status_code=404, headers=headers)
         wanted = _safe_relative(request.path_params["path"])
         if wanted is None:
             return PlainTextResponse("not found", status_code=404, headers=OHIF_HEADERS)
