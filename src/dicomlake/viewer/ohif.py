@@ -358,7 +358,12 @@ def unpack(tarball: Path, version: str, root: Path) -> tuple[int, int]:
         old = root / f".{version}-old-{os.getpid()}"
         if final.exists():
             final.rename(old)
-        staging.rename(final)
+        try:
+            staging.rename(final)
+        except OSError:
+            if old.exists():
+                old.rename(final)  # the version that was there stays
+            raise
         shutil.rmtree(old, ignore_errors=True)
     except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         raise OhifInstallError(f"cannot unpack {tarball} into {root}: {exc}") from exc
