@@ -430,6 +430,20 @@ def test_frames_native_and_compressed(
     )
     assert decoded == us.pixel_array.tobytes()
 
+    # what OHIF asks: raw bytes in any syntax, each part naming its syntax
+    ohif = "multipart/related; type=application/octet-stream; transfer-syntax=*"
+    for study, series, uid, syntax in (
+        (MR_STUDY, MR_SERIES, mr_sop, "1.2.840.10008.1.2.1"),
+        (ZIP_STUDY, US_SERIES, us_sop, "1.2.840.10008.1.2.4.90"),
+    ):
+        response = http.get(
+            f"/studies/{study}/series/{series}/instances/{uid}/frames/1",
+            headers={"Accept": ohif},
+        )
+        assert response.status_code == 200
+        part_headers = response.content.split(b"\r\n\r\n", 1)[0].decode()
+        assert f"application/octet-stream; transfer-syntax={syntax}" in part_headers
+
     url = f"/studies/{MR_STUDY}/series/{MR_SERIES}/instances/{mr_sop}/frames/11"
     assert http.get(url).status_code == 404
     assert http.get(url.replace("/11", "/1,x")).status_code == 400

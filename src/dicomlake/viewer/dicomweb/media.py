@@ -149,6 +149,50 @@ def choose_syntax(ranges: list[Accepted], part_media: str, stored: str, *, singl
     )
 
 
+@dataclass(frozen=True)
+class FrameAnswer:
+    """How frames are sent.
+
+    The parts' media type, their transfer syntax, and whether the server decodes them.
+    """
+
+    media: str
+    syntax: str
+    decode: bool
+
+
+def choose_frames(ranges: list[Accepted], stored: str) -> FrameAnswer:
+    """How to send frames of a file stored in ``stored`` to this client.
+
+    ``application/octet-stream`` with ``transfer-syntax=*`` (what OHIF asks) takes the
+    frames as stored, named by a ``transfer-syntax`` parameter, so the browser's codecs
+    decode them; without ``*`` it means Explicit VR Little Endian, decoded here when
+    stored otherwise. A compressed frame's own media type takes it as stored.
+
+    Raises:
+        NotAcceptable: The client accepts none of these.
+    """
+    native_le = stored in (EXPLICIT_LE, IMPLICIT_LE, DEFLATED_LE)
+    own = frame_media(stored)
+    for item in ranges:
+        part = item.part if item.media == "multipart/related" else item.media
+        part = part or OCTET
+        syntax = item.syntax
+        if part in ("*/*", "*"):
+            return FrameAnswer(own, EXPLICIT_LE if native_le else stored, False)
+        if part == OCTET:
+            if syntax == "*" or syntax == stored:
+                return FrameAnswer(OCTET, EXPLICIT_LE if native_le else stored, False)
+            if syntax in (None, EXPLICIT_LE):
+                return FrameAnswer(OCTET, EXPLICIT_LE, not native_le)
+        elif own != OCTET and _matches(part, own) and syntax in (None, "*", stored):
+            return FrameAnswer(own, stored, False)
+    raise NotAcceptable(
+        f"frames stored in transfer syntax {stored} are sent as {own} or "
+        "application/octet-stream (transfer-syntax=* or 1.2.840.10008.1.2.1)"
+    )
+
+
 def frame_media(stored: str) -> str:
     """The media type a frame of a file in ``stored`` syntax is sent as, unchanged."""
     return OCTET if stored in NATIVE else FRAME_MEDIA.get(stored, OCTET)

@@ -379,26 +379,10 @@ def routes(db: LakeConnection) -> list[BaseRoute]:
     def frames(request: Request) -> Response:
         item = find(request)[0]
         numbers = parse_frames(request.path_params["frames"], item.frames)
-        ranges = media.accepted(request.headers.get("accept"))
-        stored_media = media.frame_media(item.syntax)
-        try:
-            syntax = media.choose_syntax(ranges, stored_media, item.syntax, single=False)
-            decode = syntax != item.syntax
-        except media.NotAcceptable:
-            if item.syntax in media.NATIVE:
-                raise
-            # A client that wants raw frames of a compressed image gets them decoded.
-            syntax = media.choose_syntax(ranges, media.OCTET, media.EXPLICIT_LE, single=False)
-            decode = True
-        data = read_frames(item, numbers, decode)
-        part_media = media.OCTET if decode else stored_media
-        header = (
-            part_media
-            if part_media == media.OCTET and not decode and (item.syntax in media.NATIVE)
-            else f"{part_media}; transfer-syntax={syntax}"
-        )
-        parts = ((({"Content-Type": header}), [chunk]) for chunk in data)
-        return _multipart(parts, part_media)
+        answer = media.choose_frames(media.accepted(request.headers.get("accept")), item.syntax)
+        data = read_frames(item, numbers, answer.decode)
+        header = {"Content-Type": f"{answer.media}; transfer-syntax={answer.syntax}"}
+        return _multipart(((header, [chunk]) for chunk in data), answer.media)
 
     def bulkdata(request: Request) -> Response:
         item = find(request)[0]
