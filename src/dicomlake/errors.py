@@ -14,10 +14,12 @@ subclasses exist only where a caller acts differently::
     │   ├── HeaderTooLarge  a header passes a limit on its size, element count or depth
     │   ├── ZipBomb         a zip member inflates past a size or ratio limit
     │   ├── NestedArchive   a zip member is itself a zip archive (not opened)
-    │   └── AmbiguousMemberName  a zip member's name holds '::' (not opened)
+    │   ├── AmbiguousMemberName  a zip member's name holds '::' (not opened)
+    │   └── WaveformError   a waveform cannot be drawn (also a ValueError)
     ├── QueryError          a query given to select data (datasets, patches, volumes)
     │                       fails or lacks a column it must return (also a ValueError)
     ├── MissingColumn       a Spark transformer's input lacks a column (also a ValueError)
+    ├── OhifInstallError    OHIF could not be fetched, checked or unpacked
     └── StorageError        object storage still failed after retries (also an OSError)
         ├── Throttled       503 (SlowDown, ServiceUnavailable), 429, other "slow down"s
         ├── ServerError     500, 502 and 504 replies
@@ -173,3 +175,14 @@ def exception_chain(exc: BaseException) -> Iterator[BaseException]:
         seen.add(id(current))
         yield current
         current = current.__cause__ or current.__context__
+
+
+class WaveformError(ExtractError, ValueError):
+    """A waveform cannot be drawn: missing, malformed, truncated, or audio.
+
+    The message names the element at fault and what was expected; never a value.
+    """
+
+
+class OhifInstallError(DicomLakeError):
+    """OHIF could not be fetched, checked or unpacked; nothing was installed."""

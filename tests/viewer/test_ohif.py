@@ -537,7 +537,7 @@ class Watch:
         self.dicomweb: list[tuple[int, str]] = []
         self.problems: list[str] = []
         page.on("response", self.on_response)
-        page.on("requestfailed", lambda r: self.problems.append(f"failed: {r.url}"))
+        page.on("requestfailed", self.on_failed)
         page.on("pageerror", lambda exc: self.problems.append(f"page error: {exc}"))
         page.on("console", self.on_console)
 
@@ -547,6 +547,11 @@ class Watch:
             self.dicomweb.append((response.status, "/" + path))
         if response.status >= 400:
             self.problems.append(f"{response.status}: {response.url}")
+
+    def on_failed(self, request: Any) -> None:
+        # leaving a page cancels the images it was still loading: not a failure
+        if "ERR_ABORTED" not in (request.failure or ""):
+            self.problems.append(f"failed: {request.url} ({request.failure})")
 
     def on_console(self, message: Any) -> None:
         text = message.text

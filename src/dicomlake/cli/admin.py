@@ -126,6 +126,10 @@ def serve(
             "lake in object storage)."
         ),
     ] = None,
+    ohif_dir: Annotated[
+        str | None,
+        typer.Option(help="An unpacked OHIF build to serve at /ohif/ instead of the cache's."),
+    ] = None,
 ) -> None:
     """Browse the lake: the gallery, DICOMweb at /dicomweb and OHIF at /ohif."""
     from dicomlake.viewer import LOOPBACK
@@ -150,6 +154,7 @@ def serve(
             cors_origins=cors_origin or (),
             allow_store=allow_store,
             store_dir=store_dir,
+            ohif_dir=ohif_dir,
         )
     except ImportError as exc:
         raise fail(str(exc)) from None

@@ -49,7 +49,8 @@ def install_command(
     quiet: QuietOption = False,
 ) -> None:
     """Fetch OHIF with npm, check it against the registry's sha512, unpack it in the cache."""
-    from dicomlake.viewer.ohif import OhifInstallError, install
+    from dicomlake.errors import OhifInstallError
+    from dicomlake.viewer.ohif import install
 
     def progress(line: str) -> None:
         typer.echo(f"ohif: {line}", err=True)

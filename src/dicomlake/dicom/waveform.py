@@ -38,7 +38,7 @@ from pydicom.dataset import Dataset
 
 from dicomlake.dicom.drawing import Drawing
 from dicomlake.dicom.quiet import quiet
-from dicomlake.errors import ExtractError
+from dicomlake.errors import WaveformError
 
 if TYPE_CHECKING:  # Pillow is imported when something is drawn
     from PIL import Image, ImageDraw, ImageFont
@@ -86,11 +86,6 @@ _TRACE: Final = (0, 0, 0)
 _TEXT: Final = (40, 40, 90)
 
 
-class WaveformError(ExtractError, ValueError):
-    """A waveform cannot be drawn: missing, malformed, truncated, or audio.
-
-    The message names the element at fault and what was expected; never a value.
-    """
 
 
 @dataclass(frozen=True, slots=True)

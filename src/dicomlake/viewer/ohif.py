@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from dicomlake.errors import DicomLakeError
+from dicomlake.errors import OhifInstallError
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -72,8 +72,6 @@ _NPM_VIEW_TIMEOUT = 120.0
 _NPM_PACK_TIMEOUT = 1800.0
 
 
-class OhifInstallError(DicomLakeError):
-    """OHIF could not be fetched, checked or unpacked; nothing was installed."""
 
 
 # --------------------------------------------------------------------------- the cache
