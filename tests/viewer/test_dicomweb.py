@@ -563,6 +563,25 @@ def test_metadata_of_a_big_study_streams_in_batches(
     assert max(largest) <= retrieve.META_BATCH
 
 
+def test_files_gone_since_ingest(tmp_path: Path) -> None:
+    """A file deleted after ingest is a 410 alone, and left out of its series."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for n in (1, 2):
+        ds = _edit(sample_file("CT_small.dcm"), SOPInstanceUID=f"1.2.7.{n}", InstanceNumber=n)
+        ds.save_as(data / f"{n}.dcm")
+    lake = str(tmp_path / "lake")
+    dicomlake.ingest([str(data)], lake, workers=0)
+    (data / "1.dcm").unlink()
+    study, series = ds.StudyInstanceUID, ds.SeriesInstanceUID
+    with LiveServer(lake) as live:
+        client = DICOMwebClient(live.url + "/dicomweb")
+        with httpx.Client(base_url=live.url + "/dicomweb") as http:
+            gone = http.get(f"/studies/{study}/series/{series}/instances/1.2.7.1")
+            assert gone.status_code == 410 and "cannot be read" in gone.json()["error"]
+        assert [d.SOPInstanceUID for d in client.retrieve_series(study, series)] == ["1.2.7.2"]
+
+
 def test_search_parse_is_bounded() -> None:
     with pytest.raises(search.BadQuery):
         search.parse("study", [("includefield", ",".join(["PatientID"] * 300))])

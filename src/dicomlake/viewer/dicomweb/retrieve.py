@@ -13,7 +13,7 @@ import contextlib
 import io
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -170,6 +170,25 @@ def transcoded(instance: Instance) -> bytes:
             "1.2.840.10008.1.2.1 here; ask for transfer-syntax=*"
         ) from None
     return out.getvalue()
+
+
+def instance_body(instance: Instance, syntax: str) -> Iterable[bytes]:
+    """The instance's bytes in ``syntax``: the stored file streamed, or transcoded.
+
+    Raises:
+        HTTPProblem: The file cannot be read any more (410).
+        media.NotAcceptable: It cannot be transcoded.
+    """
+    if syntax != instance.syntax:
+        return [transcoded(instance)]
+    chunks = file_chunks(instance)
+    if chunks is None:
+        raise HTTPProblem(410, "the file is in the lake but cannot be read any more")
+    return chunks
+
+
+def _part_headers(syntax: str) -> dict[str, str]:
+    return {"Content-Type": f"application/dicom; transfer-syntax={syntax}"}
 
 
 def _multipart(parts: Iterator[tuple[dict[str, str], Any]], part_type: str) -> StreamingResponse:
@@ -339,34 +358,21 @@ def routes(db: LakeConnection) -> list[BaseRoute]:
         chosen = [
             media.choose_syntax(ranges, "application/dicom", i.syntax, single=single) for i in items
         ]
-        if single and media.wants_bare(ranges, "application/dicom"):
-            item, syntax = items[0], chosen[0]
-            if syntax != item.syntax:
-                return Response(transcoded(item), media_type="application/dicom")
-            chunks = file_chunks(item)
-            if chunks is None:
-                raise HTTPProblem(410, "the file is in the lake but cannot be read any more")
-            return StreamingResponse(iterate_in_threadpool(chunks), media_type="application/dicom")
+        if len(items) == 1:  # fail (406, 410) before the response starts
+            body = instance_body(items[0], chosen[0])
+            if single and media.wants_bare(ranges, "application/dicom"):
+                return StreamingResponse(
+                    iterate_in_threadpool(iter(body)), media_type="application/dicom"
+                )
+            return _multipart(iter([(_part_headers(chosen[0]), body)]), "application/dicom")
 
-        def parts() -> Iterator[tuple[dict[str, str], Any]]:
+        def parts() -> Iterator[tuple[dict[str, str], Iterable[bytes]]]:
             for item, syntax in zip(items, chosen, strict=True):
-                headers = {"Content-Type": f"application/dicom; transfer-syntax={syntax}"}
-                if syntax != item.syntax:
-                    try:
-                        yield headers, [transcoded(item)]
-                    except (media.NotAcceptable, HTTPProblem) as exc:
-                        log.warning("left out of a retrieval: %s", exc)
-                    continue
-                chunks = file_chunks(item)
-                if chunks is None:
-                    log.warning("left out of a retrieval: %s cannot be read", item.path)
-                    continue
-                yield headers, chunks
+                try:
+                    yield _part_headers(syntax), instance_body(item, syntax)
+                except (media.NotAcceptable, HTTPProblem) as exc:
+                    log.warning("left out of a retrieval: %s (%s)", item.path, exc)
 
-        if any(s != i.syntax for s, i in zip(chosen, items, strict=True)) and len(items) == 1:
-            body = transcoded(items[0])  # fail with 406 before the response starts
-            headers = {"Content-Type": f"application/dicom; transfer-syntax={chosen[0]}"}
-            return _multipart(iter([(headers, [body])]), "application/dicom")
         return _multipart(parts(), "application/dicom")
 
     def metadata(request: Request) -> Response:

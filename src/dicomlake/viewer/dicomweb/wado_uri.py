@@ -20,10 +20,9 @@ from dicomlake.viewer.connection import LakeConnection
 from dicomlake.viewer.dicomweb import media, render
 from dicomlake.viewer.dicomweb.retrieve import (
     Instance,
-    file_chunks,
+    instance_body,
     instances_of,
     parse_frames,
-    transcoded,
 )
 from dicomlake.viewer.dicomweb.service import HTTPProblem, checked_uids, guarded, problem
 
@@ -59,17 +58,13 @@ def routes(db: LakeConnection) -> list[BaseRoute]:
 
 
 def _file(item: Instance, syntax: str | None) -> Response:
-    if syntax and syntax != item.syntax:
-        if syntax != media.EXPLICIT_LE:
-            return problem(406, "transferSyntax may only ask for 1.2.840.10008.1.2.1")
-        try:
-            return Response(transcoded(item), media_type="application/dicom")
-        except media.NotAcceptable as exc:
-            return problem(406, str(exc))
-    chunks = file_chunks(item)
-    if chunks is None:
-        raise HTTPProblem(410, "the file is in the lake but cannot be read any more")
-    return StreamingResponse(iterate_in_threadpool(chunks), media_type="application/dicom")
+    if syntax and syntax not in (item.syntax, media.EXPLICIT_LE):
+        return problem(406, "transferSyntax may only ask for 1.2.840.10008.1.2.1")
+    try:
+        body = instance_body(item, syntax or item.syntax)
+    except media.NotAcceptable as exc:
+        return problem(406, str(exc))
+    return StreamingResponse(iterate_in_threadpool(iter(body)), media_type="application/dicom")
 
 
 def _image(params: Mapping[str, str], item: Instance, image_type: str) -> Response:
