@@ -20,7 +20,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,50 @@ QUERY_TIMEOUT = 15.0
 
 class QueryTimeout(Exception):
     """A query ran longer than its time limit and was interrupted."""
+
+
+class _Watchdog:
+    """One thread that interrupts queries past their deadline.
+
+    A timer thread per query cost more than a small DICOMweb search itself; this one
+    thread sleeps until the earliest deadline and is idle when nothing runs.
+    """
+
+    def __init__(self) -> None:
+        self._deadlines: dict[int, tuple[float, Callable[[], object]]] = {}
+        self._next = 0
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, seconds: float, interrupt: Callable[[], object]) -> int:
+        """Call ``interrupt`` in ``seconds`` unless :meth:`forget` comes first."""
+        with self._wake:
+            self._next += 1
+            self._deadlines[self._next] = (time.monotonic() + seconds, interrupt)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="dicomlake-query-watchdog", daemon=True
+                )
+                self._thread.start()
+            self._wake.notify()
+            return self._next
+
+    def forget(self, ticket: int) -> None:
+        """The query of ``ticket`` ended: do not interrupt it."""
+        with self._wake:
+            self._deadlines.pop(ticket, None)
+
+    def _run(self) -> None:
+        with self._wake:
+            while True:
+                now = time.monotonic()
+                for ticket in [t for t, (when, _) in self._deadlines.items() if when <= now]:
+                    self._deadlines.pop(ticket)[1]()  # no reference kept past the call
+                soonest = min((when for when, _ in self._deadlines.values()), default=None)
+                self._wake.wait(None if soonest is None else max(0.0, soonest - now))
+
+
+_WATCHDOG = _Watchdog()
 
 
 @dataclass
@@ -235,14 +279,13 @@ class Cursor:
         """
         import duckdb
 
-        timer = threading.Timer(self.timeout, self.con.interrupt)
-        timer.start()
+        ticket = _WATCHDOG.watch(self.timeout, self.con.interrupt)
         try:
             return self.con.execute(sql, params if params is not None else []).fetchall()
         except duckdb.InterruptException:
             raise QueryTimeout(f"the query ran longer than {self.timeout:g} s") from None
         finally:
-            timer.cancel()
+            _WATCHDOG.forget(ticket)
 
     def fetch_dicts(self, sql: str, params: Params = None) -> list[dict[str, Any]]:
         """Run ``sql`` and return rows as dicts by column name.

@@ -52,6 +52,16 @@ WHERE status = 'ok' AND "SOPInstanceUID" IS NOT NULL
 QUALIFY row_number() OVER (PARTITION BY "SOPInstanceUID" ORDER BY {DUPLICATE_RULE}) = 1
 """
 
+# Retrieval finds an instance, series or study by its UID: point lookups.
+_LOOKUP_SQL = tuple(
+    f'CREATE INDEX dw_instances_{name} ON dw_instances("{column}")'
+    for name, column in (
+        ("study", "StudyInstanceUID"),
+        ("series", "SeriesInstanceUID"),
+        ("sop", "SOPInstanceUID"),
+    )
+)
+
 _SERIES_SQL = f"""
 CREATE OR REPLACE TABLE dw_series AS
 WITH ranked AS (
@@ -132,7 +142,7 @@ def ensure_index(cur: Cursor) -> None:
         if gen.built.get("dicomweb"):
             return
         started = time.perf_counter()
-        for sql in (_INSTANCES_SQL, _SERIES_SQL, _STUDIES_SQL, *_ELEMENTS_SQL):
+        for sql in (_INSTANCES_SQL, *_LOOKUP_SQL, _SERIES_SQL, _STUDIES_SQL, *_ELEMENTS_SQL):
             cur.fetch(sql)
         counts = cur.fetch(
             "SELECT (SELECT count(*) FROM dw_instances), (SELECT count(*) FROM dw_series), "

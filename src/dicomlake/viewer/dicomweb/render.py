@@ -31,7 +31,7 @@ from dicomlake.viewer.dicomweb.service import HTTPProblem
 if TYPE_CHECKING:
     from PIL import Image
 
-    from dicomlake.viewer.dicomweb.retrieve import Instance
+    from dicomlake.viewer.dicomweb.lookup import Instance
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,6 @@ import io
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import IO, Any
 
 import orjson
@@ -24,9 +23,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from dicomlake.catalog import open_ref
-from dicomlake.viewer.connection import Cursor, LakeConnection
+from dicomlake.viewer.connection import LakeConnection
 from dicomlake.viewer.dicomweb import media, render
-from dicomlake.viewer.dicomweb.index import ensure_index
+from dicomlake.viewer.dicomweb.lookup import Instance, instances_of
 from dicomlake.viewer.dicomweb.multipart import (
     multipart_chunks,
     multipart_content_type,
@@ -51,63 +50,6 @@ CHUNK = 256 * 1024
 MAX_FRAMES = 1000
 
 _BULK = re.compile(r"\?offset=([0-9]+)&length=([0-9]+)$")
-
-
-@dataclass(frozen=True)
-class Instance:
-    """One instance to serve: where its bytes are and what they are."""
-
-    row_id: int
-    path: str
-    study: str
-    series: str
-    sop: str
-    syntax: str
-    frames: int
-    size: int | None
-
-
-def instances_of(cur: Cursor, wanted: dict[str, str]) -> list[Instance]:
-    """The instances of a study, series or one instance, in series and number order.
-
-    Raises:
-        HTTPProblem: None match (404).
-    """
-    ensure_index(cur)
-    conds, params = [], []
-    for name, column in (
-        ("study", "StudyInstanceUID"),
-        ("series", "SeriesInstanceUID"),
-        ("instance", "SOPInstanceUID"),
-    ):
-        if name in wanted:
-            conds.append(f'"{column}" = ?')
-            params.append(wanted[name])
-    rows = cur.fetch(
-        f"""SELECT row_id, path, "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-            coalesce("TransferSyntaxUID", '{media.EXPLICIT_LE}'),
-            CASE WHEN has_pixel_data THEN coalesce("NumberOfFrames", 1) ELSE 0 END, size
-        FROM dw_instances WHERE {" AND ".join(conds)}
-        ORDER BY "SeriesNumber" NULLS LAST, "SeriesInstanceUID", "InstanceNumber" NULLS LAST,
-            "SOPInstanceUID" """,
-        params,
-    )
-    if not rows:
-        what = "instance" if "instance" in wanted else "series" if "series" in wanted else "study"
-        raise HTTPProblem(404, f"no such {what} in the lake")
-    return [
-        Instance(
-            row_id=int(r[0]),
-            path=r[1],
-            study=r[2],
-            series=r[3],
-            sop=r[4],
-            syntax=r[5],
-            frames=int(r[6]),
-            size=r[7],
-        )
-        for r in rows
-    ]
 
 
 @contextlib.contextmanager
@@ -388,7 +330,11 @@ def routes(db: LakeConnection) -> list[BaseRoute]:
         answer = media.choose_frames(media.accepted(request.headers.get("accept")), item.syntax)
         data = read_frames(item, numbers, answer.decode)
         header = {"Content-Type": f"{answer.media}; transfer-syntax={answer.syntax}"}
-        return _multipart(((header, [chunk]) for chunk in data), answer.media)
+        boundary = new_boundary()  # frames are in memory already: one body, no streaming
+        body = b"".join(multipart_chunks(((header, [chunk]) for chunk in data), boundary))
+        return Response(
+            body, headers={"Content-Type": multipart_content_type(boundary, answer.media)}
+        )
 
     def bulkdata(request: Request) -> Response:
         item = find(request)[0]

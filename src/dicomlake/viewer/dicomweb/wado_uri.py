@@ -18,12 +18,8 @@ from starlette.routing import BaseRoute, Route
 
 from dicomlake.viewer.connection import LakeConnection
 from dicomlake.viewer.dicomweb import media, render
-from dicomlake.viewer.dicomweb.retrieve import (
-    Instance,
-    instance_body,
-    instances_of,
-    parse_frames,
-)
+from dicomlake.viewer.dicomweb.lookup import Instance, instances_of
+from dicomlake.viewer.dicomweb.retrieve import instance_body, parse_frames
 from dicomlake.viewer.dicomweb.service import HTTPProblem, checked_uids, guarded, problem
 
 
