@@ -86,8 +86,6 @@ _TRACE: Final = (0, 0, 0)
 _TEXT: Final = (40, 40, 90)
 
 
-
-
 @dataclass(frozen=True, slots=True)
 class _Group:
     """The part of a multiplex group that is drawn, in physical units."""
