@@ -101,13 +101,14 @@ FROM ranked JOIN counts USING ("StudyInstanceUID") WHERE rn = 1
 """
 
 _ELEMENT_TAGS = tuple(dict.fromkeys((*STUDY_DEFAULTS, *SERIES_DEFAULTS)))
-_PATHS = ", ".join(f"'$.\"{tag}\"'" for tag in _ELEMENT_TAGS)
+# One JSON object per file, {tag: element or null}: a single parse per search result.
+_OBJECT = ", ".join(f"'{tag}', json_extract(meta, '$.\"{tag}\"')" for tag in _ELEMENT_TAGS)
 # The representative files' default attributes go onto their study and series rows,
 # so that a search is one query.
 _ELEMENTS_SQL = (
     f"""
 CREATE OR REPLACE TEMP TABLE dw_elements AS
-SELECT row_id, json_extract(meta, [{_PATHS}]) AS elements
+SELECT row_id, json_object({_OBJECT})::VARCHAR AS elements
 FROM instances
 WHERE status = 'ok' AND row_id IN (
     SELECT rep_row_id FROM dw_studies UNION SELECT rep_row_id FROM dw_series

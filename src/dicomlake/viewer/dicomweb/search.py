@@ -475,13 +475,11 @@ def _answer(
     return items
 
 
-def _elements(texts: list[str | None] | None) -> dict[str, Any]:
+def _elements(text: str | None) -> dict[str, Any]:
     """The cached default attributes of a study's or series' representative file."""
-    return {
-        tag: orjson.loads(text)
-        for tag, text in zip(ELEMENT_TAGS, texts or [None] * len(ELEMENT_TAGS), strict=True)
-        if text is not None
-    }
+    if not text:
+        return {}
+    return {tag: element for tag, element in orjson.loads(text).items() if element is not None}
 
 
 def _header_elements(
