@@ -1,4 +1,4 @@
-"""The viewer served for real: uvicorn on a free loopback port, in a thread."""
+"""Servers run for real in the tests: uvicorn on a free loopback port, in a thread."""
 
 from __future__ import annotations
 
@@ -10,18 +10,16 @@ from typing import Any
 from dicomlake.viewer import create_app
 
 
-class LiveServer:
-    """uvicorn serving ``create_app(lake, **options)`` on a free loopback port.
+class AppServer:
+    """uvicorn serving an ASGI ``app`` on a free loopback port.
 
     Use as a context manager; ``url`` is the server's base address.
     """
 
-    def __init__(self, lake: str, **options: Any) -> None:
+    def __init__(self, app: Any) -> None:
         import uvicorn
 
-        options.setdefault("check_every", 0.2)
-        options.setdefault("host", "127.0.0.1")
-        self.app = create_app(lake, **options)
+        self.app = app
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
@@ -30,12 +28,12 @@ class LiveServer:
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
 
-    def __enter__(self) -> LiveServer:
+    def __enter__(self) -> AppServer:
         self.thread.start()
         deadline = time.monotonic() + 10
         while not self.server.started:
             if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the viewer did not start")
+                raise RuntimeError("the server did not start")
             time.sleep(0.02)
         return self
 
@@ -43,3 +41,16 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
+
+
+class LiveServer(AppServer):
+    """The viewer, ``create_app(lake, **options)``, served for real."""
+
+    def __init__(self, lake: str, **options: Any) -> None:
+        options.setdefault("check_every", 0.2)
+        options.setdefault("host", "127.0.0.1")
+        super().__init__(create_app(lake, **options))
+
+    def __enter__(self) -> LiveServer:
+        super().__enter__()
+        return self

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import threading
 import time
 import urllib.parse
@@ -50,6 +49,7 @@ from dicomlake.viewer.dicomweb.store import (
     is_uid,
 )
 from dicomlake.viewer.dicomweb.stow import stow_route
+from helpers.servers import AppServer, LiveServer
 
 # DICOM JSON keys of the Store Instances Response
 RETRIEVE_URL = "00081190"
@@ -295,34 +295,17 @@ def _encode(ds: pydicom.Dataset) -> bytes:
     return out.getvalue()
 
 
-class _Server:
-    """uvicorn serving the STOW routes under /dicomweb on a free loopback port."""
+class _Server(AppServer):
+    """The STOW routes alone under /dicomweb, served for real."""
 
     def __init__(self, lake: str, store_dir: str | None = None, **options: Any) -> None:
-        import uvicorn
-
-        app = Starlette(routes=[Mount("/dicomweb", routes=stow_route(lake, store_dir, **options))])
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        routes = stow_route(lake, store_dir, **options)
+        super().__init__(Starlette(routes=[Mount("/dicomweb", routes=routes)]))
         self.dicomweb = f"{self.url}/dicomweb"
-        config = uvicorn.Config(app, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, args=([self.sock],), daemon=True)
 
     def __enter__(self) -> _Server:
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
 
     def post(
         self,
@@ -697,8 +680,6 @@ def test_object_storage_lakes_need_a_store_folder(tmp_path: Path) -> None:
 
 
 def test_the_served_app_stores_and_then_finds_the_instances(lake: str) -> None:
-    from helpers.servers import LiveServer
-
     ct = _instance()
     with LiveServer(lake, allow_store=True) as live:
         client = DICOMwebClient(f"{live.url}/dicomweb")

@@ -32,22 +32,9 @@ from typer.testing import CliRunner
 from dicomlake.cli import app as cli_app
 from dicomlake.sample import sample_file
 from dicomlake.viewer import ohif
+from helpers.browser import chromium
 from helpers.lakes import build_lake
 from helpers.servers import LiveServer
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--enable-unsafe-swiftshader",
-    "--use-angle=swiftshader",
-]
 
 #: A tarball fetched once with ``npm pack @ohif/app@3.13.2``, and the registry's integrity.
 REAL_TARBALL = Path("/tmp/ohifpack/ohif-app-3.13.2.tgz")
@@ -502,15 +489,8 @@ def test_the_real_index_html_is_served_for_the_sub_path(lake: str) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # launch() gives every run a fresh, throw-away user data dir
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium(webgl=True) as instance:
         yield instance
-        instance.close()
 
 
 @pytest.fixture(scope="module")

@@ -29,20 +29,9 @@ from dicomlake.viewer import create_app
 from dicomlake.viewer.connection import Cursor, LakeConnection, QueryTimeout
 from dicomlake.viewer.safety import UnsafeClause, check_where
 from dicomlake.viewer.tags import bulk_length, tag_rows
+from helpers.browser import chromium
 from helpers.lakes import build_lake
 from helpers.servers import LiveServer
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 SCRIPT_DIR = "<script>alert(1)<"  # with the file name below: "<script>alert(1)</script>.dcm"
 SCRIPT_NAME = "script>.dcm"
@@ -523,14 +512,8 @@ def test_cli_serve(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"browser tests need Chromium at {CHROMIUM} (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        instance = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as instance:
         yield instance
-        instance.close()
 
 
 @pytest.fixture

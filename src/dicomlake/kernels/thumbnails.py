@@ -66,13 +66,7 @@ def thumbnail_rows(
     mtime: dt.datetime | None = None,
 ) -> list[Row]:
     """Return thumbnail rows for the frames ``options`` selects (never raises)."""
-    base = {
-        "row_id": instance_id,
-        "path": path,
-        "SOPInstanceUID": sop_instance_uid,
-        "size": size,
-        "modification_time": mtime,
-    }
+    base = _source(path, instance_id, sop_instance_uid, size, mtime)
     try:
         indices = frame_indices(options.frame, max(frames, 1))[:MAX_FRAMES]
     except ValueError as exc:
@@ -102,18 +96,29 @@ def waveform_rows(
 
     A waveform has no frames, so ``options.frame`` does not apply; ``options.size`` does.
     """
-    base = {
+    base = _source(path, instance_id, sop_instance_uid, size, mtime)
+    try:
+        drawing = draw_waveform(fp, size=options.size)
+    except Exception as exc:  # a malformed waveform is an error row
+        return [{**base, "frame": 0, "status": "error", "error": error_text(exc)}]
+    return [_drawn_row(base, 0, drawing)]
+
+
+def _source(
+    path: str,
+    instance_id: int,
+    sop_instance_uid: str | None,
+    size: int | None,
+    mtime: dt.datetime | None,
+) -> Row:
+    """The columns every thumbnail row of one instance shares."""
+    return {
         "row_id": instance_id,
         "path": path,
         "SOPInstanceUID": sop_instance_uid,
         "size": size,
         "modification_time": mtime,
     }
-    try:
-        drawing = draw_waveform(fp, size=options.size)
-    except Exception as exc:  # a malformed waveform is an error row
-        return [{**base, "frame": 0, "status": "error", "error": error_text(exc)}]
-    return [_drawn_row(base, 0, drawing)]
 
 
 def _drawn_row(base: Row, frame: int, drawing: Drawing) -> Row:
