@@ -2,9 +2,9 @@
 
 A viewer retrieves a series piece by piece (its metadata, then each frame of each
 instance), so the instances of recently asked-for series are kept in memory, each with
-a map by SOP Instance UID: after the first request of a series, finding a frame's file
-costs no query at all. The cache belongs to one version of the lake and is bounded by
-the number of instances it holds.
+a map by SOP Instance UID: once a series was asked for whole, finding a frame's file
+costs no query at all; before that, one point lookup on an indexed column. The cache
+belongs to one version of the lake and is bounded by the number of instances it holds.
 """
 
 from __future__ import annotations
@@ -21,14 +21,16 @@ from dicomlake.viewer.dicomweb.service import HTTPProblem
 MAX_CACHED_INSTANCES = 200_000
 
 _EXPLICIT_LE = "1.2.840.10008.1.2.1"
-_SELECT = f"""
-SELECT row_id, path, "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
+_COLUMNS = f"""row_id, path, "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
     coalesce("TransferSyntaxUID", '{_EXPLICIT_LE}'),
-    CASE WHEN has_pixel_data THEN coalesce("NumberOfFrames", 1) ELSE 0 END, size
-FROM dw_instances WHERE {{column}} = ?
+    CASE WHEN has_pixel_data THEN coalesce("NumberOfFrames", 1) ELSE 0 END, size"""
+_SELECT = f"""
+SELECT {_COLUMNS} FROM dw_instances WHERE {{column}} = ?
 ORDER BY "SeriesNumber" NULLS LAST, "SeriesInstanceUID", "InstanceNumber" NULLS LAST,
     "SOPInstanceUID"
 """
+# One instance: a point lookup on the index of SOP Instance UIDs, nothing to sort.
+_SELECT_ONE = f'SELECT {_COLUMNS} FROM dw_instances WHERE "SOPInstanceUID" = ?'
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,8 +86,10 @@ class SeriesCache:
                 self._held -= len(dropped.ordered)
 
 
-def _instances(cur: Cursor, column: str, uid: str) -> list[Instance]:
-    rows = cur.fetch(_SELECT.format(column=f'"{column}"'), [uid])
+def _instances(cur: Cursor, column: str | None, uid: str) -> list[Instance]:
+    """The instances whose ``column`` is ``uid``; None: the one of that SOP Instance UID."""
+    sql = _SELECT_ONE if column is None else _SELECT.format(column=f'"{column}"')
+    rows = cur.fetch(sql, [uid])
     return [
         Instance(
             row_id=int(r[0]),
@@ -118,15 +122,18 @@ def instances_of(cur: Cursor, wanted: dict[str, str]) -> list[Instance]:
     else:
         cache: SeriesCache = cur.gen.built.setdefault("dicomweb_series", SeriesCache())
         series = cache.get(wanted["series"])
-        if series is None:
-            series = _Series(_instances(cur, "SeriesInstanceUID", wanted["series"]))
-            cache.put(wanted["series"], series)
         if "instance" in wanted:
-            one = series.by_sop.get(wanted["instance"])
-            found = [one] if one is not None else []
+            if series is not None:
+                one = series.by_sop.get(wanted["instance"])
+                found = [one] if one is not None else []
+            else:  # a series not asked for whole yet: look up just this instance
+                found = _instances(cur, None, wanted["instance"])
         else:
+            if series is None:
+                series = _Series(_instances(cur, "SeriesInstanceUID", wanted["series"]))
+                cache.put(wanted["series"], series)
             found = series.ordered
-        found = [i for i in found if i.study == wanted["study"]]
+        found = [i for i in found if (i.study, i.series) == (wanted["study"], wanted["series"])]
     if not found:
         raise HTTPProblem(404, f"no such {what} in the lake")
     return found
