@@ -20,6 +20,9 @@ subclasses exist only where a caller acts differently::
     │                       fails or lacks a column it must return (also a ValueError)
     ├── MissingColumn       a Spark transformer's input lacks a column (also a ValueError)
     ├── OhifInstallError    OHIF could not be fetched, checked or unpacked
+    ├── DeidKeyError        a de-identification key file is missing, short or unreadable
+    ├── DeidSkipped         a file is left out of a de-identified copy, for a reason
+    │   └── PixelsNotClean  text is still found in the pixels after cleaning
     └── StorageError        object storage still failed after retries (also an OSError)
         ├── Throttled       503 (SlowDown, ServiceUnavailable), 429, other "slow down"s
         ├── ServerError     500, 502 and 504 replies
@@ -186,3 +189,20 @@ class WaveformError(ExtractError, ValueError):
 
 class OhifInstallError(DicomLakeError):
     """OHIF could not be fetched, checked or unpacked; nothing was installed."""
+
+
+class DeidKeyError(DicomLakeError):
+    """A de-identification key file is missing, shorter than 32 bytes or unreadable."""
+
+
+class DeidSkipped(DicomLakeError):
+    """A file is left out of a de-identified copy; the message is the reason.
+
+    Raised, for instance, for a file whose pixels may carry burned-in text when the
+    ``clean-pixel-data`` option was not given. The message never holds a value of the
+    file, only what kind of file it is and why.
+    """
+
+
+class PixelsNotClean(DeidSkipped):
+    """Text is still found in the pixels after cleaning: the file is not written."""
