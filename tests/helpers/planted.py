@@ -406,10 +406,8 @@ class _Writer:
         patient = v.person("SR text and observers", "SR").split("^")
         finding.TextValue = f"{patient[1]} {patient[0]} reports chest pain since Monday."
         comment = item("CONTAINS", "TEXT", _code("121106", "DCM", "Comment"))
-        comment.TextValue = (
-            f"Discussed with {v.token('SR text and observers', 'SRW')} (wife), "
-            f"born {v.born}, on {v.day}."
-        )
+        # no dates here: a date found must say which attribute kept it
+        comment.TextValue = f"Discussed with {v.token('SR text and observers', 'SRW')} (wife)."
         image = item("CONTAINS", "IMAGE", _code("121080", "DCM", "Best illustration of finding"))
         reference = Dataset()
         reference.ReferencedSOPClassUID = ct.SOPClassUID
