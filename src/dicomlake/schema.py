@@ -154,3 +154,24 @@ VOLUMES_SCHEMA: Final = pa.schema(
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+#: The ``deid`` table: one row per instance and destination of a de-identification
+#: run. It holds no value of the source files beyond their ``row_id`` and ``path``
+#: (already in ``instances``): the output's UIDs are the new ones, and the key is
+#: named by its fingerprint only.
+DEID_SCHEMA: Final = pa.schema(
+    [
+        pa.field("row_id", pa.int64(), nullable=False),  # the source instance's row_id
+        pa.field("path", pa.string(), nullable=False),  # the source file
+        pa.field("destination", pa.string(), nullable=False),  # DEST as given, normalised
+        pa.field("output", pa.string()),  # the file written; null when none was
+        pa.field("status", pa.string(), nullable=False),  # 'ok', 'skipped' or 'error'
+        pa.field("reason", pa.string()),  # why skipped, or the error's class and stage
+        pa.field("options", pa.list_(pa.string())),  # PS3.15 options applied, sorted
+        pa.field("key_fingerprint", pa.string()),  # of the pseudonym key, never the key
+        pa.field("SOPInstanceUID", pa.string()),  # the output's (new) UID
+        pa.field("size", pa.int64()),  # of the source file, for incremental runs
+        pa.field("modification_time", pa.timestamp("us", tz="UTC")),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)

@@ -8,7 +8,7 @@ how results look is :mod:`dicomlake.cli.render`.
 
 from __future__ import annotations
 
-from dicomlake.cli import admin, derive, ingest, ohif, query
+from dicomlake.cli import admin, deid, derive, ingest, ohif, query
 from dicomlake.cli.options import app
 
 app.command()(ingest.ingest)
@@ -21,6 +21,7 @@ app.command("optimize")(admin.optimize_command)
 app.command()(admin.demo)
 app.command()(admin.serve)
 app.add_typer(ohif.app)
+app.add_typer(deid.app)
 
 __all__ = ["app", "main"]
 

@@ -36,6 +36,7 @@ import pyarrow as pa
 from dicomlake._types import StorageOptions
 from dicomlake.errors import LakeError
 from dicomlake.lake.tables import (
+    DEID_TABLE,
     INSTANCES_TABLE,
     PATCHES_TABLE,
     THUMBNAILS_TABLE,
@@ -139,7 +140,7 @@ CREATE MACRO tag(meta, key) AS
 
 
 #: Tables a lake may have beside ``instances``; each becomes a view of its name.
-OPTIONAL_TABLES = (THUMBNAILS_TABLE, VOLUMES_TABLE, PATCHES_TABLE)
+OPTIONAL_TABLES = (THUMBNAILS_TABLE, VOLUMES_TABLE, PATCHES_TABLE, DEID_TABLE)
 
 #: DuckDB schema for helper tables that users need not see in SHOW TABLES.
 _PRIVATE = "dicomlake_internal"

@@ -21,7 +21,13 @@ from deltalake import DeltaTable, WriterProperties
 from deltalake.exceptions import DeltaError
 
 from dicomlake.errors import LakeError, TableNotFound
-from dicomlake.schema import INSTANCES_SCHEMA, PATCHES_SCHEMA, THUMBNAILS_SCHEMA, VOLUMES_SCHEMA
+from dicomlake.schema import (
+    DEID_SCHEMA,
+    INSTANCES_SCHEMA,
+    PATCHES_SCHEMA,
+    THUMBNAILS_SCHEMA,
+    VOLUMES_SCHEMA,
+)
 from dicomlake.storage.locations import url_local_path
 from dicomlake.storage.settings import delta_options
 
@@ -37,6 +43,7 @@ INSTANCES_TABLE: Final = "instances"
 THUMBNAILS_TABLE: Final = "thumbnails"
 VOLUMES_TABLE: Final = "volumes"
 PATCHES_TABLE: Final = "patches"
+DEID_TABLE: Final = "deid"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,12 @@ TABLES: Final[dict[str, TableSpec]] = {
             VOLUMES_SCHEMA,
             ("SeriesInstanceUID",),
             "dicomlake: one row per series, its volume geometry or why not",
+        ),
+        TableSpec(
+            DEID_TABLE,
+            DEID_SCHEMA,
+            ("row_id", "destination"),
+            "dicomlake: de-identified copies, one row per instance and destination",
         ),
     )
 }

@@ -22,10 +22,14 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
     from dicomlake._types import FrameChoice, StorageOptions
+    from dicomlake.deid.keys import Key
+    from dicomlake.deid.pixels import RegionRules
+    from dicomlake.kernels.deid import DeidKernel
     from dicomlake.kernels.patches import PatchOptions
     from dicomlake.spark.catalog import Catalog
 
 __all__ = [
+    "DicomDeidentifier",
     "DicomMetaExtractor",
     "DicomPatcher",
     "DicomPillowThumbnailExtractor",
@@ -437,4 +441,117 @@ class DicomPatcher(_Transformer):
         return (
             f"DicomPatcher(size={o.size}, stride={o.step}, min_tissue={o.min_tissue}, "
             f"store_pixels={o.store_pixels}, frames={o.frames!r})"
+        )
+
+
+def _deid_mapper(
+    kernel: DeidKernel,
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The ``mapInArrow`` function: each input row's file de-identified by the kernel.
+
+    Rows whose ``status`` is not 'ok' (when the DataFrame has that column) are left out.
+    """
+    from dicomlake.engine.spark import refs_from_batch
+    from dicomlake.kernels.deid import TABLE
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        import warnings
+
+        warnings.simplefilter("ignore")  # pydicom warns on odd values; rows say it
+        for batch in batches:
+            index = batch.schema.get_field_index("status")
+            statuses = batch.column(index).to_pylist() if index >= 0 else None
+            refs = refs_from_batch(batch)
+            rows = [
+                kernel.row(ref)
+                for i, ref in enumerate(refs)
+                if statuses is None or statuses[i] == "ok"
+            ]
+            if rows:
+                yield kernel.batch(rows)[TABLE]
+
+    return run
+
+
+class DicomDeidentifier(_Transformer):
+    """De-identify each row's file into ``out``: one output row per file, as in ``deid``.
+
+    Runs the kernel of ``dicomlake deid`` (:class:`~dicomlake.kernels.deid.DeidKernel`),
+    so for the same file, key and options both write the same bytes to the same
+    ``<out>/<study>/<series>/<instance>.dcm``; save the rows as the lake's table with
+    ``Catalog(spark, table="deid", lake=LAKE).save(df)``.
+
+    Args:
+        out: Destination folder (local, on every executor) or URL (``s3://b/prefix``).
+        key: The pseudonym key: a :class:`~dicomlake.deid.keys.Key`, its raw bytes, or
+            the path of a key file (read here, on the driver).
+        options: PS3.15 option names (:mod:`dicomlake.deid.options`).
+        regions: Region rules for ``clean-pixel-data`` (a file or loaded rules).
+        inputCol: The column holding the file paths.
+        storage_options: Object-storage settings; by default those of the last
+            :class:`Catalog` made.
+
+    Raises:
+        DeidKeyError: The key is missing or short.
+        ValueError: An unknown option name, or unreadable region rules.
+    """
+
+    def __init__(
+        self,
+        out: str,
+        key: Key | bytes | str,
+        options: Sequence[str] = (),
+        *,
+        regions: str | RegionRules | None = None,
+        inputCol: str = "path",
+        storage_options: StorageOptions = None,
+    ) -> None:
+        from dicomlake.deid.options import parse_options
+        from dicomlake.jobs.deid import load_key, load_regions
+        from dicomlake.kernels.deid import DeidKernel
+
+        if storage_options is None:
+            from dicomlake.spark.catalog import active_storage_options
+
+            storage_options = active_storage_options()
+        self.input_col = inputCol
+        self.requires = ((inputCol, "Catalog.catalog()"),)
+        self.kernel = DeidKernel(
+            load_key(key),
+            parse_options(options),
+            out,
+            regions=load_regions(regions),
+            storage_options=storage_options,
+        )
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """De-identify the file of every row of ``df``.
+
+        Args:
+            df: A catalog DataFrame (``path``; ``size``/``length`` and
+                ``modification_time``/``modificationTime`` are copied when present) or
+                the output of :class:`DicomMetaExtractor` (rows not 'ok' are left out).
+
+        Returns:
+            A DataFrame in the ``deid`` table's schema: ``row_id``, ``path``,
+            ``destination``, ``output``, ``status``, ``reason``, ``options``,
+            ``key_fingerprint``, the new ``SOPInstanceUID``, ...
+
+        Raises:
+            MissingColumn: ``df`` has no ``path`` (or ``inputCol``) column.
+        """
+        self._check(df)
+        from dicomlake.engine.spark import nullable
+        from dicomlake.schema import DEID_SCHEMA
+
+        if self.input_col != "path":
+            df = df.withColumn("path", df[self.input_col])
+        df = df.where(df["path"].isNotNull())
+        return df.mapInArrow(_deid_mapper(self.kernel), to_spark(nullable(DEID_SCHEMA)))
+
+    def __repr__(self) -> str:
+        k = self.kernel
+        return (
+            f"DicomDeidentifier(out={k.destination!r}, key_fingerprint={k.fingerprint!r}, "
+            f"options={k.option_list!r})"
         )
