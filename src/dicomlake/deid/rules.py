@@ -35,10 +35,12 @@ Beyond the table:
 - Any UID not in the table is mapped like U unless it names a class, a transfer
   syntax, a coding scheme or a context (PS3.15 E.1: all instance UIDs must change),
   and nothing is mapped with ``retain-uids``.
-- Person names and free text (PN, ST, LT, UT, UC) not in the table are emptied: the
-  table lists the standard's attributes as of its edition, and a name is identifying
-  whatever its tag. Attributes neither in the table nor in pydicom's dictionary are
-  removed: their content cannot be judged. Group lengths are removed.
+- Person names and free text (PN, ST, LT, UT, UC) not in the table get a dummy
+  (``ANONYMIZED``, ``ANONYMOUS^ANONYMOUS``): the table lists the standard's attributes
+  as of its edition, and a name is identifying whatever its tag. A dummy rather than
+  no value, since some (an SR content item's Text Value) are type 1 where they occur.
+- Attributes neither in the table nor in pydicom's dictionary are removed: their
+  content cannot be judged. Group lengths are removed.
 - Overlays (60xx) and curves (50xx) go whole groups at a time, since an overlay plane
   without its data is invalid; ``clean-graphics`` cannot look into a bitmap, so it
   keeps them out too, and only changes the graphic annotations' treatment by name.
@@ -104,7 +106,7 @@ _DUMMIES: Final[dict[str, Any]] = {
     "IS": "0",
     "LO": "ANONYMIZED",
     "LT": "ANONYMIZED",
-    "PN": "ANONYMOUS",
+    "PN": "ANONYMOUS^ANONYMOUS",
     "SH": "ANONYMIZED",
     "SL": 0,
     "SS": 0,
@@ -271,7 +273,8 @@ def _apply(ds: Dataset, elem: DataElement, ctx: _Context, patient_id: str) -> No
     elif vr == "UI":
         action = "K" if opt.RETAIN_UIDS in ctx.options or _keep_uid(tag) else "U"
     elif vr in _FREE_TEXT_VRS:
-        action = "Z"
+        # a dummy, not empty: SR Text Value and the like are type 1 in their items
+        action = "D" if _values(elem) else "K"
     elif not _in_dictionary(tag):
         action = "X"
     else:
