@@ -277,3 +277,55 @@ def test_killed_then_rerun_gives_one_output_per_input(
     rows = deid_rows(lake)
     assert len(rows) == count and all(r["status"] == "ok" for r in rows.values())
     assert {Path(r["output"].removeprefix("file://")) for r in rows.values()} == set(files)
+
+
+def test_an_object_store_destination_gets_the_same_files(
+    lake: str, key_file: Path, tmp_path: Path
+) -> None:
+    import fsspec
+
+    deid(lake, tmp_path / "local", key=key_file, workers=0)
+    url = "memory://deid-test/out"
+    summary = deid(lake, url, key=key_file, workers=0)
+    fs = fsspec.filesystem("memory")
+    try:
+        remote = {
+            path.removeprefix("/deid-test/out/"): fs.cat_file(path)
+            for path in fs.find("/deid-test/out")
+        }
+    finally:
+        fs.rm("/deid-test", recursive=True)
+    local = {
+        p.relative_to(tmp_path / "local").as_posix(): p.read_bytes()
+        for p in outputs(tmp_path / "local")
+    }
+    assert remote == local and len(remote) == summary.ok
+    con = dicomlake.connect(lake)
+    try:
+        written = con.sql(
+            "SELECT output FROM deid WHERE status = 'ok' AND destination = ?", params=[url]
+        ).fetchall()
+    finally:
+        con.close()
+    assert {output for (output,) in written} == {f"{url}/{k}" for k in remote}
+
+
+def test_partial_files_of_dead_writers_are_swept(lake: str, key_file: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "out"
+    deid(lake, dest, key=key_file, where="Modality = 'CT'", workers=0)
+    (written,) = outputs(dest)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    stale = written.parent / f".{written.name}.{int(dead.stdout)}.partial"
+    live = written.parent / f".{written.name}.{os.getppid()}.partial"
+    stale.write_bytes(b"half")
+    live.write_bytes(b"half")
+    deid(
+        lake, dest, key=key_file, where="Modality = 'CT'", workers=0, options=["clean-descriptors"]
+    )
+    assert not stale.exists()  # swept on the next write into that folder
+    assert live.exists()  # a live writer's is left alone
