@@ -6,6 +6,7 @@ import datetime as dt
 import io
 import re
 import shutil
+import struct
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,9 @@ from pydicom.sequence import Sequence
 from dicomlake.deid.keys import Key
 from dicomlake.deid.options import OPTIONS, method_codes, parse_options
 from dicomlake.deid.rules import IMPLEMENTATION_CLASS_UID, deidentify
+from dicomlake.errors import DeidSkipped
 from dicomlake.sample import sample_file
+from helpers.dicom_bytes import PATIENT, explicit, preamble
 from helpers.planted import (
     Planted,
     leaks,
@@ -185,6 +188,11 @@ def test_dciodvfy_finds_no_new_errors(
 ) -> None:
     planted, outputs, _ = archive
     pairs = list(zip(planted.files, outputs, strict=True))
+    for i, path in enumerate(planted.files):
+        target = tmp_path / f"all_options_{i:03d}.dcm"
+        out = deidentify(pydicom.dcmread(path), KEY, ALL_BUT_FULL_DATES)
+        out.save_as(target, enforce_file_format=True)
+        pairs.append((path, target))
     source = tmp_path / "ct_in.dcm"
     ct = _planted_ct()
     ct.save_as(source, enforce_file_format=True)
@@ -437,3 +445,15 @@ def test_pixels_are_untouched() -> None:
     ds = _planted_ct()
     out = deidentify(ds, KEY, frozenset(OPTIONS) - {RETAIN_MODIFIED})
     assert np.array_equal(out.pixel_array, ds.pixel_array)
+
+
+def test_an_undecodable_value_skips_the_file_without_quoting_it() -> None:
+    # an item whose US element holds 3 bytes: pydicom fails only when it is decoded
+    bad = struct.pack("<HH", 0x0018, 0x1000) + b"US" + struct.pack("<H", 3) + b"PLANTED!"
+    item = b"\xfe\xff\x00\xe0" + struct.pack("<L", len(bad)) + bad
+    data = preamble() + PATIENT + explicit(0x0040, 0x0275, b"SQ", item)
+    with pytest.raises(DeidSkipped) as caught:
+        deidentify(pydicom.dcmread(io.BytesIO(data)), KEY, frozenset({"clean-descriptors"}))
+    assert "(0018,1000)" in str(caught.value)
+    assert "PLANTED" not in str(caught.value).upper()
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__

@@ -20,7 +20,8 @@ Z/D → D, X/Z/D → D, X/Z/U* → U. Then:
   consistent. Values under the DICOM root ``1.2.840.10008.`` (well-known frames of
   reference, SOP classes, coding schemes) are never instance UIDs and are kept.
 - C (clean): free text cannot be told safe by a program, so cleaning text (the
-  descriptors, patient characteristics) empties it while keeping the attribute; coded
+  descriptors, patient characteristics) empties it while keeping the attribute (or
+  puts the D dummy where the Basic Profile's action holds D: those may be type 1); coded
   sequences are cleaned item by item (their codes stay); AE titles become keyed
   stand-ins (``AE`` and 14 hex digits) that keep one device's files together; with
   ``retain-longitudinal-modified-dates`` dates (DA, and the date of a DT, its time and
@@ -83,6 +84,7 @@ from pydicom.uid import UID
 from dicomlake.deid import options as opt
 from dicomlake.deid.keys import Key
 from dicomlake.deid.profile import PATTERNS, PRIVATE, ROWS, Row
+from dicomlake.errors import DeidSkipped
 
 #: dicomlake's Implementation Class UID (a UUID-derived 2.25 UID, fixed forever).
 IMPLEMENTATION_CLASS_UID: Final = "2.25.27070684949820233653372840290364558406"
@@ -159,10 +161,11 @@ def deidentify(ds: Dataset, key: Key, options: frozenset[str]) -> Dataset:
 
     Raises:
         ValueError: ``options`` holds an unknown name or two that exclude each other.
+        DeidSkipped: An element cannot be decoded (the message names its tag only).
     """
     options = opt.parse_options(options)
     out = copy.deepcopy(ds)
-    patient_id = _text(out.get(_PATIENT_ID))
+    patient_id = _text(_element(out, Tag(_PATIENT_ID))) if _PATIENT_ID in out else ""
     shift = key.date_shift_days(patient_id) if opt.RETAIN_MODIFIED_DATES in options else None
     ctx = _Context(key=key, options=options, patient_id=patient_id, shift_days=shift)
     _clean(out, ctx, patient_id)
@@ -230,7 +233,7 @@ def _in_dictionary(tag: BaseTag) -> bool:
 
 def _clean(ds: Dataset, ctx: _Context, patient_id: str) -> None:
     """Apply the rules to one data set or item, in place, and recurse into its items."""
-    item_patient = _text(ds.get(_PATIENT_ID)) if _PATIENT_ID in ds else patient_id
+    item_patient = _text(_element(ds, Tag(_PATIENT_ID))) if _PATIENT_ID in ds else patient_id
     _drop_graphics_groups(ds, ctx)
     private: list[BaseTag] = []
     for tag in list(ds.keys()):
@@ -240,9 +243,19 @@ def _clean(ds: Dataset, ctx: _Context, patient_id: str) -> None:
         if tag.element == 0 or tag.group == 0x0002:
             del ds[tag]
             continue
-        _apply(ds, ds[tag], ctx, item_patient)
+        _apply(ds, _element(ds, tag), ctx, item_patient)
     if private:
         _clean_private(ds, private, ctx, item_patient)
+
+
+def _element(ds: Dataset, tag: BaseTag) -> DataElement:
+    """The element at ``tag``, decoded; pydicom's errors quote the value, ours do not."""
+    try:
+        return ds[tag]
+    except Exception as exc:
+        raise DeidSkipped(
+            f"element {tag} cannot be decoded ({type(exc).__name__}); the file is left out"
+        ) from None
 
 
 def _drop_graphics_groups(ds: Dataset, ctx: _Context) -> None:
@@ -298,7 +311,7 @@ def _apply(ds: Dataset, elem: DataElement, ctx: _Context, patient_id: str) -> No
     elif action == "D":
         _dummy(elem, ctx, patient_id)
     elif action == "C":
-        if _clean_value(elem, ctx, patient_id, cause) is False:
+        if _clean_value(elem, ctx, patient_id, cause, row) is False:
             del ds[tag]
     else:  # pragma: no cover - the generator admits only Table E.1-1a's codes
         raise ValueError(f"unknown action {action!r} for {tag}")
@@ -335,8 +348,14 @@ def _dummy(elem: DataElement, ctx: _Context, patient_id: str) -> None:
         elem.value = _DUMMIES.get(vr, "ANONYMIZED")
 
 
-def _clean_value(elem: DataElement, ctx: _Context, patient_id: str, cause: str | None) -> bool:
-    """Clean one element in place; False when it cannot be cleaned and must go."""
+def _clean_value(
+    elem: DataElement, ctx: _Context, patient_id: str, cause: str | None, row: Row | None
+) -> bool:
+    """Clean one element in place; False when it cannot be cleaned and must go.
+
+    Text is emptied, or given a dummy where the Basic Profile would (its action holds
+    D): the table gives D where an IOD may need a value (a type 1 Structure Set Label).
+    """
     vr = elem.VR
     if vr == "SQ":
         _recurse(elem, ctx, patient_id)
@@ -352,7 +371,7 @@ def _clean_value(elem: DataElement, ctx: _Context, patient_id: str, cause: str |
     elif vr == "AE":
         values = _values(elem)
         elem.value = [f"AE{ctx.key.token('ae', v, 14)}" for v in values] or None
-    elif vr in ("AS", "DA", "DT", "TM"):
+    elif vr in ("AS", "DA", "DT", "TM") or (row is not None and "D" in row.basic):
         _dummy(elem, ctx, patient_id)
     else:
         elem.value = None
@@ -409,10 +428,10 @@ def _clean_private(ds: Dataset, tags: list[BaseTag], ctx: _Context, patient_id: 
             continue
         creator = Tag(tag.group, block) if block >= 0x10 else None
         if keep_safe and creator is not None and creator in ds:
-            name = _text(ds[creator])
+            name = _text(_element(ds, creator))
             if (name, tag.group, tag.element & 0xFF) in _safe_private():
                 kept_creators.add(creator)
-                _recurse(ds[tag], ctx, patient_id)
+                _recurse(_element(ds, tag), ctx, patient_id)
                 continue
         del ds[tag]
     for tag in creators:
