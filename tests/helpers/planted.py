@@ -246,7 +246,13 @@ def _finish(ds: Dataset, sop_class: str, sop: str, series: str, modality: str) -
     ds.InstanceNumber = 1
 
 
+#: A font with the Latin-1 letters of the planted names, where the system has it.
+_FONT = Path("/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf")
+
+
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    if _FONT.exists():
+        return ImageFont.truetype(str(_FONT), size)
     return ImageFont.load_default(size=size)
 
 
@@ -325,6 +331,7 @@ class _Writer:
         _plant_common(mr, v, self.studies[1], "MR brain")
         _finish(mr, mr.SOPClassUID, self.uid("mr"), self.uid("mr series"), "MR")
         mr.FrameOfReferenceUID = self.uid("mr frame")
+        mr.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]  # MR_small's says secondary capture
         mr.ImageComments = f"{v.token('image comments', 'IMM')} asked for a copy"
         self.save(mr, "MR")
         self.burned_in.append(self.save(self.ultrasound(), "US"))
@@ -600,7 +607,10 @@ def pseudonyms(files: Iterable[Path], planted: Planted) -> list[str]:
         for pair in pairs:
             studies[pair] += 1
     if len(studies) != len(planted.patients):
-        problems.append(f"{len(planted.patients)} patients became {len(studies)} pseudonyms")
+        count = len(studies)
+        problems.append(
+            f"{len(planted.patients)} patients became {count} pseudonym{'s' * (count != 1)}"
+        )
     expected = sorted(len(p.study_uids) for p in planted.patients)
     if not problems and sorted(studies.values()) != expected:
         problems.append(f"studies per pseudonym {sorted(studies.values())}, not {expected}")
