@@ -457,3 +457,23 @@ def test_an_undecodable_value_skips_the_file_without_quoting_it() -> None:
     assert "(0018,1000)" in str(caught.value)
     assert "PLANTED" not in str(caught.value).upper()
     assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+def test_device_identity_cleans_ae_titles_to_keyed_stand_ins() -> None:
+    ds = _planted_ct()
+    ds.PerformedStationAETitle = "PLANTEDAET"
+    assert "PerformedStationAETitle" not in deidentify(ds, KEY, frozenset())
+    out = deidentify(ds, KEY, parse_options(["retain-device-identity"]))
+    again = deidentify(ds, KEY, parse_options(["retain-device-identity"]))
+    assert re.fullmatch(r"AE[0-9A-F]{14}", out.PerformedStationAETitle)
+    assert out.PerformedStationAETitle == again.PerformedStationAETitle
+    other = deidentify(ds, OTHER_KEY, parse_options(["retain-device-identity"]))
+    assert other.PerformedStationAETitle != out.PerformedStationAETitle
+
+
+def test_modified_dates_keep_the_time_zone_offset() -> None:
+    ds = _planted_ct()
+    ds.TimezoneOffsetFromUTC = "+0100"
+    assert "TimezoneOffsetFromUTC" not in deidentify(ds, KEY, frozenset())
+    out = deidentify(ds, KEY, parse_options([RETAIN_MODIFIED]))
+    assert out.TimezoneOffsetFromUTC == "+0100"
