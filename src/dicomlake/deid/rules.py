@@ -164,7 +164,7 @@ def deidentify(ds: Dataset, key: Key, options: frozenset[str]) -> Dataset:
         DeidSkipped: An element cannot be decoded (the message names its tag only).
     """
     options = opt.parse_options(options)
-    out = copy.deepcopy(ds)
+    out = _copy(ds)
     patient_id = _text(_element(out, Tag(_PATIENT_ID))) if _PATIENT_ID in out else ""
     shift = key.date_shift_days(patient_id) if opt.RETAIN_MODIFIED_DATES in options else None
     ctx = _Context(key=key, options=options, patient_id=patient_id, shift_days=shift)
@@ -175,6 +175,26 @@ def deidentify(ds: Dataset, key: Key, options: frozenset[str]) -> Dataset:
         _clean_meta(meta, out, ctx)
     if getattr(out, "preamble", None) is not None:
         out.preamble = b"\0" * 128
+    return out
+
+
+_PIXEL_DATA = 0x7FE00010
+
+
+def _copy(ds: Dataset) -> Dataset:
+    """A deep copy of ``ds`` that shares its pixel data's bytes (never changed here).
+
+    Copying the pixels took a quarter of the time of de-identifying a small file.
+    """
+    pixels = ds.get_item(_PIXEL_DATA) if _PIXEL_DATA in ds else None
+    if pixels is None:
+        return copy.deepcopy(ds)
+    del ds[_PIXEL_DATA]
+    try:
+        out = copy.deepcopy(ds)
+    finally:
+        ds[_PIXEL_DATA] = pixels
+    out[_PIXEL_DATA] = copy.copy(pixels)  # a new element around the same bytes
     return out
 
 
@@ -474,6 +494,7 @@ def _mark(ds: Dataset, options: frozenset[str]) -> None:
         ds.LongitudinalTemporalInformationModified = "REMOVED"
 
 
+@functools.cache
 def _implementation_version() -> str:
     try:
         version = metadata.version("dicomlake")
