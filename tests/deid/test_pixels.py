@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image, ImageDraw, ImageFont
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
@@ -467,3 +468,95 @@ def test_frames_ocrd_are_bounded() -> None:
     picked = deid_pixels._ocr_frames(1000)
     assert len(picked) == deid_pixels.MAX_OCR_FRAMES
     assert picked[0] == 0 and picked[-1] == 999
+
+
+@needs_tesseract
+@pytest.mark.parametrize(
+    ("name", "words", "photometric"),
+    [
+        ("US1_UNCR.dcm", ("BAPTIST", "LYMPH", "NODE", "MSCSKEL"), "RGB"),
+        ("OBXXXX1A.dcm", ("PHILIPS", "HEALTHCARE", "5/25/2011", "142825"), "PALETTE COLOR"),
+        # JPEG 2000 lossless, YBR_RCT: decoded and written native RGB
+        ("US1_J2KR.dcm", ("BAPTIST", "LYMPH", "NODE", "MSCSKEL"), "RGB"),
+    ],
+)
+def test_real_ultrasound_screens_are_cleaned(
+    name: str, words: tuple[str, ...], photometric: str
+) -> None:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    before = ds.pixel_array.copy()
+    assert all(word in ocr_words(ds) for word in words)
+    start = time.perf_counter()
+    clean_pixels(ds)
+    print(f"{name}: clean_pixels {time.perf_counter() - start:.2f} s")
+    out = roundtrip(ds)
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert out.PhotometricInterpretation == photometric
+    left = ocr_words(out)
+    assert not any(word in left for word in words)
+    changed = out.pixel_array != before
+    if changed.ndim == 3:
+        changed = changed.any(axis=-1)
+    assert 0.005 < changed.mean() < 0.25  # the text, a few words of texture at most
+
+
+@needs_tesseract
+@pytest.mark.parametrize(
+    ("name", "fill"),
+    [
+        ("SC_ybr_full_uncompressed.dcm", (0, 128, 128)),  # YBR black, interleaved
+        ("SC_ybr_full_422_uncompressed.dcm", (0, 128, 128)),  # Y1 Y2 Cb Cr pairs
+        ("liver_1frame.dcm", 0),  # 1 bit allocated, packed
+        ("MR_small_bigendian.dcm", None),  # big endian: the frame's minimum
+        ("emri_small.dcm", None),  # 10 frames
+    ],
+)
+def test_native_layouts_are_edited_in_place(name: str, fill: object) -> None:
+    ds = pydicom.dcmread(get_testdata_file(name))
+    syntax = ds.file_meta.TransferSyntaxUID
+    layout = (ds.BitsAllocated, ds.PhotometricInterpretation, ds.get("PlanarConfiguration"))
+    before = pydicom.pixels.pixel_array(ds, raw=True).copy()
+    rules = RegionRules.from_json(
+        [
+            {
+                "manufacturer": "*",
+                "rows": int(ds.Rows),
+                "columns": int(ds.Columns),
+                "rectangles": [[9, 12, 21, 9]],
+            }
+        ]
+    )
+    clean_pixels(ds, rules=rules, ocr=False)
+    assert ds.file_meta.TransferSyntaxUID == syntax
+    assert (ds.BitsAllocated, ds.PhotometricInterpretation, ds.get("PlanarConfiguration")) == layout
+    after = pydicom.pixels.pixel_array(ds, raw=True)
+    first, last = (8, 30) if name.endswith("422_uncompressed.dcm") else (9, 30)
+    inside = np.zeros(
+        after.shape[-3:-1] if after.ndim == 4 or ds.SamplesPerPixel == 3 else after.shape[-2:],
+        dtype=bool,
+    )
+    inside[12:21, first:last] = True
+    frames = after if int(ds.get("NumberOfFrames", 1) or 1) > 1 else after[np.newaxis]
+    originals = before if frames is after else before[np.newaxis]
+    for frame, original in zip(frames, originals, strict=True):
+        expected = original.min() if fill is None else fill
+        assert np.all(frame[inside] == expected)
+        assert np.array_equal(frame[~inside], original[~inside])
+    assert roundtrip(ds).BurnedInAnnotation == "NO"
+
+
+@needs_tesseract
+def test_compressed_multiframe_keeps_its_frames() -> None:
+    ds = pydicom.dcmread(get_testdata_file("SC_rgb_rle_2frame.dcm"))
+    before = ds.pixel_array.copy()
+    rules = RegionRules.from_json(
+        [{"manufacturer": "*", "rows": 100, "columns": 100, "rectangles": [[5, 5, 10, 10]]}]
+    )
+    clean_pixels(ds, rules=rules, ocr=False)
+    out = roundtrip(ds)
+    assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+    assert out.NumberOfFrames == 2
+    after = out.pixel_array
+    assert np.all(after[:, 5:15, 5:15] == 0)
+    after[:, 5:15, 5:15] = before[:, 5:15, 5:15]
+    assert np.array_equal(after, before)

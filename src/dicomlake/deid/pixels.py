@@ -66,20 +66,25 @@ OCR_MAX_SIDE = 4096
 #: costs a few pixels, a word missed leaks. Tuned on pydicom's ultrasound screens.
 FIND_CONFIDENCE = (50.0, 20.0)
 #: Confidence from which a word still found in the cleaned pixels fails the file, in
-#: both renderings: no lower than the search's, so that image texture read as letters
-#: leaves no file out that the search had not already blanked at that level.
-VERIFY_CONFIDENCE = (50.0, 50.0)
-#: Confidence from which a word counts whatever its size and length.
+#: both renderings: above the search's, so that texture read as letters (at 50 in a
+#: 64-pixel MR) leaves no file out, and whatever the check would find before cleaning
+#: the search blanks. Planted text reads at 85 to 96 in the binarized copy.
+VERIFY_CONFIDENCE = (60.0, 60.0)
+#: Confidence from which a word of two characters or more may be of any size up to
+#: :data:`MAX_SURE_SHARE`, and from which a lone character counts (beside a word).
 SURE_CONFIDENCE = 80.0
 #: A less sure word taller than this share of the frame's longer side (and than
 #: :data:`MAX_WORD_PIXELS`) is texture read as letters: burned-in text is small.
 MAX_WORD_SHARE = 0.04
 MAX_WORD_PIXELS = 20
+#: Any word taller than this share of the frame's height is a blob of anatomy read
+#: as a letter (tesseract is sure of an "O" 47 pixels high in a 64-pixel MR).
+MAX_SURE_SHARE = 0.25
 #: A less sure word lower than this many frame pixels is speckle read as letters: a
 #: person cannot read text that small either.
 MIN_WORD_PIXELS = 6
-#: Letters or digits a less sure word must hold to count as text (one is mostly noise;
-#: a sure one counts: tesseract splits "MI=0.8" into "MI=0", "." and "8").
+#: Letters or digits a word must hold to count as text on its own (one is mostly
+#: noise; a sure one beside a word counts: "MI=0.8" is read as "MI=0", "." and "8").
 MIN_WORD_CHARS = 2
 #: Margin around a found word, as a share of its height (at least 2 pixels).
 MARGIN_SHARE = 0.25
@@ -419,10 +424,31 @@ def _resize(image: np.ndarray, scale: float) -> np.ndarray:
     return np.asarray(Image.fromarray(image, mode="L").resize(size, resample))
 
 
+def _is_word(height: float, conf: float, chars: int, confidence: float, tallest: float) -> bool:
+    """Whether a word of two characters or more (height in frame pixels) is text."""
+    if conf < confidence or chars < MIN_WORD_CHARS:
+        return False
+    return conf >= SURE_CONFIDENCE or MIN_WORD_PIXELS <= height <= tallest
+
+
+def _beside(box: Box, words: Sequence[Box]) -> bool:
+    """Whether ``box`` sits on the line of one of ``words``, within a height of it."""
+    for word in words:
+        gap = max(word.x - (box.x + box.w), box.x - (word.x + word.w))
+        middle = box.y + box.h / 2
+        if gap <= max(word.h, box.h) and word.y <= middle <= word.y + word.h:
+            return True
+    return False
+
+
 def find_text(
     pixels: np.ndarray, *, min_confidence: tuple[float, float] = FIND_CONFIDENCE
 ) -> list[Box]:
     """Boxes (with a margin) of the words OCR reads in one uint8 display frame.
+
+    A word counts when tesseract is sure of it, or fairly sure and of the size of
+    burned-in text; a lone character only when sure and beside such a word (a blob
+    of anatomy is read as an "O" with confidence 90, a split "MI=0.8" leaves an "8").
 
     Args:
         pixels: (rows, columns) L or (rows, columns, 3) RGB, as ``display_frame`` gives.
@@ -436,22 +462,31 @@ def find_text(
     rows, columns = gray.shape
     scale = _scale_for(rows, columns)
     tallest = max(MAX_WORD_PIXELS, MAX_WORD_SHARE * max(rows, columns))
-    boxes = []
+    found: list[Box] = []
     for image, confidence in zip(_renderings(gray), min_confidence, strict=True):
+        words, singles = [], []
         for box, conf, chars in _ocr_image(_resize(image, scale)):
-            sure = conf >= SURE_CONFIDENCE
-            if conf < confidence or not (sure or chars >= MIN_WORD_CHARS):
+            frame_box = Box(
+                math.floor(box.x / scale),
+                math.floor(box.y / scale),
+                math.ceil(box.w / scale),
+                math.ceil(box.h / scale),
+            )
+            if frame_box.h > MAX_SURE_SHARE * rows:
                 continue
-            if not sure and not MIN_WORD_PIXELS <= box.h / scale <= tallest:
-                continue
-            margin = max(2.0, MARGIN_SHARE * box.h / scale)
-            x0 = math.floor(box.x / scale - margin)
-            y0 = math.floor(box.y / scale - margin)
-            x1 = math.ceil((box.x + box.w) / scale + margin)
-            y1 = math.ceil((box.y + box.h) / scale + margin)
-            clipped = Box(x0, y0, x1 - x0, y1 - y0).clip(rows, columns)
-            if clipped is not None:
-                boxes.append(clipped)
+            if _is_word(box.h / scale, conf, chars, confidence, tallest):
+                words.append(frame_box)
+            elif chars == 1 and conf >= max(confidence, SURE_CONFIDENCE):
+                singles.append(frame_box)
+        found.extend(words)
+        found.extend(box for box in singles if _beside(box, words))
+    boxes = []
+    for box in found:
+        margin = math.ceil(max(2.0, MARGIN_SHARE * box.h))
+        grown = Box(box.x - margin, box.y - margin, box.w + 2 * margin, box.h + 2 * margin)
+        clipped = grown.clip(rows, columns)
+        if clipped is not None:
+            boxes.append(clipped)
     return boxes
 
 
