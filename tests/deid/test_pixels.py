@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -560,3 +561,21 @@ def test_compressed_multiframe_keeps_its_frames() -> None:
     assert np.all(after[:, 5:15, 5:15] == 0)
     after[:, 5:15, 5:15] = before[:, 5:15, 5:15]
     assert np.array_equal(after, before)
+
+
+@needs_tesseract
+@pytest.mark.parametrize(("user", "expected"), [(None, "1"), ("2", "2")])
+def test_tesseract_runs_single_threaded_unless_told(
+    monkeypatch: pytest.MonkeyPatch, user: str | None, expected: str
+) -> None:
+    from pytesseract import pytesseract as module
+
+    monkeypatch.setattr(module, "environ", module.environ)  # restored afterwards
+    if user is None:
+        monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
+    else:
+        monkeypatch.setenv("OMP_THREAD_LIMIT", user)
+    ds, _ = ct_16bit(text="")
+    clean_pixels(ds)
+    assert module.environ["OMP_THREAD_LIMIT"] == expected
+    assert os.environ.get("OMP_THREAD_LIMIT") == user  # this process is left alone

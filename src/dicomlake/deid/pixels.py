@@ -18,11 +18,27 @@ written as native Explicit VR Little Endian (color as RGB), never re-encoded wit
 lossy codec. When nothing is blanked the pixel data is byte-for-byte unchanged and the
 transfer syntax is kept.
 
+How text is found: each frame goes through the display pipeline
+(:func:`dicomlake.dicom.pixels.display_frame`: the file's own window, palette, YBR),
+color is reduced to its brightest channel (colored text stays bright), and the frame
+is upscaled to about :data:`OCR_MIN_SIDE` pixels. Tesseract (``--psm 11``, sparse
+text) reads it twice: as displayed, and binarized at a cut between the median and
+the far extreme, which drops speckle and keeps overlay text (on pydicom's ultrasound
+screens it finds the banners the plain image misses). A word counts by confidence,
+length and height (:func:`find_text`): speckle and anatomy are read as letters too,
+and those rules keep that from blanking half an image or failing a clean file.
+
 Cost is bounded: at most :data:`MAX_OCR_FRAMES` frames are OCR'd (evenly spread over
 the file, first and last included), and the boxes found in any of them are blanked in
-every frame, since burned-in text in a cine loop stays where it is; each tesseract
-call has a timeout of :data:`OCR_TIMEOUT_S` seconds, and a timeout leaves the file
-out rather than let it through unchecked.
+every frame, since burned-in text in a cine loop stays where it is. A file takes at
+most ``(MAX_ROUNDS + 1) * MAX_OCR_FRAMES * 2`` tesseract calls, each with a timeout of
+:data:`OCR_TIMEOUT_S` seconds; a timeout leaves the file out rather than let it
+through unchecked. A 640 x 480 ultrasound screen takes 1 to 2 s on one core.
+
+Limits, on purpose or not: frames past the sample of a long cine loop are blanked
+with the sample's boxes but not read; text drawn in values the file's window hides
+(darker than its lower edge) is not seen, though another window would show it;
+overlays (60xx) and text in the header are the profile's business, not this one's.
 """
 
 from __future__ import annotations
@@ -31,6 +47,7 @@ import fnmatch
 import json
 import logging
 import math
+import os
 import re
 import shutil
 from collections.abc import Iterable, Sequence
@@ -347,14 +364,28 @@ def tesseract_available() -> bool:
     return shutil.which("tesseract") is not None
 
 
+def _single_threaded() -> None:
+    """Run tesseract with one OpenMP thread unless the user set OMP_THREAD_LIMIT.
+
+    Its threads only slow small images down (a 640 x 480 screen takes 2.7 times as
+    long with two), and de-identification runs files in parallel anyway. pytesseract
+    0.3.13 passes its module's ``environ`` to the subprocess; this process's own
+    environment is left alone, since OpenMP in it (torch) would read the limit too.
+    """
+    from pytesseract import pytesseract as module
+
+    module.environ = {"OMP_THREAD_LIMIT": "1", **os.environ}
+
+
 def _ocr_image(image: np.ndarray) -> list[tuple[Box, float, int]]:
     """Words tesseract reads in a uint8 L image: (box, confidence, letters and digits)."""
     import pytesseract
     from PIL import Image
 
+    _single_threaded()
     try:
         data = pytesseract.image_to_data(
-            Image.fromarray(image, mode="L"),
+            Image.fromarray(image),
             lang="eng",
             config="--psm 11",  # sparse text: words anywhere, in no order
             output_type=pytesseract.Output.DICT,
@@ -539,8 +570,14 @@ def _gray_fill(ds: Dataset, frame: np.ndarray) -> int | float:
 
 
 def _is_native(ds: Dataset) -> bool:
+    """Whether *Pixel Data* is native (deflated and big endian included)."""
     tsyntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
-    return tsyntax is None or not tsyntax.is_compressed
+    if tsyntax is None:
+        return "PixelData" in ds and not ds["PixelData"].is_undefined_length
+    try:
+        return not tsyntax.is_compressed
+    except ValueError:  # not a transfer syntax pydicom knows
+        raise PixelsNotClean("the transfer syntax is not known") from None
 
 
 def _blank_native(ds: Dataset, boxes: Sequence[Box]) -> None:
@@ -585,6 +622,8 @@ def _blank_native(ds: Dataset, boxes: Sequence[Box]) -> None:
     size = frames * rows * columns * samples * dtype.itemsize
     subsampled = samples == 3 and photometric.endswith("_422")
     if subsampled:
+        if columns % 2:
+            raise PixelsNotClean("4:2:2 pixel data with an odd number of columns")
         size = frames * rows * (columns // 2) * 4 * dtype.itemsize
     if len(raw) < size:
         raise PixelsNotClean("the pixel data is shorter than its attributes say")
