@@ -451,7 +451,14 @@ def _clean_private(ds: Dataset, tags: list[BaseTag], ctx: _Context, patient_id: 
             name = _text(_element(ds, creator))
             if (name, tag.group, tag.element & 0xFF) in _safe_private():
                 kept_creators.add(creator)
-                _recurse(_element(ds, tag), ctx, patient_id)
+                elem = _element(ds, tag)
+                if elem.VR == "UI" and elem.value:  # a safe UID still links to the source
+                    values = (
+                        elem.value if isinstance(elem.value, MultiValue | list) else [elem.value]
+                    )
+                    mapped = [ctx.uid(str(v)) for v in values]
+                    elem.value = mapped if len(mapped) > 1 else mapped[0]
+                _recurse(elem, ctx, patient_id)
                 continue
         del ds[tag]
     for tag in creators:
