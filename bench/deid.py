@@ -106,7 +106,7 @@ class Ours:
 
         out.mkdir(parents=True, exist_ok=True)
         for path in files:
-            ds = deidentify(pydicom.dcmread(path), self.key, self.options)
+            ds = deidentify(pydicom.dcmread(path), self.key, self.options, in_place=True)
             ds.save_as(out / f"{ds.SOPInstanceUID}.dcm", enforce_file_format=True)
 
     def job(self, lake: Path, out: Path) -> float:

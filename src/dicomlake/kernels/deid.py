@@ -141,7 +141,7 @@ def deidentify_dataset(
         except Exception as exc:
             raise DeidFailed(failure(exc, "cannot clean the pixel data")) from None
     try:
-        out = deidentify(ds, key, options)
+        out = deidentify(ds, key, options, in_place=True)  # read for this copy only
     except DeidSkipped:
         raise
     except Exception as exc:
