@@ -22,16 +22,18 @@ How text is found: each frame goes through the display pipeline
 (:func:`dicomlake.dicom.pixels.display_frame`: the file's own window, palette, YBR),
 color is reduced to its brightest channel (colored text stays bright), and the frame
 is upscaled to about :data:`OCR_MIN_SIDE` pixels. Tesseract (``--psm 11``, sparse
-text) reads it twice: as displayed, and binarized at a cut between the median and
-the far extreme, which drops speckle and keeps overlay text (on pydicom's ultrasound
-screens it finds the banners the plain image misses). A word counts by confidence,
-length and height (:func:`find_text`): speckle and anatomy are read as letters too,
-and those rules keep that from blanking half an image or failing a clean file.
+text) reads it three times: as displayed, binarized at a cut between the median and
+the far extreme, and binarized after a morphological top-hat (:func:`_renderings`).
+The cuts drop speckle and keep overlay text: on pydicom's ultrasound screens they
+find the banners and the dim labels that the displayed image hides from tesseract.
+A word counts by confidence, length and height (:func:`find_text`): speckle and
+anatomy are read as letters too, and those rules keep that from blanking half an
+image or failing a clean file.
 
 Cost is bounded: at most :data:`MAX_OCR_FRAMES` frames are OCR'd (evenly spread over
 the file, first and last included), and the boxes found in any of them are blanked in
 every frame, since burned-in text in a cine loop stays where it is. A file takes at
-most ``(MAX_ROUNDS + 1) * MAX_OCR_FRAMES * 2`` tesseract calls, each with a timeout of
+most ``(MAX_ROUNDS + 1) * MAX_OCR_FRAMES * 3`` tesseract calls, each with a timeout of
 :data:`OCR_TIMEOUT_S` seconds; a timeout leaves the file out rather than let it
 through unchecked. A 640 x 480 ultrasound screen takes 1 to 2 s on one core.
 
@@ -78,15 +80,20 @@ OCR_MIN_SIDE = 1280
 #: ... and downscaled when their longer side is above this (slow, and text is large).
 OCR_MAX_SIDE = 4096
 #: Tesseract word confidence (0-100) from which a word is blanked, for the frame as
-#: displayed and for its binarized copy (see :func:`_renderings`). Low on purpose, the
-#: binarized one lowest (texture rarely survives binarizing): a box blanked for nothing
-#: costs a few pixels, a word missed leaks. Tuned on pydicom's ultrasound screens.
-FIND_CONFIDENCE = (50.0, 20.0)
-#: Confidence from which a word still found in the cleaned pixels fails the file, in
-#: both renderings: above the search's, so that texture read as letters (at 50 in a
-#: 64-pixel MR) leaves no file out, and whatever the check would find before cleaning
-#: the search blanks. Planted text reads at 85 to 96 in the binarized copy.
-VERIFY_CONFIDENCE = (60.0, 60.0)
+#: displayed, cut globally and cut after a top-hat (see :func:`_renderings`). Low on
+#: purpose, the global cut's lowest (texture rarely survives it): a box blanked for
+#: nothing costs a few pixels, a word missed leaks. Tuned on pydicom's ultrasound
+#: screens, where lower values blank patch after patch of speckle.
+FIND_CONFIDENCE = (50.0, 20.0, 50.0)
+#: Confidence from which a word still found in the cleaned pixels fails the file:
+#: above the search's, so that texture read as letters (at 50 in a 64-pixel MR, at
+#: 60 in the top-hat of ultrasound speckle) leaves no file out, and whatever the check
+#: would find before cleaning the search blanks. Planted text reads at 85 to 96.
+VERIFY_CONFIDENCE = (60.0, 60.0, 75.0)
+#: Widest stroke the top-hat keeps, in frame pixels (odd), and how much brighter
+#: than its surroundings (in display levels) a stroke must be.
+STROKE_PIXELS = 7
+TOP_HAT_CONTRAST = 40
 #: Confidence from which a word of two characters or more may be of any size up to
 #: :data:`MAX_SURE_SHARE`, and from which a lone character counts (beside a word).
 SURE_CONFIDENCE = 80.0
@@ -418,22 +425,47 @@ def _gray(pixels: np.ndarray) -> np.ndarray:
     return np.asarray(pixels, dtype=np.uint8)
 
 
+def _running(values: np.ndarray, size: int, axis: int, reduce: Any) -> np.ndarray:
+    """``reduce`` (np.min, np.max) over a window of ``size`` along one axis."""
+    pad = [(0, 0), (0, 0)]
+    pad[axis] = (size // 2, size // 2)
+    windows = np.lib.stride_tricks.sliding_window_view(
+        np.pad(values, pad, mode="edge"), size, axis=axis
+    )
+    return np.asarray(reduce(windows, axis=-1))
+
+
+def _top_hat(gray: np.ndarray) -> np.ndarray:
+    """Thin strokes brighter than their surroundings: gray minus its opening.
+
+    The opening (min then max filter over :data:`STROKE_PIXELS` squared) wipes out
+    anything thinner than that, so subtracting it keeps text strokes and drops the
+    broad structures (organs, the bright fan) a global cut keeps with them. It finds
+    dim text that no global cut separates from the image (pydicom's cardiac loops).
+    """
+    opened = gray
+    for reduce in (np.min, np.max):
+        for axis in (0, 1):
+            opened = _running(opened, STROKE_PIXELS, axis, reduce)
+    return gray.astype(np.int16) - opened.astype(np.int16)
+
+
 def _renderings(gray: np.ndarray) -> list[np.ndarray]:
-    """The images OCR'd for one frame: as displayed, and text-polarity binarized.
+    """The images OCR'd for one frame: as displayed, cut globally, and top-hat.
 
     Noise and texture defeat tesseract's own thresholding, while burned-in text is
-    drawn near white on dark images (or near black on light screens and documents):
-    a cut between the median and the extreme keeps the text and drops the texture.
-    The binarized image is black on white, as tesseract reads best.
+    drawn bright on dark images (or dark on light screens and documents, which are
+    inverted first). Two binarized copies, black on white as tesseract reads best:
+    a cut between the median and the far extreme keeps saturated text and drops the
+    texture; a cut of the top-hat (:func:`_top_hat`) keeps text that is only brighter
+    than what is around it.
     """
-    median = float(np.median(gray))
-    if median < 128:
-        cut = median + 0.55 * (255.0 - median)
-        binary = np.where(gray >= cut, 0, 255).astype(np.uint8)
-    else:
-        cut = median * 0.45
-        binary = np.where(gray <= cut, 0, 255).astype(np.uint8)
-    return [gray, binary]
+    light = float(np.median(gray)) >= 128
+    bright = 255 - gray if light else gray
+    median = float(np.median(bright))
+    cut = np.where(bright >= median + 0.55 * (255.0 - median), 0, 255).astype(np.uint8)
+    strokes = np.where(_top_hat(bright) >= TOP_HAT_CONTRAST, 0, 255).astype(np.uint8)
+    return [gray, cut, strokes]
 
 
 def _scale_for(rows: int, columns: int) -> float:
@@ -473,7 +505,7 @@ def _beside(box: Box, words: Sequence[Box]) -> bool:
 
 
 def find_text(
-    pixels: np.ndarray, *, min_confidence: tuple[float, float] = FIND_CONFIDENCE
+    pixels: np.ndarray, *, min_confidence: tuple[float, ...] = FIND_CONFIDENCE
 ) -> list[Box]:
     """Boxes (with a margin) of the words OCR reads in one uint8 display frame.
 
@@ -483,8 +515,8 @@ def find_text(
 
     Args:
         pixels: (rows, columns) L or (rows, columns, 3) RGB, as ``display_frame`` gives.
-        min_confidence: Tesseract confidence (0-100) a word needs in the frame as
-            displayed and in its binarized copy.
+        min_confidence: Tesseract confidence (0-100) a word needs in each of the
+            renderings of :func:`_renderings`, in order.
 
     Raises:
         PixelsNotClean: Tesseract timed out or failed.
@@ -539,7 +571,7 @@ def _decode(ds: Dataset, frame: int) -> np.ndarray:
         raise PixelsNotClean(f"the pixel data cannot be decoded ({type(exc).__name__})") from exc
 
 
-def _scan(ds: Dataset, frames: Sequence[int], min_confidence: tuple[float, float]) -> list[Box]:
+def _scan(ds: Dataset, frames: Sequence[int], min_confidence: tuple[float, ...]) -> list[Box]:
     """Boxes of text OCR finds in ``frames`` of ``ds`` as they are now."""
     boxes: list[Box] = []
     for index in frames:
