@@ -96,13 +96,13 @@ class Ours:
     """dicomlake's engine and job with one key and one set of options."""
 
     def __init__(self, work: Path, options: frozenset[str]):
-        from dicomlake.deid.keys import keygen
+        from dicomlake.deidentify.keys import keygen
 
         self.key = keygen(work / "deid.key")
         self.options = options
 
     def rules(self, files: list[Path], out: Path) -> None:
-        from dicomlake.deid.rules import deidentify
+        from dicomlake.deidentify.rules import deidentify
 
         out.mkdir(parents=True, exist_ok=True)
         for path in files:
@@ -124,8 +124,8 @@ class Ours:
 def engine_available() -> str | None:
     """Why dicomlake's de-identification cannot run here, or None."""
     try:
-        import dicomlake.deid.keys
-        import dicomlake.deid.rules
+        import dicomlake.deidentify.keys
+        import dicomlake.deidentify.rules
         import dicomlake.jobs.deid  # noqa: F401
     except ImportError as exc:
         return f"dicomlake's de-identification is not importable yet ({exc})"
@@ -327,7 +327,7 @@ def main() -> None:
         why = engine_available()
         ours = None
         if why is None:
-            from dicomlake.deid.options import parse_options
+            from dicomlake.deidentify.options import parse_options
 
             ours = Ours(work, parse_options(args.option))
         else:

@@ -1,4 +1,4 @@
-"""Generate ``src/dicomlake/deid/profile.py`` from DICOM PS3.15 Table E.1-1.
+"""Generate ``src/dicomlake/deidentify/profile.py`` from DICOM PS3.15 Table E.1-1.
 
 The input, ``scripts/data/ps315_table_e1_1.json``, is Table E.1-1 (Application Level
 Confidentiality Profile Attributes) as the innolitics/dicom-standard project extracts
@@ -22,7 +22,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "scripts" / "data" / "ps315_table_e1_1.json"
-MODULE = ROOT / "src" / "dicomlake" / "deid" / "profile.py"
+MODULE = ROOT / "src" / "dicomlake" / "deidentify" / "profile.py"
 
 #: The JSON's option columns -> dicomlake's option names, in the table's column order.
 COLUMNS = {
@@ -52,8 +52,8 @@ HEADER = '''\
 """PS3.15 Table E.1-1 as data: each attribute's Basic Profile action and option actions.
 
 Actions are the codes of Table E.1-1a (D, Z, X, K, C, U and the compounds X/Z, X/D,
-Z/D, X/Z/D, X/Z/U*); :mod:`dicomlake.deid.rules` decides what each means. Option names
-are those of :mod:`dicomlake.deid.options`.
+Z/D, X/Z/D, X/Z/U*); :mod:`dicomlake.deidentify.rules` decides what each means. Option names
+are those of :mod:`dicomlake.deidentify.options`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Generate ``src/dicomlake/deid/safe_private.json`` from DICOM PS3.15 Table E.3.10-1.
+"""Generate ``src/dicomlake/deidentify/safe_private.json`` from DICOM PS3.15 Table E.3.10-1.
 
 The input, ``scripts/data/ps315_table_e3_10_1.json``, is Table E.3.10-1 (Safe Private
 Attributes) of the 2026d edition as pymedphys extracts it from the standard's HTML
@@ -7,7 +7,7 @@ row kept, written as ``[private_creator, tag, vr, vm, meaning]`` lists. The file
 records the digest pymedphys gives its rows (``content_sha256``: SHA-256 of the rows as
 ``{"tag", "private_creator", "vr", "vm", "meaning"}`` objects in canonical JSON, keys
 sorted, no spaces, UTF-8), so a row changed by hand fails here before anything is
-written. The output keeps the format :mod:`dicomlake.deid.rules` reads: one
+written. The output keeps the format :mod:`dicomlake.deidentify.rules` reads: one
 ``{"creator", "tag", "vr", "meaning"}`` entry per row under ``"attributes"``::
 
     python scripts/gen_deid_safe_private.py            # writes safe_private.json
@@ -26,7 +26,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "scripts" / "data" / "ps315_table_e3_10_1.json"
-OUTPUT = ROOT / "src" / "dicomlake" / "deid" / "safe_private.json"
+OUTPUT = ROOT / "src" / "dicomlake" / "deidentify" / "safe_private.json"
 
 COLUMNS = ["private_creator", "tag", "vr", "vm", "meaning"]
 #: A tag as the table writes it: the group, xx for the creator's block, the element.

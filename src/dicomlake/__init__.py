@@ -29,9 +29,14 @@ from dicomlake.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
     import duckdb
 
     from dicomlake._types import IngestOptions, PathLike, StorageOptions
+    from dicomlake.deidentify.keys import Key
+    from dicomlake.deidentify.pixels import RegionRules
+    from dicomlake.jobs.deid import DeidSummary
     from dicomlake.jobs.ingest import CommitPolicy, IngestSummary
     from dicomlake.kernels.thumbnails import ThumbnailOptions
     from dicomlake.notebook import ThumbnailGrid
@@ -42,6 +47,7 @@ __version__ = "0.1.0"
 #: Names loaded on first use, and the module each comes from.
 _LAZY = {
     "CommitPolicy": "dicomlake.jobs.ingest",
+    "DeidSummary": "dicomlake.jobs.deid",
     "IngestSummary": "dicomlake.jobs.ingest",
     "Retries": "dicomlake.storage.settings",
     "StorageConfig": "dicomlake.storage.settings",
@@ -114,6 +120,43 @@ def show(
     )
 
 
+def deid(
+    lake: PathLike,
+    out: PathLike,
+    *,
+    key: Key | bytes | PathLike,
+    where: str | None = None,
+    options: Iterable[str] = (),
+    workers: int | None = None,
+    regions: PathLike | RegionRules | None = None,
+    storage_options: StorageOptions = None,
+    progress: Callable[[DeidSummary], None] | None = None,
+) -> DeidSummary:
+    """Write a de-identified copy (PS3.15) of the lake's ``ok`` instances to ``out``.
+
+    See :func:`dicomlake.jobs.deid.deid`; the rules are in :mod:`dicomlake.deidentify`.
+
+    Raises:
+        DeidKeyError: The key is missing or shorter than 32 bytes.
+        ValueError: An unknown option name, or unreadable region rules.
+        QueryError: ``where`` is not a valid expression over ``instances``.
+        TableNotFound: Nothing has been ingested into ``lake``.
+    """
+    from dicomlake.jobs.deid import deid as _deid
+
+    return _deid(
+        lake,
+        out,
+        key=key,
+        where=where,
+        options=options,
+        workers=workers,
+        regions=regions,
+        storage_options=storage_options,
+        progress=progress,
+    )
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
@@ -127,6 +170,7 @@ def __dir__() -> list[str]:
 
 __all__ = [
     "CommitPolicy",
+    "DeidSummary",
     "DicomLakeError",
     "ExtractError",
     "IngestSummary",
@@ -140,6 +184,7 @@ __all__ = [
     "ThumbnailOptions",
     "__version__",
     "connect",
+    "deid",
     "ingest",
     "show",
 ]

@@ -14,8 +14,8 @@ import pydicom
 import pytest
 
 import dicomlake
-from dicomlake.deid.keys import Key, keygen
-from dicomlake.deid.pixels import burned_in_risk
+from dicomlake.deidentify.keys import Key, keygen
+from dicomlake.deidentify.pixels import burned_in_risk
 from dicomlake.errors import DeidKeyError
 from dicomlake.jobs.deid import deid
 from dicomlake.kernels.deid import failure

@@ -59,7 +59,7 @@ def local_fingerprint(lake: str) -> str:
 
 
 def test_a_key_file_and_bad_arguments(spark: SparkSession, tmp_path: Path) -> None:
-    from dicomlake.deid.keys import keygen
+    from dicomlake.deidentify.keys import keygen
     from dicomlake.errors import DeidKeyError
     from dicomlake.spark.dicom import DicomDeidentifier, MissingColumn
 

@@ -115,7 +115,7 @@ def deid_command(
     if missing:
         raise fail(f"deid needs {', '.join(missing)} (see `dicomlake deid --help`)")
     assert lake is not None and out is not None and key_file is not None
-    from dicomlake.deid.options import parse_options
+    from dicomlake.deidentify.options import parse_options
     from dicomlake.jobs.deid import deid
 
     try:
@@ -152,7 +152,7 @@ def keygen_command(
     key: Annotated[Path, typer.Argument(help="Where to write the new key (never overwritten).")],
 ) -> None:
     """Write a new random de-identification key (32 bytes, mode 0600); keep it secret."""
-    from dicomlake.deid.keys import keygen
+    from dicomlake.deidentify.keys import keygen
 
     try:
         made = keygen(key)

@@ -31,8 +31,8 @@ from dicomlake.storage.locations import local_path
 if TYPE_CHECKING:
     from dicomlake._types import Row, StorageOptions
     from dicomlake.catalog import FileRef
-    from dicomlake.deid.keys import Key
-    from dicomlake.deid.pixels import RegionRules
+    from dicomlake.deidentify.keys import Key
+    from dicomlake.deidentify.pixels import RegionRules
     from dicomlake.engine.local import Task
 
 #: Files per task sent to a worker.
@@ -79,7 +79,7 @@ def load_key(key: Key | bytes | str | os.PathLike[str]) -> Key:
     Raises:
         DeidKeyError: The key file is missing, short or unreadable, or the bytes short.
     """
-    from dicomlake.deid.keys import Key
+    from dicomlake.deidentify.keys import Key
 
     if isinstance(key, Key):
         return key
@@ -96,7 +96,7 @@ def load_regions(regions: str | os.PathLike[str] | RegionRules | None) -> Region
     """
     if regions is None:
         return None
-    from dicomlake.deid.pixels import RegionRules
+    from dicomlake.deidentify.pixels import RegionRules
 
     if isinstance(regions, RegionRules):
         return regions
@@ -226,10 +226,10 @@ def deid(
         lake: The source lake folder or URI; its ``deid`` table records the run.
         out: A local folder or an fsspec URL (``s3://bucket/prefix``); files go to
             ``<out>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``.
-        key: The pseudonym key: a :class:`~dicomlake.deid.keys.Key`, its bytes, or
+        key: The pseudonym key: a :class:`~dicomlake.deidentify.keys.Key`, its bytes, or
             the path of a key file (``dicomlake deid keygen``).
         where: A SQL expression over ``instances`` picking what to copy.
-        options: PS3.15 option names (:mod:`dicomlake.deid.options`).
+        options: PS3.15 option names (:mod:`dicomlake.deidentify.options`).
         workers: Worker processes (default: all cores; 0 runs in this process).
         regions: Region rules for ``clean-pixel-data`` (a file or loaded rules).
         storage_options: Settings for object storage (lake, sources, destination).
@@ -248,7 +248,7 @@ def deid(
         TableNotFound: Nothing has been ingested into the lake.
         LakeError: The ``deid`` table cannot be written.
     """
-    from dicomlake.deid.options import parse_options
+    from dicomlake.deidentify.options import parse_options
     from dicomlake.engine.local import LocalEngine
 
     started = time.monotonic()

@@ -2,7 +2,7 @@
 
 Each file is read with pydicom, checked for burned-in text (a file at risk is left out
 unless the ``clean-pixel-data`` option cleans it), de-identified by
-:func:`dicomlake.deid.rules.deidentify` and written to
+:func:`dicomlake.deidentify.rules.deidentify` and written to
 ``DEST/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm`` with the output's
 (new) UIDs, never under the source's name. Pseudonyms come from the key, so the same
 file and key always give the same name and the same bytes: a re-run after a crash
@@ -38,8 +38,8 @@ if TYPE_CHECKING:
     import pydicom
 
     from dicomlake._types import Batches, Row, StorageOptions
-    from dicomlake.deid.keys import Key
-    from dicomlake.deid.pixels import RegionRules
+    from dicomlake.deidentify.keys import Key
+    from dicomlake.deidentify.pixels import RegionRules
 
 #: The name of the table the kernel's rows go to.
 TABLE: Final = "deid"
@@ -118,8 +118,8 @@ def deidentify_dataset(
             message is the reason.
         DeidFailed: A stage failed; the message names its class and the stage only.
     """
-    from dicomlake.deid.pixels import RegionRules, burned_in_risk, clean_pixels
-    from dicomlake.deid.rules import deidentify
+    from dicomlake.deidentify.pixels import RegionRules, burned_in_risk, clean_pixels
+    from dicomlake.deidentify.rules import deidentify
 
     try:
         risk = burned_in_risk(ds)
@@ -256,7 +256,7 @@ class DeidKernel:
 
     Args:
         key: The pseudonym key (its fingerprint goes in the rows, never the key).
-        options: Checked option names (:func:`dicomlake.deid.options.parse_options`).
+        options: Checked option names (:func:`dicomlake.deidentify.options.parse_options`).
         destination: A local folder or an fsspec URL (``s3://bucket/prefix``).
         regions: Where burned-in text lies, for ``clean-pixel-data``.
         storage_options: Settings for object storage (sources and destination).

@@ -22,8 +22,8 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame
 
     from dicomlake._types import FrameChoice, StorageOptions
-    from dicomlake.deid.keys import Key
-    from dicomlake.deid.pixels import RegionRules
+    from dicomlake.deidentify.keys import Key
+    from dicomlake.deidentify.pixels import RegionRules
     from dicomlake.kernels.deid import DeidKernel
     from dicomlake.kernels.patches import PatchOptions
     from dicomlake.spark.catalog import Catalog
@@ -483,9 +483,9 @@ class DicomDeidentifier(_Transformer):
 
     Args:
         out: Destination folder (local, on every executor) or URL (``s3://b/prefix``).
-        key: The pseudonym key: a :class:`~dicomlake.deid.keys.Key`, its raw bytes, or
+        key: The pseudonym key: a :class:`~dicomlake.deidentify.keys.Key`, its raw bytes, or
             the path of a key file (read here, on the driver).
-        options: PS3.15 option names (:mod:`dicomlake.deid.options`).
+        options: PS3.15 option names (:mod:`dicomlake.deidentify.options`).
         regions: Region rules for ``clean-pixel-data`` (a file or loaded rules).
         inputCol: The column holding the file paths.
         storage_options: Object-storage settings; by default those of the last
@@ -506,7 +506,7 @@ class DicomDeidentifier(_Transformer):
         inputCol: str = "path",
         storage_options: StorageOptions = None,
     ) -> None:
-        from dicomlake.deid.options import parse_options
+        from dicomlake.deidentify.options import parse_options
         from dicomlake.jobs.deid import load_key, load_regions
         from dicomlake.kernels.deid import DeidKernel
 

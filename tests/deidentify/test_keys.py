@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dicomlake.deid.keys import Key, keygen
+from dicomlake.deidentify.keys import Key, keygen
 from dicomlake.errors import DeidKeyError
 
 SECRET = bytes(range(32))

@@ -11,14 +11,14 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicomlake.deid.keys import Key
-from dicomlake.deid.rules import _safe_private, deidentify
+from dicomlake.deidentify.keys import Key
+from dicomlake.deidentify.rules import _safe_private, deidentify
 from dicomlake.sample import sample_file
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = str(ROOT / "scripts" / "gen_deid_safe_private.py")
 TABLE = ROOT / "scripts" / "data" / "ps315_table_e3_10_1.json"
-OUTPUT = ROOT / "src" / "dicomlake" / "deid" / "safe_private.json"
+OUTPUT = ROOT / "src" / "dicomlake" / "deidentify" / "safe_private.json"
 KEY = Key(bytes(range(32)))
 
 

@@ -15,7 +15,7 @@ Z/D → D, X/Z/D → D, X/Z/U* → U. Then:
 - X removes; Z leaves the attribute with no value (a sequence with no items); K keeps.
 - D puts a dummy valid for the VR (``19000101``, ``000000``, ``0``, ``ANONYMIZED``...);
   for a UID, the keyed UID; Patient ID and Patient's Name always get the keyed
-  pseudonyms of :class:`~dicomlake.deid.keys.Key`, keyed on the original Patient ID.
+  pseudonyms of :class:`~dicomlake.deidentify.keys.Key`, keyed on the original Patient ID.
 - U maps every UID value with :meth:`Key.uid`, so references between files stay
   consistent. Values under the DICOM root ``1.2.840.10008.`` (well-known frames of
   reference, SOP classes, coding schemes) are never instance UIDs and are kept.
@@ -81,9 +81,9 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
-from dicomlake.deid import options as opt
-from dicomlake.deid.keys import Key
-from dicomlake.deid.profile import PATTERNS, PRIVATE, ROWS, Row
+from dicomlake.deidentify import options as opt
+from dicomlake.deidentify.keys import Key
+from dicomlake.deidentify.profile import PATTERNS, PRIVATE, ROWS, Row
 from dicomlake.errors import DeidSkipped
 
 #: dicomlake's Implementation Class UID (a UUID-derived 2.25 UID, fixed forever).
@@ -474,7 +474,7 @@ def _clean_private(ds: Dataset, tags: list[BaseTag], ctx: _Context, patient_id: 
 @functools.cache
 def _safe_private() -> frozenset[tuple[str, int, int]]:
     """(creator, group, element offset) of every safe private attribute we keep."""
-    text = resources.files("dicomlake.deid").joinpath("safe_private.json").read_text("utf-8")
+    text = resources.files("dicomlake.deidentify").joinpath("safe_private.json").read_text("utf-8")
     entries: Iterable[dict[str, str]] = json.loads(text)["attributes"]
     safe = set()
     for entry in entries:

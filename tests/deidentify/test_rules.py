@@ -17,9 +17,9 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
-from dicomlake.deid.keys import Key
-from dicomlake.deid.options import OPTIONS, method_codes, parse_options
-from dicomlake.deid.rules import IMPLEMENTATION_CLASS_UID, deidentify
+from dicomlake.deidentify.keys import Key
+from dicomlake.deidentify.options import OPTIONS, method_codes, parse_options
+from dicomlake.deidentify.rules import IMPLEMENTATION_CLASS_UID, deidentify
 from dicomlake.errors import DeidSkipped
 from dicomlake.sample import sample_file
 from helpers.dicom_bytes import PATIENT, explicit, preamble

@@ -6,8 +6,8 @@
 """PS3.15 Table E.1-1 as data: each attribute's Basic Profile action and option actions.
 
 Actions are the codes of Table E.1-1a (D, Z, X, K, C, U and the compounds X/Z, X/D,
-Z/D, X/Z/D, X/Z/U*); :mod:`dicomlake.deid.rules` decides what each means. Option names
-are those of :mod:`dicomlake.deid.options`.
+Z/D, X/Z/D, X/Z/U*); :mod:`dicomlake.deidentify.rules` decides what each means. Option names
+are those of :mod:`dicomlake.deidentify.options`.
 """
 
 from __future__ import annotations

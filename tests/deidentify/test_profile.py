@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dicomlake.deid.options import OPTIONS
-from dicomlake.deid.profile import OPTION_COLUMNS, PATTERNS, PRIVATE, ROWS, Row
-from dicomlake.deid.rules import effective_action
+from dicomlake.deidentify.options import OPTIONS
+from dicomlake.deidentify.profile import OPTION_COLUMNS, PATTERNS, PRIVATE, ROWS, Row
+from dicomlake.deidentify.rules import effective_action
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,7 +27,7 @@ def test_generated_module_matches_the_table() -> None:
 
 def test_check_fails_on_a_hand_edit(tmp_path: Path) -> None:
     stale = tmp_path / "profile.py"
-    stale.write_text((ROOT / "src/dicomlake/deid/profile.py").read_text() + "# edited\n")
+    stale.write_text((ROOT / "src/dicomlake/deidentify/profile.py").read_text() + "# edited\n")
     script = str(ROOT / "scripts/gen_deid_profile.py")
     run = subprocess.run(
         [sys.executable, script, "--check", "--module", str(stale)],

@@ -27,8 +27,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from dicomlake.deid import pixels as deid_pixels
-from dicomlake.deid.pixels import Box, RegionRules, burned_in_risk, clean_pixels
+from dicomlake.deidentify import pixels as deid_pixels
+from dicomlake.deidentify.pixels import Box, RegionRules, burned_in_risk, clean_pixels
 from dicomlake.dicom.pixels import display_frame
 from dicomlake.errors import DeidSkipped, PixelsNotClean
 
