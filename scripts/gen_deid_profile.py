@@ -20,6 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is no package
+from generated import write_or_check
+
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "scripts" / "data" / "ps315_table_e1_1.json"
 MODULE = ROOT / "src" / "dicomlake" / "deidentify" / "profile.py"
@@ -152,14 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--module", type=Path, default=MODULE, help="the module to write")
     args = parser.parse_args(argv)
     text = render(json.loads(args.table.read_text(encoding="utf-8")))
-    if args.check:
-        current = args.module.read_text(encoding="utf-8") if args.module.exists() else ""
-        if current != text:
-            print(f"{args.module} is stale: run python scripts/gen_deid_profile.py")
-            return 1
-        return 0
-    args.module.write_text(text, encoding="utf-8")
-    return 0
+    return write_or_check(
+        text, args.module, check=args.check, command="python scripts/gen_deid_profile.py"
+    )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is no package
+from generated import write_or_check
+
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "scripts" / "data" / "ps315_table_e3_10_1.json"
 OUTPUT = ROOT / "src" / "dicomlake" / "deidentify" / "safe_private.json"
@@ -106,14 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=OUTPUT, help="the JSON to write")
     args = parser.parse_args(argv)
     text = render(json.loads(args.table.read_text(encoding="utf-8")))
-    if args.check:
-        current = args.output.read_text(encoding="utf-8") if args.output.exists() else ""
-        if current != text:
-            print(f"{args.output} is stale: run python scripts/gen_deid_safe_private.py")
-            return 1
-        return 0
-    args.output.write_text(text, encoding="utf-8")
-    return 0
+    return write_or_check(
+        text, args.output, check=args.check, command="python scripts/gen_deid_safe_private.py"
+    )
 
 
 if __name__ == "__main__":
