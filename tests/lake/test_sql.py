@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -374,3 +377,28 @@ def test_connection_reads_timestamps_in_utc(tmp_path: Any) -> None:
     with connect(lake) as con:
         got = one(con, "SELECT epoch_us(modification_time) FROM instances")
     assert got == int(when.timestamp() * 1_000_000)
+
+
+def test_keyword_file_is_pydicoms_dictionary() -> None:
+    """dicom_keywords.txt is generated from the pinned pydicom; regenerate when it moves."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "gen_dicom_keywords.py"
+    run = subprocess.run(
+        [sys.executable, str(script), "--check"], capture_output=True, text=True, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_connect_reads_no_pydicom_and_no_pandas(lake: str) -> None:
+    """A connection's start-up needs neither (they were most of `dicomlake sql`'s time)."""
+    code = (
+        "import sys\n"
+        "from dicomlake.lake.sql import connect\n"
+        f"con = connect({lake!r})\n"
+        "assert con.sql(\"SELECT tag(meta, 'Modality') FROM instances LIMIT 1\").fetchall()\n"
+        "assert con.sql(\"SELECT tag FROM dicom_keywords WHERE keyword = 'PatientAge'\")"
+        ".fetchall() == [('00101010',)]\n"
+        "print(sorted({'pydicom', 'pandas'} & set(sys.modules)))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
+from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import duckdb
@@ -212,9 +213,15 @@ def _register_table(
         con.register(name, arrow_dataset(dt))
         return
     empty = f'{_PRIVATE}."{name}_schema"'
-    con.register("_dicomlake_arrow_schema", pa.schema(dt.schema().to_arrow()).empty_table())
-    con.execute(f"CREATE TABLE {empty} AS SELECT * FROM _dicomlake_arrow_schema")
-    con.unregister("_dicomlake_arrow_schema")
+    schema = pa.schema(dt.schema().to_arrow())
+    columns = [(field.name, _sql_type(field.type)) for field in schema]
+    if all(sql_type is not None for _, sql_type in columns):
+        listing = ", ".join(f"{_sql_identifier(n)} {t}" for n, t in columns)
+        con.execute(f"CREATE TABLE {empty} ({listing})")
+    else:  # a type without a plain SQL name: let DuckDB read the Arrow schema
+        con.register("_dicomlake_arrow_schema", schema.empty_table())
+        con.execute(f"CREATE TABLE {empty} AS SELECT * FROM _dicomlake_arrow_schema")
+        con.unregister("_dicomlake_arrow_schema")
     files = [_plain_path(uri) for uri in dt.file_uris()]
     sql = f'CREATE VIEW "{name}" AS SELECT * FROM {empty}'
     if files:
@@ -223,24 +230,64 @@ def _register_table(
     con.execute(sql)
 
 
-def _keyword_table() -> pa.Table:
-    """DICOM keyword → tag ("GGGGEEEE") from pydicom's data dictionary."""
-    from pydicom.datadict import keyword_dict
+#: DuckDB's names of the Arrow types the lake's tables use. Creating the typed empty
+#: table from SQL, not from a registered Arrow table, keeps pandas (which DuckDB imports
+#: to scan Arrow) out of a connection's start-up.
+_SQL_TYPES: dict[pa.DataType, str] = {
+    pa.bool_(): "BOOLEAN",
+    pa.int8(): "TINYINT",
+    pa.int16(): "SMALLINT",
+    pa.int32(): "INTEGER",
+    pa.int64(): "BIGINT",
+    pa.float32(): "FLOAT",
+    pa.float64(): "DOUBLE",
+    pa.string(): "VARCHAR",
+    pa.large_string(): "VARCHAR",
+    pa.string_view(): "VARCHAR",
+    pa.binary(): "BLOB",
+    pa.large_binary(): "BLOB",
+    pa.binary_view(): "BLOB",
+    pa.date32(): "DATE",
+    pa.timestamp("us"): "TIMESTAMP",
+    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+}
 
-    items = sorted(keyword_dict.items())
-    return pa.table(
-        {
-            "keyword": pa.array([k for k, _ in items], pa.string()),
-            "tag": pa.array([f"{t:08X}" for _, t in items], pa.string()),
-        }
-    )
+
+def _sql_type(arrow: pa.DataType) -> str | None:
+    """The DuckDB type of an Arrow type the lake uses (lists of them too), else None."""
+    if pa.types.is_list(arrow) or pa.types.is_large_list(arrow):
+        inner = _sql_type(arrow.value_type)
+        return None if inner is None else f"{inner}[]"
+    return _SQL_TYPES.get(arrow)
+
+
+def _sql_identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _keywords() -> tuple[list[str], list[str]]:
+    """DICOM keywords and their tags ("GGGGEEEE"), from pydicom's dictionary.
+
+    Read from ``dicom_keywords.txt`` (``scripts/gen_dicom_keywords.py``), not from
+    pydicom itself: importing pydicom, and pandas for a registered table, was most of a
+    ``dicomlake sql``'s start-up.
+    """
+    text = resources.files("dicomlake.lake").joinpath("dicom_keywords.txt").read_text("utf-8")
+    keywords, tags = [], []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            keyword, tag = line.split("\t")
+            keywords.append(keyword)
+            tags.append(tag)
+    return keywords, tags
 
 
 def _register_tag_helpers(con: duckdb.DuckDBPyConnection) -> None:
-    keywords = _keyword_table()
-    con.register("_dicom_keywords_arrow", keywords)
-    con.execute("CREATE TABLE dicom_keywords AS SELECT * FROM _dicom_keywords_arrow")
-    con.unregister("_dicom_keywords_arrow")
+    con.execute(
+        "CREATE TABLE dicom_keywords AS "
+        "SELECT unnest($keywords::VARCHAR[]) AS keyword, unnest($tags::VARCHAR[]) AS tag",
+        dict(zip(("keywords", "tags"), _keywords(), strict=True)),
+    )
     con.execute(
         "SET VARIABLE dicom_keywords = (SELECT map(list(keyword), list(tag)) FROM dicom_keywords)"
     )
