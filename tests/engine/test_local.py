@@ -65,3 +65,47 @@ def test_extract_instances_is_the_kernel_in_one_call(tmp_path: Path) -> None:
     batch = extract_instances([_ref(sample_file("CT_small.dcm")), _ref(tmp_path / "text.dcm")])
     assert batch.schema == INSTANCES_SCHEMA
     assert batch.column("status").to_pylist() == ["ok", "not_dicom"]
+
+
+def _pid_rows(engine: LocalEngine, tasks: list[Task]) -> set[int]:
+    """The process ids that made the rows (the kernel below records its own)."""
+    return {r["pid"] for _task, batch in engine.map(tasks) for r in batch["rows"].to_pylist()}
+
+
+class _PidKernel:
+    """A kernel whose row is the process that made it."""
+
+    def row(self, ref: FileRef) -> dict[str, object]:
+        return {"path": ref.path, "pid": os.getpid()}
+
+    def batch(self, rows: list[dict[str, object]]) -> dict[str, object]:
+        import pyarrow as pa
+
+        return {"rows": pa.RecordBatch.from_pylist(rows)}
+
+    def error_row(self, ref: FileRef, reason: str) -> dict[str, object]:
+        return {"path": ref.path, "pid": -1}
+
+
+def test_a_tiny_local_input_runs_without_workers(tmp_path: Path) -> None:
+    """One task of a few regular local files is done here: no worker start-up to wait for."""
+    files = [tmp_path / f"f{i}.dcm" for i in range(3)]
+    for path in files:
+        path.write_bytes(b"x")
+    engine = LocalEngine(_PidKernel(), workers=2)
+    engine.start()  # as ingest does, ahead of listing
+    assert _pid_rows(engine, [Task(refs=[_ref(p) for p in files])]) == {os.getpid()}
+    assert engine._pool is None  # the started workers were stopped unused
+
+
+def test_a_fifo_or_more_tasks_still_go_to_workers(tmp_path: Path) -> None:
+    fifo = tmp_path / "stalled.dcm"
+    os.mkfifo(fifo)
+    engine = LocalEngine(_PidKernel(), workers=1)
+    # the kernel above never opens the FIFO; the engine must still not trust it here
+    assert os.getpid() not in _pid_rows(engine, [Task(refs=[_ref(fifo)])])
+    files = [tmp_path / f"f{i}.dcm" for i in range(2)]
+    for path in files:
+        path.write_bytes(b"x")
+    two_tasks = [Task(refs=[_ref(p)]) for p in files]
+    assert os.getpid() not in _pid_rows(LocalEngine(_PidKernel(), workers=1), two_tasks)

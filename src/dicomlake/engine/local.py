@@ -15,6 +15,7 @@ task's files ahead is its ``prefetch``. Kernels know neither.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import multiprocessing as mp
 import os
@@ -27,7 +28,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dicomlake.catalog import FileRef, Prefetcher
+from dicomlake.catalog.refs import split_zip_uri
 from dicomlake.kernels.base import Kernel
+from dicomlake.storage.locations import local_path
 
 if TYPE_CHECKING:
     from dicomlake._types import Batches
@@ -141,6 +144,20 @@ def _worker_main(work: _Work, inbox: Any, outbox: Any, state: Any, slot: int, pa
         outbox.put((task_id, out))
 
 
+#: Files of a lone task run in the calling process rather than in workers.
+IN_PROCESS_MAX_FILES = 8
+
+
+def _on_local_disk(ref: FileRef) -> bool:
+    """Whether a file (or a zip member's archive) is a regular local file.
+
+    Its read cannot stall the way a network read or a FIFO's can.
+    """
+    zipped = split_zip_uri(ref.path)
+    path = local_path(zipped[1] if zipped is not None else ref.path)
+    return path is not None and os.path.isfile(path)
+
+
 class LocalEngine:
     """Run a kernel over a stream of tasks on a pool of worker processes.
 
@@ -190,18 +207,42 @@ class LocalEngine:
             self._pool = None
 
     def map(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, Batches]]:
-        """Yield (task, {table: batch}) for every task, in completion order."""
+        """Yield (task, {table: batch}) for every task, in completion order.
+
+        Nothing to do, or one task of at most :data:`IN_PROCESS_MAX_FILES` files on local
+        disk, runs here and stops the workers unused: a worker's start-up (most of a
+        second) was most of a one-file ingest or of a re-run that finds nothing new.
+        Remote files always go to workers, whose per-file timeout bounds a stalled read.
+        """
         if self.workers <= 0:
-            for task in tasks:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    out = self._work.run(task.refs, task.replace)
-                yield task, out
+            yield from self._run_here(tasks)
+            return
+        pending = iter(tasks)
+        first = next(pending, None)
+        second = next(pending, None) if first is not None else None
+        tiny = second is None and first is not None and len(first.refs) <= IN_PROCESS_MAX_FILES
+        if first is None or (tiny and all(_on_local_disk(ref) for ref in first.refs)):
+            self._abandon()
+            yield from self._run_here([first] if first is not None else [])
             return
         self.start()
         pool, self._pool = self._pool, None
         assert pool is not None
-        yield from pool.run(iter(tasks))
+        started = [first] if second is None else [first, second]
+        yield from pool.run(itertools.chain(started, pending))
+
+    def _run_here(self, tasks: Iterable[Task]) -> Iterator[tuple[Task, Batches]]:
+        for task in tasks:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = self._work.run(task.refs, task.replace)
+            yield task, out
+
+    def _abandon(self) -> None:
+        """Stop workers started ahead and never given work, without waiting for them."""
+        if self._pool is not None:
+            self._pool.kill()
+            self._pool = None
 
 
 class _Pool:
@@ -320,6 +361,14 @@ class _Pool:
             kernel = self.engine.kernel
             batch = kernel.batch([kernel.error_row(bad, reason)])
             yield Task(refs=[bad], replace=current.replace), batch
+
+    def kill(self) -> None:
+        """Stop every worker now (they hold no work)."""
+        for worker in self.workers:
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.process.join()
+        self.outbox.close()
 
     def shutdown(self) -> None:
         for worker in self.workers:
