@@ -21,6 +21,7 @@ from dicomlake.cli.options import (
     interactive,
     storage_config,
 )
+from dicomlake.cli.render import LiveLine
 from dicomlake.errors import DicomLakeError
 
 if TYPE_CHECKING:
@@ -35,35 +36,19 @@ app = typer.Typer(
 )
 
 
-class _Progress:
-    """A live line on stderr: instances handled, written, skipped, failed."""
+class _Progress(LiveLine):
+    """A de-identification's live line: instances handled, written, skipped, failed."""
 
-    def __enter__(self) -> _Progress:
-        from rich.console import Console
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        self._progress = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=Console(stderr=True),
-            transient=True,
-        )
-        self._progress.__enter__()
-        self._task = self._progress.add_task("selecting…", total=None)
-        return self
+    def __init__(self) -> None:
+        super().__init__("selecting…")
 
     def update(self, summary: DeidSummary) -> None:
         """Redraw with the running summary."""
         left = summary.selected - summary.unchanged
-        text = (
+        self.show(
             f"{summary.done}/{left} de-identified · {summary.ok} written · "
             f"{sum(summary.skipped.values())} skipped · {sum(summary.errors.values())} errors"
         )
-        self._progress.update(self._task, description=text)
-
-    def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(None, None, None)
 
 
 @app.callback()

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 import typer
 
@@ -78,10 +78,13 @@ def print_summary_table(summary: IngestSummary) -> None:
     Console(stderr=True).print(table)
 
 
-class Progress:
-    """A live progress line on stderr: files done, files/s, errors so far."""
+class LiveLine:
+    """A live line on stderr (spinner, text, time), redrawn as a long job goes on."""
 
-    def __enter__(self) -> Progress:
+    def __init__(self, first: str = "listing…") -> None:
+        self._first = first
+
+    def __enter__(self) -> Self:
         from rich.console import Console
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -93,20 +96,27 @@ class Progress:
             transient=True,
         )
         self._progress.__enter__()
-        self._task = self._progress.add_task("listing…", total=None)
+        self._task = self._progress.add_task(self._first, total=None)
         return self
 
-    def update(self, summary: IngestSummary) -> None:
-        """Redraw with the running summary."""
-        text = (
-            f"{summary.done} extracted · {summary.files_per_second:.0f} files/s · "
-            f"{summary.error_count} errors · {summary.not_dicom} not DICOM · "
-            f"{summary.skipped_unchanged} unchanged"
-        )
+    def show(self, text: str) -> None:
+        """Replace the line's text."""
         self._progress.update(self._task, description=text)
 
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(None, None, None)
+
+
+class Progress(LiveLine):
+    """An ingest's live line: files done, files/s, errors so far."""
+
+    def update(self, summary: IngestSummary) -> None:
+        """Redraw with the running summary."""
+        self.show(
+            f"{summary.done} extracted · {summary.files_per_second:.0f} files/s · "
+            f"{summary.error_count} errors · {summary.not_dicom} not DICOM · "
+            f"{summary.skipped_unchanged} unchanged"
+        )
 
 
 def write_result(table: pa.Table, output_format: OutputFormat, output: Path | None) -> None:
