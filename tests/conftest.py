@@ -45,6 +45,17 @@ def small_folder(tmp_path: Path) -> Path:
 NOT_APPLICABLE = "not applicable:"
 
 
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where browser tests put screenshots: $DICOMLAKE_TEST_ARTIFACTS, else a temp folder."""
+    folder = os.environ.get("DICOMLAKE_TEST_ARTIFACTS")
+    if folder:
+        path = Path(folder)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return tmp_path_factory.mktemp("screenshots")
+
+
 def _require_all() -> bool:
     return os.environ.get("DICOMLAKE_REQUIRE", "").strip().lower() == "all"
 

@@ -14,7 +14,6 @@ import base64
 import hashlib
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -498,16 +497,6 @@ def live(lake: str) -> Iterator[LiveServer]:
     dist = installed_ohif()
     with LiveServer(lake, ohif_dir=str(dist)) as server:
         yield server
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = os.environ.get("DICOMLAKE_TEST_ARTIFACTS")
-    if folder:
-        path = Path(folder)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("screenshots")
 
 
 class Watch:

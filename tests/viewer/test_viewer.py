@@ -4,7 +4,6 @@ in a real browser (Chromium through Playwright), on a lake ingested from real fi
 from __future__ import annotations
 
 import datetime as dt
-import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -148,16 +147,6 @@ def server(lake: str) -> Iterator[LiveServer]:
 def http(server: LiveServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as client:
         yield client
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = os.environ.get("DICOMLAKE_TEST_ARTIFACTS")
-    if folder:
-        path = Path(folder)
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-    return tmp_path_factory.mktemp("screenshots")
 
 
 def _series(http: httpx.Client, **params: Any) -> dict[str, Any]:
