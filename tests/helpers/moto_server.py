@@ -13,6 +13,7 @@ import textwrap
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 _SERVER = textwrap.dedent(
     """
@@ -61,3 +62,42 @@ def moto_endpoint() -> Iterator[str]:
     """Yield ``http://127.0.0.1:PORT`` of a moto server that lives for the block."""
     with child_server(["-c", _SERVER]) as port:
         yield f"http://127.0.0.1:{port}"
+
+
+#: AWS settings a developer's environment may hold; tests clear them first.
+AWS_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "AWS_PROFILE",
+    "AWS_DEFAULT_PROFILE",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_ALLOW_HTTP",
+)
+#: The credentials moto accepts.
+KEY, SECRET = "testing", "testing"
+
+
+def use_aws_env(monkeypatch: Any, endpoint: str, home: Path) -> None:
+    """Point the standard AWS environment at ``endpoint`` (restored by ``monkeypatch``).
+
+    Never reads the developer's ~/.aws nor asks an instance metadata service. s3fs
+    keeps file systems made earlier in the process, keyed without the environment: they
+    would still talk to an earlier test's server, so they are dropped.
+    """
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    for name in AWS_VARS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(home / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(home / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)

@@ -35,25 +35,11 @@ from dicomlake.storage import (
     fsspec_options,
     parse_storage_option,
 )
-from helpers.moto_server import moto_endpoint
+from helpers.moto_server import KEY, SECRET, moto_endpoint, use_aws_env
 
 pytestmark = pytest.mark.s3
 
-_AWS_VARS = (
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_SECURITY_TOKEN",
-    "AWS_PROFILE",
-    "AWS_DEFAULT_PROFILE",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_S3",
-    "AWS_ALLOW_HTTP",
-)
 
-KEY, SECRET = "testing", "testing"
 FILES = ("CT_small.dcm", "MR_small.dcm", "rtstruct.dcm")
 
 
@@ -67,16 +53,7 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture
 def aws_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> str:
     """Credentials and endpoint in the standard environment variables (restored after)."""
-    for name in _AWS_VARS:
-        monkeypatch.delenv(name, raising=False)
-    # never read the developer's ~/.aws, never ask an instance metadata service
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    use_aws_env(monkeypatch, s3_endpoint, tmp_path)
     return s3_endpoint
 
 

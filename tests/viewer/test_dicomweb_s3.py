@@ -21,7 +21,7 @@ from dicomweb_client.api import DICOMwebClient
 import dicomlake
 from dicomlake.sample import sample_file
 from dicomlake.viewer.connection import LakeConnection
-from helpers.moto_server import moto_endpoint
+from helpers.moto_server import moto_endpoint, use_aws_env
 from helpers.servers import LiveServer
 
 pytestmark = pytest.mark.s3
@@ -38,15 +38,7 @@ def bucket(endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> st
     """A bucket holding a CT file and a zip with an MR; the AWS environment names it."""
     import boto3
 
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    use_aws_env(monkeypatch, endpoint, tmp_path)
     s3 = boto3.client("s3", endpoint_url=endpoint)
     name = f"b-{uuid.uuid4().hex[:12]}"
     s3.create_bucket(Bucket=name)
