@@ -13,10 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-
-#: Levels of the query/retrieve model, most general first.
-LEVELS = ("study", "series", "instance")
+from pydicom.datadict import dictionary_VR, tag_for_keyword
 
 #: The key that names one entity of each level.
 LEVEL_KEYS = {
@@ -158,20 +155,3 @@ def vr_of(tag: str) -> str:
     except KeyError:
         return "UN"
     return vr.split(" or ")[0]
-
-
-def keyword_of(tag: str) -> str:
-    """The keyword of a tag, or the tag itself when the dictionary has none."""
-    return keyword_for_tag(int(tag, 16)) or tag
-
-
-def level_of(tag: str) -> str:
-    """The level an attribute belongs to: its index column's, else instance."""
-    column = INDEXED.get(tag)
-    if column is not None:
-        return column.level
-    if tag in STUDY_DEFAULTS:
-        return "study"
-    if tag in SERIES_DEFAULTS:
-        return "series"
-    return "instance"

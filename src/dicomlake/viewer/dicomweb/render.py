@@ -21,12 +21,7 @@ from starlette.responses import Response
 
 from dicomlake.viewer.connection import LakeConnection
 from dicomlake.viewer.dicomweb import media
-from dicomlake.viewer.dicomweb.multipart import (
-    multipart_chunks,
-    multipart_content_type,
-    new_boundary,
-)
-from dicomlake.viewer.dicomweb.service import HTTPProblem
+from dicomlake.viewer.dicomweb.service import HTTPProblem, multipart_response
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -202,15 +197,7 @@ def rendered(db: LakeConnection, request: Request, items: Sequence[Instance]) ->
                 continue
             yield {"Content-Type": image_type}, [data]
 
-    boundary = new_boundary()
-    from starlette.concurrency import iterate_in_threadpool
-    from starlette.responses import StreamingResponse
-
-    return StreamingResponse(
-        iterate_in_threadpool(multipart_chunks(parts(), boundary)),
-        media_type=None,
-        headers={"Content-Type": multipart_content_type(boundary, image_type)},
-    )
+    return multipart_response(parts(), image_type)
 
 
 def thumbnail(db: LakeConnection, request: Request, items: Sequence[Instance]) -> Response:

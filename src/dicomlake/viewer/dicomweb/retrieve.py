@@ -36,6 +36,7 @@ from dicomlake.viewer.dicomweb.service import (
     HTTPProblem,
     base_url,
     guarded,
+    multipart_response,
     problem,
     uids,
 )
@@ -131,15 +132,6 @@ def instance_body(instance: Instance, syntax: str) -> Iterable[bytes]:
 
 def _part_headers(syntax: str) -> dict[str, str]:
     return {"Content-Type": f"application/dicom; transfer-syntax={syntax}"}
-
-
-def _multipart(parts: Iterator[tuple[dict[str, str], Any]], part_type: str) -> StreamingResponse:
-    boundary = new_boundary()
-    return StreamingResponse(
-        iterate_in_threadpool(multipart_chunks(parts, boundary)),
-        media_type=None,
-        headers={"Content-Type": multipart_content_type(boundary, part_type)},
-    )
 
 
 # --------------------------------------------------------------------------- metadata
@@ -306,7 +298,7 @@ def routes(db: LakeConnection) -> list[BaseRoute]:
                 return StreamingResponse(
                     iterate_in_threadpool(iter(body)), media_type="application/dicom"
                 )
-            return _multipart(iter([(_part_headers(chosen[0]), body)]), "application/dicom")
+            return multipart_response(iter([(_part_headers(chosen[0]), body)]), "application/dicom")
 
         def parts() -> Iterator[tuple[dict[str, str], Iterable[bytes]]]:
             for item, syntax in zip(items, chosen, strict=True):
@@ -315,7 +307,7 @@ def routes(db: LakeConnection) -> list[BaseRoute]:
                 except (media.NotAcceptable, HTTPProblem) as exc:
                     log.warning("left out of a retrieval: %s (%s)", item.path, exc)
 
-        return _multipart(parts(), "application/dicom")
+        return multipart_response(parts(), "application/dicom")
 
     def metadata(request: Request) -> Response:
         items = find(request)
@@ -347,7 +339,7 @@ def routes(db: LakeConnection) -> list[BaseRoute]:
         ranges = media.accepted(request.headers.get("accept"))
         if media.wants_bare(ranges, media.OCTET):
             return Response(data, media_type=media.OCTET)
-        return _multipart(iter([({"Content-Type": media.OCTET}, [data])]), media.OCTET)
+        return multipart_response(iter([({"Content-Type": media.OCTET}, [data])]), media.OCTET)
 
     def rendered(request: Request) -> Response:
         return render.rendered(db, request, find(request))

@@ -10,17 +10,23 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import duckdb
 import orjson
+from starlette.concurrency import iterate_in_threadpool
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from dicomlake.viewer.connection import LakeConnection, QueryTimeout
 from dicomlake.viewer.dicomweb import search
+from dicomlake.viewer.dicomweb.multipart import (
+    multipart_chunks,
+    multipart_content_type,
+    new_boundary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,18 @@ def json_response(
         status_code=status,
         media_type=DICOM_JSON if status < 400 else "application/json",
         headers=headers,
+    )
+
+
+def multipart_response(
+    parts: Iterable[tuple[Mapping[str, str], Iterable[bytes]]], part_type: str
+) -> StreamingResponse:
+    """A ``multipart/related`` answer of ``parts``, streamed as they are produced."""
+    boundary = new_boundary()
+    return StreamingResponse(
+        iterate_in_threadpool(multipart_chunks(parts, boundary)),
+        media_type=None,
+        headers={"Content-Type": multipart_content_type(boundary, part_type)},
     )
 
 
