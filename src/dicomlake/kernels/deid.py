@@ -20,7 +20,6 @@ import datetime as dt
 import errno
 import io
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 import pyarrow as pa
 
 from dicomlake.catalog import FileRef, open_ref
+from dicomlake.dicom.uids import is_uid
 from dicomlake.errors import DeidSkipped
 from dicomlake.killpoints import kill_point
 from dicomlake.rows import build_batch, clip_error, row_id
@@ -46,7 +46,6 @@ TABLE: Final = "deid"
 #: The option that lets files at risk of burned-in text be cleaned instead of skipped.
 CLEAN_PIXEL_DATA: Final = "clean-pixel-data"
 #: A UID safe to use as a file or folder name (PS3.5 9.1: digits and dots, <= 64).
-_UID: Final = re.compile(r"[0-9]+(?:\.[0-9]+)*")
 #: The suffix of a file being written; a leftover of a killed run is removed later.
 PARTIAL_SUFFIX: Final = ".partial"
 
@@ -147,7 +146,7 @@ def deidentify_dataset(
     except Exception as exc:
         raise DeidFailed(failure(exc, "de-identification failed")) from None
     uids = [str(out.get(name, "") or "") for name in _NAMING_UIDS]
-    if not all(len(uid) <= 64 and _UID.fullmatch(uid) for uid in uids):
+    if not all(is_uid(uid) for uid in uids):
         raise DeidFailed(
             "DeidError: the output lacks a valid StudyInstanceUID, SeriesInstanceUID or "
             "SOPInstanceUID to name it by"

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 
 from dicomlake.viewer.connection import Cursor
 from dicomlake.viewer.dicomweb.index import ensure_index
+from dicomlake.viewer.dicomweb.media import EXPLICIT_LE
 from dicomlake.viewer.dicomweb.service import HTTPProblem
 
 #: Instances the series cache of one lake version holds at most, over all series.
 MAX_CACHED_INSTANCES = 200_000
 
-_EXPLICIT_LE = "1.2.840.10008.1.2.1"
 _COLUMNS = f"""row_id, path, "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID",
-    coalesce("TransferSyntaxUID", '{_EXPLICIT_LE}'),
+    coalesce("TransferSyntaxUID", '{EXPLICIT_LE}'),
     CASE WHEN has_pixel_data THEN coalesce("NumberOfFrames", 1) ELSE 0 END, size"""
 _SELECT = f"""
 SELECT {_COLUMNS} FROM dw_instances WHERE {{column}} = ?

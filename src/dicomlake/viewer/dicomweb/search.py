@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from dicomlake.dicom.uids import is_uid
 from dicomlake.viewer.connection import Cursor
 from dicomlake.viewer.dicomweb.attributes import (
     COMPUTED,
@@ -48,7 +49,6 @@ MAX_VALUE = 1024
 #: Query parameters that are not attributes.
 _CONTROL = {"includefield", "fuzzymatching", "limit", "offset"}
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 _DATE = re.compile(r"[0-9]{8}")
 _TIME = re.compile(r"([0-9]{2})(?::?([0-9]{2})(?::?([0-9]{2})(\.[0-9]{1,6})?)?)?")
 
@@ -211,7 +211,7 @@ def _match(kind: str, col: str, key: str, value: str, fuzzy: bool) -> tuple[str,
     if kind == "uid":
         uids = [u.strip() for u in re.split(r"[,\\]", value) if u.strip()]
         for uid in uids:
-            if len(uid) > 64 or not _UID.fullmatch(uid):
+            if not is_uid(uid):
                 raise BadQuery(f"{key}: {uid[:70]!r} is not a UID")
         return f"list_contains(?::VARCHAR[], {col})", [uids]
     if kind == "date":

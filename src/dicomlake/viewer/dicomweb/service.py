@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from dicomlake.dicom.uids import is_uid
 from dicomlake.viewer.connection import LakeConnection, QueryTimeout
 from dicomlake.viewer.dicomweb import search
 from dicomlake.viewer.dicomweb.multipart import (
@@ -30,7 +31,6 @@ from dicomlake.viewer.dicomweb.multipart import (
 
 log = logging.getLogger(__name__)
 
-_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 DICOM_JSON = "application/dicom+json"
 
 
@@ -92,7 +92,7 @@ def checked_uids(given: Mapping[str, str]) -> dict[str, str]:
         value = given.get(name)
         if value is None:
             continue
-        if len(value) > 64 or not _UID.fullmatch(value):
+        if not is_uid(value):
             raise HTTPProblem(400, f"the {name} UID in the path is not a UID")
         out[name] = value
     return out

@@ -41,7 +41,6 @@ import contextlib
 import errno
 import logging
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -50,6 +49,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from dicomlake.dicom.uids import is_uid
 from dicomlake.errors import LakeError
 from dicomlake.storage.locations import file_uri, local_path
 from dicomlake.viewer.dicomweb.multipart import Part
@@ -85,8 +85,6 @@ STORE_FOLDER: Final = "_store"
 #: Sub-folder of the store for files being written (emptied at each request).
 INCOMING: Final = ".incoming"
 
-_UID = re.compile(r"[0-9]+(?:\.[0-9]+)*")
-_MAX_UID: Final = 64
 _COPY_CHUNK: Final = 1024 * 1024
 _PREAMBLE: Final = 128
 _TRANSFER_SYNTAX: Final = "00020010"
@@ -123,16 +121,6 @@ class BadStoreRequest(ValueError):
     """A store request that cannot be handled at all (HTTP 400)."""
 
     status: int = 400
-
-
-def is_uid(text: str) -> bool:
-    """Whether ``text`` is a UID: digits and dots, no empty component, <= 64 chars.
-
-    Example:
-        >>> is_uid("1.2.840.10008.5.1.4.1.1.2"), is_uid("../1.2"), is_uid("1..2")
-        (True, False, False)
-    """
-    return len(text) <= _MAX_UID and _UID.fullmatch(text) is not None
 
 
 def default_store_dir(lake: str) -> str:
