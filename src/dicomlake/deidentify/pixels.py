@@ -46,6 +46,7 @@ overlays (60xx) and text in the header are the profile's business, not this one'
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import logging
 import math
@@ -350,9 +351,11 @@ class RegionRules:
 
     @classmethod
     def default(cls) -> RegionRules:
-        """The rules shipped with dicomlake (``burned_in_regions.json``): the user's to extend."""
-        text = resources.files(__package__).joinpath("burned_in_regions.json").read_text("utf-8")
-        return cls.from_json(json.loads(text), source="burned_in_regions.json")
+        """The rules shipped with dicomlake (``burned_in_regions.json``): the user's to extend.
+
+        Read once per process: the de-identification kernel asks for them per file.
+        """
+        return _shipped_rules()
 
     def boxes_for(self, ds: Dataset) -> list[Box]:
         """The rectangles of every rule that matches ``ds``."""
@@ -782,3 +785,9 @@ def clean_pixels(ds: Dataset, *, rules: RegionRules | None = None, ocr: bool = T
         if _scan(ds, frames, VERIFY_CONFIDENCE):
             raise PixelsNotClean(_NO_TEXT_REASON)
     ds.BurnedInAnnotation = "NO"
+
+
+@functools.cache
+def _shipped_rules() -> RegionRules:
+    text = resources.files(__package__).joinpath("burned_in_regions.json").read_text("utf-8")
+    return RegionRules.from_json(json.loads(text), source="burned_in_regions.json")
