@@ -269,12 +269,16 @@ static int private_vr(DsState *st, uint32_t tag) {
 }
 
 /* The "US or SS" tags pydicom settles by Pixel Representation alone
- * (filewriter._AMBIGUOUS_US_SS_TAGS less the LUT descriptors, which it also edits). */
+ * (filewriter._AMBIGUOUS_US_SS_TAGS). The LUT descriptors are among them: pydicom's
+ * value hook makes their first value unsigned, but read_header's JSON takes the values
+ * as the settled VR reads them, and so does this parser (the differential corpus's
+ * "lut-descriptors-implicit" case holds both Pixel Representations). */
 static int is_us_ss_tag(uint32_t tag) {
     switch (tag) {
     case 0x00189810u: case 0x00221452u: case 0x00280104u: case 0x00280105u:
     case 0x00280106u: case 0x00280107u: case 0x00280108u: case 0x00280109u:
     case 0x00280110u: case 0x00280111u: case 0x00280120u: case 0x00280121u:
+    case 0x00281101u: case 0x00281102u: case 0x00281103u: case 0x00283002u:
     case 0x00409211u: case 0x00409216u: case 0x00603004u: case 0x00603006u:
         return 1;
     default:

@@ -248,6 +248,25 @@ def _ambiguous_vrs() -> bytes:
     return _encode(ds)
 
 
+def _lut_descriptors(name: str, pixel_representation: int) -> bytes:
+    """Palette and LUT descriptors ('US or SS'), first value above 32767, implicit VR."""
+    ds = _dataset(name, ImplicitVRLittleEndian)
+    ds.PixelRepresentation = pixel_representation
+    vr = "US" if pixel_representation == 0 else "SS"
+    for tag in (0x00281101, 0x00281102, 0x00281103):  # Red/Green/Blue Palette Descriptor
+        ds.add(DataElement(tag, vr, [40000, 0, 16]))
+    ds.add(DataElement(0x00283002, vr, 4096))  # LUT Descriptor with one value
+    return _encode(ds)
+
+
+case("lut-descriptors-implicit-unsigned")(
+    lambda: _lut_descriptors("lut-descriptors-implicit-unsigned", 0)
+)
+case("lut-descriptors-implicit-signed")(
+    lambda: _lut_descriptors("lut-descriptors-implicit-signed", 1)
+)
+
+
 @case("ambiguous-vrs-explicit")
 def _ambiguous_vrs_explicit() -> bytes:
     ds = _dataset("ambiguous-vrs-explicit")
