@@ -20,6 +20,12 @@
  * are compared as 64-bit sums; sequence nesting is bounded; UTF-8 values are
  * validated and Latin-1 values transcoded, so the JSON is always valid UTF-8.
  * Values that become BulkDataURIs are never touched (the buffer may be an mmap).
+ *
+ * The buffer may hold only the first bytes of a file of file_size bytes (a zip
+ * member's or an object's prefix): then pixel data is measured against the file's
+ * size (its value need not be held), and anything else that runs past the bytes held
+ * is declined with "prefix", so that the caller reads more; never with another verdict
+ * than the whole file would get.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -54,7 +60,8 @@ typedef struct {
 
 typedef struct {
     const uint8_t *d;
-    size_t size;
+    size_t size;      /* the bytes held: the whole file, or its first bytes */
+    size_t file_size; /* the file's size (>= size) */
     const char *uri;
     size_t uri_len;
     uint64_t threshold;
@@ -89,6 +96,14 @@ static void ds_state_init(DsState *st) {
             (p)->reason = (r); \
         return -1;             \
     } while (0)
+
+/* Why the bytes ran out at end: the end of a prefix of the file (more must be read:
+ * "prefix"), of the file itself ("truncated"), or of an element or item inside them. */
+static const char *ran_out(const Parser *p, size_t end) {
+    if (end != p->size)
+        return "malformed";
+    return p->size < p->file_size ? "prefix" : "truncated";
+}
 
 static int buf_reserve(Parser *p, Buf *b, size_t extra) {
     if (b->n + extra <= b->cap)
@@ -504,6 +519,8 @@ static int emit_binary(Parser *p, int vr, size_t off, uint64_t len) {
     }
     if (len == 0)
         return putc1(p, '}');
+    if (off > p->size || len > p->size - off) /* only pixel data's length is not checked */
+        DECLINE(p, "prefix");                 /* against the bytes held: it is in the file */
     if (PUTS(p, ",\"InlineBinary\":") || put_base64(p, p->d + off, (size_t)len))
         return -1;
     return putc1(p, '}');
@@ -931,7 +948,9 @@ static int parse_sequence(Parser *p, size_t pos, uint32_t len, size_t limit, int
         if (!undefined && pos == end)
             break;
         if (end - pos < 8)
-            DECLINE(p, pos == p->size ? "truncated" : "malformed");
+            DECLINE(p, end == p->size && p->size < p->file_size ? "prefix"
+                       : pos == p->size                        ? "truncated"
+                                                               : "malformed");
         uint32_t tag = rdtag(p->d + pos), ilen = rd32(p->d + pos + 4);
         pos += 8;
         if (tag == TAG_SEQ_DELIM) {
@@ -950,7 +969,7 @@ static int parse_sequence(Parser *p, size_t pos, uint32_t len, size_t limit, int
                 return -1;
         } else {
             if (ilen > end - pos)
-                DECLINE(p, end == p->size ? "truncated" : "malformed");
+                DECLINE(p, ran_out(p, end));
             if (parse_dataset(p, pos, pos + ilen, DS_ITEM, codec, depth + 1, &after))
                 return -1;
         }
@@ -980,7 +999,7 @@ static int read_element(Parser *p, DsState *st, size_t pos, size_t end, uint32_t
                     /* filereader: a private tag of undefined length is a sequence when
                      * an item follows; anything else is read as bytes (declined) */
                     if (end - *vpos < 4)
-                        DECLINE(p, end == p->size ? "truncated" : "malformed");
+                        DECLINE(p, ran_out(p, end));
                     if (rdtag(p->d + *vpos) != TAG_ITEM)
                         DECLINE(p, "private_implicit");
                     *vr = DL_VR_SQ;
@@ -1015,7 +1034,7 @@ static int read_element(Parser *p, DsState *st, size_t pos, size_t end, uint32_t
         DECLINE(p, "vr");
     if (is_long_vr(v)) {
         if (end - pos < 12)
-            DECLINE(p, end == p->size ? "truncated" : "malformed");
+            DECLINE(p, ran_out(p, end));
         *len = rd32(h + 8);
         *vpos = pos + 12;
     } else {
@@ -1082,14 +1101,14 @@ static int parse_element(Parser *p, uint32_t tag, int vr, int pyd, size_t vpos, 
         return -1;
     if (vr == DL_VR_SQ) {
         if (len != UNDEFINED && len > end - vpos)
-            DECLINE(p, end == p->size ? "truncated" : "malformed");
+            DECLINE(p, ran_out(p, end));
         if (parse_sequence(p, vpos, len, end, codec, depth, next))
             return -1;
     } else {
         if (len == UNDEFINED)
             DECLINE(p, vr == DL_VR_UN ? "un" : "undefined_length");
         if (len > end - vpos)
-            DECLINE(p, end == p->size ? "truncated" : "malformed");
+            DECLINE(p, ran_out(p, end));
         p->pyd = pyd;
         int rc = is_binary_vr(vr) || vr == DL_VR_UN ? emit_binary(p, vr, vpos, len)
                                                     : emit_value(p, vr, p->d + vpos, len, codec);
@@ -1120,10 +1139,13 @@ static int parse_dataset(Parser *p, size_t pos, size_t end, int mode, int codec,
     if (mode != DS_TOP && putc1(p, '{'))
         return -1;
     for (;;) {
-        if (mode != DS_UNDEFINED_ITEM && pos == end)
+        if (mode != DS_UNDEFINED_ITEM && pos == end) {
+            if (mode == DS_TOP && p->size < p->file_size)
+                DECLINE(p, "prefix"); /* the data set may go on past the bytes held */
             break;
+        }
         if (end - pos < 8)
-            DECLINE(p, end == p->size ? "truncated" : "malformed");
+            DECLINE(p, ran_out(p, end));
         uint32_t tag = rdtag(p->d + pos);
         if (tag == TAG_ITEM_DELIM && mode == DS_UNDEFINED_ITEM) {
             if (rd32(p->d + pos + 4) != 0)
@@ -1186,7 +1208,7 @@ static int parse_pixel_data(Parser *p, size_t pos, uint32_t tag) {
         int v = vr_code(h[4], h[5]);
         if (v >= 0 && is_long_vr(v)) {
             if (p->size - pos < 12)
-                DECLINE(p, "truncated");
+                DECLINE(p, ran_out(p, p->size));
             len = rd32(h + 8);
             off = pos + 12;
         } else {
@@ -1200,12 +1222,14 @@ static int parse_pixel_data(Parser *p, size_t pos, uint32_t tag) {
     if (len == UNDEFINED) {
         uint64_t q = off;
         for (;;) {
-            if (q > p->size) /* a fragment runs past the end: read_header's length */
+            if (q > p->file_size) /* a fragment runs past the end: read_header's length */
                 DECLINE(p, "truncated"); /* would name bytes that are not there */
-            if (p->size - q < 8) {
+            if (p->file_size - q < 8) {
                 truncated = 1;
                 break;
             }
+            if (q > p->size || p->size - q < 8) /* the next item is past the bytes held */
+                DECLINE(p, "prefix");
             uint32_t t = rdtag(p->d + q), l = rd32(p->d + q + 4);
             if (t == TAG_SEQ_DELIM)
                 break;
@@ -1214,8 +1238,8 @@ static int parse_pixel_data(Parser *p, size_t pos, uint32_t tag) {
             q += 8 + (uint64_t)l;
         }
         len = q - off;
-    } else if (p->size - off < len) {
-        len = p->size - off;
+    } else if (p->file_size - off < len) {
+        len = p->file_size - off;
         truncated = 1;
     }
     size_t start = p->out.n;
@@ -1241,6 +1265,8 @@ static int ts_is(const uint8_t *s, size_t n, const char *uid) {
 /* The whole file: preamble, file meta (explicit VR LE), then the data set. */
 static int parse_file(Parser *p) {
     const uint8_t *d = p->d;
+    if (p->size < 132 && p->size < p->file_size)
+        DECLINE(p, "prefix");
     if (p->size < 132 || memcmp(d + 128, "DICM", 4))
         DECLINE(p, "no_preamble");
     size_t pos = 132, size = p->size;
@@ -1273,6 +1299,8 @@ static int parse_file(Parser *p) {
         last = tag;
         count++;
     }
+    if (size - pos < 8 && size < p->file_size)
+        DECLINE(p, "prefix"); /* the file meta may go on past the bytes held */
     if (!ts || ts_len == 0 || memchr(ts, '\\', ts_len))
         DECLINE(p, "no_tsyntax");
     if (ts_is(ts, ts_len, TS_BIG))
@@ -1329,16 +1357,21 @@ static int escape_uri(Parser *p, const char *uri, Py_ssize_t n, Buf *dst) {
 }
 
 PyDoc_STRVAR(parse_doc,
-"parse(buffer, uri, bulk_threshold) -> (meta_json, has_pixel_data, warnings, promoted)\n\n"
+"parse(buffer, uri, bulk_threshold, file_size=-1) -> (meta_json, has_pixel_data, warnings, promoted)\n\n"
 "Parse a whole DICOM file held in ``buffer`` (bytes, or an mmap of the file) into\n"
-"DICOM JSON. Raises Declined(reason) when the pydicom path must read it.");
+"DICOM JSON. Raises Declined(reason) when the pydicom path must read it.\n\n"
+"With ``file_size`` larger than the buffer, the buffer holds only the file's first\n"
+"bytes: values past them that become BulkDataURIs are fine when the file holds them,\n"
+"and a header that runs past them is declined with \"prefix\" (read more).");
 
 static PyObject *native_parse(PyObject *self, PyObject *args, PyObject *kwargs) {
-    static char *kwlist[] = {"buffer", "uri", "bulk_threshold", NULL};
+    static char *kwlist[] = {"buffer", "uri", "bulk_threshold", "file_size", NULL};
     Py_buffer view;
     PyObject *uri_obj;
     Py_ssize_t threshold;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*Un:parse", kwlist, &view, &uri_obj, &threshold))
+    Py_ssize_t file_size = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "y*Un|n:parse", kwlist, &view, &uri_obj,
+                                     &threshold, &file_size))
         return NULL;
     PyObject *result = NULL;
     Parser p;
@@ -1348,12 +1381,17 @@ static PyObject *native_parse(PyObject *self, PyObject *args, PyObject *kwargs) 
         PyErr_SetString(PyExc_ValueError, "bulk_threshold must be >= 0");
         goto done;
     }
+    if (file_size >= 0 && file_size < view.len) {
+        PyErr_SetString(PyExc_ValueError, "file_size must be at least the buffer's length");
+        goto done;
+    }
     Py_ssize_t uri_len;
     const char *uri_utf8 = PyUnicode_AsUTF8AndSize(uri_obj, &uri_len);
     if (!uri_utf8 || escape_uri(&p, uri_utf8, uri_len, &uri))
         goto done;
     p.d = view.buf;
     p.size = (size_t)view.len;
+    p.file_size = file_size < 0 ? p.size : (size_t)file_size;
     p.uri = uri.p ? uri.p : "";
     p.uri_len = uri.n;
     p.threshold = (uint64_t)threshold;

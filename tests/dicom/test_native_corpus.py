@@ -10,7 +10,11 @@ declines, with their reasons, are listed in ``EXPECTED_DECLINES``.
 from __future__ import annotations
 
 import base64
+import io
+import random
+import struct
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -347,6 +351,140 @@ def test_native_bulk_threshold(threshold: int, corpus: dict[str, Path]) -> None:
             warnings.simplefilter("ignore")
             python = read_header(fp, uri=_uri(path), bulk_threshold=threshold)
         assert canonical(native_meta(result)) == canonical(_stored(python.meta)), name
+
+
+# ---------------------------------------------------------------------------------------
+# from the first bytes only (zip members, objects): the whole file's verdict, or "prefix"
+
+
+def _cuts(size: int) -> list[int]:
+    """Prefix lengths to try: every one near the start, then a grid, then near the end."""
+    cuts = set(range(0, min(size, 400)))
+    cuts.update(range(400, size, max(1, size // 97)))
+    cuts.update(range(max(0, size - 40), size))
+    return sorted(cuts)
+
+
+def _same(result: Header | str, whole: Header | str) -> bool:
+    if isinstance(result, str) or isinstance(whole, str):
+        return result == whole
+    return (result.meta_json, result.has_pixel_data, result.warnings, result.promoted) == (
+        whole.meta_json,
+        whole.has_pixel_data,
+        whole.warnings,
+        whole.promoted,
+    )
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_native_prefix_gives_the_whole_files_verdict(name: str, corpus: dict[str, Path]) -> None:
+    """Any prefix, told the file's size: "prefix" (read more), or what the whole file gives."""
+    native = _native()
+    data = corpus[name].read_bytes()
+    uri = _uri(corpus[name])
+    whole = native.parse_file(data, uri=uri, bulk_threshold=BULK_THRESHOLD)
+    for cut in _cuts(len(data)):
+        result = native.parse_file(
+            data[:cut], uri=uri, bulk_threshold=BULK_THRESHOLD, file_size=len(data)
+        )
+        assert result == "prefix" or _same(result, whole), (cut, result)
+    streamed = native.parse_stream(
+        io.BytesIO(data), len(data), uri=uri, bulk_threshold=BULK_THRESHOLD
+    )
+    assert _same(streamed, whole)
+
+
+class _CountingReader(io.BytesIO):
+    """A file's bytes that count how many were read."""
+
+    taken = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.taken += len(data)
+        return data
+
+
+@pytest.mark.parametrize(
+    ("name", "reads_whole"),
+    [
+        ("pixels-native-large", False),  # pixel data past the prefix is never read
+        ("long-header-explicit", False),  # read on to the pixel data, not beyond
+        ("long-header-implicit", False),
+        ("pixels-encapsulated-many-fragments", True),  # its items are walked to the end
+    ],
+)
+def test_native_stream_reads_only_as_far_as_the_header(
+    name: str, reads_whole: bool, corpus: dict[str, Path]
+) -> None:
+    native = _native()
+    data = corpus[name].read_bytes()
+    assert len(data) > 4 * native.PREFIX_BYTES
+    reader = _CountingReader(data)
+    result = native.parse_stream(reader, len(data), uri=_uri(corpus[name]))
+    assert not isinstance(result, str), result
+    assert _same(result, native.parse_file(data, uri=_uri(corpus[name])))
+    if reads_whole:
+        assert reader.taken == len(data)
+    elif name.startswith("long-header"):
+        assert native.PREFIX_BYTES < reader.taken < len(data)
+    else:
+        assert reader.taken == native.PREFIX_BYTES
+
+
+def test_native_stream_declines_a_file_shorter_than_it_said(corpus: dict[str, Path]) -> None:
+    native = _native()
+    data = corpus["pixels-native-large"].read_bytes()
+    for size in (len(data) + 1, 10 * len(data)):  # the prefix is whole; the header ends
+        result = native.parse_stream(io.BytesIO(data[:1000]), size, uri="s3://b/k")
+        assert result == "short_read"
+    assert native.parse_stream(io.BytesIO(b""), 0, uri="s3://b/k") == "empty"
+    with pytest.raises(ValueError, match="file_size"):
+        native.parse_file(data, uri="s3://b/k", file_size=len(data) - 1)
+
+
+def _bulk_uris(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [uri for v in value for uri in _bulk_uris(v)]
+    if not isinstance(value, dict):
+        return []
+    found = [value["BulkDataURI"]] if "BulkDataURI" in value else []
+    return found + [uri for v in value.values() for uri in _bulk_uris(v)]
+
+
+def test_native_prefix_survives_mutants(corpus: dict[str, Path]) -> None:
+    """Mutated lengths, cut anywhere, and sizes that lie: never out of bounds.
+
+    What the sanitizer build (.ci/sanitize) checks: the native parser never reads past
+    the bytes it holds, whatever file size it is told, and a BulkDataURI never names
+    bytes past that size.
+    """
+    native = _native()
+    rng = random.Random(15)
+    seeds = [
+        corpus[n].read_bytes() for n in NAMES if n.startswith(("pixels", "long", "sq", "bulk"))
+    ]
+    outcomes: Counter[str] = Counter()
+    for index in range(3000):
+        data = bytearray(seeds[index % len(seeds)])
+        for _ in range(rng.randint(0, 3)):
+            at = rng.randrange(132, len(data) - 4)
+            value = rng.choice([0xFFFFFFFF, 0xFFFFFFFE, 0x7FFFFFFF, len(data), rng.getrandbits(32)])
+            struct.pack_into("<I", data, at, value)
+        cut = rng.randint(0, len(data))
+        size = rng.choice([len(data), len(data) + rng.randint(1, 1 << 20), cut])
+        size = max(size, cut)
+        result = native.parse_file(
+            bytes(data[:cut]), uri="s3://b/k", bulk_threshold=BULK_THRESHOLD, file_size=size
+        )
+        if isinstance(result, str):
+            outcomes[result] += 1
+            continue
+        outcomes["ok"] += 1
+        for uri in _bulk_uris(orjson.loads(result.meta_json)):
+            query = dict(part.split("=") for part in uri.rsplit("?", 1)[1].split("&"))
+            assert int(query["offset"]) + int(query["length"]) <= size, (index, uri, size)
+    assert outcomes["ok"] and outcomes["prefix"], outcomes
 
 
 # ---------------------------------------------------------------------------------------

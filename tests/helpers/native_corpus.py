@@ -1138,6 +1138,40 @@ def _pixels_native_truncated() -> bytes:
 
 
 # ---------------------------------------------------------------------------------------
+# files larger than the first bytes a zip member's or an object's read takes (64 KiB)
+
+
+def _long_header(name: str, syntax: str) -> Case:
+    """A header of some 200 KiB (a sequence of 2,000 items) before 1 MiB of pixels."""
+
+    def build() -> bytes:
+        ds = _image(name, syntax, 512, 512, 32)
+        items = []
+        for i in range(2000):
+            item = Dataset()
+            item.ReferencedSOPClassUID = SecondaryCaptureImageStorage
+            item.ReferencedSOPInstanceUID = _uid(f"{name}/{i}")
+            item.ReferencedFrameNumber = i + 1
+            items.append(item)
+        ds.ReferencedImageSequence = Sequence(items)
+        ds.ImageComments = "x" * 9000
+        ds.add(DataElement(0x7FE00010, "OW", bytes(range(256)) * 4096))
+        return _encode(ds)
+
+    return build
+
+
+case("long-header-explicit")(_long_header("long-header-explicit", ExplicitVRLittleEndian))
+case("long-header-implicit")(_long_header("long-header-implicit", ImplicitVRLittleEndian))
+case("pixels-native-large")(
+    _native_pixels("pixels-native-large", ExplicitVRLittleEndian, 512, 16, "OW")
+)
+case("pixels-encapsulated-many-fragments")(
+    _encapsulated("pixels-encapsulated-many-fragments", 400, bot=True)
+)
+
+
+# ---------------------------------------------------------------------------------------
 # writing
 
 

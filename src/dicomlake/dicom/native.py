@@ -16,7 +16,10 @@ exactly it declines with a short reason code:
 - ``value_repair``, ``nan``: values pydicom repairs or cannot write as JSON (DS/IS
   outside its patterns, odd-length numbers, NaN and infinities);
 - ``undefined_length``, ``order``, ``vr_switch``, ``command_set``, ``no_dataset``,
-  ``too_deep``, ``truncated``, ``malformed``, ``empty``: anything structurally odd.
+  ``too_deep``, ``truncated``, ``malformed``, ``empty``: anything structurally odd;
+- ``prefix``: given only the first bytes of a file (``file_size``), the header runs
+  past them; :func:`parse_stream` reads more and tries again, and declines with it
+  only past its limit.
 
 A header whose JSON is longer than :data:`~dicomlake.dicom.header.MAX_META_CHARS`, or
 that holds more data elements and items than
@@ -41,6 +44,7 @@ from __future__ import annotations
 import mmap
 import os
 from types import ModuleType
+from typing import IO
 
 import orjson
 
@@ -70,6 +74,12 @@ SPEEDUP = "about 30 times"
 #: Files up to this size are read whole; larger ones are memory-mapped, so the bytes of
 #: values that become BulkDataURIs (pixel data) are never touched.
 _READ_LIMIT = 64 * 1024
+#: :func:`parse_stream` reads this much of a file first: the whole header of nearly
+#: every file, and its pixel data's start.
+PREFIX_BYTES = 64 * 1024
+#: ... and at most this much in all, growing eight times a step, before it leaves the
+#: file to pydicom (a header this long, or encapsulated pixel data of many fragments).
+PREFIX_LIMIT = 32 * 1024 * 1024
 
 
 def available() -> bool:
@@ -83,6 +93,7 @@ def parse_file(
     uri: str,
     bulk_threshold: int = 1024,
     decode_meta: bool = True,
+    file_size: int | None = None,
 ) -> Header | str:
     """Parse a DICOM file's header natively, or say why the pydicom path must.
 
@@ -94,6 +105,10 @@ def parse_file(
         decode_meta: Also decode the JSON into ``Header.meta``; with False, ``meta``
             stays empty and only ``meta_json`` and ``promoted`` are set (no Python
             object per element).
+        file_size: With bytes, the size of the file they are the first bytes of (a
+            zip member's or an object's prefix), when larger than they are: values
+            past them that become BulkDataURIs need not be held, and a header that
+            runs past them is declined with ``"prefix"``. None: they are the file.
 
     Returns:
         A :class:`Header` equal to ``read_header``'s (with ``meta_json``, the JSON
@@ -105,10 +120,13 @@ def parse_file(
         HeaderTooLarge: The header passes
             :data:`~dicomlake.dicom.header.MAX_META_CHARS` or
             :data:`~dicomlake.dicom.header.MAX_HEADER_ELEMENTS`.
+        ValueError: ``file_size`` is smaller than the bytes given.
     """
     if _ext is None:
         return "unavailable"
     if isinstance(source, str | os.PathLike):
+        if file_size is not None:
+            raise ValueError("file_size goes with bytes, not with a path")
         fd = os.open(source, os.O_RDONLY)
         try:
             size = os.fstat(fd).st_size
@@ -120,13 +138,66 @@ def parse_file(
                 return _parse(mapped, uri, bulk_threshold, decode_meta)
         finally:
             os.close(fd)
-    return _parse(source, uri, bulk_threshold, decode_meta)
+    return _parse(source, uri, bulk_threshold, decode_meta, file_size)
 
 
-def _parse(buffer: object, uri: str, bulk_threshold: int, decode_meta: bool) -> Header | str:
+def parse_stream(
+    fp: IO[bytes],
+    size: int,
+    *,
+    uri: str,
+    bulk_threshold: int = 1024,
+    decode_meta: bool = True,
+) -> Header | str:
+    """Parse the header of a file open in ``fp`` from its first bytes, natively.
+
+    For a zip member or an object, where every byte read costs (inflating it, fetching
+    it): reads :data:`PREFIX_BYTES` first, then more, eight times as much a step, only
+    while the header runs past what was read, up to :data:`PREFIX_LIMIT`. Pixel data
+    past the prefix becomes a BulkDataURI without being read, as from a local file.
+
+    Args:
+        fp: The file, at its start; read forward only, never sought.
+        size: The file's size in bytes (a zip member's declared size).
+        uri: The file's URI, used in BulkDataURIs.
+        bulk_threshold: Binary values longer than this many bytes become bulk data.
+        decode_meta: As for :func:`parse_file`.
+
+    Returns:
+        The :class:`Header`, as :func:`parse_file` gives it for the whole file, or
+        the reason code when it declines: its own, ``"prefix"`` past the limit, or
+        ``"short_read"`` when ``fp`` ends before ``size`` bytes.
+
+    Raises:
+        HeaderTooLarge: As for :func:`parse_file`.
+        Exception: Whatever ``fp.read`` raises (a storage or zip error).
+    """
+    if _ext is None:
+        return "unavailable"
+    if size <= 0:
+        return "empty"
+    data = bytearray()
+    want = min(size, PREFIX_BYTES)
+    while True:
+        while len(data) < want:
+            chunk = fp.read(want - len(data))
+            if not chunk:
+                return "short_read"  # the file is shorter than it said
+            data += chunk
+        result = _parse(data, uri, bulk_threshold, decode_meta, size)
+        if result != "prefix" or want >= min(size, PREFIX_LIMIT):
+            return result
+        want = min(size, want * 8, PREFIX_LIMIT)
+
+
+def _parse(
+    buffer: object, uri: str, bulk_threshold: int, decode_meta: bool, file_size: int | None = None
+) -> Header | str:
     assert _ext is not None
     try:
-        meta_json, has_pixels, warnings, promoted = _ext.parse(buffer, uri, bulk_threshold)
+        meta_json, has_pixels, warnings, promoted = _ext.parse(
+            buffer, uri, bulk_threshold, -1 if file_size is None else file_size
+        )
     except _ext.Declined as exc:
         return str(exc.args[0])
     _header.check_meta(meta_json, uri, count_elements=True)
