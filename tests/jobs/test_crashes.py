@@ -188,11 +188,11 @@ def test_an_interrupted_commit_is_ignored_and_reported(
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Path:
-    """A 1 MiB file system (tmpfs), where a lake of a few hundred rows fills it."""
+    """A 256 KiB file system (tmpfs), where a lake of a few hundred rows fills it."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip("cannot mount a small tmpfs here (needs root)")
@@ -207,7 +207,7 @@ def test_disk_full_gives_a_clear_error_and_the_lake_opens(
     lake = small_disk / "lake"
     many = root.parent / "many"
     if not many.exists():
-        for i in range(5):  # 3,000 files: more rows than 1 MiB holds
+        for i in range(5):  # 3,000 files: more rows than 256 KiB holds
             shutil.copytree(root, many / f"copy{i}")
     everything = {f"file://{p}" for p in many.rglob("*.dcm")}
     command = ingest_command([many], lake, "--workers", "1", "--commit-rows", "100")

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -171,12 +171,58 @@ def _overlapping(prefixes: Sequence[str]) -> bool:
     )
 
 
+#: Files in the first tasks of a run, and the most in one task: a task's rows become one
+#: shard, so big tasks mean few files for the end-of-run compaction, and small first
+#: tasks keep a short run's workers busy and its progress moving.
+FIRST_TASK_FILES: Final = 64
+MAX_TASK_FILES: Final = 1024
+#: About how long one task should take a worker; longer ones make the progress bar
+#: jumpy and leave workers idle at the end of the run while the last ones finish.
+TASK_SECONDS: Final = 0.5
+
+
+@dataclass
+class TaskSizer:
+    """Files per task, from the rate the workers reach (or fixed, when ``fixed`` is set).
+
+    Each task should take a worker about :data:`TASK_SECONDS`: 1,024 headers read
+    natively from a local disk, 64 files from a bucket or with thumbnails drawn.
+
+    Example:
+        >>> sizer = TaskSizer(workers=2)
+        >>> sizer.size()
+        64
+        >>> sizer.done(files=20_000, seconds=2.0)  # 5,000 files/s a worker
+        >>> sizer.size()
+        1024
+    """
+
+    workers: int = 1
+    fixed: int | None = None
+    rate: float = 0.0  # files a second, one worker
+
+    def done(self, *, files: int, seconds: float) -> None:
+        """Note that ``files`` were done in ``seconds`` since the first task left."""
+        if seconds > 0:
+            self.rate = files / seconds / max(self.workers, 1)
+
+    def size(self) -> int:
+        """Files for the next task: a power of two in [64, 1024]."""
+        if self.fixed is not None:
+            return self.fixed
+        want = self.rate * TASK_SECONDS
+        size = FIRST_TASK_FILES
+        while size * 2 <= min(want, MAX_TASK_FILES):
+            size *= 2
+        return size
+
+
 def _plan(
     refs: Iterator[FileRef],
     fingerprints: Fingerprints,
     summary: IngestSummary,
     seen: _Seen,
-    task_size: int,
+    sizer: TaskSizer,
 ) -> Iterator[Task]:
     """Yield tasks of new files and of changed files (whose rows replace the old)."""
     pending: list[FileRef] = []
@@ -213,7 +259,7 @@ def _plan(
             continue
         pending.append(ref)
         ids.append(rid)
-        if len(pending) >= task_size:
+        if len(pending) >= sizer.size():
             yield from flush()
     yield from flush()
 
@@ -256,7 +302,7 @@ def ingest(
     optimize: bool | None = None,
     progress: Callable[[IngestSummary], None] | None = None,
     bulk_threshold: int = BULK_THRESHOLD,
-    task_size: int = 64,
+    task_size: int | None = None,
     shards: bool | None = None,
     prefetch: bool = True,
 ) -> IngestSummary:
@@ -283,7 +329,9 @@ def ingest(
             :data:`~dicomlake.lake.maintenance.AUTO_COMPACT_FILES` files.
         progress: Called with the running summary after each batch.
         bulk_threshold: Binary values longer than this become BulkDataURIs.
-        task_size: Files per task sent to a worker.
+        task_size: Files per task sent to a worker (and rows per shard a worker
+            writes); by default sized to the rate the workers reach: 64 at first,
+            up to 1,024 (see :class:`TaskSizer`).
         shards: Workers write the rows of new files as Parquet files in the table's
             folder themselves and send back only their add-actions, which this
             process commits (default: whenever there are worker processes).
@@ -359,7 +407,7 @@ class _Run:
     commits: CommitPolicy
     drawing: ThumbnailOptions | None
     sync: bool
-    task_size: int
+    task_size: int | None
     workers: int | None
     file_timeout: float
     progress: Callable[[IngestSummary], None] | None
@@ -394,9 +442,15 @@ class _Run:
         self.prefixes = [source_prefix(s, options) for s in self.sources]
         self.seen = _Seen(dedupe=_overlapping(self.prefixes), keep=self.sync)
         refs = iter_files(self.sources, storage_options=options)
-        tasks = _plan(refs, fingerprints, summary, self.seen, self.task_size)
+        sizer = TaskSizer(workers=max(engine.workers, 1), fixed=self.task_size)
+        tasks = _plan(refs, fingerprints, summary, self.seen, sizer)
+        began, base = 0.0, -1  # the rate counts from the first result on
         with writer, thumb_writer or nullcontext():
             for task, out in engine.map(tasks):
+                if base < 0:
+                    began, base = time.monotonic(), summary.done + len(task.refs)
+                else:
+                    sizer.done(files=summary.done - base, seconds=time.monotonic() - began)
                 batch = out[INSTANCES_TABLE]
                 # thumbnails first: an instance row committed means its thumbnail was
                 # too, or the end-of-run pass draws it
