@@ -963,16 +963,27 @@ static int parse_sequence(Parser *p, size_t pos, uint32_t len, size_t limit, int
         if (!first && putc1(p, ','))
             return -1;
         first = 0;
+        /* filereader._is_implicit_vr: an item of an explicit VR data set whose first
+         * element's VR bytes are not two capitals is read as implicit VR (PS3.5 6.2.2,
+         * a UN sequence's items); items of implicit VR data sets never switch */
+        int explicit = !p->implicit;
+        if (explicit && p->size - pos >= 6) {
+            const uint8_t *h = p->d + pos;
+            p->implicit = !(h[4] >= 'A' && h[4] <= 'Z' && h[5] >= 'A' && h[5] <= 'Z');
+        }
         size_t after;
+        int rc;
         if (ilen == UNDEFINED) {
-            if (parse_dataset(p, pos, end, DS_UNDEFINED_ITEM, codec, depth + 1, &after))
-                return -1;
+            rc = parse_dataset(p, pos, end, DS_UNDEFINED_ITEM, codec, depth + 1, &after);
         } else {
             if (ilen > end - pos)
                 DECLINE(p, ran_out(p, end));
-            if (parse_dataset(p, pos, pos + ilen, DS_ITEM, codec, depth + 1, &after))
-                return -1;
+            rc = parse_dataset(p, pos, pos + ilen, DS_ITEM, codec, depth + 1, &after);
         }
+        if (explicit)
+            p->implicit = 0;
+        if (rc)
+            return -1;
         pos = after;
     }
     *next = pos;
@@ -1041,16 +1052,20 @@ static int read_element(Parser *p, DsState *st, size_t pos, size_t end, uint32_t
         *len = rd16(h + 6);
         *vpos = pos + 8;
     }
+    if (v == DL_VR_UN && *len == UNDEFINED)
+        v = DL_VR_SQ; /* filereader (infer_sq_for_un_vr): a sequence, PS3.5 6.2.2 */
     if (v == DL_VR_UN && *len != UNDEFINED) {
         /* hooks.raw_element_vr with replace_un_with_known_vr */
         *pyd = 1;
+        /* a sequence this way (values.convert_SQ) is read as any explicit VR one: its
+         * items switch to implicit VR when they look it (see parse_sequence) */
         if (private) {
             v = private_vr(st, *tag);
-            if (v < 0 || v == DL_VR_AMBIGUOUS || v == DL_VR_SQ)
+            if (v < 0 || v == DL_VR_AMBIGUOUS)
                 DECLINE(p, "un");
         } else if (*len < 0xFFFF) {
             int d = dict_lookup(*tag);
-            if (d == DL_VR_AMBIGUOUS || d == DL_VR_SQ)
+            if (d == DL_VR_AMBIGUOUS)
                 DECLINE(p, "un");
             if (d >= 0)
                 v = d;

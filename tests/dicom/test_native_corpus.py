@@ -109,7 +109,7 @@ EXPECTED_DECLINES: dict[str, str] = {
     "sq-mixed-deflated": "deflated",
     "ts-explicit-but-implicit-body": "vr_switch",
     "ts-implicit-but-explicit-body": "vr_switch",
-    "un-explicit": "un",
+    "un-explicit": "order",  # its item bodies list (0010,0020) before (0008,1150)
 }
 
 

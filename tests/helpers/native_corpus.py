@@ -1206,3 +1206,76 @@ def canonical(value: Any) -> Any:
     if isinstance(value, int):
         return ("int", value)
     raise TypeError(f"not a JSON value: {value!r}")
+
+
+# ---------------------------------------------------------------------------------------
+# sequences sent as UN, and implicit VR items inside explicit VR data sets (PS3.5 6.2.2)
+
+
+def _implicit_encoded_items(items: list[Dataset], *, undefined: bool) -> bytes:
+    """Sequence items encoded implicit VR little endian, as a UN value carries them."""
+    out = b""
+    for item in items:
+        body = _dataset_body(item, implicit=True, little=True)
+        if undefined:
+            out += struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + body
+            out += struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
+        else:
+            out += struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
+    return out
+
+
+def _explicit_with(ds: Dataset, raw: dict[int, bytes]) -> bytes:
+    """``ds`` explicit VR little endian, with whole raw elements placed by tag."""
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    tags = sorted(set(ds.keys()) | set(raw))
+    for tag in tags:
+        if tag in raw:
+            fp.write(raw[tag])
+        else:
+            write_data_element(fp, ds[tag], ["iso8859"])
+    return _with_meta(ds, fp.getvalue())
+
+
+def _un_element(tag: int, value: bytes | None, items: bytes) -> bytes:
+    """An explicit VR UN element holding ``items``; undefined length when value is None."""
+    head = struct.pack("<HH", tag >> 16, tag & 0xFFFF) + b"UN\x00\x00"
+    if value is None:
+        return head + struct.pack("<L", 0xFFFFFFFF) + items + struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    return head + struct.pack("<L", len(items)) + items
+
+
+def _code_item(value: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue = value
+    item.CodingSchemeDesignator = "DCM"
+    item.CodeMeaning = f"Meaning of {value}"
+    item.ReferencedImageSequence = Sequence([_sequence_item(value)])
+    return item
+
+
+@case("un-sequence-undefined-length")
+def _un_sequence_undefined() -> bytes:
+    """A sequence (Procedure Code Sequence) sent as UN of undefined length."""
+    ds = _dataset("un-sequence-undefined-length")
+    items = _implicit_encoded_items([_code_item("A1"), _code_item("B2")], undefined=True)
+    return _explicit_with(ds, {0x00081032: _un_element(0x00081032, None, items)})
+
+
+@case("un-sequence-defined-length")
+def _un_sequence_defined() -> bytes:
+    """A sequence (Derivation Code Sequence) sent as UN of defined length."""
+    ds = _dataset("un-sequence-defined-length")
+    items = _implicit_encoded_items([_code_item("C3")], undefined=False)
+    return _explicit_with(ds, {0x00089215: _un_element(0x00089215, b"", items)})
+
+
+@case("sq-with-implicit-item")
+def _sq_implicit_item() -> bytes:
+    """An explicit VR sequence whose item is encoded implicit VR (pydicom switches)."""
+    ds = _dataset("sq-with-implicit-item")
+    items = _implicit_encoded_items([_code_item("D4")], undefined=True)
+    head = struct.pack("<HH", 0x0008, 0x1032) + b"SQ\x00\x00" + struct.pack("<L", 0xFFFFFFFF)
+    tail = struct.pack("<HHL", 0xFFFE, 0xE0DD, 0)
+    return _explicit_with(ds, {0x00081032: head + items + tail})
