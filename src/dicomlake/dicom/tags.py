@@ -119,16 +119,20 @@ def promoted_values(meta: JsonDict, warnings: list[str] | None = None) -> dict[s
         meta: The header as DICOM JSON.
         warnings: Where to note values that could not be typed (they become None).
     """
-    row: dict[str, Any] = {}
+    row: dict[str, Any] = dict.fromkeys(_PROMOTED)
+    get = meta.get
     for keyword, (key, convert) in _PROMOTED.items():
-        element = meta.get(key)
+        element = get(key)
         if element is None:
-            row[keyword] = None
             continue
+        if convert is _as_text:  # most columns: a string value taken as it is
+            values = element.get("Value")
+            if values and type(values[0]) is str:
+                row[keyword] = values[0]
+                continue
         try:
             row[keyword] = convert(element)
         except (ValueError, TypeError) as exc:
-            row[keyword] = None
             if warnings is not None:
                 warnings.append(f"{keyword}: {_safe_reason(exc)}")
     return row
