@@ -14,8 +14,9 @@ import pytest
 from pydicom.multival import MultiValue
 from pydicom.valuerep import PersonName
 
-from dicomlake.dicom.header import NotDicom, read_header
+from dicomlake.dicom.header import read_header
 from dicomlake.dicom.tags import promoted_values
+from dicomlake.errors import NotDicom
 from dicomlake.sample import pydicom_test_files
 from dicomlake.schema import PROMOTED_TAGS
 

@@ -24,7 +24,8 @@ import pydicom
 import pytest
 
 from dicomlake.dicom import native
-from dicomlake.dicom.header import NotDicom, TruncatedFile, read_header
+from dicomlake.dicom.header import read_header
+from dicomlake.errors import NotDicom, TruncatedFile
 from dicomlake.sample import sample_file
 
 #: The files (pydicom's own test files, always installed) and what each covers.

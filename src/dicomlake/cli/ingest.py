@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,9 @@ from dicomlake.cli.options import (
 )
 from dicomlake.cli.render import Progress, print_summary_table, summary_line
 from dicomlake.errors import DicomLakeError
+
+if TYPE_CHECKING:
+    from dicomlake.kernels.thumbnails import ThumbnailOptions
 
 
 def ingest(
@@ -67,7 +70,6 @@ def ingest(
     from dicomlake.dicom import native
     from dicomlake.jobs.ingest import CommitPolicy
     from dicomlake.jobs.ingest import ingest as run_ingest
-    from dicomlake.kernels.thumbnails import ThumbnailOptions
 
     storage = storage_config(anon, storage_option)
     if parser is ParserOption.native and not native.available():
@@ -82,6 +84,11 @@ def ingest(
             f"{native.SPEEDUP} slower",
             err=True,
         )
+    drawing: bool | ThumbnailOptions = False
+    if thumbnails:  # the drawing code imports pydicom and the codecs: only when asked
+        from dicomlake.kernels.thumbnails import ThumbnailOptions
+
+        drawing = ThumbnailOptions(thumbnail_size, frame.value)
     display = Progress() if interactive(quiet) else None
     try:
         with display or nullcontext():
@@ -92,7 +99,7 @@ def ingest(
                 sync=sync,
                 file_timeout=file_timeout,
                 commits=CommitPolicy(rows=commit_rows, seconds=commit_seconds),
-                thumbnails=ThumbnailOptions(thumbnail_size, frame.value) if thumbnails else False,
+                thumbnails=drawing,
                 storage_options=storage,
                 progress=display.update if display else None,
                 parser=parser.value,

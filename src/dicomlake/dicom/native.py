@@ -60,8 +60,7 @@ if not hasattr(_ext, "parse"):  # a stray namespace package, not the extension
     _ext = None
 
 if _ext is not None:
-    from pydicom.datadict import tag_for_keyword
-
+    from dicomlake.dicom.keywords import tag_for_keyword
     from dicomlake.schema import PROMOTED_TAGS
 
     _ext.set_promoted([tag for k in PROMOTED_TAGS if (tag := tag_for_keyword(k)) is not None])
@@ -148,6 +147,7 @@ def parse_stream(
     uri: str,
     bulk_threshold: int = 1024,
     decode_meta: bool = True,
+    held: bytearray | None = None,
 ) -> Header | str:
     """Parse the header of a file open in ``fp`` from its first bytes, natively.
 
@@ -162,6 +162,8 @@ def parse_stream(
         uri: The file's URI, used in BulkDataURIs.
         bulk_threshold: Binary values longer than this many bytes become bulk data.
         decode_meta: As for :func:`parse_file`.
+        held: Where to keep the bytes read (the whole file, when it was read whole,
+            for the pydicom path to read after a decline); a new buffer if None.
 
     Returns:
         The :class:`Header`, as :func:`parse_file` gives it for the whole file, or
@@ -176,7 +178,7 @@ def parse_stream(
         return "unavailable"
     if size <= 0:
         return "empty"
-    data = bytearray()
+    data = bytearray() if held is None else held
     want = min(size, PREFIX_BYTES)
     while True:
         while len(data) < want:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
-from pydicom.datadict import tag_for_keyword
 
+from dicomlake.dicom.keywords import tag_for_keyword
 from dicomlake.schema import PROMOTED_TAGS
 
 JsonDict = dict[str, Any]

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import pyarrow as pa
@@ -28,7 +28,6 @@ from dicomlake.engine.local import LocalEngine, Task
 from dicomlake.engine.sinks import SHARDS, ShardSink
 from dicomlake.errors import LakeError
 from dicomlake.kernels.instances import BULK_THRESHOLD, InstancesKernel
-from dicomlake.kernels.thumbnails import ThumbnailOptions
 from dicomlake.killpoints import kill_point
 from dicomlake.lake.fingerprints import Fingerprints
 from dicomlake.lake.probe import check_lake_writable
@@ -39,6 +38,9 @@ from dicomlake.lake.writer import TableWriter
 from dicomlake.rows import row_id, tally
 from dicomlake.storage.locations import file_uri, local_path, uri_forms
 from dicomlake.storage.settings import StorageConfig, fsspec_options
+
+if TYPE_CHECKING:  # drawing imports pydicom and the codecs: only when asked for
+    from dicomlake.kernels.thumbnails import ThumbnailOptions
 
 log = logging.getLogger(__name__)
 
@@ -360,7 +362,11 @@ def ingest(
     storage_options = StorageConfig.coerce(storage_options)  # one form, each layer converts
     check_sources(source_list, storage_options=storage_options)
     check_lake_writable(lake, storage_options=storage_options)
-    drawing = ThumbnailOptions() if thumbnails is True else thumbnails or None
+    if thumbnails is True:
+        from dicomlake.kernels.thumbnails import ThumbnailOptions
+
+        thumbnails = ThumbnailOptions()
+    drawing = thumbnails or None
     pool = (os.cpu_count() or 1) if workers is None else workers
     kernel = InstancesKernel(
         bulk_threshold=bulk_threshold,
@@ -376,7 +382,11 @@ def ingest(
         sink=_shard_sink(lake, storage_options) if sharded else None,
         prefetch=prefetch,
     )
-    engine.start()  # workers import while this process loads what the lake has
+    if not all(local_path(source) or os.path.exists(source) for source in source_list):
+        # listing a bucket takes a while: the workers import meanwhile. Local sources
+        # wait for map(), which runs a tiny ingest here with no workers at all (their
+        # start-up would be most of a one-file run's time, and its CPU)
+        engine.start()
     run = _Run(
         lake=lake,
         sources=source_list,

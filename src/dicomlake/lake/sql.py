@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 import pyarrow as pa
 
 from dicomlake._types import StorageOptions
+from dicomlake.dicom.keywords import keyword_table
 from dicomlake.errors import LakeError
 from dicomlake.lake.tables import (
     DEID_TABLE,
@@ -268,18 +268,12 @@ def _sql_identifier(name: str) -> str:
 def _keywords() -> tuple[list[str], list[str]]:
     """DICOM keywords and their tags ("GGGGEEEE"), from pydicom's dictionary.
 
-    Read from ``dicom_keywords.txt`` (``scripts/gen_dicom_keywords.py``), not from
-    pydicom itself: importing pydicom, and pandas for a registered table, was most of a
+    Read from the package (:mod:`dicomlake.dicom.keywords`), not from pydicom itself:
+    importing pydicom, and pandas for a registered table, was most of a
     ``dicomlake sql``'s start-up.
     """
-    text = resources.files("dicomlake.lake").joinpath("dicom_keywords.txt").read_text("utf-8")
-    keywords, tags = [], []
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            keyword, tag = line.split("\t")
-            keywords.append(keyword)
-            tags.append(tag)
-    return keywords, tags
+    table = keyword_table()
+    return [keyword for keyword, _ in table], [tag for _, tag in table]
 
 
 def _register_tag_helpers(con: duckdb.DuckDBPyConnection) -> None:
