@@ -177,7 +177,7 @@ def _overlapping(prefixes: Sequence[str]) -> bool:
 #: shard, so big tasks mean few files for the end-of-run compaction, and small first
 #: tasks keep a short run's workers busy and its progress moving.
 FIRST_TASK_FILES: Final = 64
-MAX_TASK_FILES: Final = 1024
+MAX_TASK_FILES: Final = 512
 #: About how long one task should take a worker; longer ones make the progress bar
 #: jumpy and leave workers idle at the end of the run while the last ones finish.
 TASK_SECONDS: Final = 0.5
@@ -187,7 +187,7 @@ TASK_SECONDS: Final = 0.5
 class TaskSizer:
     """Files per task, from the rate the workers reach (or fixed, when ``fixed`` is set).
 
-    Each task should take a worker about :data:`TASK_SECONDS`: 1,024 headers read
+    Each task should take a worker about :data:`TASK_SECONDS`: 512 headers read
     natively from a local disk, 64 files from a bucket or with thumbnails drawn.
 
     Example:
@@ -196,7 +196,7 @@ class TaskSizer:
         64
         >>> sizer.done(files=20_000, seconds=2.0)  # 5,000 files/s a worker
         >>> sizer.size()
-        1024
+        512
     """
 
     workers: int = 1
@@ -209,7 +209,7 @@ class TaskSizer:
             self.rate = files / seconds / max(self.workers, 1)
 
     def size(self) -> int:
-        """Files for the next task: a power of two in [64, 1024]."""
+        """Files for the next task: a power of two in [64, 512]."""
         if self.fixed is not None:
             return self.fixed
         want = self.rate * TASK_SECONDS
@@ -333,7 +333,7 @@ def ingest(
         bulk_threshold: Binary values longer than this become BulkDataURIs.
         task_size: Files per task sent to a worker (and rows per shard a worker
             writes); by default sized to the rate the workers reach: 64 at first,
-            up to 1,024 (see :class:`TaskSizer`).
+            up to 512 (see :class:`TaskSizer`).
         shards: Workers write the rows of new files as Parquet files in the table's
             folder themselves and send back only their add-actions, which this
             process commits (default: whenever there are worker processes).
