@@ -10,6 +10,10 @@ functions that need a task context, so this module imports without Spark. Three 
   columns with the kernel's columns added;
 - :func:`parquet_writer` builds the executors' side of a Delta write: each task writes
   its rows to one Parquet file in the table's folder and returns that file's add-action;
+- :func:`chain` marks a transformer's output DataFrame with its Arrow stages, so that
+  :func:`save_dataframe` runs them in the writing task itself: file references go in,
+  add-actions come out, and the parsed rows never cross into the JVM (one Python pass,
+  as the local engine's workers write shards);
 - :func:`commit` is the driver's side: it commits the add-actions of the successful
   tasks in one Delta transaction through delta-rs, then deletes the files the job wrote
   that are not in the log (failed or retried task attempts).
@@ -17,6 +21,7 @@ functions that need a task context, so this module imports without Spark. Three 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import io
 import logging
@@ -24,6 +29,7 @@ import os
 import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import pyarrow as pa
@@ -270,14 +276,9 @@ def thumbnails_mapper(
     from dicomlake.kernels.thumbnails import thumbnail_rows
     from dicomlake.rows import row_id
 
-    def one(batch: pa.RecordBatch, index: int, ref: FileRef) -> dict[str, Any] | None:
-        flags = _column(batch, ("has_pixel_data",))
-        if flags is not None and not flags[index]:
+    def one(ref: FileRef, has_pixels: bool, status: str, frames: int | None) -> Any:
+        if not has_pixels or status != "ok":
             return None
-        statuses = _column(batch, ("status",))
-        if statuses is not None and statuses[index] != "ok":
-            return None
-        frames = _column(batch, ("NumberOfFrames",))
         try:
             with open_ref(ref, storage_options=storage_options) as fp:
                 rows = thumbnail_rows(
@@ -285,7 +286,7 @@ def thumbnails_mapper(
                     path=ref.path,
                     instance_id=row_id(ref.path),
                     sop_instance_uid=None,
-                    frames=(frames[index] if frames is not None else None) or 1,
+                    frames=frames or 1,
                     options=options,
                 )
         except Exception:  # an unreadable file: no thumbnail, the row stays
@@ -298,13 +299,93 @@ def thumbnails_mapper(
         warnings.simplefilter("ignore")
         for batch in batches:
             refs = refs_from_batch(batch)
-            images = [one(batch, i, ref) for i, ref in enumerate(refs)]
+            n = len(refs)  # each column read once per batch, not once per row
+            flags = _column(batch, ("has_pixel_data",)) or [True] * n
+            statuses = _column(batch, ("status",)) or ["ok"] * n
+            frames = _column(batch, ("NumberOfFrames",)) or [None] * n
+            images = [
+                one(ref, *row) for ref, *row in zip(refs, flags, statuses, frames, strict=True)
+            ]
             added = pa.RecordBatch.from_arrays(
                 [pa.array(images, type=THUMBNAIL_TYPE)], names=["thumbnail"]
             )
             yield _combine(batch, added, out_schema)
 
     return run
+
+
+# --------------------------------------------------------------------------- chains
+
+#: The attribute of a DataFrame that holds its :class:`Chain`.
+_CHAIN_ATTRIBUTE: Final = "_dicomlake_chain"
+
+
+@dataclass(frozen=True, slots=True)
+class Chain:
+    """How a transformer's output DataFrame was made: ``source`` through Arrow ``stages``.
+
+    The DataFrame it marks is ``source.mapInArrow(stages[0]).mapInArrow(stages[1])...``;
+    :func:`save_dataframe` runs the stages and the Parquet write in one task instead,
+    so that each row is made, written and dropped in the Python worker.
+    """
+
+    source: DataFrame
+    stages: tuple[ArrowMapper, ...]
+
+
+def chain_of(df: DataFrame) -> Chain | None:
+    """The :class:`Chain` that made ``df``, or None for any other DataFrame."""
+    found = getattr(df, "__dict__", {}).get(_CHAIN_ATTRIBUTE)
+    return found if isinstance(found, Chain) else None
+
+
+def chain(df: DataFrame, stage: ArrowMapper, schema: pa.Schema) -> DataFrame:
+    """``df.mapInArrow(stage, schema)``, marked so that a save can run ``stage`` itself.
+
+    A chain grows while each step's input is the previous step's output; any other
+    DataFrame operation in between starts none (the result is an ordinary DataFrame,
+    saved through its rows).
+
+    Args:
+        df: The input DataFrame.
+        stage: A ``mapInArrow`` function whose output batches are in ``schema``.
+        schema: The Arrow schema of the output.
+
+    Returns:
+        The output DataFrame, the same as ``df.mapInArrow`` gives.
+    """
+    out = df.mapInArrow(stage, to_spark(schema))
+    before = chain_of(df)
+    marked = (
+        Chain(df, (stage,)) if before is None else Chain(before.source, (*before.stages, stage))
+    )
+    with contextlib.suppress(AttributeError, TypeError):  # a DataFrame without __dict__
+        out.__dict__[_CHAIN_ATTRIBUTE] = marked
+    return out
+
+
+def _stages_then(stages: Sequence[ArrowMapper]) -> ArrowMapper:
+    """One function that runs ``stages`` one after the other on a task's batches."""
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for stage in stages:
+            batches = stage(batches)
+        return batches
+
+    return run
+
+
+def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
+    """``batch``'s columns, by name, cast to ``schema`` (the table's schema).
+
+    Raises:
+        KeyError: ``batch`` lacks a column of ``schema``.
+    """
+    arrays = []
+    for field in schema:
+        column = batch.column(field.name)
+        arrays.append(column if column.type == field.type else column.cast(field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
 # --------------------------------------------------------------------------- writing
@@ -315,6 +396,7 @@ def parquet_writer(
     schema: pa.Schema,
     job_id: str,
     *,
+    stages: Sequence[ArrowMapper] = (),
     task_hook: ArrowMapper | None = None,
     storage_options: StorageOptions = None,
 ) -> ArrowMapper:
@@ -326,8 +408,11 @@ def parquet_writer(
 
     Args:
         table_uri: The Delta table's folder or URI.
-        schema: The table's Arrow schema; batches are cast to it.
+        schema: The table's Arrow schema; batches are cast to it (columns by name).
         job_id: Marks every file of this write job.
+        stages: ``mapInArrow`` functions run first, in the same task, on the input
+            batches (a :class:`Chain`'s): their rows go to the file without a trip
+            through the JVM.
         task_hook: Applied to each task's input batches, in the writer's process (a
             seam for tests that kill a task attempt midway).
         storage_options: Credentials and endpoint for an object-storage table (a
@@ -353,11 +438,8 @@ def parquet_writer(
         if task_hook is not None:
             batches = task_hook(batches)
         try:
-            for batch in batches:
-                batch = pa.RecordBatch.from_arrays(
-                    [c.cast(f.type) for c, f in zip(batch.columns, schema, strict=True)],
-                    schema=schema,
-                )
+            for batch in _stages_then(stages)(batches):
+                batch = conform(batch, schema)
                 if writer is None:
                     writer = pq.ParquetWriter(
                         target, schema, filesystem=fs, compression="zstd", compression_level=3
@@ -437,6 +519,11 @@ def save_dataframe(
     succeeded and commits them (:func:`commit`). A file written by a failed or retried
     attempt is never in the log, and is deleted after the commit with ``cleanup``.
 
+    When ``df`` is a transformer's output (a :class:`Chain`), each task runs the
+    transformers' stages on its share of the chain's source (the catalog's file
+    references) and writes their rows straight away: the same rows, without sending
+    them to the JVM and back to a second Python pass.
+
     Args:
         df: The rows to write.
         table_uri: The table's folder or URI (a local folder is created).
@@ -463,12 +550,17 @@ def save_dataframe(
             raise LakeError(f"cannot save to {local}: it is a file, not a folder", lake=local)
         os.makedirs(local, exist_ok=True)
     job_id = new_job_id()
-    written = df.mapInArrow(
-        parquet_writer(
-            table_uri, schema, job_id, task_hook=task_hook, storage_options=storage_options
-        ),
-        to_spark(ADD_ACTION_SCHEMA),
-    ).collect()
+    made = chain_of(df)
+    source, stages = (df, ()) if made is None else (made.source, made.stages)
+    writer = parquet_writer(
+        table_uri,
+        schema,
+        job_id,
+        stages=stages,
+        task_hook=task_hook,
+        storage_options=storage_options,
+    )
+    written = source.mapInArrow(writer, to_spark(ADD_ACTION_SCHEMA)).collect()
     return commit(
         table_uri,
         schema,
@@ -513,7 +605,11 @@ __all__ = [
     "INSTANCES_SCHEMA",
     "OPENCV_MODES",
     "THUMBNAIL_TYPE",
+    "Chain",
+    "chain",
+    "chain_of",
     "commit",
+    "conform",
     "instances_mapper",
     "merge_schema",
     "new_job_id",

@@ -16,7 +16,10 @@ from dicomlake.spark._compat import require_pyspark, to_arrow, to_spark
 from dicomlake.storage.settings import StorageConfig, delta_options
 
 if TYPE_CHECKING:
+    from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
+
+    from dicomlake.engine.spark import ArrowMapper
 
 #: pixels' ``object_catalog`` columns, then dicomlake's own names for the same facts.
 CATALOG_SCHEMA: Final = pa.schema(
@@ -79,6 +82,23 @@ def _text_local_path(ref: FileRef) -> str | None:
     except UnicodeEncodeError:
         return None
     return local
+
+
+def _listing_slices(listing: Broadcast[pa.Table], rows: int) -> ArrowMapper:
+    """The ``mapInArrow`` function that turns task numbers into their rows of the listing.
+
+    The listing reaches each Python worker once, as a broadcast, and each task takes
+    its ``rows`` rows from it: no row is shuffled or converted by the JVM on the way
+    to the extractors, which run in the same task when the DataFrame is saved.
+    """
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        table = listing.value
+        for batch in batches:
+            for task in batch.column(0).to_pylist():
+                yield from table.slice(task * rows, rows).to_batches()
+
+    return run
 
 
 _active_storage_options: StorageOptions = None
@@ -167,7 +187,8 @@ class Catalog:
         """List every file and zip member under ``path`` into a DataFrame.
 
         The listing runs on the driver (:func:`dicomlake.catalog.iter_files`) and is
-        held as Arrow batches until Spark takes it.
+        broadcast once as an Arrow table; each task takes its slice of
+        ``files_per_partition`` rows, so the rows reach the extractors without a shuffle.
 
         Args:
             path: A folder, file, zip archive or fsspec URL, or a list of them.
@@ -196,11 +217,17 @@ class Catalog:
                 is_anon=StorageConfig.coerce(self.storage_options).anon,
             )
         )
-        table = pa.Table.from_batches(batches, schema=CATALOG_SCHEMA)
-        df = self.spark.createDataFrame(table, schema=to_spark(CATALOG_SCHEMA))
-        slots = self.spark.sparkContext.defaultParallelism
-        wanted_tasks = max(slots, math.ceil(table.num_rows / self.files_per_partition))
-        return df.repartition(max(1, min(table.num_rows, wanted_tasks)))
+        table = pa.Table.from_batches(batches, schema=CATALOG_SCHEMA).combine_chunks()
+        context = self.spark.sparkContext
+        wanted_tasks = max(
+            context.defaultParallelism, math.ceil(table.num_rows / self.files_per_partition)
+        )
+        tasks = max(1, min(table.num_rows, wanted_tasks))
+        rows = max(1, math.ceil(table.num_rows / tasks))
+        from dicomlake.engine.spark import chain
+
+        tasks_df = self.spark.range(0, tasks, 1, numPartitions=tasks)
+        return chain(tasks_df, _listing_slices(context.broadcast(table), rows), CATALOG_SCHEMA)
 
     # -- the table
 

@@ -102,7 +102,7 @@ class DicomMetaExtractor(_Transformer):
             MissingColumn: ``df`` has no ``path`` column.
         """
         self._check(df)
-        from dicomlake.engine.spark import INSTANCES_SCHEMA, instances_mapper, merge_schema
+        from dicomlake.engine.spark import INSTANCES_SCHEMA, chain, instances_mapper, merge_schema
         from dicomlake.kernels.instances import InstancesKernel
 
         out = merge_schema(to_arrow(df.schema), INSTANCES_SCHEMA)
@@ -110,7 +110,7 @@ class DicomMetaExtractor(_Transformer):
             bulk_threshold=self.bulk_threshold,
             storage_options=self.catalog.storage_options if self.catalog else None,
         )
-        return df.mapInArrow(instances_mapper(kernel, out), to_spark(out))
+        return chain(df, instances_mapper(kernel, out), out)
 
 
 class DicomThumbnailExtractor(_Transformer):
@@ -166,11 +166,11 @@ class DicomThumbnailExtractor(_Transformer):
             MissingColumn: ``df`` lacks ``path`` or ``has_pixel_data``.
         """
         self._check(df)
-        from dicomlake.engine.spark import THUMBNAIL_TYPE, merge_schema, thumbnails_mapper
+        from dicomlake.engine.spark import THUMBNAIL_TYPE, chain, merge_schema, thumbnails_mapper
 
         out = merge_schema(to_arrow(df.schema), pa.schema([("thumbnail", THUMBNAIL_TYPE)]))
         mapper = thumbnails_mapper(self.options, out, storage_options=self.storage_options)
-        return df.mapInArrow(mapper, to_spark(out))
+        return chain(df, mapper, out)
 
 
 class DicomPillowThumbnailExtractor(DicomThumbnailExtractor):
@@ -233,7 +233,7 @@ class PathExtractor(_Transformer):
             MissingColumn: ``df`` has no ``path`` column.
         """
         self._check(df)
-        from dicomlake.engine.spark import nullable
+        from dicomlake.engine.spark import chain, nullable
 
         schema = to_arrow(df.schema)
         added = [
@@ -244,7 +244,7 @@ class PathExtractor(_Transformer):
         ]
         names = {f.name for f in added}
         out = nullable(pa.schema([f for f in schema if f.name not in names] + added))
-        return df.mapInArrow(_path_columns, to_spark(out))
+        return chain(df, _path_columns, out)
 
 
 def tag_key(key: str) -> str:
