@@ -14,10 +14,10 @@ from dicomlake.catalog.refs import (
     split_zip_uri,
     url_to_fs,
 )
-from dicomlake.catalog.zips import zip_cache
+from dicomlake.catalog.zips import declared_size, zip_cache
 from dicomlake.storage.faults import translate_errors
 from dicomlake.storage.locations import is_local, local_path
-from dicomlake.storage.settings import StorageConfig
+from dicomlake.storage.settings import S3_PROTOCOLS, StorageConfig
 
 if TYPE_CHECKING:
     from dicomlake._types import StorageOptions
@@ -67,6 +67,54 @@ def open_ref(ref: FileRef | str, *, storage_options: StorageOptions = None) -> I
             fs, path = url_to_fs(uri, storage_options)
             with fs.open(path, "rb") as handle:
                 yield handle
+
+
+@contextlib.contextmanager
+def open_sized(
+    ref: FileRef | str, *, storage_options: StorageOptions = None
+) -> Iterator[tuple[IO[bytes], int]]:
+    """Open a reference to read its first bytes, knowing its size without reading to its end.
+
+    As :func:`open_ref`, with the same errors, but an object is opened to fetch only
+    the ranges read (no read-ahead block), and the size comes from the zip entry, the
+    object's listing or the file's ``stat``: seeking a zip member to its end inflates
+    it all. For the native header parser, which reads a prefix and stops.
+
+    Args:
+        ref: A reference from :func:`iter_files`, or its ``path`` URI.
+        storage_options: Passed to fsspec for non-local files and archives.
+
+    Yields:
+        ``(handle, size)``: a binary file object at the file's start, and the file's
+        size in bytes (a zip member's declared, inflated size).
+
+    Raises:
+        FileNotFoundError: As :func:`open_ref`.
+        KeyError: As :func:`open_ref`.
+        zipfile.BadZipFile: As :func:`open_ref`.
+        dicomlake.storage.StorageError: As :func:`open_ref`.
+    """
+    uri = ref if isinstance(ref, str) else ref.path
+    if split_zip_uri(uri) is not None or local_path(uri) is not None:
+        with open_ref(uri, storage_options=storage_options) as handle:
+            size = declared_size(handle)
+            if size is None:
+                size = os.fstat(handle.fileno()).st_size
+            yield handle, size
+        return
+    with _remote_errors(uri, storage_options):
+        fs, path = url_to_fs(uri, storage_options)
+        options: dict[str, object] = {}
+        known = None if isinstance(ref, str) else ref.size
+        if known is not None and uri.split("://")[0] in S3_PROTOCOLS:
+            options["size"] = known  # the listing's: saves a HEAD request per object
+        # no cache: each read fetches the range it asks for, and nothing more
+        with fs.open(path, "rb", cache_type="none", **options) as handle:
+            size = getattr(handle, "size", None)
+            if not isinstance(size, int):
+                size = handle.seek(0, 2)
+                handle.seek(0)
+            yield handle, size
 
 
 def _remote_errors(

@@ -110,6 +110,30 @@ def _member_stream(
     return bz2.BZ2File(raw), raw.tell, [raw]
 
 
+def declared_size(member: IO[bytes]) -> int | None:
+    """A member's inflated size as its entry declares it; None for any other stream.
+
+    What its ``seek(0, 2)`` gives too, but without inflating the whole member to get
+    there: a reader of its first bytes knows the size at no cost.
+    """
+    return member._info.file_size if isinstance(member, _GuardedMember) else None
+
+
+def read_to_end(member: IO[bytes]) -> None:
+    """Inflate the rest of a zip member through its guards; nothing for other streams.
+
+    What ``read_header``'s seek to the end does: a member that passes the zip bomb
+    limits or fails its CRC past the bytes a reader of its header took still fails, so
+    it is an error row whichever parser read its header.
+
+    Raises:
+        ZipBomb: The member inflates past a limit.
+        zipfile.BadZipFile: Its CRC does not match.
+    """
+    if isinstance(member, _GuardedMember):
+        member.seek(0, io.SEEK_END)
+
+
 class _GuardedMember(io.BufferedIOBase):
     """A zip member's stream that stops once it inflates past the zip limits.
 

@@ -1,26 +1,31 @@
 """The ``instances`` kernel: one file's header as one row of the lake's column contract.
 
-The native parser reads the local files it handles exactly; everything else (zip
-members, objects, what it declines) goes through pydicom. Both give the same ``meta``
-and typed columns; the ``parser`` column says which one read the file.
+The native parser reads the files it handles exactly (local files mapped, zip members
+and objects from their first bytes); what it declines goes through pydicom. Both give
+the same ``meta`` and typed columns; the ``parser`` column says which one read the file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final, get_args
+from dataclasses import dataclass
+from typing import IO, TYPE_CHECKING, Any, Final, get_args
 
 import orjson
 import pyarrow as pa
 
 from dicomlake._types import Batches, Parser, Row, StorageOptions
 from dicomlake.catalog import FileRef, local_file, open_ref, source_columns
+from dicomlake.catalog.opening import open_sized
+from dicomlake.catalog.zips import read_to_end
 from dicomlake.dicom import native
 from dicomlake.dicom.header import Header, read_header
 from dicomlake.dicom.tags import promoted_values
-from dicomlake.errors import NotDicom
+from dicomlake.errors import HeaderTooLarge, NotDicom, StorageError
 from dicomlake.killpoints import kill_point
 from dicomlake.rows import build_batch, clip_error, error_text, flatten
 from dicomlake.schema import INSTANCES_SCHEMA
@@ -34,15 +39,57 @@ BULK_THRESHOLD: Final = 1024
 PARSERS: Final = get_args(Parser)
 
 
-def _native_header(ref: FileRef, bulk_threshold: int) -> Header | None:
-    """The header through the native parser, or None when it declines or cannot run."""
+@dataclass(slots=True)
+class _NativeRead:
+    """What the native parser made of a file: its header, or the bytes it read whole.
+
+    ``header`` is None when it declined; then ``data`` holds the whole file when the
+    first read took it all (a small zip member or object), for pydicom to read instead
+    of opening, inflating or fetching it again.
+    """
+
+    header: Header | None
+    size: int | None = None
+    data: bytes | None = None
+
+
+def _native_header(
+    ref: FileRef, bulk_threshold: int, storage_options: StorageOptions
+) -> _NativeRead:
+    """The header through the native parser, the size it read (None: a local file's).
+
+    A local file is mapped; a zip member or an object is parsed from its first bytes
+    (:func:`native.parse_stream`): an object's pixel data is never fetched. A zip
+    member the parser accepts is then inflated to its end, through the zip bomb guards
+    and its CRC check, as the pydicom path does. An error while reading a zip member or
+    an object (a damaged member) leaves the file to the pydicom path, which reads it
+    again and gives the row it always gave; but storage that still fails after its
+    retries is the row's error at once (trying again would double a hung read's time).
+    """
+    if not native.available():
+        return _NativeRead(None)
     local = local_file(ref)
-    if local is None or not native.available():
-        return None
-    result = native.parse_file(
-        local, uri=ref.path, bulk_threshold=bulk_threshold, decode_meta=False
-    )
-    return None if isinstance(result, str) else result
+    if local is not None:
+        result = native.parse_file(
+            local, uri=ref.path, bulk_threshold=bulk_threshold, decode_meta=False
+        )
+        return _NativeRead(None if isinstance(result, str) else result)
+    held = bytearray()
+    try:
+        with open_sized(ref, storage_options=storage_options) as (fp, size):
+            result = native.parse_stream(
+                fp, size, uri=ref.path, bulk_threshold=bulk_threshold, decode_meta=False, held=held
+            )
+            if isinstance(result, str) and len(held) < size:
+                return _NativeRead(None, size)
+            read_to_end(fp)  # a zip member's limits and CRC, as the pydicom path checks them
+            if isinstance(result, str):
+                return _NativeRead(None, size, bytes(held))
+    except (HeaderTooLarge, StorageError):
+        raise  # the parser's verdict, as on a local file; storage that failed its retries
+    except Exception:  # reading again gives the pydicom path's error row
+        return _NativeRead(None)
+    return _NativeRead(result, size)
 
 
 def extract_row(
@@ -55,10 +102,10 @@ def extract_row(
 ) -> Row:
     """Parse one file into a row dict with the lake's columns (never raises).
 
-    The native parser reads local files when it is built and ``parser`` allows it;
-    whatever it declines (and every zip member or object) goes through pydicom. The
-    ``parser`` column says which one read the file. With ``thumbnails``, the row also
-    carries ``_thumbnails``: the thumbnail rows drawn from the same file.
+    The native parser reads the file when it is built and ``parser`` allows it (a zip
+    member or an object from its first bytes); whatever it declines goes through
+    pydicom. The ``parser`` column says which one read the file. With ``thumbnails``,
+    the row also carries ``_thumbnails``: the thumbnail rows drawn from the same file.
     """
     row = source_columns(ref)
     row["warnings"] = None
@@ -67,12 +114,17 @@ def extract_row(
         return row
     try:
         row["parser"] = "native"  # set first: the native parser may refuse the file
-        header = None if parser == "pydicom" else _native_header(ref, bulk_threshold)
+        read = _NativeRead(None)
+        if parser != "pydicom":
+            read = _native_header(ref, bulk_threshold, storage_options)
+        header = read.header
         if header is None:
             row["parser"] = "pydicom"
+        if row["size"] is None:
+            row["size"] = read.size
         if header is not None and thumbnails is None and row["size"] is not None:
             return _ok_row(row, header, promoted=True)
-        with open_ref(ref, storage_options=storage_options) as fp:
+        with _reopen(ref, storage_options, read.data) as fp:
             if header is None:
                 header = read_header(fp, uri=ref.path, bulk_threshold=bulk_threshold)
             if row["size"] is None:
@@ -98,6 +150,15 @@ def extract_row(
     except Exception as exc:  # one bad file never stops a run
         row.update(status="error", error=error_text(exc))
         return row
+
+
+def _reopen(
+    ref: FileRef, storage_options: StorageOptions, data: bytes | None
+) -> contextlib.AbstractContextManager[IO[bytes]]:
+    """The file again for the pydicom path: the bytes the native parser read, if whole."""
+    if data is not None:
+        return io.BytesIO(data)
+    return open_ref(ref, storage_options=storage_options)
 
 
 def _ok_row(row: Row, header: Header, *, promoted: bool) -> Row:
