@@ -13,31 +13,43 @@ Large compressed frames are decoded at reduced resolution where the codec allows
 (JPEG baseline DCT scaling, JPEG 2000 resolution levels, both through Pillow), so a
 small thumbnail of a 4000 x 3000 mammogram does not cost a full decode; other large
 frames are block-averaged down to twice the size asked for before the LUTs.
+
+A frame is decoded from where its pixel data starts in the file, with pydicom's
+decoders given the *Image Pixel* attributes explicitly, so the header is parsed once:
+by :func:`read_frame` itself, or not at all when the caller already holds the header's
+DICOM JSON (ingest's header parse, see :func:`pixel_source`).
 """
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import math
+import re
+import struct
 import warnings
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, BinaryIO, cast
 
 import numpy as np
 import pydicom
 import pydicom.uid
-from pydicom.dataset import Dataset
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import (
     apply_color_lut,
     apply_modality_lut,
     apply_voi,
     convert_color_space,
 )
-from pydicom.pixels.utils import pixel_array
+from pydicom.pixels.utils import as_pixel_options, pixel_array
+from pydicom.uid import UID
 
 from dicomlake._types import FrameChoice
+from dicomlake.dicom.json import JsonDict
 from dicomlake.dicom.quiet import quiet
 
 logger = logging.getLogger(__name__)
@@ -49,6 +61,13 @@ _JPEG_2000 = {
     "1.2.840.10008.1.2.4.201",
     "1.2.840.10008.1.2.4.202",
     "1.2.840.10008.1.2.4.203",
+}
+_DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
+#: (7FE0,0010) Pixel Data, (7FE0,0008) Float and (7FE0,0009) Double Float Pixel Data
+_PIXEL_KEYWORDS = {
+    0x7FE00010: "PixelData",
+    0x7FE00008: "FloatPixelData",
+    0x7FE00009: "DoubleFloatPixelData",
 }
 #: Percentiles of the robust window used when a grayscale image has no VOI.
 ROBUST_PERCENTILES = (0.5, 99.5)
@@ -115,24 +134,37 @@ def pixel_aspect(ds: Dataset) -> float:
 
 @quiet
 def read_frame(
-    fp: IO[bytes], frame: int, *, max_side: int | None = None
+    fp: IO[bytes],
+    frame: int,
+    *,
+    max_side: int | None = None,
+    header: JsonDict | None = None,
 ) -> tuple[np.ndarray, Dataset, int]:
     """Decode one frame of the file open in ``fp``: (stored values, dataset, scale).
 
     Only that frame's bytes are read; the other frames of a multi-frame file are not.
+    The header is parsed once, here, or not at all when ``header`` is given.
 
     Args:
         fp: The DICOM file, seekable, at any position.
         frame: 0-based frame index.
         max_side: The largest side the caller needs; allows reduced-resolution
             decoding when the codec supports it.
+        header: The file's DICOM JSON as the header parse gave it, with the pixel
+            data as a BulkDataURI (see :func:`pixel_source`); None parses the header.
 
     Raises:
         Exception: Whatever the decoder raises for data it cannot decode.
     """
-    fp.seek(0)
-    ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
-    pixel_start = fp.tell()
+    source = None if header is None else pixel_source(header, fp, frame)
+    ds: Dataset
+    if source is None:
+        fp.seek(0)
+        ds = pydicom.dcmread(fp, force=True, stop_before_pixels=True)
+        pixel_start = fp.tell()
+        stream = fp
+    else:
+        ds, stream, pixel_start = source
     frames = ds.get("NumberOfFrames")
     if frames not in (None, ""):
         try:
@@ -148,12 +180,11 @@ def read_frame(
         # keep at least twice the pixels asked for, so that the final resize still
         # filters (a 4000 x 3000 frame for 256 pixels decodes at 1000 x 750)
         level = int(math.log2(max(rows, cols) / (2 * max_side)))
-        reduced = _reduced_decode(fp, pixel_start, ds, tsyntax, frame, level)
+        reduced = _reduced_decode(stream, pixel_start, ds, tsyntax, frame, level)
         if reduced is not None:
             return reduced[0], ds, reduced[1]
-    fp.seek(0)
     try:
-        arr = pixel_array(fp, index=frame)  # type: ignore[arg-type]  # any binary file
+        arr = _decode_at(stream, pixel_start, ds, frame)
     except (AttributeError, ValueError) as exc:
         # no file meta, deflated, or pixel data written with a VR switch: pydicom's
         # full reader copes with those where the frame-by-frame reader does not
@@ -165,6 +196,174 @@ def read_frame(
         arr = pixel_array(full, index=frame) if number_of_frames(full) > 1 else full.pixel_array
         ds = full
     return arr, ds, 1
+
+
+def _decode_at(fp: IO[bytes], pixel_start: int, ds: Dataset, frame: int) -> np.ndarray:
+    """Decode frame ``frame`` of the pixel data element at ``pixel_start`` of ``fp``.
+
+    What ``pydicom.pixels.pixel_array(fp, index=frame)`` does, less its own parse of
+    the header: the decoder gets the *Image Pixel* attributes of ``ds`` explicitly and
+    reads the frame's bytes from the file.
+
+    Raises:
+        AttributeError: No transfer syntax or no pixel data (pydicom's full reader may
+            still cope); also pydicom's, for a missing *Image Pixel* attribute.
+        ValueError: A deflated data set (no byte offsets in the file), or pydicom's
+            for invalid *Image Pixel* attributes.
+        NotImplementedError: No decoder for the transfer syntax.
+    """
+    found = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
+    if not found:
+        raise AttributeError("no (0002,0010) Transfer Syntax UID in the file meta")
+    tsyntax = UID(str(found))
+    if tsyntax in _DEFLATED:
+        raise ValueError("deflated data set: the pixel data has no offset in the file")
+    fp.seek(pixel_start)
+    head = fp.read(8)
+    if len(head) != 8:
+        raise AttributeError("the data set has no Pixel Data element")
+    order = "<" if tsyntax.is_little_endian else ">"
+    opts = as_pixel_options(ds)
+    if tsyntax.is_implicit_VR:
+        group, element, _length = struct.unpack(f"{order}HHL", head)
+    else:  # pixel data VRs always have a 4-byte length after 2 reserved bytes
+        group, element, vr, _short = struct.unpack(f"{order}HH2sH", head)
+        opts["pixel_vr"] = vr.decode("latin-1")
+        fp.read(4)
+    keyword = _PIXEL_KEYWORDS.get(group << 16 | element)
+    if keyword is None:
+        raise AttributeError("the data set has no Pixel Data element where it should be")
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError:
+        raise NotImplementedError(
+            "Unable to decode the pixel data as a (0002,0010) 'Transfer Syntax UID' "
+            f"value of '{tsyntax.name}' is not supported"
+        ) from None
+    opts.update(transfer_syntax_uid=tsyntax, pixel_keyword=keyword)
+    source = cast(BinaryIO, fp)  # any binary file: pydicom only reads and seeks it
+    arr, _ = decoder.as_array(source, index=frame, validate=True, raw=False, **opts)
+    return arr
+
+
+#: The end of this project's BulkDataURIs (:func:`dicomlake.dicom.json.bulk_data_uri`).
+_BULK_RANGE = re.compile(r"\?offset=([0-9]+)&length=([0-9]+)$")
+#: Top-level elements outside group 0028 that decoding or display read.
+_DISPLAY_TAGS = (
+    "00089205",  # Pixel Presentation (pydicom's palette check)
+    "00181164",  # Imager Pixel Spacing
+    "20500020",  # Presentation LUT Shape
+    "7FE00001",  # Extended Offset Table
+    "7FE00002",  # Extended Offset Table Lengths
+)
+_SHARED_GROUPS, _PER_FRAME_GROUPS = "52009229", "52009230"
+
+
+def pixel_source(
+    header: JsonDict, fp: IO[bytes], frame: int
+) -> tuple[Dataset, IO[bytes], int] | None:
+    """What :func:`read_frame` needs to decode a frame, from a header's DICOM JSON.
+
+    Ingest has already parsed the header into DICOM JSON, whose pixel data is a
+    BulkDataURI (its byte offset in the file) or, when short, inline: the *Image
+    Pixel* module, the LUTs, windows and spacings (group 0028, with the frame's
+    functional groups applied as :func:`frame_view` does), the transfer syntax and a
+    few others are turned back into a small dataset, so pydicom does not parse the
+    header again.
+
+    Args:
+        header: The DICOM JSON of the whole header, file meta included.
+        fp: The file, to read bulk values (pixel data, a palette's or a LUT's data).
+        frame: The frame that will be decoded, for its functional groups.
+
+    Returns:
+        (dataset, stream, offset of the pixel data element in the stream): the stream
+        is ``fp``, or the element rebuilt in memory from inline pixel data. None where
+        the JSON cannot stand for the file: no transfer syntax, big endian or
+        deflated, no single pixel data element, or an element header in the file
+        that is not the one the JSON describes.
+    """
+    tsyntax = _json_value(header.get("00020010"))
+    if not isinstance(tsyntax, str) or tsyntax in _DEFLATED:
+        return None
+    uid = UID(tsyntax)
+    if not uid.is_little_endian:  # pydicom's reader is the one that knows big endian
+        return None
+    pixel = [(key, header[key]) for key in ("7FE00010", "7FE00008", "7FE00009") if key in header]
+    if len(pixel) != 1 or not isinstance(pixel[0][1], dict):
+        return None
+    key, element = pixel[0]
+    vr = str(element.get("vr", ""))
+    head = struct.pack("<HH", int(key[:4], 16), int(key[4:], 16))
+    head_size = 8 if uid.is_implicit_VR else 12
+    if "InlineBinary" in element:
+        stream = _rebuilt_element(head, vr, element["InlineBinary"], uid)
+        start = 0
+    else:
+        match = _BULK_RANGE.search(str(element.get("BulkDataURI", "")))
+        if match is None or int(match.group(1)) < head_size:
+            return None
+        stream, start = fp, int(match.group(1)) - head_size
+        fp.seek(start)
+        found = fp.read(head_size)
+        # the element header must be the one the JSON describes (a VR switch is not)
+        if found[:4] != head or (not uid.is_implicit_VR and found[4:6] != vr.encode()):
+            return None
+    chosen = {key: value for key, value in header.items() if key.startswith("0028")}
+    chosen.update((key, header[key]) for key in _DISPLAY_TAGS if key in header)
+    chosen.update(_frame_groups(header, frame))
+
+    def bulk(_tag: str, _vr: str, uri: str) -> bytes:
+        found = _BULK_RANGE.search(uri)
+        if found is None:
+            raise ValueError("a BulkDataURI without a byte range")
+        fp.seek(int(found.group(1)))
+        return fp.read(int(found.group(2)))
+
+    ds = Dataset.from_json(chosen, bulk_data_uri_handler=bulk)
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = uid
+    ds.set_original_encoding(uid.is_implicit_VR, True, None)
+    return ds, stream, start
+
+
+def _rebuilt_element(head: bytes, vr: str, inline: str, uid: UID) -> IO[bytes]:
+    """A pixel data element as the file holds it, from its tag, VR and inline value."""
+    value = base64.b64decode(inline)
+    delimiter = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"  # ends encapsulated pixel data
+    length = 0xFFFFFFFF if uid.is_encapsulated else len(value)
+    if uid.is_implicit_VR:
+        element = head + struct.pack("<L", length)
+    else:
+        element = head + vr.encode() + b"\x00\x00" + struct.pack("<L", length)
+    return io.BytesIO(element + value + (delimiter if uid.is_encapsulated else b""))
+
+
+def _json_value(element: Any) -> Any:
+    """The first value of a DICOM JSON element, or None."""
+    if not isinstance(element, dict):
+        return None
+    values = element.get("Value")
+    return values[0] if isinstance(values, list) and values else None
+
+
+def _frame_groups(header: JsonDict, frame: int) -> JsonDict:
+    """The display attributes of the frame's functional groups, as :func:`frame_view` finds them."""
+    items = []
+    shared = _json_value(header.get(_SHARED_GROUPS))
+    if isinstance(shared, dict):
+        items.append(shared)
+    per_frame = header.get(_PER_FRAME_GROUPS)
+    frames = per_frame.get("Value") if isinstance(per_frame, dict) else None
+    if isinstance(frames, list) and 0 <= frame < len(frames) and isinstance(frames[frame], dict):
+        items.append(frames[frame])
+    found: JsonDict = {}
+    for item in items:
+        for sequence, tags in _FUNCTIONAL_GROUP_TAGS.items():
+            macro = _json_value(item.get(sequence))
+            if isinstance(macro, dict):
+                found.update((tag, macro[tag]) for tag in tags if tag in macro)
+    return found
 
 
 def _reduced_decode(
@@ -378,6 +577,19 @@ _FUNCTIONAL_GROUPS = {
 }
 
 
+def _json_tag(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    assert tag is not None, keyword
+    return f"{tag:08X}"
+
+
+#: :data:`_FUNCTIONAL_GROUPS` as DICOM JSON keys.
+_FUNCTIONAL_GROUP_TAGS = {
+    _json_tag(sequence): tuple(_json_tag(keyword) for keyword in keywords)
+    for sequence, keywords in _FUNCTIONAL_GROUPS.items()
+}
+
+
 def frame_view(ds: Dataset, frame: int) -> Dataset:
     """``ds`` with the frame's functional-group display attributes at the top level.
 
@@ -448,13 +660,22 @@ def display_frame(
     return DisplayFrame(_to_uint8(unit), "L", frame, aspect)
 
 
-def render(fp: IO[bytes], *, frame: int = 0, max_side: int | None = None) -> DisplayFrame:
+def render(
+    fp: IO[bytes],
+    *,
+    frame: int = 0,
+    max_side: int | None = None,
+    header: JsonDict | None = None,
+) -> DisplayFrame:
     """Decode frame ``frame`` of the file in ``fp`` and return it ready to display.
+
+    ``header``, the header's DICOM JSON when the caller has parsed it already, spares
+    a second parse (see :func:`read_frame`).
 
     Raises:
         Exception: The pixel data cannot be decoded (no decoder, corrupt data).
     """
-    stored, ds, scale = read_frame(fp, frame, max_side=max_side)
+    stored, ds, scale = read_frame(fp, frame, max_side=max_side, header=header)
     if max_side:
         stored = _shrink(stored, ds, max(stored.shape[:2]) // (2 * max_side))
     result = display_frame(stored, ds, frame)

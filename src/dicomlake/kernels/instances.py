@@ -142,6 +142,7 @@ def extract_row(
                     options=thumbnails,
                     size=row["size"],
                     mtime=ref.mtime,
+                    header=header,  # pixels decoded from its JSON: no second parse
                 )
         return _ok_row(row, header, promoted=False)
     except NotDicom as exc:

@@ -17,11 +17,14 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Final
 
+import orjson
 import pyarrow as pa
 
 from dicomlake.catalog import FileRef, open_ref
-from dicomlake.dicom.drawing import Drawing, draw
-from dicomlake.dicom.pixels import frame_indices
+from dicomlake.dicom.drawing import Drawing, encode_png
+from dicomlake.dicom.header import Header
+from dicomlake.dicom.json import JsonDict
+from dicomlake.dicom.pixels import frame_indices, render
 from dicomlake.dicom.waveform import draw_waveform
 from dicomlake.rows import build_batch, clip_error, error_text, flatten, row_id
 from dicomlake.schema import THUMBNAILS_SCHEMA
@@ -64,22 +67,46 @@ def thumbnail_rows(
     options: ThumbnailOptions,
     size: int | None = None,
     mtime: dt.datetime | None = None,
+    header: Header | None = None,
 ) -> list[Row]:
-    """Return thumbnail rows for the frames ``options`` selects (never raises)."""
+    """Return thumbnail rows for the frames ``options`` selects (never raises).
+
+    ``header``, the file's header as ingest parsed it, spares parsing it again: the
+    frames are decoded from where its JSON says the pixel data is.
+    """
     base = _source(path, instance_id, sop_instance_uid, size, mtime)
     try:
         indices = frame_indices(options.frame, max(frames, 1))[:MAX_FRAMES]
+        meta = _decoding_json(header)
     except ValueError as exc:
         return [{**base, "frame": None, "status": "error", "error": error_text(exc)}]
     rows = []
     for index in indices:
         try:
-            drawing = draw(fp, frame=index, size=options.size)
+            display = render(fp, frame=index, max_side=options.size, header=meta)
+            data, width, height = encode_png(display, options.size)
+            drawing = Drawing(data, width, height, display.mode)
         except Exception as exc:  # one frame that cannot be drawn is an error row
             rows.append({**base, "frame": index, "status": "error", "error": error_text(exc)})
             continue
         rows.append(_drawn_row(base, index, drawing))
     return rows
+
+
+def _decoding_json(header: Header | None) -> JsonDict | None:
+    """The header's DICOM JSON to decode pixels from, or None to parse the file instead.
+
+    Only a header read without warnings: one whose JSON lost or changed a value the
+    file holds (an invalid number) would not decode as the file does.
+    """
+    if header is None or header.warnings:
+        return None
+    if header.meta:
+        return header.meta
+    if header.meta_json:
+        loaded: JsonDict = orjson.loads(header.meta_json)
+        return loaded
+    return None
 
 
 def waveform_rows(
