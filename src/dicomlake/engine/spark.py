@@ -413,8 +413,9 @@ def parquet_writer(
         stages: ``mapInArrow`` functions run first, in the same task, on the input
             batches (a :class:`Chain`'s): their rows go to the file without a trip
             through the JVM.
-        task_hook: Applied to each task's input batches, in the writer's process (a
-            seam for tests that kill a task attempt midway).
+        task_hook: Applied to the batches on their way into the file (after
+            ``stages``), in the writer's process: a seam for tests that kill a task
+            attempt midway.
         storage_options: Credentials and endpoint for an object-storage table (a
             :class:`~dicomlake.storage.StorageConfig` or dict, pickled to the tasks).
 
@@ -435,10 +436,11 @@ def parquet_writer(
         target = f"{root.rstrip('/')}/{name}"
         collected: list[pa.RecordBatch] = []
         writer: pq.ParquetWriter | None = None
+        batches = _stages_then(stages)(batches)
         if task_hook is not None:
             batches = task_hook(batches)
         try:
-            for batch in _stages_then(stages)(batches):
+            for batch in batches:
                 batch = conform(batch, schema)
                 if writer is None:
                     writer = pq.ParquetWriter(
