@@ -1214,15 +1214,8 @@ def canonical(value: Any) -> Any:
 
 def _implicit_encoded_items(items: list[Dataset], *, undefined: bool) -> bytes:
     """Sequence items encoded implicit VR little endian, as a UN value carries them."""
-    out = b""
-    for item in items:
-        body = _dataset_body(item, implicit=True, little=True)
-        if undefined:
-            out += struct.pack("<HHL", 0xFFFE, 0xE000, 0xFFFFFFFF) + body
-            out += struct.pack("<HHL", 0xFFFE, 0xE00D, 0)
-        else:
-            out += struct.pack("<HHL", 0xFFFE, 0xE000, len(body)) + body
-    return out
+    bodies = [_dataset_body(item, implicit=True, little=True) for item in items]
+    return _implicit_items(*bodies, undefined=undefined)
 
 
 def _explicit_with(ds: Dataset, raw: dict[int, bytes]) -> bytes:

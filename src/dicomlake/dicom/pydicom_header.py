@@ -56,24 +56,7 @@ class _Truncated(Exception):
 
 @quiet
 def read_with_pydicom(fp: IO[bytes], *, uri: str, bulk_threshold: int = 1024) -> Header:
-    """Parse the header of the DICOM file open in ``fp`` with pydicom (see ``read_header``).
-
-    Args:
-        fp: A seekable binary file positioned at its start.
-        uri: The file's URI, used in BulkDataURIs.
-        bulk_threshold: Binary values longer than this many bytes become bulk data.
-
-    Returns:
-        The header as DICOM JSON (file meta group first), ``has_pixel_data``, and
-        warnings about elements that could not be converted.
-
-    Raises:
-        NotDicom: The file is not DICOM.
-        NestedArchive: ``uri`` names a zip member that is itself a zip archive.
-        HeaderTooLarge: The header passes one of the limits of
-            :mod:`dicomlake.dicom.header`.
-        Exception: Any parsing error of a DICOM file (truncated, broken element).
-    """
+    """:func:`dicomlake.dicom.header.read_header`'s work: its arguments, result and errors."""
     head = fp.read(132)
     if not sniff(head):
         if head.startswith(_ZIP_MAGIC):
