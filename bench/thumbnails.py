@@ -1,4 +1,4 @@
-"""Benchmark: thumbnails, dicomlake vs the pixels accelerator's way, in one run.
+"""Benchmark: ``ingest --thumbnails`` vs the pixels accelerator's two passes, in one run.
 
 Builds a corpus in a temporary folder, on the same files for every contender:
 
@@ -11,24 +11,28 @@ Builds a corpus in a temporary folder, on the same files for every contender:
 Only files that both contenders draw are used, so the ratio compares like with like.
 Then times, in this one process:
 
-  (a) baseline, as the pixels accelerator's DicomThumbnailExtractor does it:
-      ``dcmread``, ``ds.pixel_array``, matplotlib ``imshow(..., cmap='gray')`` of the
-      full image in ``plt.subplots()``, ``savefig`` to PNG in a BytesIO, figure closed
-      (Agg backend);
-  (b) dicomlake: ``render(fp, frame=middle, max_side=256)`` + ``encode_png`` (window,
-      LUTs, reduced-resolution decoding, aspect ratio), one process;
-  (c) optionally ``dicomlake.ingest(..., thumbnails=True)`` of the whole corpus into a
-      fresh lake, one worker and all cores (headers, Delta commits included).
+  (a) baseline, the pixels accelerator's two passes over every file, one after the
+      other: its DicomMetaExtractor (``dcmread(stop_before_pixels=True,
+      defer_size=...)``, ``to_json_dict``, ``json.dumps``), then its
+      DicomThumbnailExtractor (``dcmread``, ``ds.pixel_array``, matplotlib
+      ``imshow(..., cmap='gray')`` of the full image in ``plt.subplots()``, ``savefig``
+      to PNG in a BytesIO, figure closed; Agg backend);
+  (b) ``dicomlake.ingest(..., thumbnails=True)`` of the whole corpus into a fresh
+      lake with 1 worker process (the headline ratio), then in this process and with
+      all cores (headers, typed columns, thumbnails, Delta commits included);
+  (c) per class: dicomlake's ``render(fp, frame=middle, max_side=256)`` +
+      ``encode_png`` against the matplotlib pass alone.
 
-Prints thumbnails/s per contender and class, and the ratios.
+Prints files/s per contender and the ratios.
 
-    python bench/thumbnails.py [--small 200] [--compressed 100] [--large 2] [--no-ingest]
+    python bench/thumbnails.py [--small 200] [--compressed 100] [--large 2] [--no-classes]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import logging
 import os
 import shutil
@@ -70,6 +74,12 @@ MAMMOGRAM = (3000, 4000)  # rows, columns
 # --- contenders -------------------------------------------------------------------
 
 
+def pixels_meta(path: Path) -> str:
+    """The pixels accelerator's header JSON of one file (its first pass)."""
+    ds = pydicom.dcmread(path, stop_before_pixels=True, defer_size="1 KB")
+    return json.dumps(ds.to_json_dict())
+
+
 def pixels_style(path: Path) -> bytes:
     """The pixels accelerator's matplotlib thumbnail of one file."""
     with pydicom.dcmread(path) as ds:
@@ -89,7 +99,7 @@ def dicomlake_style(path: Path, size: int = 256) -> bytes:
     return encode_png(display, size)[0]
 
 
-def timed(draw: Callable[[Path], bytes], files: list[Path]) -> float:
+def timed(draw: Callable[[Path], bytes | str], files: list[Path]) -> float:
     """Seconds to draw every file in ``files``."""
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -182,13 +192,31 @@ def cycled(sources: list[Path], count: int, folder: Path) -> list[Path]:
 # --- run --------------------------------------------------------------------------
 
 
+def ingest_seconds(root: Path, workers: int, size: int) -> tuple[float, int]:
+    """Seconds for ``dicomlake.ingest --thumbnails`` of the corpus; thumbnails drawn."""
+    lake = root / f"lake-{workers}"
+    shutil.rmtree(lake, ignore_errors=True)
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        summary = dicomlake.ingest(
+            [str(root / c) for c in ("small", "compressed", "large")],
+            str(lake),
+            workers=workers,
+            thumbnails=dicomlake.ThumbnailOptions(size=size),
+        )
+    seconds = time.perf_counter() - start
+    shutil.rmtree(lake, ignore_errors=True)
+    return seconds, summary.thumbnails
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--small", type=int, default=200, help="small native thumbnails")
     parser.add_argument("--compressed", type=int, default=100, help="compressed test files")
     parser.add_argument("--large", type=int, default=2, help="mammograms of each codec")
     parser.add_argument("--size", type=int, default=256, help="thumbnail size (ours)")
-    parser.add_argument("--no-ingest", action="store_true", help="skip dicomlake.ingest")
+    parser.add_argument("--no-classes", action="store_true", help="skip the per-class table")
     parser.add_argument("--keep", action="store_true", help="keep the corpus folder")
     args = parser.parse_args()
     logging.getLogger("matplotlib").setLevel(logging.ERROR)  # "Clipping input data ..."
@@ -203,47 +231,43 @@ def main() -> None:
             ),
             "large compressed": write_mammograms(root / "large", args.large),
         }
-        for files in classes.values():
-            for path in files:
-                path.read_bytes()  # both contenders start from a warm page cache
+        files = [path for paths in classes.values() for path in paths]
+        for path in files:
+            path.read_bytes()  # every contender starts from a warm page cache
 
-        print(f"\n{'class':18} {'files':>6} {'pixels/s':>10} {'ours/s':>10} {'ratio':>8}")
-        total_ours = total_base = 0.0
-        count = 0
-        for name, files in classes.items():
-            base = timed(pixels_style, files)
-            ours = timed(lambda p: dicomlake_style(p, args.size), files)
-            total_base, total_ours, count = total_base + base, total_ours + ours, count + len(files)
-            print(
-                f"{name:18} {len(files):6d} {len(files) / base:10.1f} "
-                f"{len(files) / ours:10.1f} {base / ours:7.1f}x"
-            )
+        meta = timed(pixels_meta, files)
+        draw = timed(pixels_style, files)
+        base = meta + draw
         print(
-            f"{'all':18} {count:6d} {count / total_base:10.1f} "
-            f"{count / total_ours:10.1f} {total_base / total_ours:7.1f}x"
+            f"\nbaseline, pixels-style two passes: {len(files)} files, {len(files) / base:.1f}/s "
+            f"(JSON {len(files) / meta:.1f}/s, then matplotlib {len(files) / draw:.1f}/s)"
         )
+        for workers in (1, 0, os.cpu_count() or 1):
+            seconds, drawn = ingest_seconds(root, workers, args.size)
+            assert drawn == len(files), f"{drawn} thumbnails of {len(files)} files"
+            label = {0: "in this process", 1: "1 worker"}.get(workers, f"{workers} workers")
+            print(
+                f"ingest --thumbnails ({label}): {len(files) / seconds:.1f} files/s, "
+                f"{base / seconds:.1f}x the two passes"
+            )
 
-        if not args.no_ingest:
-            print()
-            for workers in (0, os.cpu_count() or 1):
-                lake = root / f"lake-{workers}"
-                start = time.perf_counter()
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    summary = dicomlake.ingest(
-                        [str(root / c) for c in ("small", "compressed", "large")],
-                        str(lake),
-                        workers=workers,
-                        thumbnails=dicomlake.ThumbnailOptions(size=args.size),
-                    )
-                seconds = time.perf_counter() - start
-                label = "in process" if workers == 0 else f"{workers} workers"
-                rate = summary.thumbnails / seconds
+        if not args.no_classes:
+            print(f"\n{'class':18} {'files':>6} {'pixels/s':>10} {'ours/s':>10} {'ratio':>8}")
+            total_ours = total_base = 0.0
+            count = 0
+            for name, paths in classes.items():
+                base = timed(pixels_style, paths)
+                ours = timed(lambda p: dicomlake_style(p, args.size), paths)
+                total_base, total_ours = total_base + base, total_ours + ours
+                count += len(paths)
                 print(
-                    f"ingest with thumbnails ({label}): {summary.thumbnails} thumbnails, "
-                    f"{rate:.1f}/s, {rate / (count / total_base):.1f}x the baseline "
-                    "(headers, JSON and Delta commits included)"
+                    f"{name:18} {len(paths):6d} {len(paths) / base:10.1f} "
+                    f"{len(paths) / ours:10.1f} {base / ours:7.1f}x"
                 )
+            print(
+                f"{'all':18} {count:6d} {count / total_base:10.1f} "
+                f"{count / total_ours:10.1f} {total_base / total_ours:7.1f}x"
+            )
     finally:
         if args.keep:
             print(f"corpus kept in {root}", file=sys.stderr)

@@ -320,11 +320,21 @@ def pixel_source(
         fp.seek(int(found.group(1)))
         return fp.read(int(found.group(2)))
 
-    ds = Dataset.from_json(chosen, bulk_data_uri_handler=bulk)
+    # pydicom inspects a handler's signature for every element: pass one only if used
+    ds = Dataset.from_json(chosen, bulk_data_uri_handler=bulk if _has_bulk(chosen) else None)
     ds.file_meta = FileMetaDataset()
     ds.file_meta.TransferSyntaxUID = uid
     ds.set_original_encoding(uid.is_implicit_VR, True, None)
     return ds, stream, start
+
+
+def _has_bulk(value: Any) -> bool:
+    """Whether DICOM JSON holds a BulkDataURI anywhere (a LUT's data, nested or not)."""
+    if isinstance(value, dict):
+        return "BulkDataURI" in value or any(_has_bulk(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_bulk(v) for v in value)
+    return False
 
 
 def _rebuilt_element(head: bytes, vr: str, inline: str, uid: UID) -> IO[bytes]:
@@ -557,16 +567,82 @@ def _to_uint8(unit: np.ndarray) -> np.ndarray:
     return np.round(unit * 255.0).astype(np.uint8)
 
 
-def _rgb8(arr: np.ndarray, ds: Dataset) -> np.ndarray:
-    """RGB values of any bit depth to uint8."""
+def _rgb8(arr: np.ndarray, ds: Dataset, *, top: float | None = None) -> np.ndarray:
+    """RGB values of any bit depth to uint8.
+
+    ``top``: a palette image's largest value, when ``arr`` is its table, not the image.
+    """
     if arr.dtype == np.uint8:
         return arr
     bits = int(ds.get("BitsStored", 16) or 16)
     if ds.get("PhotometricInterpretation") == "PALETTE COLOR":
-        top = float(np.max(arr)) if arr.size else 1.0
+        if top is None:
+            top = float(np.max(arr)) if arr.size else 1.0
         bits = 16 if top > 255 else 8
     scale = 255.0 / float(2**bits - 1)
     return np.clip(np.round(arr.astype(np.float64) * scale), 0, 255).astype(np.uint8)
+
+
+#: Palette Color LUT descriptors, data, segmented data (red, green, blue, alpha), and
+#: (0008,9205) Pixel Presentation: what the RGB of a stored value depends on.
+_PALETTE_TAGS = (
+    *range(0x00281101, 0x00281105),
+    *range(0x00281201, 0x00281205),
+    *range(0x00281221, 0x00281225),
+    0x00089205,
+)
+#: Palette tables (every stored value to RGB) of the last palettes seen, by content.
+_PALETTE_TABLES: dict[tuple[Any, ...], np.ndarray] = {}
+_PALETTE_TABLES_KEPT = 16
+
+
+def _palette_rgb8(stored: np.ndarray, ds: Dataset) -> np.ndarray:
+    """``_rgb8(apply_color_lut(stored, ds), ds)``, looked up per value, not per pixel.
+
+    The palette maps each stored value on its own, so mapping every value the frame's
+    type can hold (256 or 65,536) once and indexing that table gives the same pixels
+    for far less work than pydicom's lookups and a float conversion of the whole
+    frame. The table is kept for the next frame with the same palette (a device's
+    images share theirs; expanding a segmented palette is the costly part).
+    """
+    if stored.dtype not in (np.uint8, np.int8, np.uint16, np.int16):
+        direct: np.ndarray = _rgb8(apply_color_lut(stored, ds), ds)
+        return direct
+    key = _palette_key(ds, stored.dtype)
+    table = _PALETTE_TABLES.get(key)
+    if table is None:
+        info = np.iinfo(stored.dtype)
+        table = apply_color_lut(np.arange(info.min, info.max + 1, dtype=stored.dtype), ds)
+        if len(_PALETTE_TABLES) >= _PALETTE_TABLES_KEPT:
+            _PALETTE_TABLES.clear()
+        _PALETTE_TABLES[key] = table
+    index = stored
+    if stored.dtype.kind == "i":
+        index = stored.astype(np.int32) - np.iinfo(stored.dtype).min
+    if table.dtype != np.uint8:
+        top = 1.0
+        if stored.size:
+            present = np.bincount(index.ravel(), minlength=len(table)).astype(bool)
+            top = float(table[present].max())
+        table = _rgb8(table, ds, top=top)
+    rgb: np.ndarray = table[index]
+    return rgb
+
+
+def _palette_key(ds: Dataset, dtype: np.dtype[Any]) -> tuple[Any, ...]:
+    """What a palette table depends on: the LUT elements, byte order, the values' type."""
+    key: list[Any] = [dtype.str]
+    meta = getattr(ds, "file_meta", None)
+    key.append(str(meta.get("TransferSyntaxUID", "")) if meta is not None else "")
+    key.append(ds.original_encoding)
+    for tag in _PALETTE_TAGS:
+        element = ds.get(tag)
+        if element is not None:
+            value = element.value
+            if isinstance(value, list | MultiValue):
+                value = tuple(value)
+            key.append((tag, element.VR, value))
+    return tuple(key)
 
 
 #: Functional group macros of enhanced multi-frame images that hold display attributes.
@@ -648,8 +724,7 @@ def display_frame(
     aspect = pixel_aspect(ds)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(stored, ds)
-        return DisplayFrame(_rgb8(rgb, ds), "RGB", frame, aspect)
+        return DisplayFrame(_palette_rgb8(stored, ds), "RGB", frame, aspect)
     if samples == 3 or (stored.ndim == 3 and stored.shape[-1] == 3):
         return DisplayFrame(_rgb8(stored, ds), "RGB", frame, aspect)
     values = apply_modality_lut(stored, ds).astype(np.float64, copy=False)
