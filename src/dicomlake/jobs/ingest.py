@@ -9,6 +9,7 @@ rows or seconds, and a re-run after a crash skips exactly what was committed. So
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 import os
 import time
@@ -24,7 +25,7 @@ import pyarrow as pa
 
 from dicomlake._types import Parser, StorageOptions
 from dicomlake.catalog import FileRef, check_sources, iter_files
-from dicomlake.engine.local import LocalEngine, Task
+from dicomlake.engine.local import IN_PROCESS_MAX_FILES, LocalEngine, Task
 from dicomlake.engine.sinks import SHARDS, ShardSink
 from dicomlake.errors import LakeError
 from dicomlake.kernels.instances import BULK_THRESHOLD, InstancesKernel
@@ -384,8 +385,8 @@ def ingest(
     )
     if not all(local_path(source) or os.path.exists(source) for source in source_list):
         # listing a bucket takes a while: the workers import meanwhile. Local sources
-        # wait for map(), which runs a tiny ingest here with no workers at all (their
-        # start-up would be most of a one-file run's time, and its CPU)
+        # first list a few files (see _Run.extract): a tiny ingest runs here with no
+        # workers at all (their start-up would be most of a one-file run's time)
         engine.start()
     run = _Run(
         lake=lake,
@@ -428,6 +429,13 @@ class _Run:
     def extract(self, engine: LocalEngine) -> None:
         """List, skip what the lake has, extract the rest and commit it as it comes."""
         options, summary = self.storage_options, self.summary
+        # the first files listed say whether this run needs workers at all (a tiny one
+        # runs here); if it does, they start now and import while the lake is read
+        listing = iter_files(self.sources, storage_options=options)
+        head = list(itertools.islice(listing, IN_PROCESS_MAX_FILES + 1))
+        if len(head) > IN_PROCESS_MAX_FILES:
+            engine.start()
+        refs = itertools.chain(head, listing)
         # the writers note the tables' files before the fingerprints are read, so rows
         # that another ingest commits in between are seen by both (see TableWriter)
         thumb_writer = (
@@ -451,7 +459,6 @@ class _Run:
         fingerprints = Fingerprints.load(self.lake, storage_options=options)
         self.prefixes = [source_prefix(s, options) for s in self.sources]
         self.seen = _Seen(dedupe=_overlapping(self.prefixes), keep=self.sync)
-        refs = iter_files(self.sources, storage_options=options)
         sizer = TaskSizer(workers=max(engine.workers, 1), fixed=self.task_size)
         tasks = _plan(refs, fingerprints, summary, self.seen, sizer)
         began, base = 0.0, -1  # the rate counts from the first result on
