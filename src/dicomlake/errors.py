@@ -140,6 +140,10 @@ class AmbiguousMemberName(ExtractError):
     """
 
 
+class WorkersFailed(DicomLakeError):
+    """Worker processes die as they start, again and again: no file can be read."""
+
+
 class StorageError(DicomLakeError, OSError):
     """A request to object storage still failed after its retries.
 

@@ -67,9 +67,21 @@ def test_extract_instances_is_the_kernel_in_one_call(tmp_path: Path) -> None:
     assert batch.column("status").to_pylist() == ["ok", "not_dicom"]
 
 
+@pytest.fixture
+def workers_import_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Let spawned workers import this module, to unpickle the kernels defined here.
+
+    A spawned process takes its parent's ``sys.path``; the repository root on it makes
+    ``tests.engine.test_local`` importable there.
+    """
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2]))
+
+
 def _pid_rows(engine: LocalEngine, tasks: list[Task]) -> set[int]:
     """The process ids that made the rows (the kernel below records its own)."""
-    return {r["pid"] for _task, batch in engine.map(tasks) for r in batch["rows"].to_pylist()}
+    pids = {r["pid"] for _task, batch in engine.map(tasks) for r in batch["rows"].to_pylist()}
+    assert -1 not in pids  # an error row (a worker that crashed) made by nobody
+    return pids
 
 
 class _PidKernel:
@@ -98,7 +110,9 @@ def test_a_tiny_local_input_runs_without_workers(tmp_path: Path) -> None:
     assert engine._pool is None  # the started workers were stopped unused
 
 
-def test_a_fifo_or_more_tasks_still_go_to_workers(tmp_path: Path) -> None:
+def test_a_fifo_or_more_tasks_still_go_to_workers(
+    tmp_path: Path, workers_import_tests: None
+) -> None:
     fifo = tmp_path / "stalled.dcm"
     os.mkfifo(fifo)
     engine = LocalEngine(_PidKernel(), workers=1)
@@ -109,3 +123,29 @@ def test_a_fifo_or_more_tasks_still_go_to_workers(tmp_path: Path) -> None:
         path.write_bytes(b"x")
     two_tasks = [Task(refs=[_ref(p)]) for p in files]
     assert os.getpid() not in _pid_rows(LocalEngine(_PidKernel(), workers=1), two_tasks)
+
+
+class _StillbornKernel(_PidKernel):
+    """A kernel that kills the worker process unpickling it: no worker ever starts."""
+
+    def __getstate__(self) -> dict[str, int]:
+        return {"doomed": 1}
+
+    def __setstate__(self, state: dict[str, int]) -> None:
+        os._exit(3)  # only ever unpickled in a worker
+
+
+def test_workers_that_die_as_they_start_end_the_run_with_a_clear_error(
+    tmp_path: Path, workers_import_tests: None
+) -> None:
+    """Not an endless restart with an error row per file (a script without a main guard)."""
+    from dicomlake.errors import WorkersFailed
+
+    files = [tmp_path / f"f{i}.dcm" for i in range(20)]
+    for path in files:
+        path.write_bytes(b"x")
+    engine = LocalEngine(_StillbornKernel(), workers=1)
+    tasks = [Task(refs=[_ref(p)]) for p in files]
+    with pytest.raises(WorkersFailed, match=r"die as they start \(exit code 3\)"):
+        list(engine.map(tasks))
+    assert engine.crashes == 2  # restarted twice, then gave up; no file was blamed

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from dicomlake.catalog import FileRef, Prefetcher
 from dicomlake.catalog.refs import split_zip_uri
+from dicomlake.errors import WorkersFailed
 from dicomlake.kernels.base import Kernel
 from dicomlake.storage.locations import local_path
 
@@ -44,6 +45,9 @@ _TASKS_PER_WORKER = 2
 _PARENT_CHECK_SECONDS = 1.0
 _POLL_SECONDS = 0.2
 _SLOT = 4  # shared state per worker: sequence number, task id, file index, start time
+#: Workers that may die in a row before they start a task, before the run gives up: one
+#: is a crash to survive (the OOM killer), several mean no worker can start at all.
+_EARLY_DEATHS = 3
 
 
 def _publish(state: Any, base: int, task_id: float, index: float, started: float) -> None:
@@ -257,6 +261,7 @@ class _Pool:
         self.next_id = 0
         self.by_id: dict[int, Task] = {}
         self.retry: deque[Task] = deque()
+        self.early_deaths = 0  # in a row, reset by any result
 
     def _start(self, slot: int) -> _Worker:
         inbox = self.ctx.Queue()
@@ -296,6 +301,7 @@ class _Pool:
                 task = self.by_id.pop(task_id, None)
                 if task is None:  # a result from a worker we already gave up on
                     continue
+                self.early_deaths = 0
                 for worker in self.workers:
                     if worker.tasks and worker.tasks[0].task_id == task_id:
                         worker.tasks.popleft()
@@ -333,9 +339,26 @@ class _Pool:
                 continue
             current = worker.tasks[0]
             if task_id != current.task_id or started == 0:
-                index = 0  # died before it started this task: blame nobody's file
                 if not dead:
                     continue
+                # died before it started this task: blame nobody's file, hand its tasks
+                # to a fresh worker, and give up when no worker lives to read a file
+                self.early_deaths += 1
+                if self.early_deaths >= _EARLY_DEATHS:
+                    raise WorkersFailed(
+                        f"worker processes die as they start (exit code "
+                        f"{worker.process.exitcode}), {self.early_deaths} in a row; a "
+                        "script that calls dicomlake.ingest needs an "
+                        "`if __name__ == '__main__':` guard (workers are spawned and "
+                        "import it), or run with workers=0"
+                    )
+                self.engine.crashes += 1
+                worker.process.join()
+                for task in worker.tasks:
+                    self.by_id.pop(task.task_id, None)
+                    self.retry.append(Task(refs=task.refs, replace=task.replace))
+                self.workers[i] = self._start(worker.slot)
+                continue
             reason = (
                 f"Timeout: no result after {self.engine.file_timeout:g} s"
                 if stuck and not dead
