@@ -347,6 +347,8 @@ def ingest(
     Raises:
         SourceNotFound: A source does not exist.
         LakeError: The lake cannot be written.
+        WorkersFailed: Worker processes die as they start (a calling script without an
+            ``if __name__ == "__main__":`` guard); rows committed so far stay.
         ValueError: An option is out of range, ``parser`` is unknown, or 'native' was
             asked for and the native parser is not built.
 
