@@ -353,11 +353,7 @@ class _Pool:
                         "import it), or run with workers=0"
                     )
                 self.engine.crashes += 1
-                worker.process.join()
-                for task in worker.tasks:
-                    self.by_id.pop(task.task_id, None)
-                    self.retry.append(Task(refs=task.refs, replace=task.replace))
-                self.workers[i] = self._start(worker.slot)
+                self._replace(i, list(worker.tasks))
                 continue
             reason = (
                 f"Timeout: no result after {self.engine.file_timeout:g} s"
@@ -369,21 +365,29 @@ class _Pool:
             else:
                 self.engine.crashes += 1
             logger.warning("%s while reading %s", reason, current.refs[index].path)
-            worker.process.kill()
-            worker.process.join()
-            for task in worker.tasks:
-                self.by_id.pop(task.task_id, None)
             bad = current.refs[index]
             rest = [r for j, r in enumerate(current.refs) if j != index]
-            if rest:
-                self.retry.append(Task(refs=rest, replace=current.replace))
-            for task in list(worker.tasks)[1:]:
-                self.retry.append(Task(refs=task.refs, replace=task.replace))
-            _publish(self.state, base, task_id, index, 0.0)
-            self.workers[i] = self._start(worker.slot)
+            first = [Task(refs=rest, replace=current.replace)] if rest else []
+            self._replace(i, first + list(worker.tasks)[1:])
             kernel = self.engine.kernel
             batch = kernel.batch([kernel.error_row(bad, reason)])
             yield Task(refs=[bad], replace=current.replace), batch
+
+    def _replace(self, i: int, requeue: list[Task]) -> None:
+        """Stop worker ``i`` (dead or stuck), queue ``requeue`` again, start a fresh one.
+
+        Its tasks' results no longer count: a late one is dropped as a stranger's. The
+        slot is cleared before the new worker can write it.
+        """
+        worker = self.workers[i]
+        worker.process.kill()
+        worker.process.join()
+        for task in worker.tasks:
+            self.by_id.pop(task.task_id, None)
+        for task in requeue:
+            self.retry.append(Task(refs=task.refs, replace=task.replace))
+        _publish(self.state, worker.slot * _SLOT, 0, 0, 0.0)
+        self.workers[i] = self._start(worker.slot)
 
     def kill(self) -> None:
         """Stop every worker now (they hold no work)."""
