@@ -385,11 +385,6 @@ def ingest(
         sink=_shard_sink(lake, storage_options) if sharded else None,
         prefetch=prefetch,
     )
-    if not all(local_path(source) or os.path.exists(source) for source in source_list):
-        # listing a bucket takes a while: the workers import meanwhile. Local sources
-        # first list a few files (see _Run.extract): a tiny ingest runs here with no
-        # workers at all (their start-up would be most of a one-file run's time)
-        engine.start()
     run = _Run(
         lake=lake,
         sources=source_list,
@@ -431,8 +426,11 @@ class _Run:
     def extract(self, engine: LocalEngine) -> None:
         """List, skip what the lake has, extract the rest and commit it as it comes."""
         options, summary = self.storage_options, self.summary
-        # the first files listed say whether this run needs workers at all (a tiny one
-        # runs here); if it does, they start now and import while the lake is read
+        # workers import while this process lists and reads the lake. A bucket's listing
+        # takes a while: they start first. Local sources first list a few files: a tiny
+        # ingest runs here with no workers at all (their start-up would be most of it)
+        if not all(local_path(source) or os.path.exists(source) for source in self.sources):
+            engine.start()
         listing = iter_files(self.sources, storage_options=options)
         head = list(itertools.islice(listing, IN_PROCESS_MAX_FILES + 1))
         if len(head) > IN_PROCESS_MAX_FILES:
