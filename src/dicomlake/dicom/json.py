@@ -78,7 +78,8 @@ _ITEM_TAGS = frozenset({b"\xfe\xff\x00\xe0", b"\xff\xfe\xe0\x00"})
 _DELIMITER_TAGS = frozenset(
     {b"\xfe\xff\x0d\xe0", b"\xfe\xff\xdd\xe0", b"\xff\xfe\xe0\x0d", b"\xff\xfe\xe0\xdd"}
 )
-_LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
+#: VRs whose explicit-VR header has a 4-byte length (after two reserved bytes), PS3.5 7.1.2.
+LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 _EMPTY_LENGTHS = frozenset({b"\0\0\0\0", b"\xff\xff\xff\xff"})
 #: Bytes inflated per step while a deflated data set is measured.
 _INFLATE_STEP = 1 << 20
@@ -271,7 +272,7 @@ class BudgetedReader:
             return -1
         vr0, vr1 = data[4], data[5]
         if 0x40 < vr0 < 0x5B and 0x40 < vr1 < 0x5B:  # explicit VR, as pydicom tells it
-            if data[4:6] in _LONG_LENGTH_VRS:
+            if data[4:6] in LONG_LENGTH_VRS:
                 self._long = True
                 return start + 8
             return -1 if data[6:8] == b"\0\0" else start + 8

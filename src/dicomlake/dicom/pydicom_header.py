@@ -22,6 +22,7 @@ from dicomlake.dicom import header as limits
 from dicomlake.dicom.header import Header, check_meta, sniff
 from dicomlake.dicom.json import (
     BINARY_VRS,
+    LONG_LENGTH_VRS,
     BudgetedReader,
     HeaderBudget,
     JsonConverter,
@@ -39,7 +40,6 @@ from dicomlake.errors import (
 
 #: (7FE0,0010) Pixel Data, (7FE0,0008) Float Pixel Data, (7FE0,0009) Double Float Pixel Data
 PIXEL_TAGS = {0x7FE00010: "OW", 0x7FE00008: "OF", 0x7FE00009: "OD"}
-_LONG_LENGTH_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT SV UV".split())
 _DEFLATED = {"1.2.840.10008.1.2.1.99", "1.2.840.10008.1.2.8.1"}
 _ITEM, _SEQ_DELIM = 0xFFFEE000, 0xFFFEE0DD
 _TSYNTAX = b"\x02\x00\x10\x00"  # (0002,0010) Transfer Syntax UID, as the file meta writes it
@@ -321,7 +321,7 @@ def _cut_short(
             what = f"the header of an element after {tag}"
         elif asked == 8:
             what = f"a sequence, after {tag}"
-        elif asked == 4 and start == at + 8 and header[4:6] in _LONG_LENGTH_VRS:
+        elif asked == 4 and start == at + 8 and header[4:6] in LONG_LENGTH_VRS:
             what = f"the header of element {tag}"  # its 4-byte length
         else:
             what = f"element {tag}"
@@ -373,7 +373,7 @@ def _pixel_element(
         offset = start + 8
     else:
         vr = header[4:6].decode("latin-1")
-        if header[4:6] in _LONG_LENGTH_VRS:
+        if header[4:6] in LONG_LENGTH_VRS:
             raw = fp.read(4)
             if len(raw) < 4:
                 raise TruncatedFile(
