@@ -23,6 +23,9 @@ import pydicom
 from pydicom._private_dict import private_dictionaries
 from pydicom.datadict import DicomDictionary, RepeatersDictionary, masks
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is no package
+from generated import write_or_check
+
 #: VR codes shared with header.c; the order is part of the C code's contract.
 VRS = [
     "AE",
@@ -157,15 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if the header is stale")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = HEADER.read_text() if HEADER.exists() else ""
-        if current != text:
-            print(f"{HEADER} is stale: run scripts/gen_vr_table.py", file=sys.stderr)
-            return 1
-        return 0
-    HEADER.write_text(text)
-    return 0
+    command = "python scripts/gen_vr_table.py"
+    return write_or_check(render(), HEADER, check=args.check, command=command)
 
 
 if __name__ == "__main__":

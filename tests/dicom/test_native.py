@@ -296,7 +296,7 @@ def test_truncated_copies_return_or_decline(path: Path) -> None:
 def test_vr_table_is_fresh() -> None:
     script = ROOT / "scripts" / "gen_vr_table.py"
     run = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
-    assert run.returncode == 0, run.stderr
+    assert run.returncode == 0, run.stdout + run.stderr
 
 
 def test_speed_sanity() -> None:
