@@ -21,6 +21,9 @@ subclasses exist only where a caller acts differently::
     ├── MissingColumn       a Spark transformer's input lacks a column (also a ValueError)
     ├── OhifInstallError    OHIF could not be fetched, checked or unpacked
     ├── DeidKeyError        a de-identification key file is missing, short or unreadable
+    ├── DiskFull            a received instance cannot be written: the disk or quota is
+    │                       full; nothing of it is left (also an OSError)
+    ├── PeerError           a DICOM peer refused, aborted or did not answer (pull)
     ├── DeidSkipped         a file is left out of a de-identified copy, for a reason
     │   └── PixelsNotClean  text is still found in the pixels after cleaning
     └── StorageError        object storage still failed after retries (also an OSError)
@@ -210,3 +213,19 @@ class DeidSkipped(DicomLakeError):
 
 class PixelsNotClean(DeidSkipped):
     """Text is still found in the pixels after cleaning: the file is not written."""
+
+
+class DiskFull(DicomLakeError, OSError):
+    """A file cannot be written whole: no space left on the device, or a quota.
+
+    Raised by the store folder (:mod:`dicomlake.jobs.store`) after removing what it had
+    written of the file, so nothing half-written is ever left or acknowledged.
+    """
+
+
+class PeerError(DicomLakeError):
+    """A DICOM peer refused, aborted, failed a request or did not answer in time.
+
+    The message names the peer (``AET@HOST:PORT``), what was asked and what happened
+    (a status code, a rejection reason); never a value of a data set.
+    """

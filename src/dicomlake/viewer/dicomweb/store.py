@@ -11,7 +11,8 @@ What a request does (:func:`store_instances`), under one lock per store folder:
    is refused (0xA900).
 2. Each good part is written atomically (a temporary file in
    ``<store>/.incoming``, fsync, ``os.replace``) to
-   ``<store>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, byte for byte as sent.
+   ``<store>/<StudyUID>/<SeriesUID>/<SOPInstanceUID>.dcm``, byte for byte as sent,
+   by :mod:`dicomlake.jobs.store`, which the DIMSE receiver shares.
 3. One incremental ingest of the store folder brings the new files into the lake
    (thumbnails too when the lake has a thumbnails table), and each stored file's row
    is checked to be ``ok``.
@@ -37,20 +38,25 @@ JSON. Request-level errors (400, 413, 415) are raised as exceptions with a
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
-import secrets
-import shutil
-import sys
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from dicomlake.dicom.uids import is_uid
-from dicomlake.errors import LakeError
+from dicomlake.errors import DiskFull, LakeError
+from dicomlake.jobs.store import (
+    INCOMING,
+    instance_path,
+    other_copies,
+    purge_parts,
+    remove_files,
+    spool_dir,
+    store_lock,
+    write_file,
+)
 from dicomlake.storage.locations import file_uri, local_path
 from dicomlake.viewer.dicomweb.multipart import Part
 
@@ -82,10 +88,6 @@ FAILURE_PROCESSING: Final = 0x0110  # written but not ingested, or another I/O e
 
 #: The store folder's name inside a local lake.
 STORE_FOLDER: Final = "_store"
-#: Sub-folder of the store for files being written (emptied at each request).
-INCOMING: Final = ".incoming"
-
-_COPY_CHUNK: Final = 1024 * 1024
 _PREAMBLE: Final = 128
 _TRANSFER_SYNTAX: Final = "00020010"
 #: The UIDs an instance must have (its file's place in the store is made of three).
@@ -100,13 +102,7 @@ _IN_FILE_META: Final = {
     "SOPClassUID": ("MediaStorageSOPClassUID", "00020002"),
     "SOPInstanceUID": ("MediaStorageSOPInstanceUID", "00020003"),
 }
-_PART_SUFFIX: Final = ".part"
 _SERVICE: Final = "dicomlake"
-
-#: One lock per store folder for the threads of this process; processes sharing a
-#: folder are serialized by a flock on it (see :func:`_store_lock`).
-_THREAD_LOCKS: dict[str, threading.Lock] = {}
-_THREAD_LOCKS_GUARD = threading.Lock()
 
 # DICOM JSON tags of the Store Instances Response Module (PS3.18 annex I)
 _RETRIEVE_URL = "00081190"
@@ -195,13 +191,12 @@ def store_instances(
         raise BadStoreRequest("the request has no parts")
     root = os.path.abspath(store_dir)
     os.makedirs(root, exist_ok=True)
-    with _store_lock(root):
-        incoming = os.path.join(root, INCOMING)
-        _purge(incoming)
+    with store_lock(root):
+        purge_parts(root)
         outcomes = [_inspect(i, part, study_uid) for i, part in enumerate(parts, 1)]
         for outcome, part in zip(outcomes, parts, strict=True):
             if not outcome.failure:
-                _write(outcome, part, root, incoming)
+                _write(outcome, part, root)
         stored = [o for o in outcomes if not o.failure]
         if stored:
             _ingest(lake, root, stored, storage_options)
@@ -234,55 +229,6 @@ def warning_header(status: int, body: dict[str, Any]) -> str | None:
 
 
 # ---------------------------------------------------------------------- one request
-
-
-@contextlib.contextmanager
-def _store_lock(root: str) -> Iterator[None]:
-    """Hold the store folder for one request: threads, then processes (flock)."""
-    with _THREAD_LOCKS_GUARD:
-        lock = _THREAD_LOCKS.setdefault(root, threading.Lock())
-    with lock:
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            _flock(fd)
-            yield
-        finally:
-            os.close(fd)  # releases the flock
-
-
-if sys.platform != "win32":
-    import fcntl
-
-    def _flock(fd: int) -> None:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-
-else:  # pragma: no cover - no flock on Windows; one process per store there
-
-    def _flock(fd: int) -> None:
-        return None
-
-
-def _purge(incoming: str) -> None:
-    """Remove the ``.part`` files in ``incoming``: left there by a crashed request.
-
-    Only those: the folder also holds the anonymous spool files of requests still
-    being received (see :func:`spool_dir`), which must not be disturbed.
-    """
-    os.makedirs(incoming, exist_ok=True)
-    for entry in os.scandir(incoming):
-        if entry.name.endswith(_PART_SUFFIX):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-
-
-def spool_dir(store_dir: str) -> str:
-    """The folder (created) where request bodies are spooled: the store's ``.incoming``.
-
-    On the store's file system rather than in ``/tmp``, which may be memory.
-    """
-    path = os.path.join(os.path.abspath(store_dir), INCOMING)
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def _inspect(index: int, part: Part, study_uid: str | None) -> _Outcome:
@@ -352,22 +298,13 @@ def _uid(meta: dict[str, Any], tag: str) -> str:
     return "\\".join(str(v).strip("\0 ") for v in values)
 
 
-def _write(outcome: _Outcome, part: Part, root: str, incoming: str) -> None:
+def _write(outcome: _Outcome, part: Part, root: str) -> None:
     """Write the part to its place atomically; an I/O error fails the outcome."""
-    target = os.path.join(root, outcome.study, outcome.series, outcome.sop_instance + ".dcm")
-    temp = os.path.join(incoming, secrets.token_hex(8) + _PART_SUFFIX)
+    target = instance_path(root, outcome.study, outcome.series, outcome.sop_instance)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
-        with os.fdopen(fd, "wb") as out:
-            shutil.copyfileobj(part.open(), out, _COPY_CHUNK)
-            out.flush()
-            os.fsync(out.fileno())
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.replace(temp, target)
+        write_file(root, target, part.open())
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        full = isinstance(exc, DiskFull)
         log.error("STOW-RS: cannot write part %d: %s", outcome.index, exc)
         outcome.fail(
             FAILURE_OUT_OF_RESOURCES if full else FAILURE_PROCESSING,
@@ -375,26 +312,6 @@ def _write(outcome: _Outcome, part: Part, root: str, incoming: str) -> None:
         )
         return
     outcome.path = target
-
-
-def _other_copies(root: str, stored: Sequence[_Outcome]) -> list[str]:
-    """Files of the stored SOP Instance UIDs at other places (another study/series).
-
-    Also finds an earlier part of the same request that a later one replaced.
-    """
-    kept = {o.sop_instance + ".dcm": o.path for o in stored}  # the last part wins
-    found: list[str] = []
-    with contextlib.suppress(FileNotFoundError):
-        for study in os.scandir(root):
-            if study.name.startswith(".") or not study.is_dir(follow_symlinks=False):
-                continue
-            for series in os.scandir(study.path):
-                if not series.is_dir(follow_symlinks=False):
-                    continue
-                for entry in os.scandir(series.path):
-                    if entry.name in kept and entry.path != kept[entry.name]:
-                        found.append(entry.path)
-    return found
 
 
 def _ingest(lake: str, root: str, stored: list[_Outcome], storage_options: StorageOptions) -> None:
@@ -406,11 +323,10 @@ def _ingest(lake: str, root: str, stored: list[_Outcome], storage_options: Stora
     from dicomlake.lake.tables import THUMBNAILS_TABLE, table_exists
     from dicomlake.rows import row_id
 
-    stale = _other_copies(root, stored)
-    for path in stale:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-    winners = {o.sop_instance: o.path for o in stored}
+    winners = {o.sop_instance: o.path for o in stored}  # the last part wins
+    # also finds an earlier part of the same request that a later one replaced
+    stale = other_copies(root, winners)
+    remove_files(stale)
     try:
         thumbnails = table_exists(lake, THUMBNAILS_TABLE, storage_options=storage_options)
         dicomlake.ingest(

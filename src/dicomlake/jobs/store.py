@@ -1,0 +1,537 @@
+"""The store folder: instances received over the network, and their rows in the lake.
+
+STOW-RS (:mod:`dicomlake.viewer.dicomweb.store`) and the DIMSE C-STORE SCP
+(:mod:`dicomlake.net.receive`, also the storage side of ``dicomlake pull``) keep what
+they receive here, the same way:
+
+- **Layout.** One file per SOP Instance UID, at
+  ``<store>/<StudyInstanceUID>/<SeriesInstanceUID>/<SOPInstanceUID>.dcm``
+  (:func:`instance_path`). Each of the three is checked against the UID grammar
+  (digits and dots, at most 64 characters) before it names anything, so no path can
+  be smuggled in (``..``, ``/``, a drive letter).
+- **Atomic writes.** A file is written to a temporary ``<store>/.incoming/*.part``,
+  flushed and fsynced, then renamed into place (:func:`write_file`); a reader or a
+  crash sees the whole old file or the whole new one. A full disk (ENOSPC, a quota)
+  raises :class:`~dicomlake.errors.DiskFull` after the temporary file is removed:
+  nothing half-written is left, and nothing is acknowledged that is not on disk.
+- **Replacement.** Storing a SOP Instance UID again replaces its file (and its row);
+  arriving under another study or series, the old file and its row are removed
+  (:func:`other_copies` scans the store for STOW-RS's requests; :class:`StoreIndex`
+  keeps the SOP-to-file map of a long-running receiver, built by one scan).
+- **Locking.** :func:`store_lock` holds the folder for a thread and, by ``flock``,
+  against other processes (STOW-RS holds it per request, a receiver per file), so
+  the ``.part`` files that :func:`purge_parts` removes are always a crashed writer's.
+
+:class:`StoreRows` turns stored files into rows as ingest makes them (the instances
+kernel on each file, thumbnails too when the lake has that table) and commits them
+through :class:`~dicomlake.lake.writer.TableWriter` every few seconds; a file stored
+again replaces its row (merge on ``row_id``), never doubles it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import secrets
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import IO, TYPE_CHECKING, Any, Final
+
+from dicomlake.dicom.uids import is_uid
+from dicomlake.errors import DiskFull
+from dicomlake.storage.locations import file_uri
+
+if TYPE_CHECKING:
+    from dicomlake._types import Row, StorageOptions
+    from dicomlake.catalog.refs import FileRef
+    from dicomlake.kernels.instances import InstancesKernel
+    from dicomlake.lake.writer import TableWriter
+
+__all__ = [
+    "INCOMING",
+    "PART_SUFFIX",
+    "StoreIndex",
+    "StoreRows",
+    "StoredRow",
+    "catch_up",
+    "disk_full",
+    "instance_path",
+    "other_copies",
+    "purge_parts",
+    "remove_files",
+    "spool_dir",
+    "store_lock",
+    "write_file",
+]
+
+log = logging.getLogger(__name__)
+
+#: Sub-folder of the store for files being written.
+INCOMING: Final = ".incoming"
+#: Suffix of a file being written (a leftover one is a crashed writer's).
+PART_SUFFIX: Final = ".part"
+_SUFFIX: Final = ".dcm"
+_COPY_CHUNK: Final = 1024 * 1024
+
+#: One lock per store folder for the threads of this process; processes sharing a
+#: folder are serialized by a flock on it (see :func:`store_lock`).
+_THREAD_LOCKS: dict[str, threading.RLock] = {}
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+# ----------------------------------------------------------------------- the files
+
+
+def instance_path(root: str, study: str, series: str, sop: str) -> str:
+    """``<root>/<study>/<series>/<sop>.dcm``, each part checked to be a UID.
+
+    Raises:
+        ValueError: A part is not a UID (the message names which, never its value).
+
+    Example:
+        >>> instance_path("/s", "1.2", "1.2.3", "1.2.3.4")
+        '/s/1.2/1.2.3/1.2.3.4.dcm'
+    """
+    for name, uid in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)):
+        if not is_uid(uid):
+            raise ValueError(f"{name} is not a valid UID")
+    if not is_uid(sop):
+        raise ValueError("SOPInstanceUID is not a valid UID")
+    return os.path.join(root, study, series, sop + _SUFFIX)
+
+
+@contextlib.contextmanager
+def store_lock(root: str) -> Iterator[None]:
+    """Hold the store folder: other threads (a lock), then other processes (flock).
+
+    Re-entrant within a thread.
+    """
+    with _THREAD_LOCKS_GUARD:
+        lock = _THREAD_LOCKS.setdefault(root, threading.RLock())
+    with lock:
+        fd = os.open(root, os.O_RDONLY)
+        try:
+            _flock(fd)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+
+if sys.platform != "win32":
+    import fcntl
+
+    def _flock(fd: int) -> None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+else:  # pragma: no cover - no flock on Windows; one process per store there
+
+    def _flock(fd: int) -> None:
+        return None
+
+
+def purge_parts(root: str) -> None:
+    """Remove the ``.part`` files in ``<root>/.incoming``: left there by a crashed writer.
+
+    Call it holding :func:`store_lock`. Only those: the folder also holds the
+    anonymous spool files of requests still being received (see :func:`spool_dir`).
+    """
+    incoming = os.path.join(root, INCOMING)
+    os.makedirs(incoming, exist_ok=True)
+    for entry in os.scandir(incoming):
+        if entry.name.endswith(PART_SUFFIX):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def spool_dir(root: str) -> str:
+    """The folder (created) where request bodies are spooled: the store's ``.incoming``.
+
+    On the store's file system rather than in ``/tmp``, which may be memory.
+    """
+    path = os.path.join(os.path.abspath(root), INCOMING)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk or a quota is full."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def write_file(root: str, target: str, data: bytes | IO[bytes]) -> None:
+    """Write ``data`` to ``target`` atomically: a temporary file, fsync, rename.
+
+    The temporary file is ``<root>/.incoming/<random>.part`` (same file system as
+    ``target``); the caller holds :func:`store_lock` so it is never purged early.
+
+    Raises:
+        DiskFull: No space left (or a quota): the temporary file is removed, the old
+            ``target`` (if any) is untouched.
+        OSError: Any other write error, with the same guarantees.
+    """
+    temp = os.path.join(root, INCOMING, secrets.token_hex(8) + PART_SUFFIX)
+    try:
+        try:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(temp), exist_ok=True)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(data, bytes | bytearray | memoryview):
+                out.write(data)
+            else:
+                shutil.copyfileobj(data, out, _COPY_CHUNK)
+            out.flush()
+            os.fsync(out.fileno())
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.replace(temp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        if disk_full(exc):
+            raise DiskFull(exc.errno, "the disk is full (no space left on device)") from exc
+        raise
+
+
+def other_copies(root: str, kept: Mapping[str, str]) -> list[str]:
+    """Files of the SOP Instance UIDs of ``kept`` at other places than ``kept`` names.
+
+    Args:
+        root: The store folder.
+        kept: SOP Instance UID -> the one file that stays.
+
+    Returns:
+        The other files of those SOP Instance UIDs (another study or series), found
+        by one scan of the store.
+    """
+    names = {sop + _SUFFIX: path for sop, path in kept.items()}
+    found: list[str] = []
+    for sop, path in _scan(root):
+        if sop + _SUFFIX in names and path != names[sop + _SUFFIX]:
+            found.append(path)
+    return found
+
+
+def _scan(root: str) -> Iterator[tuple[str, str]]:
+    """(SOP Instance UID, path) of every ``<study>/<series>/<sop>.dcm`` of the store."""
+    with contextlib.suppress(FileNotFoundError):
+        for study in os.scandir(root):
+            if study.name.startswith(".") or not study.is_dir(follow_symlinks=False):
+                continue
+            for series in os.scandir(study.path):
+                if not series.is_dir(follow_symlinks=False):
+                    continue
+                for entry in os.scandir(series.path):
+                    if entry.name.endswith(_SUFFIX):
+                        yield entry.name[: -len(_SUFFIX)], entry.path
+
+
+class StoreIndex:
+    """Where each SOP Instance UID of a store is: one scan at start, then kept up.
+
+    A receiver consults it per instance instead of scanning the store each time. A
+    copy written by another process after the scan is not known (STOW-RS's own scan
+    finds it at its next request).
+    """
+
+    def __init__(self, root: str) -> None:
+        self._paths: dict[str, str] = dict(_scan(root))
+
+    def __len__(self) -> int:
+        return len(self._paths)
+
+    def place(self, sop: str, path: str) -> str | None:
+        """Note that ``sop`` is now at ``path``; the other file it had, if any."""
+        old = self._paths.get(sop)
+        self._paths[sop] = path
+        return old if old is not None and old != path else None
+
+
+# ----------------------------------------------------------------------- the rows
+
+
+@dataclass(slots=True)
+class StoredRow:
+    """The row a stored file got: its status (``ok``, ``error``...) and error text."""
+
+    path: str
+    status: str
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class _Counts:
+    ok: int = 0
+    errors: int = 0
+    replaced: int = 0
+    removed: int = 0
+    committed: int = 0
+    bytes: int = 0
+    error_classes: dict[str, int] = field(default_factory=dict)
+
+
+class StoreRows:
+    """Rows of files stored in a store folder, committed to the lake every few seconds.
+
+    Thread-safe: receivers call :meth:`add` from each association's thread. The row
+    is made on the calling thread (the instances kernel on the stored file, as ingest
+    makes it); rows are handed to the table's writer and committed by its policy
+    (``commit_rows`` rows or ``commit_seconds`` seconds), checked on each
+    :meth:`add` and by :meth:`commit_if_due`, which a timer calls. :meth:`close`
+    commits everything still buffered.
+
+    Args:
+        lake: The lake folder or URI.
+        root: The store folder (absolute).
+        thumbnails: Draw thumbnails too; None: when the lake has a ``thumbnails``
+            table (as STOW-RS does).
+        commit_rows: Commit once this many rows wait...
+        commit_seconds: ...or the oldest has waited this long.
+        storage_options: The lake's object-storage settings.
+
+    Raises:
+        LakeError: The lake cannot be read or written.
+    """
+
+    def __init__(
+        self,
+        lake: str,
+        root: str,
+        *,
+        thumbnails: bool | None = None,
+        commit_rows: int = 5000,
+        commit_seconds: float = 2.0,
+        storage_options: StorageOptions = None,
+    ) -> None:
+        from dicomlake.kernels.instances import InstancesKernel
+        from dicomlake.lake.tables import INSTANCES_TABLE, THUMBNAILS_TABLE, table_exists
+        from dicomlake.lake.writer import TableWriter
+
+        self.lake = lake
+        self.root = root
+        self._options = storage_options
+        if thumbnails is None:
+            thumbnails = table_exists(lake, THUMBNAILS_TABLE, storage_options=storage_options)
+        drawing = None
+        if thumbnails:
+            from dicomlake.kernels.thumbnails import ThumbnailOptions
+
+            drawing = ThumbnailOptions()
+        self._kernel: InstancesKernel = InstancesKernel(
+            storage_options=storage_options, thumbnails=drawing
+        )
+        self._lock = threading.RLock()
+        self._writer: TableWriter = TableWriter(
+            lake,
+            INSTANCES_TABLE,
+            max_rows=commit_rows,
+            max_seconds=commit_seconds,
+            storage_options=storage_options,
+        )
+        self._thumbs: TableWriter | None = (
+            TableWriter(
+                lake,
+                THUMBNAILS_TABLE,
+                max_rows=2000,
+                max_seconds=commit_seconds,
+                storage_options=storage_options,
+            )
+            if drawing is not None
+            else None
+        )
+        self._known = self._lake_row_ids()
+        self._added: set[int] = set()
+        self._new: list[Row] = []
+        self._changed: list[Row] = []
+        self._deletes: list[int] = []
+        self._since = time.monotonic()
+        self._batch_seconds = min(0.5, commit_seconds)
+        self._closed = False
+        self.counts = _Counts()
+
+    def _lake_row_ids(self) -> Any:
+        from dicomlake.lake.fingerprints import Fingerprints
+
+        return Fingerprints.load(self.lake, storage_options=self._options)
+
+    # -- rows in
+
+    def ref(self, path: str) -> FileRef:
+        """The reference ingest would list for ``path``, a file under the store."""
+        from dicomlake.catalog.refs import FileRef, stat_mtime
+        from dicomlake.storage.locations import display_name
+
+        st = os.stat(path)
+        rel = os.path.relpath(path, self.root).replace(os.sep, "/")
+        return FileRef(file_uri(path), display_name(rel), st.st_size, stat_mtime(st))
+
+    def add(self, path: str) -> StoredRow:
+        """Make the row of a stored file and buffer it (replacing the file's old row).
+
+        Returns:
+            What the row says (its status and error text).
+
+        Raises:
+            LakeError: A commit that came due failed.
+        """
+        ref = self.ref(path)
+        row = self._kernel.row(ref)
+        return self._buffer(row, ref.size or 0)
+
+    def add_error(self, ref: FileRef, reason: str) -> StoredRow:
+        """Buffer the error row of something received that could not be stored."""
+        row = self._kernel.error_row(ref, reason)
+        return self._buffer(row, 0)
+
+    def _buffer(self, row: Row, size: int) -> StoredRow:
+        import numpy as np
+
+        from dicomlake.lake.fingerprints import NEW, UNKNOWN
+
+        rid = int(row["row_id"])
+        status = str(row["status"])
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("StoreRows is closed")
+            known = rid in self._added or (
+                self._known.classify(
+                    np.array([rid], dtype=np.int64),
+                    np.array([UNKNOWN], dtype=np.int64),
+                    np.array([UNKNOWN], dtype=np.int64),
+                )[0]
+                != NEW
+            )
+            if known:
+                self._changed.append(row)
+                self.counts.replaced += 1
+            else:
+                self._new.append(row)
+                self._added.add(rid)
+            if status == "ok":
+                self.counts.ok += 1
+                self.counts.bytes += size
+            else:
+                self.counts.errors += 1
+                name = str(row.get("error") or status).split(":", 1)[0]
+                self.counts.error_classes[name] = self.counts.error_classes.get(name, 0) + 1
+            if len(self._new) + len(self._changed) >= 256:
+                self._hand_over()
+        return StoredRow(str(row["path"]), status, row.get("error"))
+
+    def remove(self, path: str) -> None:
+        """The row of ``path`` goes (its file was replaced by a copy elsewhere)."""
+        from dicomlake.rows import row_id
+
+        with self._lock:
+            self._deletes.append(row_id(file_uri(path)))
+            self.counts.removed += 1
+
+    # -- commits
+
+    def _hand_over(self) -> None:
+        """Give the buffered rows to the writers (one batch each way)."""
+        from dicomlake.lake.tables import INSTANCES_TABLE, THUMBNAILS_TABLE
+
+        for rows, replace in ((self._new, False), (self._changed, True)):
+            if not rows:
+                continue
+            out = self._kernel.batch(rows)
+            rows.clear()
+            if self._thumbs is not None and THUMBNAILS_TABLE in out:
+                # thumbnails first: an instance row committed means its thumbnail was
+                self._thumbs.write(out[THUMBNAILS_TABLE], replace=True)
+            self._writer.write(out[INSTANCES_TABLE], replace=replace)
+        self._since = time.monotonic()
+
+    def commit_if_due(self) -> int:
+        """Hand over rows waiting past half a second, and commit what is due.
+
+        Returns:
+            Rows committed.
+        """
+        with self._lock:
+            if self._closed:
+                return 0
+            if time.monotonic() - self._since >= self._batch_seconds:
+                self._hand_over()
+            if self._thumbs is not None:
+                self._thumbs.commit_if_due()
+            committed = self._writer.commit_if_due()
+            if self._deletes and (committed or not self._writer.buffered_rows):
+                committed += self._delete()
+            self.counts.committed += committed
+            return committed
+
+    def flush(self) -> int:
+        """Commit every buffered row now; rows committed."""
+        with self._lock:
+            self._hand_over()
+            if self._thumbs is not None:
+                self._thumbs.flush()
+            committed = self._writer.flush()
+            if self._deletes:
+                self._delete()
+            self.counts.committed += committed
+            return committed
+
+    def _delete(self) -> int:
+        """Delete the rows of replaced copies, after the rows that replaced them."""
+        import numpy as np
+
+        from dicomlake.lake.sync import delete_rows
+
+        ids = np.array(self._deletes, dtype=np.int64)
+        self._deletes.clear()
+        self._added.difference_update(ids.tolist())
+        delete_rows(self.lake, ids, self._options)
+        return 0
+
+    def close(self) -> None:
+        """Commit everything buffered; the object is spent."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                self.flush()
+            finally:
+                self._closed = True
+                self._writer.close()
+                if self._thumbs is not None:
+                    self._thumbs.close()
+
+
+def catch_up(lake: str, root: str, storage_options: StorageOptions = None) -> int:
+    """Ingest the store folder once: files stored before a crash got no row yet.
+
+    An incremental ingest: files the lake holds unchanged are skipped. The
+    ``.incoming`` folder is emptied of leftovers first.
+
+    Returns:
+        Files the lake did not hold yet (new or changed rows).
+    """
+    import dicomlake
+    from dicomlake.lake.tables import THUMBNAILS_TABLE, table_exists
+
+    os.makedirs(root, exist_ok=True)
+    with store_lock(root):
+        purge_parts(root)
+    if not any(_scan(root)):
+        return 0
+    thumbnails = table_exists(lake, THUMBNAILS_TABLE, storage_options=storage_options)
+    summary = dicomlake.ingest(
+        [root], lake, workers=0, thumbnails=thumbnails, storage_options=storage_options
+    )
+    return int(summary.done)
+
+
+def remove_files(paths: Iterable[str]) -> None:
+    """Unlink ``paths``; already gone is fine."""
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
