@@ -6,9 +6,12 @@ with bound parameters; retrievals stream the stored bytes of files and zip membe
 
 from __future__ import annotations
 
-from starlette.routing import BaseRoute
+from typing import TYPE_CHECKING
 
-from dicomlake.viewer.connection import LakeConnection
+if TYPE_CHECKING:  # the search modules are shared with the DIMSE SCP, which needs no web extra
+    from starlette.routing import BaseRoute
+
+    from dicomlake.viewer.connection import LakeConnection
 
 __all__ = ["routes"]
 
