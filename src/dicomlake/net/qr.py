@@ -23,6 +23,7 @@ from dicomlake.errors import DicomLakeError
 from dicomlake.net.peers import DEFAULT_AET, Peer, check_ae_title, parse_peer
 from dicomlake.net.qr_find import PATIENT_ROOT, STUDY_ROOT, BadIdentifier, find, read_find
 from dicomlake.net.qr_retrieve import (
+    UNCOMPRESSED,
     Match,
     fit,
     load,
@@ -188,13 +189,15 @@ class QueryRetrieveSCP:
         for model in (*PATIENT_ROOT_MODELS, *STUDY_ROOT_MODELS):
             ae.add_supported_context(model)
         # C-GET sends over the peer's own association: it proposes the storage
-        # classes with itself as their SCP (role selection, PS3.7 D.3.3.4).
+        # classes with itself as their SCP (role selection, PS3.7 D.3.3.4). pynetdicom
+        # accepts the first syntax of this list that a context offers, before any
+        # file is known: uncompressed first, since any file can go that way (a
+        # compressed one decompressed), while a compressed syntax takes only its own.
+        syntaxes = [*UNCOMPRESSED, *(ts for ts in ALL_TRANSFER_SYNTAXES if ts not in UNCOMPRESSED)]
         for cx in AllStoragePresentationContexts:
             if cx.abstract_syntax is None:
                 continue
-            ae.add_supported_context(
-                cx.abstract_syntax, ALL_TRANSFER_SYNTAXES, scp_role=True, scu_role=False
-            )
+            ae.add_supported_context(cx.abstract_syntax, syntaxes, scp_role=True, scu_role=False)
         if self.allow_aets:
             ae.require_calling_aet = list(self.allow_aets)
         return ae
