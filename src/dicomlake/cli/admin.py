@@ -18,6 +18,17 @@ from dicomlake.cli.options import (
     fail,
     storage_config,
 )
+from dicomlake.cli.qr import (
+    DimseAetOption,
+    DimseAllowOption,
+    DimsePeerOption,
+    DimsePortOption,
+    DimseTlsCaOption,
+    DimseTlsCertOption,
+    DimseTlsKeyOption,
+    NoWebOption,
+    dimse_server,
+)
 from dicomlake.cli.query import sql
 from dicomlake.errors import DicomLakeError
 
@@ -130,20 +141,55 @@ def serve(
         str | None,
         typer.Option(help="An unpacked OHIF build to serve at /ohif/ instead of the cache's."),
     ] = None,
+    dimse_port: DimsePortOption = None,
+    dimse_aet: DimseAetOption = "DICOMLAKE",
+    dimse_peer: DimsePeerOption = None,
+    dimse_allow_aet: DimseAllowOption = None,
+    dimse_tls_cert: DimseTlsCertOption = None,
+    dimse_tls_key: DimseTlsKeyOption = None,
+    dimse_tls_ca: DimseTlsCaOption = None,
+    no_web: NoWebOption = False,
 ) -> None:
-    """Browse the lake: the gallery, DICOMweb at /dicomweb and OHIF at /ohif."""
+    """Browse the lake: the gallery, DICOMweb at /dicomweb and OHIF at /ohif (and DIMSE)."""
     from dicomlake.viewer import LOOPBACK
 
-    if host not in LOOPBACK and token is None and not no_auth:
+    dimse_options = dimse_peer or dimse_allow_aet or dimse_tls_cert or dimse_tls_key or dimse_tls_ca
+    if dimse_port is None and (no_web or dimse_options):
+        raise fail("--no-web and the other --dimse-* options need --dimse-port")
+    if not no_web and host not in LOOPBACK and token is None and not no_auth:
         raise fail(
             f"binding {host} lets other machines read the lake: give --token (or "
             "DICOMLAKE_TOKEN), or --no-auth to serve it to anyone who can reach it"
+        )
+    open_dimse = not dimse_allow_aet and not dimse_tls_ca and not no_auth
+    if dimse_port is not None and host not in LOOPBACK and open_dimse:
+        raise fail(
+            f"binding {host} lets other machines query and retrieve the lake over "
+            "DIMSE: give --dimse-allow-aet or --dimse-tls-ca, or --no-auth to serve "
+            "it to anyone who can reach it"
         )
     if token is not None and not token.strip():
         raise fail("--token must not be empty")
     if store_dir is not None and not allow_store:
         raise fail("--store-dir is where uploads go: it needs --allow-store")
+    scp = None
+    if dimse_port is not None:
+        scp = dimse_server(
+            lake,
+            host=host,
+            port=dimse_port,
+            aet=dimse_aet,
+            peers=dimse_peer,
+            allow_aets=dimse_allow_aet,
+            tls_cert=dimse_tls_cert,
+            tls_key=dimse_tls_key,
+            tls_ca=dimse_tls_ca,
+        )
+        typer.echo(f"DIMSE: {scp.aet} on {host}:{scp.port}", err=True)
     try:
+        if no_web:
+            _wait_for_interrupt()
+            return
         from dicomlake.viewer import serve as run_server
 
         run_server(
@@ -160,3 +206,17 @@ def serve(
         raise fail(str(exc)) from None
     except DicomLakeError as exc:
         raise fail(str(exc)) from None
+    finally:
+        if scp is not None:
+            scp.stop()
+
+
+def _wait_for_interrupt() -> None:
+    """Sleep until Ctrl-C (the DIMSE server runs in its own threads)."""
+    import time
+
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return
