@@ -452,3 +452,28 @@ def test_an_allow_list_rejects_other_calling_aes(lake: Lake) -> None:
     assert allowed.returncode == 0
     assert other.returncode != 0
     assert "Association Rejected" in other.stderr
+
+
+def test_tls_associations_need_a_certificate_the_ca_signed(lake: Lake, tmp_path: Path) -> None:
+    from dicomlake.net.peers import TlsFiles, server_tls
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (apt-get install openssl)")
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
+         "-keyout", key, "-out", cert],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = server_tls(TlsFiles(str(cert), str(key), str(cert)))  # self-signed: its own CA
+    with QueryRetrieveSCP(str(lake.path), port=0, ssl_context=tls) as server:
+        secure = dcmtk(
+            "echoscu", "+tls", key, cert, "+cf", cert, "-aec", "DICOMLAKE", "127.0.0.1", server.port
+        )
+        plain = dcmtk("echoscu", "-aec", "DICOMLAKE", "127.0.0.1", server.port)
+        anonymous = dcmtk("echoscu", "+tla", "-ic", "-aec", "DICOMLAKE", "127.0.0.1", server.port)
+    assert secure.returncode == 0, secure.stderr
+    assert "Received Echo Response (Success)" in secure.stderr
+    assert plain.returncode != 0
+    assert anonymous.returncode != 0
