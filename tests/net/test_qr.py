@@ -477,3 +477,17 @@ def test_tls_associations_need_a_certificate_the_ca_signed(lake: Lake, tmp_path:
     assert "Received Echo Response (Success)" in secure.stderr
     assert plain.returncode != 0
     assert anonymous.returncode != 0
+
+
+@pytest.mark.parametrize("tool", ["getscu", "movescu"])
+def test_a_retrieval_without_its_unique_key_is_refused(
+    scp: QueryRetrieveSCP, tmp_path: Path, tool: str
+) -> None:
+    args = ["-aem", "STORE"] if tool == "movescu" else ["-od", tmp_path]
+    result = dcmtk(
+        tool, "-S", "-aec", "DICOMLAKE", *args,
+        "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={NM_STUDY}",
+        "127.0.0.1", scp.port,
+    )  # fmt: skip
+    assert "DataSetDoesNotMatchSOPClass" in status_of(result.stderr), result.stderr
+    assert not list(tmp_path.iterdir())
