@@ -71,6 +71,10 @@ _PIXEL_KEYWORDS = {
 }
 #: Percentiles of the robust window used when a grayscale image has no VOI.
 ROBUST_PERCENTILES = (0.5, 99.5)
+#: A frame decoded at reduced resolution keeps at least this many times the pixels
+#: asked for: a codec's lower resolution level alone is softer than a resize of the
+#: full frame (1.0 would draw a 512 x 512 J2K frame as its 256 x 256 wavelet band).
+_REDUCED_MARGIN = 1.5
 
 
 @dataclass(slots=True)
@@ -176,10 +180,11 @@ def read_frame(
             ) from None
     tsyntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
     rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if max_side and rows and cols and max(rows, cols) >= 4 * max_side:
-        # keep at least twice the pixels asked for, so that the final resize still
-        # filters (a 4000 x 3000 frame for 256 pixels decodes at 1000 x 750)
-        level = int(math.log2(max(rows, cols) / (2 * max_side)))
+    if max_side and rows and cols and max(rows, cols) >= 2 * _REDUCED_MARGIN * max_side:
+        # the lowest resolution level with a margin over the pixels asked for, so that
+        # the final resize still filters (a 4000 x 3000 frame for 256 pixels decodes
+        # at 500 x 375, a 1024 x 1024 one at 512 x 512)
+        level = int(math.log2(max(rows, cols) / (_REDUCED_MARGIN * max_side)))
         reduced = _reduced_decode(stream, pixel_start, ds, tsyntax, frame, level)
         if reduced is not None:
             return reduced[0], ds, reduced[1]
@@ -458,6 +463,19 @@ def _j2k_header(data: bytes) -> tuple[int, bool, int] | None:
     return None
 
 
+def _size_for_reduce(size: tuple[int, int], level: int) -> tuple[int, int]:
+    """The full size to give Pillow so that it reduces it to the size openjpeg decodes.
+
+    openjpeg's level ``level`` is ceil(side / 2**level) pixels, but Pillow (13.0) sizes
+    its image round(side / 2**level): a 1841-pixel side at level 2 gets 460 for a
+    461-pixel tile, and the decode fails. ceil(side / 2**level) * 2**level - 2**(level
+    - 1) reduces to the ceiling under either rounding.
+    """
+    power = 1 << level
+    width, height = (-(-side // power) * power - (power >> 1) for side in size)
+    return width, height
+
+
 def _reduced_j2k(data: bytes, ds: Dataset, level: int) -> tuple[np.ndarray, int] | None:
     """JPEG 2000 at 1/2**level: openjpeg decodes only the lower resolution levels."""
     header = _j2k_header(data)
@@ -479,6 +497,7 @@ def _reduced_j2k(data: bytes, ds: Dataset, level: int) -> tuple[np.ndarray, int]
             return None  # Pillow keeps only 8 of the bits: let pydicom decode in full
         full_width = image.size[0]
         image.reduce = attempt  # type: ignore[method-assign,assignment]  # J2K level
+        image._size = _size_for_reduce(image.size, attempt)
         try:
             image.load()
             break
@@ -605,6 +624,8 @@ def _palette_rgb8(stored: np.ndarray, ds: Dataset) -> np.ndarray:
     frame. The table is kept for the next frame with the same palette (a device's
     images share theirs; expanding a segmented palette is the costly part).
     """
+    if not stored.dtype.isnative:  # big endian: the same values in this machine's order
+        stored = stored.astype(stored.dtype.newbyteorder("="))
     if stored.dtype not in (np.uint8, np.int8, np.uint16, np.int16):
         direct: np.ndarray = _rgb8(apply_color_lut(stored, ds), ds)
         return direct
