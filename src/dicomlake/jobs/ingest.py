@@ -525,12 +525,7 @@ class _Run:
         if not (force or many):
             return
         try:
-            done = compact(
-                self.lake,
-                tables=(INSTANCES_TABLE,),
-                storage_options=options,
-                max_concurrent_tasks=1,  # bounded memory (see optimize)
-            )
+            done = compact(self.lake, tables=(INSTANCES_TABLE,), storage_options=options)
             self.summary.compacted = done.tables[0].files_removed
         except LakeError as exc:  # the rows are committed; compaction can wait
             log.warning("compaction skipped (%s); run `dicomlake optimize`", exc)

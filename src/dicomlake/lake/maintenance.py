@@ -3,10 +3,10 @@
 Ingest writes many small Parquet files (one per worker task, one per commit) and a
 JSON log entry per commit. Readers pay for both: DuckDB opens every file, delta-rs
 replays the log since the last checkpoint. :func:`optimize` rewrites each table's
-small files into few large ones (delta-rs ``optimize.compact``, one transaction that
-changes no row), writes a checkpoint, and on request vacuums files no table version
-within the retention period needs (files replaced by compaction or MERGE, and shards
-of killed runs that no commit named).
+small files into few large ones (:mod:`~dicomlake.lake.compaction`: streamed, in
+bounded memory, transactions that change no row), writes a checkpoint, and on request
+vacuums files no table version within the retention period needs (files replaced by
+compaction or MERGE, and shards of killed runs that no commit named).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Final
 
 from deltalake.exceptions import DeltaError
 
@@ -25,8 +25,6 @@ from dicomlake._types import StorageOptions
 from dicomlake.lake.sql import OPTIONAL_TABLES
 from dicomlake.lake.tables import (
     INSTANCES_TABLE,
-    TARGET_FILE_SIZE,
-    WRITER_PROPERTIES,
     data_files,
     is_panic,
     lake_error,
@@ -89,7 +87,6 @@ def optimize(
     retention_hours: int = DEFAULT_RETENTION_HOURS,
     tables: tuple[str, ...] | None = None,
     storage_options: StorageOptions = None,
-    max_concurrent_tasks: int | None = None,
 ) -> OptimizeSummary:
     """Compact every table of the lake, checkpoint its log, and optionally vacuum.
 
@@ -100,10 +97,6 @@ def optimize(
         tables: Which tables (default: ``instances`` and whichever of thumbnails,
             volumes and patches the lake has).
         storage_options: Options for object storage.
-        max_concurrent_tasks: Output files written at once (default: one per core).
-            Each holds up to a target file's rows in memory, some 400 MB of
-            ``instances`` rows: the compaction at the end of an ingest uses 1, so
-            the run's memory stays flat whatever the table's size.
 
     Returns:
         Per table: files before and after, and the files vacuumed.
@@ -123,11 +116,7 @@ def optimize(
         tables = (INSTANCES_TABLE, *present)
     summary = OptimizeSummary()
     for name in tables:
-        summary.tables.append(
-            _optimize_table(
-                lake, name, vacuum, retention_hours, storage_options, max_concurrent_tasks
-            )
-        )
+        summary.tables.append(_optimize_table(lake, name, vacuum, retention_hours, storage_options))
     summary.seconds = time.monotonic() - started
     log.info("%s", summary)
     return summary
@@ -139,19 +128,16 @@ def _optimize_table(
     vacuum: bool,
     retention_hours: int,
     storage_options: StorageOptions,
-    max_concurrent_tasks: int | None,
 ) -> TableMaintenance:
-    dt = open_table(lake, name, storage_options=storage_options)
-    done = TableMaintenance(name, files_before=len(dt.file_uris()))
+    from dicomlake.lake.compaction import compact_table
+
+    done = TableMaintenance(name)
     try:
-        metrics: dict[str, Any] = dt.optimize.compact(
-            target_size=TARGET_FILE_SIZE,
-            max_concurrent_tasks=max_concurrent_tasks,
-            writer_properties=WRITER_PROPERTIES,
-        )
-        done.files_removed = int(metrics.get("numFilesRemoved", 0))
-        done.files_added = int(metrics.get("numFilesAdded", 0))
-        dt.update_incremental()
+        compacted = compact_table(lake, name, storage_options=storage_options)
+        done.files_before = compacted.files_before
+        done.files_removed = compacted.files_removed
+        done.files_added = compacted.files_added
+        dt = open_table(lake, name, storage_options=storage_options)
         dt.create_checkpoint()
         dt.cleanup_metadata()
         if vacuum:

@@ -68,28 +68,76 @@ def filesystem(uri: str, storage_options: StorageOptions = None) -> tuple[pafs.F
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
 
 
-def file_stats(table: pa.Table) -> str:
-    """Delta file statistics: row count, null counts, min/max of numbers and dates."""
-    import pyarrow.compute as pc
+class FileStats:
+    """Delta file statistics folded batch by batch: row count, null counts, min/max.
 
-    nulls: dict[str, int] = {}
-    mins: dict[str, Any] = {}
-    maxs: dict[str, Any] = {}
-    for field, column in zip(table.schema, table.columns, strict=True):
-        if pa.types.is_nested(field.type) or pa.types.is_binary(field.type):
-            continue
-        nulls[field.name] = column.null_count
-        numeric = pa.types.is_integer(field.type) or pa.types.is_floating(field.type)
-        if (numeric or pa.types.is_date(field.type)) and column.null_count < len(column):
+    Bounds are kept for numbers and dates (what queries prune on); a float column
+    with a NaN bound gets none. Nested and binary columns get no statistics.
+    """
+
+    def __init__(self, schema: pa.Schema) -> None:
+        self.rows = 0
+        self._kept = [
+            f.name for f in schema if not (pa.types.is_nested(f.type) or pa.types.is_binary(f.type))
+        ]
+        self._bounded = {
+            f.name
+            for f in schema
+            if f.name in self._kept
+            and (
+                pa.types.is_integer(f.type)
+                or pa.types.is_floating(f.type)
+                or pa.types.is_date(f.type)
+            )
+        }
+        self._nulls = dict.fromkeys(self._kept, 0)
+        self._mins: dict[str, Any] = {}
+        self._maxs: dict[str, Any] = {}
+        self._nan: set[str] = set()
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Fold the statistics of ``batch``'s rows in."""
+        import pyarrow.compute as pc
+
+        self.rows += batch.num_rows
+        for name in self._kept:
+            column = batch.column(name)
+            self._nulls[name] += column.null_count
+            if name not in self._bounded or name in self._nan:
+                continue
+            if column.null_count == len(column):
+                continue
             bounds = pc.min_max(column)
             low, high = bounds["min"].as_py(), bounds["max"].as_py()
             if isinstance(low, float) and (low != low or high != high):  # NaN: no bounds
+                self._nan.add(name)
+                self._mins.pop(name, None)
+                self._maxs.pop(name, None)
                 continue
-            mins[field.name] = low.isoformat() if isinstance(low, dt.date) else low
-            maxs[field.name] = high.isoformat() if isinstance(high, dt.date) else high
-    return json.dumps(
-        {"numRecords": table.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls}
-    )
+            self._mins[name] = low if name not in self._mins else min(self._mins[name], low)
+            self._maxs[name] = high if name not in self._maxs else max(self._maxs[name], high)
+
+    def to_json(self) -> str:
+        """The statistics as the ``stats`` string of a Delta add-action."""
+
+        def text(value: Any) -> Any:
+            return value.isoformat() if isinstance(value, dt.date) else value
+
+        return json.dumps(
+            {
+                "numRecords": self.rows,
+                "minValues": {k: text(v) for k, v in self._mins.items()},
+                "maxValues": {k: text(v) for k, v in self._maxs.items()},
+                "nullCount": self._nulls,
+            }
+        )
+
+
+def file_stats(table: pa.Table) -> str:
+    """Delta file statistics of ``table``'s rows (see :class:`FileStats`)."""
+    stats = FileStats(table.schema)
+    stats.add(table)
+    return stats.to_json()
 
 
 def remove_orphans(
