@@ -794,8 +794,12 @@ def _shrink(stored: np.ndarray, ds: Dataset, factor: int) -> np.ndarray:
     if ds.get("ModalityLUTSequence"):
         return stored
     rows, cols, rest = stored.shape[0] // factor, stored.shape[1] // factor, stored.shape[2:]
-    # two sums along one axis each: much faster than one mean over a 4-D view
+    # the rows of a block summed in one pass, then its columns as ``factor`` strided
+    # additions: numpy is slow at reducing a short innermost axis (3-4x the time)
     strips = stored[: rows * factor, : cols * factor].reshape(rows, factor, cols * factor, *rest)
-    summed = strips.sum(axis=1, dtype=np.float32).reshape(rows, cols, factor, *rest).sum(axis=2)
-    mean: np.ndarray = summed / np.float32(factor * factor)
+    summed = strips.sum(axis=1, dtype=np.float32)
+    mean: np.ndarray = summed[:, 0::factor].copy()
+    for column in range(1, factor):
+        mean += summed[:, column::factor]
+    mean /= np.float32(factor * factor)
     return mean
