@@ -25,13 +25,15 @@ import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dicomlake.catalog import FileRef, Prefetcher
 from dicomlake.catalog.refs import split_zip_uri
 from dicomlake.errors import WorkersFailed
 from dicomlake.kernels.base import Kernel
 from dicomlake.storage.locations import local_path
+
+_T = TypeVar("_T")
 
 if TYPE_CHECKING:
     from dicomlake._types import Batches
@@ -160,6 +162,20 @@ def _on_local_disk(ref: FileRef) -> bool:
     zipped = split_zip_uri(ref.path)
     path = local_path(zipped[1] if zipped is not None else ref.path)
     return path is not None and os.path.isfile(path)
+
+
+def run_apart(function: Callable[..., _T], *args: Any) -> _T:
+    """Call ``function(*args)`` in a fresh process and return what it returns.
+
+    For one heavy call whose memory the long-lived coordinator should not keep after
+    it (allocators seldom give freed memory back): the process exits, the memory goes.
+    ``function``, its arguments and its result must pickle; it should return errors
+    rather than raise them when their class does not pickle.
+    """
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        return pool.submit(function, *args).result()
 
 
 class LocalEngine:

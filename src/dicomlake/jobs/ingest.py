@@ -25,9 +25,8 @@ import pyarrow as pa
 
 from dicomlake._types import Parser, StorageOptions
 from dicomlake.catalog import FileRef, check_sources, iter_files
-from dicomlake.engine.local import IN_PROCESS_MAX_FILES, LocalEngine, Task
+from dicomlake.engine.local import IN_PROCESS_MAX_FILES, LocalEngine, Task, run_apart
 from dicomlake.engine.sinks import SHARDS, ShardSink
-from dicomlake.errors import LakeError
 from dicomlake.kernels.instances import BULK_THRESHOLD, InstancesKernel
 from dicomlake.killpoints import kill_point
 from dicomlake.lake.fingerprints import Fingerprints
@@ -517,18 +516,21 @@ class _Run:
         summary.seconds = time.monotonic() - summary.started
 
     def _compact(self, *, force: bool) -> None:
-        from dicomlake.lake.maintenance import AUTO_COMPACT_FILES, file_count
-        from dicomlake.lake.maintenance import optimize as compact
+        from dicomlake.lake.maintenance import AUTO_COMPACT_FILES, compact_or_say_why, file_count
 
         options = self.storage_options
         many = file_count(self.lake, INSTANCES_TABLE, options) > AUTO_COMPACT_FILES
         if not (force or many):
             return
-        try:
-            done = compact(self.lake, tables=(INSTANCES_TABLE,), storage_options=options)
-            self.summary.compacted = done.tables[0].files_removed
-        except LakeError as exc:  # the rows are committed; compaction can wait
-            log.warning("compaction skipped (%s); run `dicomlake optimize`", exc)
+        if self.workers == 0:
+            removed, problem = compact_or_say_why(self.lake, INSTANCES_TABLE, options)
+        else:
+            # apart, like a worker: reading and writing Parquet leaves the allocator
+            # some 130 MiB larger, which the coordinator would keep to its end
+            removed, problem = run_apart(compact_or_say_why, self.lake, INSTANCES_TABLE, options)
+        if problem:  # the rows are committed; compaction can wait
+            log.warning("compaction skipped (%s); run `dicomlake optimize`", problem)
+        self.summary.compacted = removed
 
 
 def _count_thumbnails(summary: IngestSummary, batch: pa.RecordBatch) -> None:

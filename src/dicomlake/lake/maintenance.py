@@ -22,6 +22,7 @@ from typing import Final
 from deltalake.exceptions import DeltaError
 
 from dicomlake._types import StorageOptions
+from dicomlake.errors import LakeError
 from dicomlake.lake.sql import OPTIONAL_TABLES
 from dicomlake.lake.tables import (
     INSTANCES_TABLE,
@@ -120,6 +121,21 @@ def optimize(
     summary.seconds = time.monotonic() - started
     log.info("%s", summary)
     return summary
+
+
+def compact_or_say_why(
+    lake: str, table: str, storage_options: StorageOptions = None
+) -> tuple[int, str]:
+    """Compact and checkpoint one table: the files removed, and why not ('' when done).
+
+    The end of an ingest runs it in a process of its own (see ``run_apart``), so the
+    reason comes back as text: a :class:`~dicomlake.errors.LakeError` does not pickle.
+    """
+    try:
+        done = optimize(lake, tables=(table,), storage_options=storage_options)
+    except LakeError as exc:
+        return 0, str(exc)
+    return done.tables[0].files_removed, ""
 
 
 def _optimize_table(
