@@ -28,7 +28,7 @@ from pydicom.encaps import encapsulate, generate_frames
 
 import dicomlake
 from dicomlake.sample import sample_file
-from dicomlake.viewer.dicomweb import search
+from dicomlake.search import query as search
 from helpers.servers import LiveServer
 
 CT_STUDY, CT_SERIES = "1.2.3.1", "1.2.3.1.1"
@@ -534,7 +534,7 @@ def test_metadata_of_a_big_study_streams_in_batches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """10,000 instances of one study: metadata arrives in pieces, read a batch at a time."""
-    from dicomlake.viewer.connection import Cursor
+    from dicomlake.search.connection import Cursor
     from dicomlake.viewer.dicomweb import retrieve
     from helpers.lake_rows import write_study_rows
 

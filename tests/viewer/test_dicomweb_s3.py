@@ -20,7 +20,7 @@ from dicomweb_client.api import DICOMwebClient
 
 import dicomlake
 from dicomlake.sample import sample_file
-from dicomlake.viewer.connection import LakeConnection
+from dicomlake.search.connection import LakeConnection
 from helpers.moto_server import moto_endpoint, use_aws_env
 from helpers.servers import LiveServer
 

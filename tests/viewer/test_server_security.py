@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import dicomlake
 from dicomlake.cli import app as cli_app
 from dicomlake.sample import sample_file
-from dicomlake.viewer.connection import LakeConnection
+from dicomlake.search.connection import LakeConnection
 from helpers.servers import LiveServer
 
 TOKEN = "s3cret token/with+odd=chars"

@@ -24,8 +24,8 @@ from dicomlake.cli import app as cli_app
 from dicomlake.lake import TableWriter
 from dicomlake.sample import sample_file, write_bad_files
 from dicomlake.schema import INSTANCES_SCHEMA
+from dicomlake.search.connection import Cursor, LakeConnection, QueryTimeout
 from dicomlake.viewer import create_app
-from dicomlake.viewer.connection import Cursor, LakeConnection, QueryTimeout
 from dicomlake.viewer.safety import UnsafeClause, check_where
 from dicomlake.viewer.tags import bulk_length, tag_rows
 from helpers.browser import chromium

@@ -352,7 +352,7 @@ def lake_summary(con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         Modality, most frequent first, ``None`` for rows without one) and
         ``total_bytes``, and ``duplicate_instances``: ``ok`` files whose SOP Instance
         UID another ``ok`` file has too (beyond the first of each; DICOMweb serves one
-        of them, see :data:`dicomlake.viewer.dicomweb.index.DUPLICATE_RULE`).
+        of them, see :data:`dicomlake.search.index.DUPLICATE_RULE`).
 
     Raises:
         duckdb.Error: If ``con`` was not made by :func:`connect`.

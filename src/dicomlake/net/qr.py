@@ -2,7 +2,7 @@
 
 A workstation queries the lake (Patient Root and Study Root information models,
 PATIENT to IMAGE levels) and retrieves from it, as it would from a PACS. Queries run
-on the viewer's read-only view of the lake (:class:`~dicomlake.viewer.connection.
+on a read-only view of the lake (:class:`~dicomlake.search.connection.
 LakeConnection`, refreshed when the lake changes); retrievals read each instance's
 file when it is sent (:mod:`dicomlake.net.qr_retrieve`). pynetdicom runs each
 association in its own thread; this module binds its events to those two modules.
@@ -33,7 +33,7 @@ from dicomlake.net.qr_retrieve import (
     proposed_contexts,
     read_retrieve,
 )
-from dicomlake.viewer.connection import LakeConnection, QueryTimeout
+from dicomlake.search.connection import LakeConnection, QueryTimeout
 
 if TYPE_CHECKING:
     import ssl

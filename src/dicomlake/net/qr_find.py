@@ -1,9 +1,9 @@
-"""C-FIND answered from the lake: a DIMSE identifier read as a DICOMweb search.
+"""C-FIND answered from the lake: a DIMSE identifier read as a lake search.
 
 A C-FIND identifier and a QIDO-RS query ask the same thing: match some attributes
 (PS3.4 C.2.2.2: single value, UID list, ``*``/``?`` wildcards, date and time ranges,
 universal matching for an empty value), return others. So the identifier becomes
-the ``(tag, value)`` pairs of :func:`dicomlake.viewer.dicomweb.search.parse` and runs
+the ``(tag, value)`` pairs of :func:`dicomlake.search.query.parse` and runs
 on the same in-memory index of the lake's ``ok`` rows; each DICOM JSON result keeps
 only the keys the identifier asked for, plus the level's unique keys,
 *QueryRetrieveLevel*, *RetrieveAETitle* and *SpecificCharacterSet*.
@@ -25,9 +25,9 @@ from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 
-from dicomlake.viewer.connection import Cursor
-from dicomlake.viewer.dicomweb.attributes import COMPUTED, MODALITIES_IN_STUDY
-from dicomlake.viewer.dicomweb.search import BadQuery, Search, parse, run
+from dicomlake.search.attributes import COMPUTED, MODALITIES_IN_STUDY
+from dicomlake.search.connection import Cursor
+from dicomlake.search.query import BadQuery, Search, parse, run
 
 #: Query/Retrieve information models, by the name the code uses.
 PATIENT_ROOT = "patient"

@@ -29,9 +29,9 @@ from pydicom.uid import (
 
 from dicomlake.catalog.opening import open_ref
 from dicomlake.net.qr_find import MODEL_LEVELS, UNIQUE_KEYS, BadIdentifier, read_level, value_text
-from dicomlake.viewer.connection import Cursor
-from dicomlake.viewer.dicomweb.index import ensure_index
-from dicomlake.viewer.dicomweb.search import BadQuery, parse
+from dicomlake.search.connection import Cursor
+from dicomlake.search.index import ensure_index
+from dicomlake.search.query import BadQuery, parse
 
 if TYPE_CHECKING:
     from pynetdicom.presentation import PresentationContext

@@ -27,9 +27,9 @@ from starlette.responses import HTMLResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from dicomlake.search.connection import LakeConnection, QueryTimeout
 from dicomlake.viewer import dicomweb, ohif, pages, queries
 from dicomlake.viewer.auth import TokenAuth
-from dicomlake.viewer.connection import LakeConnection, QueryTimeout
 from dicomlake.viewer.queries import BadRequest, Filters
 from dicomlake.viewer.safety import UnsafeClause
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dicomlake.viewer.connection import Cursor
+from dicomlake.search.connection import Cursor
 from dicomlake.viewer.safety import check_where
 from dicomlake.viewer.tags import tag_rows
 

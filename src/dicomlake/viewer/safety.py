@@ -11,7 +11,7 @@ The clause is the one piece of user text that becomes SQL, so it passes two guar
    subquery (:func:`filtered_instances`), so what runs is what was parsed.
 2. The connection it runs on cannot reach the outside world anyway:
    ``enable_external_access`` is off, only the lake's own folder is readable, and the
-   configuration is locked (see :mod:`dicomlake.viewer.connection`).
+   configuration is locked (see :mod:`dicomlake.search.connection`).
 """
 
 from __future__ import annotations

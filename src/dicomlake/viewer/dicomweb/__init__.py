@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # the search modules are shared with the DIMSE SCP, which needs no web extra
+if TYPE_CHECKING:  # starlette loads only when the routes are built
     from starlette.routing import BaseRoute
 
-    from dicomlake.viewer.connection import LakeConnection
+    from dicomlake.search.connection import LakeConnection
 
 __all__ = ["routes"]
 

@@ -13,8 +13,8 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from dicomlake.viewer.connection import Cursor
-from dicomlake.viewer.dicomweb.index import ensure_index
+from dicomlake.search.connection import Cursor
+from dicomlake.search.index import ensure_index
 from dicomlake.viewer.dicomweb.media import EXPLICIT_LE
 from dicomlake.viewer.dicomweb.service import HTTPProblem
 

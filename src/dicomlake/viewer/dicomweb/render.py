@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from dicomlake.viewer.connection import LakeConnection
+from dicomlake.search.connection import LakeConnection
 from dicomlake.viewer.dicomweb import media
 from dicomlake.viewer.dicomweb.service import HTTPProblem, multipart_response
 

@@ -23,7 +23,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from dicomlake.catalog import open_ref
-from dicomlake.viewer.connection import LakeConnection
+from dicomlake.search.connection import LakeConnection
 from dicomlake.viewer.dicomweb import media, render
 from dicomlake.viewer.dicomweb.lookup import Instance, instances_of
 from dicomlake.viewer.dicomweb.multipart import (

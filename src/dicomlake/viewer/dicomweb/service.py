@@ -21,8 +21,9 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from dicomlake.dicom.uids import is_uid
-from dicomlake.viewer.connection import LakeConnection, QueryTimeout
-from dicomlake.viewer.dicomweb import search
+from dicomlake.search.attributes import LEVEL_KEYS
+from dicomlake.search.connection import LakeConnection, QueryTimeout
+from dicomlake.search.query import BadQuery, parse, run
 from dicomlake.viewer.dicomweb.multipart import (
     multipart_chunks,
     multipart_content_type,
@@ -104,6 +105,15 @@ def base_url(request: Request) -> str:
     return str(request.url.replace(path=root, query="", fragment="")).rstrip("/")
 
 
+def level_scope(level: str, path_params: Mapping[str, str]) -> dict[str, str]:
+    """The UIDs a resource path fixes, by tag (``/studies/{study}/series`` fixes one)."""
+    scope = {}
+    for name, tag in (("study", LEVEL_KEYS["study"]), ("series", LEVEL_KEYS["series"])):
+        if name in path_params:
+            scope[tag] = path_params[name]
+    return scope
+
+
 Endpoint = Callable[[Request], Response]
 
 
@@ -115,7 +125,7 @@ def guarded(handler: Endpoint) -> Endpoint:
             return handler(request)
         except HTTPProblem as exc:
             return problem(exc.status, str(exc), exc.headers)
-        except search.BadQuery as exc:
+        except BadQuery as exc:
             return problem(400, str(exc))
         except QueryTimeout as exc:
             return problem(504, str(exc))
@@ -135,10 +145,10 @@ def build_routes(
 
     def qido(level: str) -> Endpoint:
         def handler(request: Request) -> Response:
-            scope = search.level_scope(level, uids(request))
-            query = search.parse(level, request.query_params.multi_items(), scope=scope)
+            scope = level_scope(level, uids(request))
+            query = parse(level, request.query_params.multi_items(), scope=scope)
             with db.cursor() as cur:
-                page = search.run(cur, query, base_url(request))
+                page = run(cur, query, base_url(request))
             warnings = []
             if page.truncated:
                 warnings.append(

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from dicomlake.viewer.connection import LakeConnection
+from dicomlake.search.connection import LakeConnection
 from dicomlake.viewer.dicomweb import media, render
 from dicomlake.viewer.dicomweb.lookup import Instance, instances_of
 from dicomlake.viewer.dicomweb.retrieve import instance_body, parse_frames

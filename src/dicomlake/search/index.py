@@ -1,11 +1,12 @@
 """The search index: the lake's studies, series and instances in memory, once per version.
 
-QIDO-RS must answer in milliseconds, and the ``instances`` view reads Parquet files
-on every query. So the first search after the lake changed copies the typed columns
-of the ``ok`` rows into three in-memory DuckDB tables (``dw_instances``,
-``dw_series``, ``dw_studies``) and, for each study and series, the default return
-attributes of one representative file's header (their ``elements`` column). A 100,000-instance
-lake takes about a second to index; every search after that runs on memory.
+A search (QIDO-RS, C-FIND) must answer in milliseconds, and the ``instances`` view
+reads Parquet files on every query. So the first search after the lake changed copies
+the typed columns of the ``ok`` rows into three in-memory DuckDB tables
+(``dw_instances``, ``dw_series``, ``dw_studies``) and, for each study and series, the
+default return attributes of one representative file's header (their ``elements``
+column). A 100,000-instance lake takes about a second to index; every search after
+that runs on memory.
 
 Two files with the same SOP Instance UID (a copy in two folders, a file ingested
 again from a zip) are one instance here: :data:`DUPLICATE_RULE` picks which.
@@ -16,8 +17,8 @@ from __future__ import annotations
 import logging
 import time
 
-from dicomlake.viewer.connection import Cursor
-from dicomlake.viewer.dicomweb.attributes import SERIES_DEFAULTS, STUDY_DEFAULTS
+from dicomlake.search.attributes import SERIES_DEFAULTS, STUDY_DEFAULTS
+from dicomlake.search.connection import Cursor
 
 log = logging.getLogger(__name__)
 
@@ -137,10 +138,10 @@ def ensure_index(cur: Cursor) -> None:
         duckdb.Error: The lake could not be read.
     """
     gen = cur.gen
-    if gen.built.get("dicomweb"):
+    if gen.built.get("search_index"):
         return
     with gen.build_lock:
-        if gen.built.get("dicomweb"):
+        if gen.built.get("search_index"):
             return
         started = time.perf_counter()
         for sql in (_INSTANCES_SQL, *_LOOKUP_SQL, _SERIES_SQL, _STUDIES_SQL, *_ELEMENTS_SQL):
@@ -149,9 +150,9 @@ def ensure_index(cur: Cursor) -> None:
             "SELECT (SELECT count(*) FROM dw_instances), (SELECT count(*) FROM dw_series), "
             "(SELECT count(*) FROM dw_studies)"
         )[0]
-        gen.built["dicomweb"] = True
+        gen.built["search_index"] = True
         log.info(
-            "DICOMweb index of %d instances, %d series, %d studies built in %.2f s",
+            "search index of %d instances, %d series, %d studies built in %.2f s",
             *counts,
             time.perf_counter() - started,
         )

@@ -1,9 +1,10 @@
-"""The viewer's read-only view of a lake: one locked-down DuckDB database, many cursors.
+"""Read-only access to a lake for searches: one locked-down DuckDB database, many cursors.
 
 The lake's views are made once (:func:`dicomlake.lake.sql.connect`), then the
 database is locked down before any request runs: external access off, only the
-lake's own folder readable, configuration locked. A user's WHERE clause therefore
-cannot read ``/etc/passwd`` even if it slipped past :mod:`dicomlake.viewer.safety`.
+lake's own folder readable, configuration locked. A user's WHERE clause (the viewer's
+advanced filter) therefore cannot read ``/etc/passwd`` even if it slipped past the
+check its caller made.
 
 Requests run on cursors of that database, so a slow query does not hold up the
 thumbnails. DuckDB variables (which the ``tag()`` macro needs) belong to one cursor,
@@ -53,7 +54,7 @@ class QueryTimeout(Exception):
 class _Watchdog:
     """One thread that interrupts queries past their deadline.
 
-    A timer thread per query cost more than a small DICOMweb search itself; this one
+    A timer thread per query cost more than a small search itself; this one
     thread sleeps until the earliest deadline and is idle when nothing runs.
     """
 
@@ -104,7 +105,7 @@ class _Generation:
     shared: bool  # object-store lake: Arrow views live on ``con`` only, so no cursors
     idle: queue.SimpleQueue[duckdb.DuckDBPyConnection] = field(default_factory=queue.SimpleQueue)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    #: What services built once per version of the lake (DICOMweb's search index).
+    #: What services built once per version of the lake (the search index).
     built: dict[str, Any] = field(default_factory=dict)
     build_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -140,7 +141,7 @@ def lock_down(con: duckdb.DuckDBPyConnection, lake: str) -> None:
 
 
 class LakeConnection:
-    """The server's read-only access to one lake, refreshed when the lake changes.
+    """Read-only access to one lake, refreshed when the lake changes.
 
     Args:
         lake: Lake folder or URI.
@@ -188,7 +189,7 @@ class LakeConnection:
             con.close()
             raise
         shared = local_path(table_uri(self.lake, INSTANCES_TABLE)) is None
-        log.info("viewer reads %s at version %s", self.lake, versions)
+        log.info("searches read %s at version %s", self.lake, versions)
         return _Generation(con, versions, has_thumbnails, shared)
 
     def refresh(self, *, force: bool = False) -> None:

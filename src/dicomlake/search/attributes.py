@@ -1,9 +1,9 @@
-"""What QIDO-RS knows about attributes: levels, default return keys, index columns.
+"""What a search knows about attributes: levels, default return keys, index columns.
 
 PS3.18 §10.6.3.3 lists, per level, the attributes a search returns by default
 (Tables 10.6.3-3 to -5); a client adds others with ``includefield``. Each attribute a
-search may match is either a typed column of the server's search index
-(:mod:`dicomlake.viewer.dicomweb.index`), which is fast, or an element of the
+search may match is either a typed column of the search index
+(:mod:`dicomlake.search.index`), which is fast, or an element of the
 ``meta`` column (the whole header as DICOM JSON), read only when a query asks for it.
 """
 

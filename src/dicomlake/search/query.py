@@ -1,8 +1,8 @@
-"""QIDO-RS: a search request read into conditions, run on the index, answered as JSON.
+"""A search (QIDO-RS or C-FIND) read into conditions, run on the index, answered as JSON.
 
 Every value of the request travels as a bound parameter; the only SQL text built here
 comes from this module's own constants and the index's column names, chosen by tag
-from :data:`~dicomlake.viewer.dicomweb.attributes.INDEXED`. Matching follows PS3.4
+from :data:`~dicomlake.search.attributes.INDEXED`. Matching follows PS3.4
 C.2.2.2: single values (case-sensitive), UID lists, ``*``/``?`` wildcards, date and
 time ranges, universal matching for an empty value; ``fuzzymatching=true`` makes a
 person's name match case-insensitively on any name component, as a prefix.
@@ -19,14 +19,12 @@ from typing import Any
 import orjson
 
 from dicomlake.dicom.uids import is_uid
-from dicomlake.viewer.connection import Cursor
-from dicomlake.viewer.dicomweb.attributes import (
+from dicomlake.search.attributes import (
     COMPUTED,
     DEFAULTS,
     INDEXED,
     INSTANCE_AVAILABILITY,
     INSTANCE_DEFAULTS,
-    LEVEL_KEYS,
     MODALITIES_IN_STUDY,
     RETRIEVE_URL,
     SERIES_COUNTS,
@@ -36,7 +34,8 @@ from dicomlake.viewer.dicomweb.attributes import (
     resolve,
     vr_of,
 )
-from dicomlake.viewer.dicomweb.index import ELEMENT_TAGS, ensure_index
+from dicomlake.search.connection import Cursor
+from dicomlake.search.index import ELEMENT_TAGS, ensure_index
 
 #: Results a page holds when the client names no limit, and at most.
 DEFAULT_LIMIT = 1000
@@ -554,12 +553,3 @@ def _computed(
         "vr": "UR",
         "Value": [f"{series_url}/instances/{row['SOPInstanceUID']}"],
     }
-
-
-def level_scope(level: str, path_params: Mapping[str, str]) -> dict[str, str]:
-    """The UIDs a resource path fixes, by tag (``/studies/{study}/series`` fixes one)."""
-    scope = {}
-    for name, tag in (("study", LEVEL_KEYS["study"]), ("series", LEVEL_KEYS["series"])):
-        if name in path_params:
-            scope[tag] = path_params[name]
-    return scope
