@@ -243,7 +243,7 @@ def main() -> None:
             # a run leaving this few files does not compact by itself: do it here, so
             # the check below sees the table after a compaction either way
             print(f"compaction: not run by ingest ({len(table.file_uris())} files), running it")
-            print(optimize(str(lake), tables=("instances",), max_concurrent_tasks=1))
+            print(optimize(str(lake), tables=("instances",)))
             table = DeltaTable(str(lake / "instances"))
         log = lake / "instances" / "_delta_log"
         checkpoints = len(list(log.glob("*.checkpoint*.parquet")))
