@@ -59,6 +59,18 @@ def wait_for_echo(process: subprocess.Popen[str], port: int) -> None:
         time.sleep(0.2)
 
 
+def wait_for_web(process: subprocess.Popen[str], port: int) -> httpx.Response:
+    """The first answer of the web server, which starts after the DIMSE one."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
+        except httpx.ConnectError:
+            assert process.poll() is None, process.communicate()[1]
+            assert time.monotonic() < deadline, "the web server did not answer"
+            time.sleep(0.2)
+
+
 def stop(process: subprocess.Popen[str]) -> tuple[int, str]:
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=30)
@@ -70,7 +82,7 @@ def test_serve_answers_dimse_beside_the_web(lake: str) -> None:
     process = serve(lake, "--port", str(web), "--dimse-port", str(dimse))
     try:
         wait_for_echo(process, dimse)
-        assert httpx.get(f"http://127.0.0.1:{web}/", timeout=30).status_code == 200
+        assert wait_for_web(process, web).status_code == 200
     finally:
         code, err = stop(process)
     assert code == 0, err
