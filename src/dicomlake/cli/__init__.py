@@ -8,7 +8,7 @@ how results look is :mod:`dicomlake.cli.render`.
 
 from __future__ import annotations
 
-from dicomlake.cli import admin, deid, derive, ingest, ohif, query
+from dicomlake.cli import admin, deid, derive, ingest, net, ohif, query
 from dicomlake.cli.options import app
 
 app.command()(ingest.ingest)
@@ -20,6 +20,8 @@ app.command()(query.info)
 app.command("optimize")(admin.optimize_command)
 app.command()(admin.demo)
 app.command()(admin.serve)
+app.command()(net.receive)
+app.command()(net.pull)
 app.add_typer(ohif.app)
 app.add_typer(deid.app)
 

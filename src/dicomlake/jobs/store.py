@@ -39,7 +39,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Final
 
@@ -218,18 +218,33 @@ def other_copies(root: str, kept: Mapping[str, str]) -> list[str]:
     return found
 
 
-def _scan(root: str) -> Iterator[tuple[str, str]]:
+def _scan(root: str) -> Generator[tuple[str, str], None, None]:
     """(SOP Instance UID, path) of every ``<study>/<series>/<sop>.dcm`` of the store."""
-    with contextlib.suppress(FileNotFoundError):
-        for study in os.scandir(root):
+    try:
+        studies = os.scandir(root)
+    except FileNotFoundError:
+        return
+    with studies:
+        for study in studies:
             if study.name.startswith(".") or not study.is_dir(follow_symlinks=False):
                 continue
-            for series in os.scandir(study.path):
-                if not series.is_dir(follow_symlinks=False):
-                    continue
-                for entry in os.scandir(series.path):
-                    if entry.name.endswith(_SUFFIX):
-                        yield entry.name[: -len(_SUFFIX)], entry.path
+            with os.scandir(study.path) as series_entries:
+                for series in series_entries:
+                    if not series.is_dir(follow_symlinks=False):
+                        continue
+                    with os.scandir(series.path) as entries:
+                        for entry in entries:
+                            if entry.name.endswith(_SUFFIX):
+                                yield entry.name[: -len(_SUFFIX)], entry.path
+
+
+def _has_files(root: str) -> bool:
+    """Whether the store holds any instance file."""
+    scan = _scan(root)
+    try:
+        return next(scan, None) is not None
+    finally:
+        scan.close()
 
 
 class StoreIndex:
@@ -521,7 +536,7 @@ def catch_up(lake: str, root: str, storage_options: StorageOptions = None) -> in
     os.makedirs(root, exist_ok=True)
     with store_lock(root):
         purge_parts(root)
-    if not any(_scan(root)):
+    if not _has_files(root):
         return 0
     thumbnails = table_exists(lake, THUMBNAILS_TABLE, storage_options=storage_options)
     summary = dicomlake.ingest(

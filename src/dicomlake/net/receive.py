@@ -1,0 +1,526 @@
+"""A C-ECHO and C-STORE SCP that writes what it receives into a store folder and the lake.
+
+:class:`Receiver` runs pynetdicom's server in background threads (``start`` and
+``stop``: the ``dicomlake receive`` command, the tests, and ``dicomlake pull --move``,
+whose PACS sends here). :class:`InstanceSink` is the storage half on its own: the
+C-STORE handler that ``dicomlake pull`` binds to its C-GET association.
+
+What one C-STORE does (:meth:`InstanceSink.handle_store`):
+
+1. The data set is taken as the peer encoded it (``event.encoded_dataset()``: the
+   128-byte preamble, ``DICM``, a file meta group naming the negotiated transfer
+   syntax, then the bytes received, never decoded and encoded again).
+2. Its Study, Series and SOP Instance UIDs are read (pydicom, stopping after
+   (0020,000E)); a data set that does not decode, or whose UIDs are missing, invalid
+   (no path can be smuggled in) or disagree with the request, is refused with 0xC210
+   or 0xA900 and leaves an ``error`` row whose ``path`` is
+   ``dimse://<calling AE>/<SOP Instance UID>`` (no file: nothing was stored).
+3. The file is written atomically to ``<store>/<study>/<series>/<sop>.dcm``
+   (:func:`dicomlake.jobs.store.write_file`: temporary file, fsync, rename). A full
+   disk is answered 0xA700 and leaves nothing behind; only a file on disk is answered
+   Success. A copy of the same SOP Instance UID under another study or series is
+   removed, file and row.
+4. The file's row is made as ingest makes it and buffered; rows are committed every
+   few seconds (:class:`~dicomlake.jobs.store.StoreRows`). A row that is not ``ok``
+   (the header does not decode after all) is answered 0xC210; the file stays, so
+   its error row names bytes one can look at.
+
+Files stored but not yet committed when a receiver is killed get their rows when it
+starts again (:func:`~dicomlake.jobs.store.catch_up`: an incremental ingest of the
+store). Logs name AE titles, UIDs-free reasons and files; never a value of a data set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final
+
+from dicomlake.dicom.uids import is_uid
+from dicomlake.errors import DiskFull
+from dicomlake.jobs.store import (
+    StoreIndex,
+    StoreRows,
+    catch_up,
+    instance_path,
+    remove_files,
+    store_lock,
+    write_file,
+)
+from dicomlake.net.peers import DEFAULT_AET, TlsFiles, check_ae_title, server_tls
+
+if TYPE_CHECKING:
+    from pynetdicom import AE
+    from pynetdicom.events import Event
+    from pynetdicom.transport import ThreadedAssociationServer
+
+    from dicomlake._types import StorageOptions
+
+__all__ = [
+    "CANNOT_UNDERSTAND",
+    "DEFAULT_PORT",
+    "DOES_NOT_MATCH",
+    "OUT_OF_RESOURCES",
+    "SUCCESS",
+    "InstanceSink",
+    "ReceiveSummary",
+    "Receiver",
+    "storage_contexts",
+]
+
+log = logging.getLogger(__name__)
+
+#: The port ``dicomlake receive`` listens on by default (the registered DICOM port
+#: 104 needs root; 11112 is the IANA port of DICOM).
+DEFAULT_PORT: Final = 11112
+
+# C-STORE statuses (PS3.4 table B.2-1)
+SUCCESS: Final = 0x0000
+OUT_OF_RESOURCES: Final = 0xA700  # the disk is full, or the file cannot be written
+DOES_NOT_MATCH: Final = 0xA900  # data set does not match SOP class (UIDs missing/wrong)
+CANNOT_UNDERSTAND: Final = 0xC210  # the data set does not decode
+
+#: Largest PDU the receiver announces: big PDUs cut pynetdicom's per-PDU overhead.
+MAX_PDU: Final = 4 * 1024 * 1024
+#: Associations served at once.
+MAX_ASSOCIATIONS: Final = 32
+_LAST_UID_TAG: Final = 0x0020000E  # Series Instance UID: the header is read up to it
+
+
+@dataclass(slots=True)
+class ReceiveSummary:
+    """What a receiver (or a pull's storage side) took in so far."""
+
+    received: int = 0
+    ok: int = 0
+    failed: int = 0
+    bytes: int = 0
+    replaced: int = 0
+    associations: int = 0
+    rejected: int = 0
+    committed: int = 0
+    caught_up: int = 0
+    failures: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)
+    ended: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        """Seconds since the start (until the stop, once stopped)."""
+        return (self.ended or time.monotonic()) - self.started
+
+    @property
+    def per_second(self) -> float:
+        """Instances received per second."""
+        seconds = self.seconds
+        return self.received / seconds if seconds > 0 else 0.0
+
+
+def storage_contexts() -> list[tuple[str, list[str]]]:
+    """(SOP class, transfer syntaxes) an SCP accepts: every storage class, every syntax.
+
+    pynetdicom's :data:`~pynetdicom.AllStoragePresentationContexts` with all the
+    transfer syntaxes it knows (native, deflated, JPEG, JPEG-LS, JPEG 2000, RLE,
+    HTJ2K, MPEG and HEVC video): whatever the peer proposes for a storage class is
+    accepted as it is, so files arrive in their own transfer syntax.
+    """
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+
+    return [
+        (str(cx.abstract_syntax), list(ALL_TRANSFER_SYNTAXES))
+        for cx in AllStoragePresentationContexts
+    ]
+
+
+class _Refused(Exception):
+    """A data set refused before it reached the store: its status and reason."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+_UID_TAGS: Final = (
+    ("StudyInstanceUID", "0020000D"),
+    ("SeriesInstanceUID", "0020000E"),
+    ("SOPInstanceUID", "00080018"),
+)
+
+
+def dataset_uids(data: bytes) -> tuple[str, str, str]:
+    """(study, series, SOP instance) UIDs of an encoded file, each checked.
+
+    The native parser reads them when it takes the file (a tenth of a millisecond);
+    otherwise pydicom reads the header up to (0020,000E).
+
+    Raises:
+        _Refused: The header does not decode (0xC210), or a UID is missing or not a
+            UID (0xA900).
+    """
+    values = _native_uids(data)
+    if values is None:
+        values = _pydicom_uids(data)
+    for (keyword, _), value in zip(_UID_TAGS, values, strict=True):
+        if not value:
+            raise _Refused(DOES_NOT_MATCH, f"no {keyword}")
+        if not is_uid(value):
+            raise _Refused(DOES_NOT_MATCH, f"{keyword} is not a valid UID")
+    return values[0], values[1], values[2]
+
+
+def _native_uids(data: bytes) -> list[str] | None:
+    from dicomlake.dicom import native
+
+    try:
+        header = native.parse_file(data, uri="", decode_meta=False)
+    except Exception:  # a header past the limits: pydicom reads only its first part
+        return None
+    if isinstance(header, str):
+        return None
+    promoted = header.promoted or {}
+    return ["\\".join(map(str, promoted.get(tag, {}).get("Value") or [])) for _, tag in _UID_TAGS]
+
+
+def _pydicom_uids(data: bytes) -> list[str]:
+    from pydicom import config
+    from pydicom.filereader import read_partial
+
+    try:
+        with config.disable_value_validation():  # no value may reach a log
+            ds = read_partial(
+                io.BytesIO(data), stop_when=lambda tag, vr, length: tag > _LAST_UID_TAG
+            )
+            return [str(ds.get(keyword, "") or "").strip("\0 ") for keyword, _ in _UID_TAGS]
+    except Exception as exc:  # pydicom raises many kinds on a damaged data set
+        log.debug("data set does not decode: %s", type(exc).__name__)
+        raise _Refused(CANNOT_UNDERSTAND, "the data set does not decode") from None
+
+
+class InstanceSink:
+    """The storage half of an SCP: C-STORE data sets into the store folder and rows.
+
+    Thread-safe: pynetdicom calls :meth:`handle_store` on each association's thread.
+
+    Args:
+        root: The store folder (made absolute, created).
+        rows: Where the rows of stored files go.
+        on_stored: Called after each C-STORE with its status (progress displays).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        rows: StoreRows,
+        *,
+        summary: ReceiveSummary | None = None,
+        on_stored: Callable[[int], None] | None = None,
+    ) -> None:
+        self.root = os.path.abspath(root)
+        os.makedirs(self.root, exist_ok=True)
+        self.rows = rows
+        self.index = StoreIndex(self.root)
+        self.summary = summary or ReceiveSummary()
+        self._on_stored = on_stored
+        self._count = threading.Lock()
+
+    def handle_store(self, event: Event) -> int:
+        """Pynetdicom's ``EVT_C_STORE`` handler: store, make the row, answer a status."""
+        calling = _calling_aet(event)
+        request_sop = str(getattr(event.request, "AffectedSOPInstanceUID", "") or "")
+        try:
+            status = self._store(event, request_sop)
+        except _Refused as refused:
+            status = refused.status
+            log.warning(
+                "C-STORE from %s refused (0x%04X): %s", calling, refused.status, refused.reason
+            )
+            self._error_row(calling, request_sop, refused.reason)
+            self._tally(status, refused.reason)
+        except Exception:  # one bad instance never stops the receiver
+            log.exception("C-STORE from %s failed", calling)
+            status = OUT_OF_RESOURCES
+            self._tally(status, "internal error")
+        if self._on_stored is not None:
+            self._on_stored(status)
+        return status
+
+    def _store(self, event: Event, request_sop: str) -> int:
+        try:
+            data = event.encoded_dataset(include_meta=True)
+        except Exception:
+            raise _Refused(CANNOT_UNDERSTAND, "the data set cannot be read") from None
+        study, series, sop = dataset_uids(data)
+        if request_sop and sop != request_sop:
+            raise _Refused(
+                DOES_NOT_MATCH, "SOPInstanceUID differs from the request's Affected SOP Instance"
+            )
+        target = instance_path(self.root, study, series, sop)
+        try:
+            with store_lock(self.root):
+                write_file(self.root, target, data)
+                old = self.index.place(sop, target)
+                if old is not None:
+                    remove_files([old])
+        except DiskFull:
+            log.error("C-STORE: the disk of %s is full; instance not stored", self.root)
+            self._tally(OUT_OF_RESOURCES, "DiskFull")
+            return OUT_OF_RESOURCES
+        except OSError as exc:
+            log.error("C-STORE: cannot write into %s: %s", self.root, exc.strerror or exc)
+            self._tally(OUT_OF_RESOURCES, type(exc).__name__)
+            return OUT_OF_RESOURCES
+        if old is not None:
+            self.rows.remove(old)
+        stored = self.rows.add(target)
+        if stored.status != "ok":
+            log.warning("C-STORE: stored %s, but its row is %s", target, stored.status)
+            self._tally(CANNOT_UNDERSTAND, (stored.error or stored.status).split(":", 1)[0])
+            return CANNOT_UNDERSTAND
+        with self._count:
+            self.summary.received += 1
+            self.summary.ok += 1
+            self.summary.bytes += len(data)
+            if old is not None:
+                self.summary.replaced += 1
+        return SUCCESS
+
+    def _tally(self, status: int, reason: str) -> None:
+        with self._count:
+            self.summary.received += 1
+            self.summary.failed += 1
+            self.summary.failures[f"0x{status:04X} {reason}"] += 1
+
+    def _error_row(self, calling: str, sop: str, reason: str) -> None:
+        """The error row of a data set refused before the store (no file)."""
+        from dicomlake.catalog.refs import FileRef
+
+        name = sop if is_uid(sop) else "unknown-" + os.urandom(6).hex()
+        aet = urllib.parse.quote(calling or "unknown", safe="")
+        path = f"dimse://{aet}/{name}"
+        try:
+            self.rows.add_error(FileRef(path, name, None, None), reason)
+        except Exception:
+            log.exception("cannot record the refused data set's error row")
+
+
+class Receiver:
+    """``dicomlake receive``: a C-ECHO and C-STORE SCP over a store folder and a lake.
+
+    Args:
+        lake: The lake folder or URI the rows go to.
+        store: The local folder the files go to (created).
+        aet: This SCP's AE title (1 to 16 characters).
+        host: Address to listen on (loopback by default).
+        port: TCP port; 0 picks a free one (see :attr:`port` once started).
+        allow_aets: When given, only these calling AE titles may associate; others
+            are rejected (``calling AE title not recognised``).
+        tls: ``--tls-cert/--tls-key/--tls-ca`` (TLS when any is given).
+        commit_seconds: Rows are committed at least this often.
+        thumbnails: Draw thumbnails too (None: when the lake has that table).
+        storage_options: The lake's object-storage settings.
+        progress: Called about twice a second with the running summary.
+        sink: Store into this sink (and its rows) instead of one of its own, which
+            ``start`` would make after catching up on the store; the caller then
+            commits and closes its rows (``dicomlake pull --move``).
+
+    Raises:
+        ValueError: An AE title, the port or a TLS file is wrong.
+    """
+
+    def __init__(
+        self,
+        lake: str,
+        store: str,
+        *,
+        aet: str = DEFAULT_AET,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        allow_aets: Sequence[str] = (),
+        tls: TlsFiles | None = None,
+        commit_seconds: float = 2.0,
+        thumbnails: bool | None = None,
+        storage_options: StorageOptions = None,
+        progress: Callable[[ReceiveSummary], None] | None = None,
+        sink: InstanceSink | None = None,
+    ) -> None:
+        self.lake = lake
+        self.store = os.path.abspath(store)
+        self.aet = check_ae_title(aet, what="--aet")
+        self.allow_aets = [check_ae_title(a, what="--allow-aet") for a in allow_aets]
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port {port} is not between 0 and 65535")
+        self.host = host
+        self._port = port
+        self.ssl_context = server_tls(tls or TlsFiles())
+        self.commit_seconds = commit_seconds
+        self.thumbnails = thumbnails
+        self.storage_options = storage_options
+        self.progress = progress
+        self.summary = sink.summary if sink is not None else ReceiveSummary()
+        self.sink: InstanceSink | None = sink
+        self._own_sink = sink is None
+        self._ae: AE | None = None
+        self._server: ThreadedAssociationServer | None = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+        #: The last error of a background commit (the rows stay buffered).
+        self.commit_error: BaseException | None = None
+
+    @property
+    def port(self) -> int:
+        """The port listened on (the one picked, when 0 was asked for)."""
+        if self._server is not None:
+            return int(self._server.server_address[1])
+        return self._port
+
+    def start(self) -> Receiver:
+        """Catch up on files stored earlier, then listen; returns at once.
+
+        Raises:
+            LakeError: The lake cannot be read or written.
+            OSError: The port cannot be bound.
+        """
+        from pynetdicom import AE, evt
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        os.makedirs(self.store, exist_ok=True)
+        if self._own_sink:
+            self.summary.caught_up = catch_up(self.lake, self.store, self.storage_options)
+            rows = StoreRows(
+                self.lake,
+                self.store,
+                thumbnails=self.thumbnails,
+                commit_seconds=self.commit_seconds,
+                storage_options=self.storage_options,
+            )
+            self.sink = InstanceSink(self.store, rows, summary=self.summary)
+        assert self.sink is not None
+        rows = self.sink.rows
+        ae = AE(ae_title=self.aet)
+        ae.maximum_pdu_size = MAX_PDU
+        ae.maximum_associations = MAX_ASSOCIATIONS
+        ae.add_supported_context(Verification)
+        for abstract, syntaxes in storage_contexts():
+            ae.add_supported_context(abstract, syntaxes)
+        if self.allow_aets:
+            ae.require_calling_aet = self.allow_aets
+        handlers = [
+            (evt.EVT_C_STORE, self.sink.handle_store),
+            (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_CONN_OPEN, self._on_open),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        try:
+            self._server = ae.start_server(
+                (self.host, self._port),
+                block=False,
+                evt_handlers=handlers,  # type: ignore[arg-type]
+                ssl_context=self.ssl_context,
+            )
+        except BaseException:
+            if self._own_sink:
+                rows.close()
+            raise
+        self._ae = ae
+        self._stop.clear()
+        if self._own_sink:
+            self.summary.started = time.monotonic()
+            self._ticker = threading.Thread(target=self._tick, name="dicomlake-commit", daemon=True)
+            self._ticker.start()
+        log.info("receiving as %s on %s:%d into %s", self.aet, self.host, self.port, self.store)
+        return self
+
+    def _on_open(self, event: Event) -> None:
+        no_delay(event)
+        with self._lock_summary():
+            self.summary.associations += 1
+
+    def _on_rejected(self, event: Event) -> None:
+        with self._lock_summary():
+            self.summary.rejected += 1
+        log.warning("association from %s rejected", _calling_aet(event))
+
+    def _lock_summary(self) -> threading.Lock:
+        assert self.sink is not None
+        return self.sink._count
+
+    def _tick(self) -> None:
+        """Commit what is due and show progress, until stopped."""
+        assert self.sink is not None
+        while not self._stop.wait(0.25):
+            try:
+                self.sink.rows.commit_if_due()
+                self.commit_error = None
+            except Exception as exc:  # the rows stay buffered; the next tick tries again
+                if self.commit_error is None:
+                    log.error("cannot commit to the lake: %s", exc)
+                self.commit_error = exc
+            self.summary.committed = self.sink.rows.counts.committed
+            if self.progress is not None:
+                self.progress(self.summary)
+
+    def stop(self) -> ReceiveSummary:
+        """Stop listening, end open associations, commit every buffered row.
+
+        Raises:
+            LakeError: The last commit failed (the files are on disk: the next
+                ``receive`` or an ``ingest`` of the store brings them in).
+        """
+        self._stop.set()
+        if self._server is not None and self._ae is not None:
+            self._ae.shutdown()
+        if self._ticker is not None:
+            self._ticker.join()
+        self._server = self._ae = self._ticker = None
+        if not self._own_sink:
+            return self.summary
+        if self.summary.ended is None:
+            self.summary.ended = time.monotonic()
+        if self.sink is not None:
+            try:
+                self.sink.rows.close()
+            finally:
+                self.summary.committed = self.sink.rows.counts.committed
+        return self.summary
+
+    def __enter__(self) -> Receiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _handle_echo(event: Event) -> int:
+    return SUCCESS
+
+
+def _calling_aet(event: Event) -> str:
+    """The calling AE title of an event's association, without padding."""
+    title = event.assoc.requestor.ae_title
+    return (title.decode("ascii", "replace") if isinstance(title, bytes) else str(title)).strip()
+
+
+def no_delay(event: Event) -> None:
+    """Turn Nagle's algorithm off on an association's socket (``EVT_CONN_OPEN``).
+
+    A small PDU sent while an earlier one is not yet acknowledged would otherwise wait
+    for the peer's delayed ACK (40 ms on Linux). The peer's own sends are its
+    business: dcmtk as Debian builds it keeps Nagle on unless ``TCP_NODELAY=1`` is
+    in its environment, which caps a ``storescu`` session near 20 instances a second
+    against any receiver (the benchmark sets it for both receivers it compares).
+    """
+    import socket
+
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # not TCP (a test double), or already closed
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
