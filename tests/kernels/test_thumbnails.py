@@ -261,3 +261,38 @@ def test_large_native_frames_are_averaged_down_before_the_luts(
     stored = mammogram_like(12)[::16, ::16].astype(np.float64)
     drawn = small.pixels[::2, ::2].astype(np.float64)  # MONOCHROME1: drawn inverted
     assert np.corrcoef(stored.ravel(), drawn.ravel())[0, 1] < -0.9
+
+
+def test_odd_sized_j2k_frames_decode_at_the_level_their_size_allows() -> None:
+    """1841 columns at level 2 are 461 for openjpeg; Pillow's own rounding said 460."""
+    with sample_file("RG1_J2KR.dcm").open("rb") as fp:
+        reduced = render(fp, max_side=DEFAULT_SIZE)
+        full = render(fp)
+    assert reduced.decoded_scale == 4 and reduced.pixels.shape == (489, 461)
+    thumbnail = png_pixels(encode_png(reduced, DEFAULT_SIZE)[0])
+    reference = png_pixels(encode_png(full, DEFAULT_SIZE)[0])
+    assert thumbnail.shape == reference.shape
+    assert np.corrcoef(thumbnail.ravel(), reference.ravel())[0, 1] > 0.99
+    assert np.abs(thumbnail - reference).mean() < 2
+
+
+def test_big_endian_palette_frames_use_the_palette_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A big-endian frame is looked up in a table of every value like a little-endian one."""
+    from dicomlake.dicom import pixels
+
+    looked_up: list[int] = []
+    apply_color_lut = pixels.apply_color_lut
+
+    def counting(arr: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+        looked_up.append(arr.size)
+        return apply_color_lut(arr, ds)
+
+    monkeypatch.setattr(pixels, "apply_color_lut", counting)
+    monkeypatch.setattr(pixels, "_PALETTE_TABLES", {})
+    drawn = {}
+    for name in ("gdcm-US-ALOKA-16.dcm", "gdcm-US-ALOKA-16_big.dcm"):
+        with sample_file(name).open("rb") as fp:
+            drawn[name] = [render(fp, max_side=DEFAULT_SIZE).pixels for _ in range(2)]
+    assert looked_up == [2**16, 2**16]  # one table per byte order, each used twice
+    little, big = drawn.values()
+    assert all(np.array_equal(little[0], pixels) for pixels in (*little, *big))
