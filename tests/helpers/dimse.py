@@ -44,7 +44,10 @@ def clean_files(folder: Path | str) -> dict[Path, tuple[str, str]]:
     """Files under ``folder`` that storescu can send: path -> (SOP Instance UID, syntax).
 
     A PS3.10 file with a file meta group naming its transfer syntax, SOP Class and
-    SOP Instance UIDs, and a transfer syntax storescu can propose by itself.
+    SOP Instance UIDs (storescu ignores a file without them), a transfer syntax
+    storescu can propose by itself, and bytes dcmtk reads to the end (``dcmdump``
+    succeeds: not cut short). Some lack a valid Study or Series Instance UID (see
+    :func:`storable`); storescu may still ignore a few (it says which).
     """
     import pydicom
 
@@ -58,9 +61,26 @@ def clean_files(folder: Path | str) -> dict[Path, tuple[str, str]]:
             continue
         syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         sop = str(ds.get("SOPInstanceUID", ""))
-        if syntax in STORESCU_SYNTAX_OPTIONS and sop and "SOPClassUID" in ds:
-            found[path] = (sop, syntax)
+        meta = ds.file_meta
+        named = "MediaStorageSOPClassUID" in meta and "MediaStorageSOPInstanceUID" in meta
+        if syntax in STORESCU_SYNTAX_OPTIONS and sop and "SOPClassUID" in ds and named:
+            whole = subprocess.run(["dcmdump", "-q", str(path)], capture_output=True)
+            if whole.returncode == 0:
+                found[path] = (sop, syntax)
     return found
+
+
+def storable(path: Path) -> bool:
+    """Whether a file has the valid Study, Series and SOP Instance UIDs a store needs."""
+    import pydicom
+
+    from dicomlake.dicom.uids import is_uid
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    return all(
+        is_uid(str(ds.get(k, "") or ""))
+        for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+    )
 
 
 def storescu(

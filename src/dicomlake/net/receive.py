@@ -127,17 +127,37 @@ class ReceiveSummary:
 def storage_contexts() -> list[tuple[str, list[str]]]:
     """(SOP class, transfer syntaxes) an SCP accepts: every storage class, every syntax.
 
-    pynetdicom's :data:`~pynetdicom.AllStoragePresentationContexts` with all the
-    transfer syntaxes it knows (native, deflated, JPEG, JPEG-LS, JPEG 2000, RLE,
-    HTJ2K, MPEG and HEVC video): whatever the peer proposes for a storage class is
-    accepted as it is, so files arrive in their own transfer syntax.
+    pynetdicom's :data:`~pynetdicom.AllStoragePresentationContexts` and the retired
+    storage classes of pydicom's UID dictionary (old ultrasound, nuclear medicine and
+    print files still live in archives), with all the transfer syntaxes pynetdicom
+    knows (native, deflated, JPEG, JPEG-LS, JPEG 2000, RLE, HTJ2K, MPEG and HEVC
+    video): whatever the peer proposes for a storage class is accepted as it is, so
+    files arrive in their own transfer syntax.
     """
-    from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
+    from pydicom._uid_dict import UID_dictionary
+    from pynetdicom import ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, register_uid
+    from pynetdicom.service_class import StorageServiceClass
+    from pynetdicom.sop_class import uid_to_service_class
 
-    return [
-        (str(cx.abstract_syntax), list(ALL_TRANSFER_SYNTAXES))
-        for cx in AllStoragePresentationContexts
-    ]
+    classes = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
+    known = set(classes)
+    for uid, (name, kind, _info, _retired, keyword) in UID_dictionary.items():
+        if (
+            kind == "SOP Class"
+            and name.endswith("Storage")
+            and "Commitment" not in name
+            and "Directory" not in name
+            and uid not in known
+        ):
+            if uid_to_service_class(uid) is not StorageServiceClass:
+                # the C-STORE of a class pynetdicom does not know would abort the
+                # association: it is told that it belongs to the storage service
+                register_uid(
+                    uid, keyword or f"Storage_{uid.replace('.', '_')}", StorageServiceClass
+                )
+            classes.append(str(uid))
+            known.add(str(uid))
+    return [(uid, list(ALL_TRANSFER_SYNTAXES)) for uid in classes]
 
 
 class _Refused(Exception):
@@ -184,6 +204,8 @@ def _native_uids(data: bytes) -> list[str] | None:
         header = native.parse_file(data, uri="", decode_meta=False)
     except Exception:  # a header past the limits: pydicom reads only its first part
         return None
+    if header == "truncated":  # the header ends inside an element: nothing decodes it
+        raise _Refused(CANNOT_UNDERSTAND, "the data set ends inside its header")
     if isinstance(header, str):
         return None
     promoted = header.promoted or {}
