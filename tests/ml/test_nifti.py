@@ -33,6 +33,7 @@ from typer.testing import CliRunner
 import dicomlake
 from dicomlake.cli import app
 from dicomlake.jobs.nifti import NOT_GRAYSCALE, NiftiSummary, export_nifti
+from dicomlake.sample import sample_file
 
 nib = pytest.importorskip("nibabel", reason="nibabel is not installed (the ml extra)")
 
@@ -260,6 +261,24 @@ def test_voxels_lie_where_the_slices_do(exported: Exported, name: str) -> None:
         if name != "varying_scale":
             assert raw[0, ROWS - 1, k] == k
             assert raw[0, 0, k] == 1000 + k
+
+
+@needs_dcm2niix
+def test_enhanced_multiframe_ct_equals_dcm2niix(tmp_path: Path) -> None:
+    """A real enhanced CT (pydicom-data's eCT_Supplemental.dcm): two frames, one file."""
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copyfile(sample_file("eCT_Supplemental.dcm"), src / "ect.dcm")
+    dicomlake.ingest([str(src)], str(tmp_path / "lake"), workers=0)
+    summary = export_nifti(str(tmp_path / "lake"), tmp_path / "out")
+    (ours_path,) = summary.written.values()
+    ours, theirs = nib.load(ours_path), nib.load(dcm2niix(src, tmp_path / "dcm2niix"))
+    assert ours.shape == theirs.shape == (512, 512, 2)
+    np.testing.assert_allclose(ours.affine, theirs.affine, atol=1e-3)
+    np.testing.assert_allclose(ours.get_qform(), theirs.get_qform(), atol=1e-3)
+    assert ours.get_data_dtype() == theirs.get_data_dtype()
+    assert (ours.dataobj.slope, ours.dataobj.inter) == (theirs.dataobj.slope, theirs.dataobj.inter)
+    np.testing.assert_array_equal(unscaled(ours), unscaled(theirs))
 
 
 def test_rescaled_values(exported: Exported) -> None:
