@@ -116,7 +116,9 @@ def bench_pull(server: OrthancServer, work: Path, expected: set[str]) -> float:
         raise RuntimeError(f"dicomlake pull failed: {done.stderr[-2000:]}")
     got = {sop for sop, status, _ in lake_rows(str(lake)) if status == "ok"}
     if got != expected:
-        raise RuntimeError(f"the pulled lake holds {len(got)} of {len(expected)} instances")
+        raise RuntimeError(
+            f"the pulled lake holds {len(got)} of {len(expected)} instances: {done.stdout}"
+        )
     return seconds
 
 

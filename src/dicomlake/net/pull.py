@@ -402,7 +402,7 @@ class Pull:
 
     def _retrieve(self, wanted: list[tuple[_Series, list[str]]]) -> None:
         rows = StoreRows(self.lake, self.store, storage_options=self.storage_options)
-        sink = InstanceSink(self.store, rows, summary=self._received)
+        sink = InstanceSink(self.store, rows, summary=self._received, track=True)
         stop = threading.Event()
         ticker = threading.Thread(target=self._tick, args=(rows, stop), daemon=True)
         ticker.start()
@@ -419,6 +419,19 @@ class Pull:
             for reason, count in self._received.failures.items():
                 self.summary.failures[f"stored: {reason}"] += count
             self.summary.failed += self._received.failed
+        # what the PACS answered for but never sent (a Success with fewer
+        # sub-operations, say) is a failure too: the next pull asks again
+        lacking = sum(1 for _, missing in wanted for sop in missing if sop not in sink.stored)
+        unexplained = lacking - self.summary.failed
+        if unexplained > 0:
+            self.summary.failed += unexplained
+            self.summary.failures["asked for, not received"] += unexplained
+        # and every instance stored has its ok row committed
+        unrecorded = len(sink.stored - lake_sop_instances(self.lake, self.storage_options))
+        if unrecorded:
+            log.error("%d stored instances have no ok row in the lake", unrecorded)
+            self.summary.failed += unrecorded
+            self.summary.failures["stored, but no ok row in the lake"] += unrecorded
 
     def _tick(self, rows: StoreRows, stop: threading.Event) -> None:
         while not stop.wait(0.25):

@@ -236,6 +236,8 @@ class InstanceSink:
         root: The store folder (made absolute, created).
         rows: Where the rows of stored files go.
         on_stored: Called after each C-STORE with its status (progress displays).
+        track: Keep the SOP Instance UIDs stored in :attr:`stored` (a pull checks
+            that it got every instance it asked for).
     """
 
     def __init__(
@@ -245,6 +247,7 @@ class InstanceSink:
         *,
         summary: ReceiveSummary | None = None,
         on_stored: Callable[[int], None] | None = None,
+        track: bool = False,
     ) -> None:
         self.root = os.path.abspath(root)
         os.makedirs(self.root, exist_ok=True)
@@ -253,6 +256,9 @@ class InstanceSink:
         self.summary = summary or ReceiveSummary()
         self._on_stored = on_stored
         self._count = threading.Lock()
+        self._track = track
+        #: SOP Instance UIDs stored with an ``ok`` row (with ``track``).
+        self.stored: set[str] = set()
 
     def handle_store(self, event: Event) -> int:
         """Pynetdicom's ``EVT_C_STORE`` handler: store, make the row, answer a status."""
@@ -313,6 +319,8 @@ class InstanceSink:
             self.summary.bytes += len(data)
             if old is not None:
                 self.summary.replaced += 1
+            if self._track:
+                self.stored.add(sop)
         return SUCCESS
 
     def _tally(self, status: int, reason: str) -> None:
