@@ -387,6 +387,9 @@ def test_cli_writes_the_selected_series(exported: Exported, tmp_path: Path) -> N
     assert {p.name for p in out.glob("*.json")} == {f"{uid}.json" for uid in expected}
     assert PATIENT_NAME not in result.output and PATIENT_ID not in result.output
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary left
+    plain = tmp_path / "plain"
+    plain.write_text("x")  # made with the process's umask, as the exported files are
+    assert {p.stat().st_mode for p in out.iterdir()} == {plain.stat().st_mode}
 
 
 def test_cli_quiet_prints_nothing(exported: Exported, tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ nibabel is imported inside the functions that need it (the ``ml`` extra).
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -80,18 +80,33 @@ def nifti_voxels(volume: np.ndarray) -> np.ndarray:
     return np.swapaxes(volume, 0, 1)[:, ::-1]
 
 
+def empty_voxels(geometry: VolumeGeometry, dtype: np.dtype[Any] | type) -> np.ndarray:
+    """An uninitialised ``(columns, rows, slices)`` array to fill with :func:`put_slice`.
+
+    It is in Fortran order, as NIfTI stores voxels, so each slice is one contiguous
+    block and writing it out needs no reordering copy.
+    """
+    return np.empty((geometry.columns, geometry.rows, geometry.n_slices), dtype, order="F")
+
+
+def put_slice(voxels: np.ndarray, k: int, frame: np.ndarray) -> None:
+    """Put a ``(rows, columns)`` frame at slice ``k`` of an :func:`empty_voxels` array."""
+    voxels[:, :, k] = frame[::-1].T
+
+
 def nifti_image(
-    volume: np.ndarray,
+    voxels: np.ndarray,
     geometry: VolumeGeometry,
     *,
     slope: float = 1.0,
     intercept: float = 0.0,
 ) -> Any:
-    """A ``nibabel.Nifti1Image`` of ``volume`` placed by ``geometry``.
+    """A ``nibabel.Nifti1Image`` of ``voxels`` placed by ``geometry``.
 
     Args:
-        volume: Voxels as the lake orders them, ``(rows, columns, slices)``, or with
-            more trailing axes (as a 4D image).
+        voxels: Voxels in the NIfTI layout, ``(columns, rows, slices)`` (see
+            :func:`empty_voxels`, :func:`nifti_voxels`), or with more trailing axes
+            (a 4D image).
         geometry: The series' geometry.
         slope: ``scl_slope``: what the stored values are multiplied by.
         intercept: ``scl_inter``: what is then added.
@@ -100,19 +115,20 @@ def nifti_image(
         The image, not yet written.
 
     Raises:
-        ValueError: ``volume`` is not shaped like ``geometry``.
+        ValueError: ``voxels`` is not shaped like ``geometry``.
         ImportError: nibabel is not installed.
     """
     nibabel = require_nibabel()
-    if volume.shape[:3] != geometry.shape:
+    expected = (geometry.columns, geometry.rows, geometry.n_slices)
+    if voxels.shape[:3] != expected:
         raise ValueError(
-            f"the volume is shaped {volume.shape}, its geometry says {geometry.shape} "
-            "(rows, columns, slices)"
+            f"the voxels are shaped {voxels.shape}, the geometry says {expected} "
+            "(columns, rows, slices)"
         )
     affine = nifti_affine(geometry)
-    image = nibabel.Nifti1Image(np.ascontiguousarray(nifti_voxels(volume)), affine)
+    image = nibabel.Nifti1Image(voxels, affine)
     header = image.header
-    header.set_data_dtype(volume.dtype)
+    header.set_data_dtype(voxels.dtype)
     header.set_qform(affine, code=SCANNER_ANAT)
     header.set_sform(affine, code=SCANNER_ANAT)
     header.set_xyzt_units("mm", "sec")
@@ -124,7 +140,8 @@ def write_nifti(image: Any, path: str | os.PathLike[str]) -> int:
     """Write ``image`` to ``path`` (``.nii.gz`` compresses) all at once or not at all.
 
     The file is written beside ``path`` under a temporary name and renamed over it,
-    so a reader never sees half a file and an interrupted export leaves none.
+    so a reader never sees half a file and an interrupted export leaves none. Its
+    mode is the process's default (the umask applies).
 
     Returns:
         The file's size in bytes.
@@ -136,14 +153,11 @@ def write_nifti(image: Any, path: str | os.PathLike[str]) -> int:
     nibabel = require_nibabel()
     target = Path(path)
     suffix = ".nii.gz" if target.name.endswith(".nii.gz") else target.suffix
-    handle, temporary = tempfile.mkstemp(
-        prefix=f".{target.name}.", suffix=suffix, dir=target.parent
-    )
-    os.close(handle)
+    temporary = target.with_name(f".{target.name}.{secrets.token_hex(6)}{suffix}")
     try:
         nibabel.save(image, temporary)
         os.replace(temporary, target)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
     return target.stat().st_size

@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import re
-import tempfile
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +39,13 @@ from pydicom.pixels.processing import apply_modality_lut
 
 from dicomlake.catalog import open_ref
 from dicomlake.dicom.geometry import GeometryTolerance, Rejection, VolumeGeometry
-from dicomlake.dicom.nifti import nifti_image, require_nibabel, write_nifti
+from dicomlake.dicom.nifti import (
+    empty_voxels,
+    nifti_image,
+    put_slice,
+    require_nibabel,
+    write_nifti,
+)
 from dicomlake.dicom.pixels import frame_view, read_frame
 from dicomlake.dicom.quiet import quiet
 from dicomlake.errors import DicomLakeError, QueryError
@@ -148,7 +154,9 @@ class ScaledVolume:
     """A series' voxels and how they map to physical values.
 
     Attributes:
-        voxels: ``(rows, columns, slices)``: stored values, or float32 physical ones.
+        voxels: Stored values, or float32 physical ones, in the NIfTI layout
+            (:func:`~dicomlake.dicom.nifti.empty_voxels`: columns, rows reversed,
+            slices).
         slope: Physical = stored × slope + intercept (1 for physical voxels).
         intercept: See ``slope`` (0 for physical voxels).
     """
@@ -189,7 +197,8 @@ def _read_volume(
         _Unexportable: A slice cannot be read or decoded, is not grayscale, or is
             not the size the lake recorded.
     """
-    stored: list[np.ndarray] = []
+    voxels: np.ndarray | None = None
+    dtypes: set[np.dtype[Any]] = set()
     views: list[Dataset] = []
     for k, (path, frame) in enumerate(zip(geometry.paths, geometry.frames, strict=True)):
         try:
@@ -213,8 +222,16 @@ def _read_volume(
                 f"frame {frame} of {path} decodes to {values.shape}, the lake says "
                 f"({geometry.rows}, {geometry.columns})",
             )
-        stored.append(values)
+        dtypes.add(values.dtype)
+        if voxels is None:
+            voxels = empty_voxels(geometry, values.dtype)
+        elif not np.can_cast(values.dtype, voxels.dtype, "safe"):
+            wider = empty_voxels(geometry, np.promote_types(values.dtype, voxels.dtype))
+            wider[:, :, :k] = voxels[:, :, :k]
+            voxels = wider
+        put_slice(voxels, k, values)
         views.append(view)
+    assert voxels is not None  # a volume has at least two slices
     scales = np.array(
         [
             (_number(v.get("RescaleSlope"), 1.0), _number(v.get("RescaleIntercept"), 0.0))
@@ -223,16 +240,16 @@ def _read_volume(
     )
     uniform = (
         np.allclose(scales, scales[0], rtol=_SAME_SCALE, atol=0)
-        and len({a.dtype for a in stored}) == 1
+        and len(dtypes) == 1
         and not any("ModalityLUTSequence" in v for v in views)
     )
     if uniform:
-        return ScaledVolume(np.stack(stored, axis=-1), float(scales[0, 0]), float(scales[0, 1]))
-    physical = [
-        apply_modality_lut(a, v).astype(np.float32, copy=False)
-        for a, v in zip(stored, views, strict=True)
-    ]
-    return ScaledVolume(np.stack(physical, axis=-1), 1.0, 0.0)
+        return ScaledVolume(voxels, float(scales[0, 0]), float(scales[0, 1]))
+    # the Modality LUT maps each value on its own: the layout does not matter to it
+    physical = empty_voxels(geometry, np.float32)
+    for k, view in enumerate(views):
+        physical[:, :, k] = apply_modality_lut(voxels[:, :, k], view)
+    return ScaledVolume(physical, 1.0, 0.0)
 
 
 # --------------------------------------------------------------------------- sidecar
@@ -305,7 +322,7 @@ def sidecar(
         "SpacingBetweenSlices": geometry.spacing[2],
         "ImageOrientationPatient": list(geometry.orientation),
         "ImagePositionPatient": list(geometry.origin),
-        "shape": [shape[1], shape[0], shape[2]],
+        "shape": list(shape),
         "voxels": "stored" if volume.voxels.dtype.kind in "iu" else "rescaled",
         "scl_slope": volume.slope,
         "scl_inter": volume.intercept,
@@ -317,14 +334,14 @@ def sidecar(
 
 
 def _write_json(body: Mapping[str, Any], path: Path) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}")
     try:
-        with os.fdopen(handle, "w", encoding="utf-8") as fp:
+        with temporary.open("x", encoding="utf-8") as fp:
             json.dump(body, fp, indent=2, ensure_ascii=False)
             fp.write("\n")
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
