@@ -22,6 +22,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.sr.codedict import codes
 from pydicom.uid import (
     CTImageStorage,
     ExplicitVRLittleEndian,
@@ -36,6 +37,7 @@ from dicomlake.jobs.nifti import NOT_GRAYSCALE, NiftiSummary, export_nifti
 from dicomlake.sample import sample_file
 
 nib = pytest.importorskip("nibabel", reason="nibabel is not installed (the ml extra)")
+hd = pytest.importorskip("highdicom", reason="highdicom is not installed (the ml extra)")
 
 DCM2NIIX = shutil.which("dcm2niix")
 needs_dcm2niix = pytest.mark.skipif(
@@ -113,7 +115,8 @@ def write_series(
         ds.SOPClassUID = sop_class
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
         ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, PATIENT_ID, "19600101"
-        ds.StudyDate = "20240102"
+        ds.StudyDate, ds.StudyTime, ds.PatientSex = "20240102", "101500", "O"
+        ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
         ds.Modality, ds.Manufacturer, ds.ManufacturerModelName = modality, "ACME", "Scan 9"
         ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "test series", 7, numbers[k]
         ds.ImagePositionPatient = [f"{v:.6f}" for v in positions[k]]
@@ -175,6 +178,44 @@ def write_corpus(src: Path) -> dict[str, Written]:
     }
 
 
+def write_seg(series: Written, path: Path) -> np.ndarray:
+    """A binary SEG (highdicom) of two segments on ``series``; its (slices, rows, columns) masks."""
+    sources = [pydicom.dcmread(p) for p in series.folder.iterdir()]
+    cosines = np.asarray(sources[0].ImageOrientationPatient, np.float64)
+    normal = np.cross(cosines[:3], cosines[3:])
+    sources.sort(key=lambda ds: float(normal @ np.asarray(ds.ImagePositionPatient, np.float64)))
+    masks = np.zeros((len(sources), ROWS, COLUMNS), np.uint8)
+    masks[3:8, 10:30, 5:20] = 1
+    masks[10:12, 40:50, 30:40] = 2
+    described = [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label,
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Lung,
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
+        )
+        for number, label in ((1, "box"), (2, "small"))
+    ]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=masks,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=described,
+        series_instance_uid=generate_uid(),
+        series_number=100,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="ACME",
+        manufacturer_model_name="Seg 1",
+        software_versions="1",
+        device_serial_number="1",
+    )
+    path.parent.mkdir(parents=True)
+    seg.save_as(path)
+    return masks
+
+
 @dataclass
 class Exported:
     lake: Path
@@ -187,9 +228,11 @@ class Exported:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     root = tmp_path_factory.mktemp("nifti")
     series = write_corpus(root / "src")
+    # a SEG has pixel data and plane positions, but labels a series: it is no image series
+    write_seg(series["oblique"], root / "src" / "seg" / "seg.dcm")
     lake = root / "lake"
     ingested = dicomlake.ingest([str(root / "src")], str(lake), workers=0)
-    assert ingested.ok == sum(len(list(s.folder.iterdir())) for s in series.values())
+    assert ingested.ok == 1 + sum(len(list(s.folder.iterdir())) for s in series.values())
     out = root / "out"
     summary = export_nifti(str(lake), out)
     return Exported(lake, out, series, summary)
@@ -420,12 +463,13 @@ def test_cli_empty_selection_is_a_clear_message(exported: Exported, tmp_path: Pa
             "--out",
             str(tmp_path / "o"),
             "--where",
-            "Modality = 'MR'",
+            "Modality IN ('MR', 'SEG')",
         ],
     )
     assert result.exit_code == 1
     assert result.stderr.strip() == (
-        "dicomlake: error: nothing to export: no ok instance with pixel data matches --where"
+        "dicomlake: error: nothing to export: no ok image instance (with pixel data, not a "
+        "SEG) matches --where"
     )
     assert not (tmp_path / "o").exists()
 

@@ -93,7 +93,9 @@ def export_nifti_command(
         raise fail(f"cannot write to {out!r}: {exc.strerror or exc}") from None
     if summary.series == 0:
         picked = "matches --where" if where else "is in the lake"
-        raise fail(f"nothing to export: no ok instance with pixel data {picked}", 1)
+        raise fail(
+            f"nothing to export: no ok image instance (with pixel data, not a SEG) {picked}", 1
+        )
     if quiet:
         return
     typer.echo(f"{summary} in {summary.seconds:.1f} s -> {out}")

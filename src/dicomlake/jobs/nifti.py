@@ -94,6 +94,17 @@ PATIENT_TAGS: Final = (
     "StudyDescription",
 )
 
+#: Segmentation Storage and Label Map Segmentation Storage: pixel data that labels
+#: another series, never an image series of its own.
+_SEGMENTATION_CLASSES: Final = ("1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.66.7")
+
+#: Which instances make image series: not segmentations.
+IMAGES_SQL: Final = (
+    "coalesce(\"Modality\", '') <> 'SEG' AND coalesce(\"SOPClassUID\", '') NOT IN ("
+    + ", ".join(f"'{uid}'" for uid in _SEGMENTATION_CLASSES)
+    + ")"
+)
+
 #: Rescale pairs closer than this (relative) are one pair.
 _SAME_SCALE: Final = 1e-6
 
@@ -384,7 +395,7 @@ def export_nifti(
         lake: The lake folder or URI.
         out: A local folder (made when missing).
         where: A SQL expression over ``instances`` (``Modality = 'CT'``): only the
-            instances it is true for form the series.
+            instances it is true for form the series. Segmentations (SEG) never do.
         patient_tags: Also write :data:`PATIENT_TAGS` to the sidecars.
         storage_options: Options for an object-store lake and its files.
         tolerance: How far slices may be from a regular grid (see
@@ -410,7 +421,10 @@ def export_nifti(
     started = time.perf_counter()
     require_nibabel()
     tol = GeometryTolerance.of(tolerance)
-    slices = read_series_slices(lake, where, storage_options=storage_options)
+    picked = IMAGES_SQL
+    if where is not None and where.strip():
+        picked = f"({where.strip().rstrip(';')}) AND {IMAGES_SQL}"
+    slices = read_series_slices(lake, picked, storage_options=storage_options)
     summary = NiftiSummary(series=len(slices))
     if not slices:
         summary.seconds = time.perf_counter() - started
