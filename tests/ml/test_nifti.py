@@ -355,6 +355,19 @@ def test_series_that_are_no_volume_are_skipped_with_the_reason(exported: Exporte
     )
 
 
+def test_a_series_whose_file_is_gone_is_skipped(tmp_path: Path) -> None:
+    kept = write_series(tmp_path / "src" / "kept", gaps=[2.5] * 3, seed=11)
+    broken = write_series(tmp_path / "src" / "broken", gaps=[2.5] * 3, seed=12)
+    dicomlake.ingest([str(tmp_path / "src")], str(tmp_path / "lake"), workers=0)
+    next(broken.folder.iterdir()).unlink()
+    summary = export_nifti(str(tmp_path / "lake"), tmp_path / "out")
+    assert list(summary.written) == [kept.uid]
+    (skipped,) = summary.skipped
+    assert (skipped.SeriesInstanceUID, skipped.reason) == (broken.uid, "unreadable")
+    assert "FileNotFoundError" in skipped.message
+    assert not list((tmp_path / "out").glob(f"{broken.uid}*"))
+
+
 # --------------------------------------------------------------------------- sidecar
 
 
