@@ -175,3 +175,41 @@ DEID_SCHEMA: Final = pa.schema(
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+#: The ``segments`` table: one row per segment of every SEG and per ROI of every RT
+#: structure set, placed on the volume of the series it references (``dicomlake
+#: labels``). A file that cannot be read has one row with a null ``segment_number``.
+SEGMENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("row_id", pa.int64(), nullable=False),  # the segmentation instance's row_id
+        pa.field("path", pa.string(), nullable=False),  # the segmentation file
+        pa.field("SOPInstanceUID", pa.string()),  # of the segmentation
+        pa.field("StudyInstanceUID", pa.string()),
+        pa.field("Modality", pa.string()),  # 'SEG' or 'RTSTRUCT'
+        pa.field("segmentation_type", pa.string()),  # BINARY, FRACTIONAL, LABELMAP, CONTOUR
+        pa.field("ReferencedSeriesInstanceUID", pa.string()),  # the series it labels
+        pa.field("segment_number", pa.int32()),  # Segment Number, or ROI Number
+        pa.field("label", pa.string()),  # Segment Label, or ROI Name
+        pa.field("category_code_value", pa.string()),
+        pa.field("category_code_scheme", pa.string()),
+        pa.field("category_code_meaning", pa.string()),
+        pa.field("type_code_value", pa.string()),
+        pa.field("type_code_scheme", pa.string()),
+        pa.field("type_code_meaning", pa.string()),
+        pa.field("algorithm_type", pa.string()),  # AUTOMATIC, SEMIAUTOMATIC, MANUAL
+        pa.field("algorithm_name", pa.string()),
+        pa.field("voxel_count", pa.int64()),  # voxels of the mask on the volume
+        pa.field("min_row", pa.int32()),  # bounding box on the volume, inclusive;
+        pa.field("max_row", pa.int32()),  # null when empty or not placed
+        pa.field("min_column", pa.int32()),
+        pa.field("max_column", pa.int32()),
+        pa.field("min_slice", pa.int32()),  # slice index in the volume's slice order
+        pa.field("max_slice", pa.int32()),
+        pa.field("status", pa.string(), nullable=False),  # 'ok' or 'error'
+        pa.field("reason", pa.string()),  # a code of dicomlake.dicom.segments.REASONS
+        pa.field("message", pa.string()),
+        pa.field("size", pa.int64()),  # of the segmentation file, for incremental runs
+        pa.field("modification_time", pa.timestamp("us", tz="UTC")),
+        pa.field("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)

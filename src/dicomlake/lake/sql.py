@@ -19,9 +19,9 @@ through it, so no ``httpfs`` download is needed. Only a protocol fsspec does not
 falls back to the Arrow dataset (and to its string filter limitation).
 
 Views: ``instances`` (the table), ``series`` and ``studies`` (aggregates of the
-``status = 'ok'`` rows), and ``thumbnails``, ``volumes`` (series geometry) and
-``patches`` when the lake has those tables. Helpers: the
-macro ``tag(meta, key)`` and the table ``dicom_keywords(keyword, tag)``.
+``status = 'ok'`` rows), and ``thumbnails``, ``volumes`` (series geometry),
+``patches`` and ``segments`` (segmentation labels) when the lake has those tables.
+Helpers: the macro ``tag(meta, key)`` and the table ``dicom_keywords(keyword, tag)``.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from dicomlake.lake.tables import (
     DEID_TABLE,
     INSTANCES_TABLE,
     PATCHES_TABLE,
+    SEGMENTS_TABLE,
     THUMBNAILS_TABLE,
     VOLUMES_TABLE,
     arrow_dataset,
@@ -141,7 +142,7 @@ CREATE MACRO tag(meta, key) AS
 
 
 #: Tables a lake may have beside ``instances``; each becomes a view of its name.
-OPTIONAL_TABLES = (THUMBNAILS_TABLE, VOLUMES_TABLE, PATCHES_TABLE, DEID_TABLE)
+OPTIONAL_TABLES = (THUMBNAILS_TABLE, VOLUMES_TABLE, PATCHES_TABLE, DEID_TABLE, SEGMENTS_TABLE)
 
 #: DuckDB schema for helper tables that users need not see in SHOW TABLES.
 _PRIVATE = "dicomlake_internal"

@@ -25,6 +25,7 @@ from dicomlake.schema import (
     DEID_SCHEMA,
     INSTANCES_SCHEMA,
     PATCHES_SCHEMA,
+    SEGMENTS_SCHEMA,
     THUMBNAILS_SCHEMA,
     VOLUMES_SCHEMA,
 )
@@ -44,6 +45,7 @@ THUMBNAILS_TABLE: Final = "thumbnails"
 VOLUMES_TABLE: Final = "volumes"
 PATCHES_TABLE: Final = "patches"
 DEID_TABLE: Final = "deid"
+SEGMENTS_TABLE: Final = "segments"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,12 @@ TABLES: Final[dict[str, TableSpec]] = {
             DEID_SCHEMA,
             ("row_id", "destination"),
             "dicomlake: de-identified copies, one row per instance and destination",
+        ),
+        TableSpec(
+            SEGMENTS_TABLE,
+            SEGMENTS_SCHEMA,
+            ("row_id", "ReferencedSeriesInstanceUID", "segment_number"),
+            "dicomlake: one row per segment of a SEG or ROI of an RT structure set",
         ),
     )
 }

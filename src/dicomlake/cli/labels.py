@@ -1,0 +1,71 @@
+"""``dicomlake labels``: SEG and RTSTRUCT masks placed on their volumes, as a table."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from dicomlake.cli.options import (
+    AnonOption,
+    LakeOption,
+    QuietOption,
+    StorageOptionOption,
+    fail,
+    interactive,
+    storage_config,
+)
+from dicomlake.cli.render import LiveLine
+from dicomlake.errors import DicomLakeError
+
+if TYPE_CHECKING:
+    from dicomlake.jobs.labels import SegmentsSummary
+
+
+class _Progress(LiveLine):
+    """The live line: segmentations read, segments placed, not placed."""
+
+    def update(self, summary: SegmentsSummary) -> None:
+        """Redraw with the running summary."""
+        self.show(
+            f"{summary.segmentations} segmentations · {summary.ok} segments placed · "
+            f"{summary.empty} empty · {sum(summary.errors.values())} not placed"
+        )
+
+
+def labels_command(
+    lake: LakeOption,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            "--where",
+            help="SQL expression over instances picking segmentations, e.g. "
+            "\"StudyDate >= '2024-01-01'\".",
+        ),
+    ] = None,
+    quiet: QuietOption = False,
+    anon: AnonOption = False,
+    storage_option: StorageOptionOption = None,
+) -> None:
+    """Place each SEG and RTSTRUCT on its series' volume and write the segments table."""
+    from dicomlake.jobs.labels import build_segments
+
+    storage = storage_config(anon, storage_option)
+    display = _Progress("reading segmentations…") if interactive(quiet) else None
+    try:
+        with display or nullcontext():
+            summary = build_segments(
+                lake,
+                where,
+                storage_options=storage,
+                progress=display.update if display else None,
+            )
+    except DicomLakeError as exc:
+        raise fail(str(exc)) from None
+    except ImportError as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted; committed rows are kept, re-run to go on", 130) from None
+    if not quiet:
+        typer.echo(f"{summary} in {summary.seconds:.1f} s")
