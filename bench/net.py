@@ -113,7 +113,9 @@ def bench_pull(server: OrthancServer, work: Path, expected: set[str]) -> float:
     done = subprocess.run(command, capture_output=True, text=True, env=DCMTK_ENV)
     seconds = time.perf_counter() - began
     if done.returncode != 0:
-        raise RuntimeError(f"dicomlake pull failed: {done.stderr[-2000:]}")
+        raise RuntimeError(f"dicomlake pull failed: {done.stdout} {done.stderr[-2000:]}")
+    for line in done.stderr.splitlines():  # a PACS listing less than it counts, ...
+        print(f"  pull: {line}")
     got = {sop for sop, status, _ in lake_rows(str(lake)) if status == "ok"}
     if got != expected:
         raise RuntimeError(

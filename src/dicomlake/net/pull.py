@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import logging
 import os
 import re
@@ -331,6 +332,12 @@ class Pull:
     # -- C-FIND
 
     def _query(self) -> list[_Series]:
+        """Studies, their series, their instances, as the PACS lists them.
+
+        Where the PACS also counts them (Number of Study Related Series, Number of
+        Series Related Instances), a shorter list is asked for again (twice), then
+        the difference counts as failed: nothing goes missing without a word.
+        """
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
             StudyRootQueryRetrieveInformationModelFind as Find,
         )
@@ -338,44 +345,71 @@ class Pull:
         ae = self._ae()
         ae.add_requested_context(Find)
         assoc = self._associate(ae, "C-FIND")
+        study_keys = {"StudyInstanceUID": "", "NumberOfStudyRelatedSeries": "", **self.keys}
         try:
-            studies = self._find(assoc, Find, "STUDY", {"StudyInstanceUID": "", **self.keys})
+            studies = self._find(assoc, Find, "STUDY", study_keys)
             found: list[_Series] = []
             for study in studies:
                 study_uid = _uid(study, "StudyInstanceUID")
                 if not study_uid:
                     continue
                 self.summary.studies += 1
-                series_answers = self._find(
-                    assoc, Find, "SERIES", {"StudyInstanceUID": study_uid, "SeriesInstanceUID": ""}
+                series_keys = {
+                    "StudyInstanceUID": study_uid,
+                    "SeriesInstanceUID": "",
+                    "NumberOfSeriesRelatedInstances": "",
+                }
+                series_answers = self._complete(
+                    functools.partial(self._find, assoc, Find, "SERIES", series_keys),
+                    _count(study, "NumberOfStudyRelatedSeries"),
+                    "series",
+                    "SeriesInstanceUID",
                 )
                 for answer in series_answers:
                     series_uid = _uid(answer, "SeriesInstanceUID")
-                    if not series_uid:
-                        continue
                     self.summary.series += 1
-                    images = self._find(
-                        assoc,
-                        Find,
-                        "IMAGE",
-                        {
-                            "StudyInstanceUID": study_uid,
-                            "SeriesInstanceUID": series_uid,
-                            "SOPInstanceUID": "",
-                            "SOPClassUID": "",
-                        },
-                    )
-                    instances = {
-                        sop: _uid(image, "SOPClassUID")
-                        for image in images
-                        if (sop := _uid(image, "SOPInstanceUID"))
+                    image_keys = {
+                        "StudyInstanceUID": study_uid,
+                        "SeriesInstanceUID": series_uid,
+                        "SOPInstanceUID": "",
+                        "SOPClassUID": "",
                     }
+                    images = self._complete(
+                        functools.partial(self._find, assoc, Find, "IMAGE", image_keys),
+                        _count(answer, "NumberOfSeriesRelatedInstances"),
+                        "instances",
+                        "SOPInstanceUID",
+                    )
+                    instances = {_uid(i, "SOPInstanceUID"): _uid(i, "SOPClassUID") for i in images}
                     self.summary.instances += len(instances)
                     found.append(_Series(study_uid, series_uid, instances))
                 self._report()
         finally:
             _release(assoc)
         return found
+
+    def _complete(
+        self, ask: Callable[[], list[Dataset]], counted: int | None, what: str, key: str
+    ) -> list[Dataset]:
+        """The answers with a valid ``key`` UID, asked again while fewer than counted."""
+        answers: list[Dataset] = []
+        for attempt in range(3):
+            answers = [a for a in ask() if _uid(a, key)]
+            if counted is None or len({_uid(a, key) for a in answers}) >= counted:
+                return answers
+            log.warning(
+                "the PACS listed %d %s where it counts %d (attempt %d)",
+                len(answers),
+                what,
+                counted,
+                attempt + 1,
+            )
+            time.sleep(0.5 * (attempt + 1))
+        assert counted is not None
+        short = counted - len({_uid(a, key) for a in answers})
+        self.summary.failed += short
+        self.summary.failures[f"{what} the PACS counts but did not list"] += short
+        return answers
 
     def _find(
         self, assoc: Association, model: str, level: str, keys: dict[str, str]
@@ -594,6 +628,15 @@ def _suboperations(status: Dataset) -> int:
             "NumberOfWarningSuboperations",
         )
     )
+
+
+def _count(ds: Dataset, keyword: str) -> int | None:
+    """An IS count of a C-FIND answer (None when absent or not a number)."""
+    try:
+        value = ds.get(keyword)
+        return None if value is None or value == "" else int(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def _uid(ds: Dataset, keyword: str) -> str:
