@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 
 import duckdb
 import numpy as np
@@ -45,7 +45,7 @@ from dicomlake.dicom.segments import (
     TargetVolume,
     mask_extent,
 )
-from dicomlake.errors import ExtractError, QueryError
+from dicomlake.errors import ExtractError, QueryError, TableNotFound
 from dicomlake.jobs.volumes import SeriesSlices, read_series_slices
 from dicomlake.lake.tables import SEGMENTS_TABLE
 from dicomlake.lake.writer import TableWriter
@@ -593,3 +593,136 @@ def load_labels(
         sop_instance_uid=str(row["SOPInstanceUID"]),
         problems=dict(masks.problems),
     )
+
+
+# --------------------------------------------------------------------------- selection
+
+
+class RejectedSegmentation(NamedTuple):
+    """A selected segmentation that gives no item, and why."""
+
+    path: str
+    SeriesInstanceUID: str | None
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class SelectedSegmentation:
+    """One segmentation on one series, as the ``segments`` table lists it.
+
+    Attributes:
+        path: The segmentation file.
+        size: Its size (cache key).
+        modification_time: Its modification time (cache key).
+        sop_instance_uid: Its SOP Instance UID.
+        sop_class: The SOP class it is read as (SEG or RT Structure Set Storage).
+        modality: Its *Modality*.
+        series_uid: The series it labels.
+        numbers: The segment numbers of its channels, in channel order.
+        labels: Their labels.
+    """
+
+    path: str
+    size: int | None
+    modification_time: datetime | None
+    sop_instance_uid: str | None
+    sop_class: str
+    modality: str | None
+    series_uid: str
+    numbers: tuple[int, ...]
+    labels: tuple[str | None, ...]
+
+
+def select_segmentations(
+    lake: str, sql: str, *, storage_options: StorageOptions = None
+) -> tuple[list[SelectedSegmentation], list[RejectedSegmentation]]:
+    """The segmentations a user's query selects, one per (file, labelled series).
+
+    The query must return ``path`` or ``SOPInstanceUID`` of segmentations (a query
+    over ``segments`` or ``instances``). When it also returns ``segment_number``,
+    only those segments become channels. Channels are the selected segments that
+    the ``segments`` table placed (``status = 'ok'``, empty ones too), in segment
+    number order.
+
+    Returns:
+        The segmentations that have a channel, in the query's order, and the others
+        with the reasons of their segments.
+
+    Raises:
+        QueryError: The query fails, or returns neither ``path`` nor
+            ``SOPInstanceUID``.
+        TableNotFound: The lake has no ``segments`` table (run ``dicomlake labels``)
+            or no instances.
+    """
+    from dicomlake.lake.selection import PRIVATE, query_columns, strip_query
+    from dicomlake.lake.sql import connect
+    from dicomlake.lake.tables import table_exists
+
+    if not table_exists(lake, SEGMENTS_TABLE, storage_options=storage_options):
+        raise TableNotFound(
+            f"no segments table in lake {lake}: run `dicomlake labels --lake {lake}` first",
+            lake=lake,
+        )
+    con = connect(lake, storage_options=storage_options)
+    try:
+        columns = query_columns(con, sql)
+        keys = [str(c) for c in ("path", "SOPInstanceUID") if c in columns][:1]
+        if not keys:
+            raise QueryError(
+                "the query must return path or SOPInstanceUID of segmentations (as "
+                f"SELECT * FROM segments does); it returns {columns}",
+                sql=sql,
+            )
+        if "segment_number" in columns:
+            keys.append("segment_number")
+        picked = ", ".join(f'"{k}"' for k in keys)
+        match = " AND ".join(f's."{k}" = q."{k}"' for k in keys)
+        selected, order = f"{PRIVATE}selected", f"{PRIVATE}order"
+        try:
+            con.execute(
+                f"CREATE TEMP TABLE {selected} AS SELECT {picked}, row_number() OVER () "
+                f"AS {order} FROM ({strip_query(sql)})"
+            )
+            table = con.sql(
+                'SELECT s.path, s.size, s.modification_time, s."SOPInstanceUID", '
+                's."Modality", s.segmentation_type, s."ReferencedSeriesInstanceUID", '
+                "s.segment_number, s.label, s.status, s.reason, s.message, "
+                f"min(q.{order}) AS {order} FROM segments s JOIN {selected} q ON {match} "
+                f"GROUP BY ALL ORDER BY {order}, s.path, "
+                's."ReferencedSeriesInstanceUID", s.segment_number'
+            ).to_arrow_table()
+        except duckdb.Error as exc:
+            raise QueryError(f"the query failed: {str(exc).splitlines()[0]}", sql=sql) from exc
+    finally:
+        con.close()
+    grouped: dict[tuple[str, str | None], list[dict[str, Any]]] = {}
+    for row in table.to_pylist():
+        grouped.setdefault((row["path"], row["ReferencedSeriesInstanceUID"]), []).append(row)
+    chosen, rejected = [], []
+    for (path, series_uid), rows in grouped.items():
+        ok = [r for r in rows if r["status"] == "ok" and r["segment_number"] is not None]
+        if not ok or series_uid is None:
+            first = rows[0]
+            rejected.append(
+                RejectedSegmentation(
+                    path, series_uid, first["reason"] or UNREADABLE, first["message"] or ""
+                )
+            )
+            continue
+        first = ok[0]
+        contour = first["segmentation_type"] == "CONTOUR"
+        chosen.append(
+            SelectedSegmentation(
+                path=path,
+                size=first["size"],
+                modification_time=first["modification_time"],
+                sop_instance_uid=first["SOPInstanceUID"],
+                sop_class=RTSTRUCT_STORAGE if contour else SEG_CLASSES[0],
+                modality=first["Modality"],
+                series_uid=series_uid,
+                numbers=tuple(int(r["segment_number"]) for r in ok),
+                labels=tuple(r["label"] for r in ok),
+            )
+        )
+    return chosen, rejected

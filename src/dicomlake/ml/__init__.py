@@ -1,4 +1,4 @@
-"""Deep learning on the lake: PyTorch datasets of frames, series volumes and patches.
+"""Deep learning on the lake: PyTorch datasets of frames, volumes, patches, segmentations.
 
 Pick data with SQL, get tensors::
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from dicomlake.ml.frames import FrameCache
     from dicomlake.ml.patch_dataset import PatchDataset
     from dicomlake.ml.patches import DicomPatcher
+    from dicomlake.ml.segmentation_dataset import SegmentationDataset
     from dicomlake.ml.volume_dataset import SeriesVolumeDataset
 
 _EXPORTS = {
@@ -34,6 +35,7 @@ _EXPORTS = {
     "FrameDataset": "dicomlake.ml.frame_dataset",
     "PatchDataset": "dicomlake.ml.patch_dataset",
     "PhysicalFrame": "dicomlake.dicom.frames",
+    "SegmentationDataset": "dicomlake.ml.segmentation_dataset",
     "SeriesVolumeDataset": "dicomlake.ml.volume_dataset",
     "build_volumes": "dicomlake.ml.volumes",
     "load_frame": "dicomlake.dicom.frames",
@@ -45,6 +47,7 @@ __all__ = [
     "FrameDataset",
     "PatchDataset",
     "PhysicalFrame",
+    "SegmentationDataset",
     "SeriesVolumeDataset",
     "build_volumes",
     "load_frame",

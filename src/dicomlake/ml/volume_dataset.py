@@ -19,6 +19,7 @@ from dicomlake.errors import ExtractError
 from dicomlake.jobs.volumes import RejectedSeries, select_series
 from dicomlake.ml._base import SelectedDataset
 from dicomlake.ml._torch import require_torch
+from dicomlake.ml.frames import FrameReader
 from dicomlake.ml.labels import labels_for
 from dicomlake.ml.selection import LakeLike
 from dicomlake.rows import error_text
@@ -27,8 +28,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
-class _Volume:
-    """What one item needs: geometry, cache keys of its files, raw label value."""
+class VolumeSource:
+    """What one volume item needs: geometry, cache keys of its files, raw label value."""
 
     series_uid: str
     geometry: VolumeGeometry
@@ -56,6 +57,55 @@ def _stack_windowed(slices: list[PhysicalFrame], window: Window) -> np.ndarray:
         unit = np.clip((physical - low) / (high - low), 0.0, 1.0)
         return (1.0 - unit if first.inverted else unit).astype(np.float32)
     return replace(first, values=physical).windowed(window).astype(np.float32, copy=False)
+
+
+def read_volume(source: VolumeSource, reader: FrameReader, window: Window) -> np.ndarray:
+    """Decode a volume's slices in slice order: float32 (C, rows, columns, slices).
+
+    Raises:
+        ExtractError: A slice cannot be decoded, or decodes to another size.
+    """
+    geometry = source.geometry
+    slices: list[PhysicalFrame] = []
+    for k, (path, frame, (size, mtime)) in enumerate(
+        zip(geometry.paths, geometry.frames, source.files, strict=True)
+    ):
+        try:
+            loaded = reader.read(path, frame, size=size, mtime=mtime)
+        except Exception as exc:
+            raise ExtractError(
+                f"cannot decode frame {frame} of {path} (slice {k} of a "
+                f"{geometry.n_slices}-slice series): {error_text(exc)}",
+                path=path,
+            ) from exc
+        values = loaded.values
+        if values.shape[1:] != (geometry.rows, geometry.columns) or (
+            slices and values.shape[0] != slices[0].values.shape[0]
+        ):
+            raise ExtractError(
+                f"frame {frame} of {path} decodes to shape {values.shape}, expected "
+                f"({slices[0].values.shape[0] if slices else 'C'}, {geometry.rows}, "
+                f"{geometry.columns}) as the lake's Rows/Columns say",
+                path=path,
+            )
+        slices.append(loaded)
+    return _stack_windowed(slices, window)
+
+
+def volume_item(source: VolumeSource, image: np.ndarray) -> dict[str, Any]:
+    """The item dict of a decoded volume: ``image`` and ``meta`` (see the dataset)."""
+    torch = require_torch()
+    geometry = source.geometry
+    return {
+        "image": torch.from_numpy(np.ascontiguousarray(image)),
+        "meta": {
+            "SeriesInstanceUID": source.series_uid,
+            "paths": list(geometry.paths),
+            "spacing": torch.tensor(geometry.spacing, dtype=torch.float64),
+            "affine": torch.from_numpy(geometry.affine.copy()),
+            "origin": torch.tensor(geometry.origin, dtype=torch.float64),
+        },
+    }
 
 
 class SeriesVolumeDataset(SelectedDataset):
@@ -148,7 +198,7 @@ class SeriesVolumeDataset(SelectedDataset):
         self.labels = labels_for(selected, label, sql)
         uids = selected.column("SeriesInstanceUID").to_pylist()
         values = selected.column(label).to_pylist() if label is not None else [None] * len(uids)
-        self._volumes: list[_Volume] = []
+        self._volumes: list[VolumeSource] = []
         #: Selected series that are not one regular volume, with the reason.
         self.rejected: list[RejectedSeries] = []
         for uid, value in zip(uids, values, strict=True):
@@ -162,7 +212,7 @@ class SeriesVolumeDataset(SelectedDataset):
                 self.rejected.append(RejectedSeries(uid, result.reason, result.message))
                 continue
             files = tuple(series.files[p] for p in result.paths)
-            self._volumes.append(_Volume(uid, result, files, value))
+            self._volumes.append(VolumeSource(uid, result, files, value))
         if self.rejected:
             log.info("%d of %d series rejected", len(self.rejected), len(uids))
         items = {
@@ -196,49 +246,11 @@ class SeriesVolumeDataset(SelectedDataset):
             IndexError: ``index`` is out of range.
             ExtractError: A slice cannot be decoded, or decodes to another size.
         """
-        volume = self._volumes[self._check_index(index)]
-        geometry = volume.geometry
-        slices: list[PhysicalFrame] = []
-        for k, (path, frame, (size, mtime)) in enumerate(
-            zip(geometry.paths, geometry.frames, volume.files, strict=True)
-        ):
-            try:
-                loaded = self._reader.read(path, frame, size=size, mtime=mtime)
-            except Exception as exc:
-                raise ExtractError(
-                    f"cannot decode frame {frame} of {path} (slice {k} of a "
-                    f"{geometry.n_slices}-slice series): {error_text(exc)}",
-                    path=path,
-                ) from exc
-            values = loaded.values
-            if values.shape[1:] != (geometry.rows, geometry.columns) or (
-                slices and values.shape[0] != slices[0].values.shape[0]
-            ):
-                raise ExtractError(
-                    f"frame {frame} of {path} decodes to shape {values.shape}, expected "
-                    f"({slices[0].values.shape[0] if slices else 'C'}, {geometry.rows}, "
-                    f"{geometry.columns}) as the lake's Rows/Columns say",
-                    path=path,
-                )
-            slices.append(loaded)
-        return _stack_windowed(slices, self.window)
+        return read_volume(self._volumes[self._check_index(index)], self._reader, self.window)
 
     def __getitem__(self, index: int) -> Any:
-        torch = require_torch()
-        image = self.volume(index)
         volume = self._volumes[self._check_index(index)]
-        geometry = volume.geometry
-        item: dict[str, Any] = {
-            "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "meta": {
-                "SeriesInstanceUID": volume.series_uid,
-                "paths": list(geometry.paths),
-                "spacing": torch.tensor(geometry.spacing, dtype=torch.float64),
-                "affine": torch.from_numpy(geometry.affine.copy()),
-                "origin": torch.tensor(geometry.origin, dtype=torch.float64),
-            },
-        }
-        return self._finish(item, volume.label)
+        return self._finish(volume_item(volume, self.volume(index)), volume.label)
 
     def __repr__(self) -> str:
         label = f", label={self.labels.column!r}" if self.labels is not None else ""
