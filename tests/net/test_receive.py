@@ -383,3 +383,23 @@ def test_cli_wrong_flags_exit_2(flags: list[str], message: str, tmp_path: Path) 
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_lake_with_thumbnails_gets_those_of_received_instances(tmp_path: Path) -> None:
+    import dicomlake
+    from dicomlake.lake.tables import arrow_dataset, open_table
+
+    lake = str(tmp_path / "lake")
+    first, second = make_studies(tmp_path / "f", 2)
+    (tmp_path / "seed").mkdir()
+    first.rename(tmp_path / "seed" / first.name)
+    dicomlake.ingest([str(tmp_path / "seed")], lake, workers=0, thumbnails=True)
+    with Receiver(lake, str(tmp_path / "store"), port=0) as receiver:
+        assert _send(receiver.port, [pydicom.dcmread(second)]) == [0]
+    thumbs = arrow_dataset(open_table(lake, "thumbnails")).to_table(
+        columns=["SOPInstanceUID", "status"]
+    )
+    assert (
+        str(pydicom.dcmread(second).SOPInstanceUID) in thumbs.column("SOPInstanceUID").to_pylist()
+    )
+    assert set(thumbs.column("status").to_pylist()) == {"ok"}
