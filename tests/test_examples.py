@@ -51,3 +51,39 @@ def test_train_tiny_builds_a_lake_and_trains_two_epochs(tmp_path: Path) -> None:
     assert len(list(cache.rglob("*.npy"))) >= int(classes.group(1)) - 1
     # the one truncated file of the sample data is skipped, named by path only
     assert "MR_truncated.dcm" in result.stderr
+
+
+@pytest.mark.slow
+def test_train_seg_builds_a_lake_of_segs_and_trains_two_epochs(tmp_path: Path) -> None:
+    pytest.importorskip("highdicom", reason="highdicom (the ml extra) writes the SEGs")
+    cache = tmp_path / "cache"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES / "train_seg.py"),
+            "--lake",
+            str(tmp_path / "lake"),
+            "--data",
+            str(tmp_path / "data"),
+            "--epochs",
+            "2",
+            "--workers",
+            "0",
+            "--cache-dir",
+            str(cache),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "8 segmentations, 8 segments, 8 ok" in result.stdout
+    assert "8 segmentations, 0 rejected" in result.stdout
+    epochs = re.findall(r"epoch \d+: loss ([0-9.]+), dice ([0-9.]+)", result.stdout)
+    assert len(epochs) == 2
+    losses = [float(loss) for loss, _ in epochs]
+    assert losses[1] < losses[0]  # it learns, deterministically (seed 0)
+    assert float(epochs[1][1]) > 0  # and finds some of the ball
+    # the second epoch read frames and masks from the cache the first one wrote
+    assert len(list((cache / "labels").rglob("*.npy"))) == 8
