@@ -36,7 +36,9 @@ from typer.testing import CliRunner
 
 import dicomlake
 from dicomlake.cli import app
-from dicomlake.jobs.nifti import NOT_GRAYSCALE, NiftiSummary, export_nifti
+from dicomlake.dicom.nifti import nifti_voxels
+from dicomlake.jobs.labels import load_labels
+from dicomlake.jobs.nifti import NOT_GRAYSCALE, PATIENT_TAGS, NiftiSummary, export_nifti
 from dicomlake.sample import sample_file
 
 nib = pytest.importorskip("nibabel", reason="nibabel is not installed (the ml extra)")
@@ -181,24 +183,37 @@ def write_corpus(src: Path) -> dict[str, Written]:
     }
 
 
-def write_seg(series: Written, path: Path) -> np.ndarray:
-    """A binary SEG (highdicom) of two segments on ``series``; its (slices, rows, columns) masks."""
+#: A box: (slices, rows, columns) ranges, in position order.
+Box = tuple[slice, slice, slice]
+
+
+@dataclass
+class Seg:
+    """A written SEG: its SOP Instance UID, and its masks (slices, rows, columns, K)."""
+
+    uid: str
+    masks: np.ndarray
+    labels: tuple[str, ...]
+
+
+def write_seg(series: Written, path: Path, boxes: dict[str, Box]) -> Seg:
+    """A binary SEG (highdicom) on ``series``, segment n + 1 the n-th box."""
     sources = [pydicom.dcmread(p) for p in series.folder.iterdir()]
     cosines = np.asarray(sources[0].ImageOrientationPatient, np.float64)
     normal = np.cross(cosines[:3], cosines[3:])
     sources.sort(key=lambda ds: float(normal @ np.asarray(ds.ImagePositionPatient, np.float64)))
-    masks = np.zeros((len(sources), ROWS, COLUMNS), np.uint8)
-    masks[3:8, 10:30, 5:20] = 1
-    masks[10:12, 40:50, 30:40] = 2
+    masks = np.zeros((len(sources), ROWS, COLUMNS, len(boxes)), bool)
+    for n, box in enumerate(boxes.values()):
+        masks[(*box, n)] = True
     described = [
         hd.seg.SegmentDescription(
-            segment_number=number,
+            segment_number=n + 1,
             segment_label=label,
             segmented_property_category=codes.SCT.Tissue,
             segmented_property_type=codes.SCT.Lung,
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL,
         )
-        for number, label in ((1, "box"), (2, "small"))
+        for n, label in enumerate(boxes)
     ]
     seg = hd.seg.Segmentation(
         source_images=sources,
@@ -216,7 +231,12 @@ def write_seg(series: Written, path: Path) -> np.ndarray:
     )
     path.parent.mkdir(parents=True)
     seg.save_as(path)
-    return masks
+    return Seg(str(seg.SOPInstanceUID), masks, tuple(boxes))
+
+
+def in_nifti_layout(masks: np.ndarray) -> np.ndarray:
+    """(slices, rows, columns[, K]) → NIfTI's (columns, rows reversed, slices[, K])."""
+    return np.moveaxis(masks, 0, 2).swapaxes(0, 1)[:, ::-1]
 
 
 @dataclass
@@ -224,6 +244,7 @@ class Exported:
     lake: Path
     out: Path
     series: dict[str, Written]
+    segs: dict[str, Seg]
     summary: NiftiSummary
 
 
@@ -231,14 +252,25 @@ class Exported:
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     root = tmp_path_factory.mktemp("nifti")
     series = write_corpus(root / "src")
-    # a SEG has pixel data and plane positions, but labels a series: it is no image series
-    write_seg(series["oblique"], root / "src" / "seg" / "seg.dcm")
+    # SEGs have pixel data and plane positions, but label a series: they are no image series
+    segs = {
+        "oblique": write_seg(
+            series["oblique"],
+            root / "src" / "seg_oblique" / "seg.dcm",
+            {"box": np.s_[3:8, 10:30, 5:20], "small": np.s_[10:12, 40:50, 30:40]},
+        ),
+        "axial": write_seg(
+            series["axial"],
+            root / "src" / "seg_axial" / "seg.dcm",
+            {"outer": np.s_[2:9, 5:40, 5:40], "inner": np.s_[4:6, 10:20, 10:20]},
+        ),
+    }
     lake = root / "lake"
     ingested = dicomlake.ingest([str(root / "src")], str(lake), workers=0)
-    assert ingested.ok == 1 + sum(len(list(s.folder.iterdir())) for s in series.values())
+    assert ingested.ok == 2 + sum(len(list(s.folder.iterdir())) for s in series.values())
     out = root / "out"
     summary = export_nifti(str(lake), out)
-    return Exported(lake, out, series, summary)
+    return Exported(lake, out, series, segs, summary)
 
 
 def dcm2niix(folder: Path, out: Path) -> Path:
@@ -350,12 +382,14 @@ def test_series_that_are_no_volume_are_skipped_with_the_reason(exported: Exporte
     reasons = {s.SeriesInstanceUID: s.reason for s in summary.skipped}
     assert reasons == {exported.series[name].uid: reason for name, reason in REJECTED.items()}
     names = {p.name for p in exported.out.iterdir()}
-    assert names == {
-        f"{exported.series[n].uid}{suffix}" for n in VOLUMES for suffix in (".nii.gz", ".json")
-    }
+    stems = [exported.series[n].uid for n in VOLUMES] + [
+        f"{exported.series[n].uid}_seg-{seg.uid}" for n, seg in exported.segs.items()
+    ]
+    assert names == {f"{stem}{suffix}" for stem in stems for suffix in (".nii.gz", ".json")}
     assert str(summary).startswith(
-        f"export-nifti: {len(exported.series)} series, 6 written, 4 skipped"
+        f"export-nifti: {len(exported.series)} series, 6 written, 4 skipped ("
     )
+    assert str(summary).endswith("; segmentations: 2 written, 0 skipped")
 
 
 def test_a_series_whose_file_is_gone_is_skipped(tmp_path: Path) -> None:
@@ -369,6 +403,84 @@ def test_a_series_whose_file_is_gone_is_skipped(tmp_path: Path) -> None:
     assert (skipped.SeriesInstanceUID, skipped.reason) == (broken.uid, "unreadable")
     assert "FileNotFoundError" in skipped.message
     assert not list((tmp_path / "out").glob(f"{broken.uid}*"))
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def test_segmentation_is_a_labelmap_on_the_image_grid(exported: Exported) -> None:
+    series, seg = exported.series["oblique"], exported.segs["oblique"]
+    path = exported.summary.labels[(seg.uid, series.uid)]
+    assert path.name == f"{series.uid}_seg-{seg.uid}.nii.gz"
+    labels, image = nib.load(path), nib.load(exported.summary.written[series.uid])
+    assert labels.shape == image.shape == (COLUMNS, ROWS, SLICES)
+    np.testing.assert_array_equal(labels.affine, image.affine)
+    np.testing.assert_array_equal(labels.get_qform(), image.get_qform())
+    assert labels.get_data_dtype() == np.uint8 and labels.header.get_intent()[0] == "label"
+    expected = in_nifti_layout(seg.masks) @ np.array([1, 2], np.uint8)  # segment numbers
+    np.testing.assert_array_equal(np.asanyarray(labels.dataobj), expected)
+    body = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert body["ReferencedSeriesInstanceUID"] == series.uid and body["SOPInstanceUID"] == seg.uid
+    assert body["image"] == f"{series.uid}.nii.gz" and body["layout"] == "labelmap"
+    assert [(s["number"], s["label"], s["value"]) for s in body["segments"]] == [
+        (1, "box", 1),
+        (2, "small", 2),
+    ]
+    assert body["segments"][0]["type"] == {"value": "39607008", "scheme": "SCT", "meaning": "Lung"}
+    assert body["not_placed"] == [] and body["Modality"] == "SEG"
+
+
+def test_overlapping_segments_are_channels(exported: Exported) -> None:
+    series, seg = exported.series["axial"], exported.segs["axial"]
+    path = exported.summary.labels[(seg.uid, series.uid)]
+    labels = nib.load(path)
+    assert labels.shape == (COLUMNS, ROWS, SLICES, 2)
+    assert labels.get_data_dtype() == np.uint8 and labels.header.get_intent()[0] == "none"
+    np.testing.assert_array_equal(np.asanyarray(labels.dataobj), in_nifti_layout(seg.masks))
+    np.testing.assert_array_equal(
+        labels.affine, nib.load(exported.summary.written[series.uid]).affine
+    )
+    body = json.loads(path.with_name(path.name.replace(".nii.gz", ".json")).read_text())
+    assert body["layout"] == "channels"
+    assert [(s["label"], s["value"]) for s in body["segments"]] == [("outer", 0), ("inner", 1)]
+
+
+def test_rt_structure_set_labels_as_the_labels_job_places_them(tmp_path: Path) -> None:
+    """An RTSTRUCT (a ring: a contour with a hole) exports as load_labels rasterizes it."""
+    from helpers.segmentations import OBLIQUE, Roi, star
+    from helpers.segmentations import write_rtstruct as write_structure_set
+    from helpers.segmentations import write_series as write_ct
+
+    series = write_ct(tmp_path / "src" / "ct", 5, orientation=OBLIQUE, seed=3)
+    outer = np.array([[20.0, 20.0], [20.0, 100.0], [100.0, 100.0], [100.0, 20.0]])
+    hole = np.array([[50.0, 50.0], [50.0, 70.0], [70.0, 70.0], [70.0, 50.0]])
+    rois = [
+        Roi(1, "ring", {1: [outer, hole], 2: [outer, hole]}),
+        Roi(2, "star", {3: [star((60.0, 60.0), 30.0, 9, seed=1)]}),
+    ]
+    (tmp_path / "src" / "rt").mkdir()
+    sop = write_structure_set(tmp_path / "src" / "rt" / "rt.dcm", series, rois)
+    lake = tmp_path / "lake"
+    dicomlake.ingest([str(tmp_path / "src")], str(lake), workers=0)
+    summary = export_nifti(str(lake), tmp_path / "out")
+    labels = nib.load(summary.labels[(sop, series.uid)])
+    expected = load_labels(str(lake), sop, labelmap=True)
+    np.testing.assert_array_equal(np.asanyarray(labels.dataobj), nifti_voxels(expected.array[0]))
+    np.testing.assert_array_equal(labels.affine, nib.load(summary.written[series.uid]).affine)
+    voxels = np.asanyarray(labels.dataobj)
+    assert voxels[30, 127 - 30, 1] == 1 and voxels[60, 127 - 60, 1] == 0  # ring, hole
+    assert voxels[60, 127 - 60, 3] == 2 and not voxels[..., 0].any()
+    body = json.loads(
+        summary.labels[(sop, series.uid)].with_suffix("").with_suffix(".json").read_text()
+    )
+    assert body["Modality"] == "RTSTRUCT" and body["layout"] == "labelmap"
+    assert [(s["number"], s["label"]) for s in body["segments"]] == [(1, "ring"), (2, "star")]
+
+
+def test_no_segmentations_when_asked(exported: Exported, tmp_path: Path) -> None:
+    summary = export_nifti(str(exported.lake), tmp_path, "Modality = 'CT'", segmentations=False)
+    assert summary.labels == {} and not list(tmp_path.glob("*_seg-*"))
+    assert "segmentations" not in str(summary)
 
 
 # --------------------------------------------------------------------------- sidecar
@@ -390,9 +502,12 @@ def test_sidecar_holds_the_key_tags_and_no_patient(exported: Exported) -> None:
     assert body["shape"] == [COLUMNS, ROWS, SLICES]
     assert (body["voxels"], body["scl_slope"], body["scl_inter"]) == ("stored", 1.0, -1024.0)
     assert len(body["SOPInstanceUIDs"]) == SLICES and len(set(body["SOPInstanceUIDs"])) == SLICES
+    assert not set(body) & set(PATIENT_TAGS)
     text = json.dumps(body)
-    for value in (PATIENT_NAME, PATIENT_ID, "PatientName", "PatientID", "1960", "20240102"):
-        assert value not in text
+    assert PATIENT_NAME not in text and PATIENT_ID not in text
+    # dates as values (as digits they may also lie inside a random UID)
+    dates = {"1960-01-01", "19600101", "2024-01-02", "20240102"}
+    assert not dates & {v for v in body.values() if isinstance(v, str)}
     nifti = gzip.decompress(exported.summary.written[written.uid].read_bytes())
     assert PATIENT_NAME.encode() not in nifti and PATIENT_ID.encode() not in nifti
 
@@ -441,7 +556,9 @@ def test_cli_writes_the_selected_series(exported: Exported, tmp_path: Path) -> N
     skipped = {exported.series[n].uid: reason for n, reason in REJECTED.items()}
     for uid, reason in skipped.items():
         assert any(line.startswith(f"  skipped {uid}: {reason}: ") for line in lines[1:])
-    expected = {exported.series[n].uid for n in VOLUMES if n != "pet"}
+    expected = {exported.series[n].uid for n in VOLUMES if n != "pet"} | {
+        f"{exported.series[n].uid}_seg-{seg.uid}" for n, seg in exported.segs.items()
+    }
     assert {p.name for p in out.glob("*.nii.gz")} == {f"{uid}.nii.gz" for uid in expected}
     assert {p.name for p in out.glob("*.json")} == {f"{uid}.json" for uid in expected}
     assert PATIENT_NAME not in result.output and PATIENT_ID not in result.output

@@ -64,13 +64,22 @@ def export_nifti_command(
             "accession number and study description to the sidecars (left out by default).",
         ),
     ] = False,
+    segmentations: Annotated[
+        bool,
+        typer.Option(
+            "--segmentations/--no-segmentations",
+            help="Also write each SEG and RT structure set of a written series, on its "
+            "grid, as <SeriesInstanceUID>_seg-<SOPInstanceUID>.nii.gz and .json.",
+        ),
+    ] = True,
     quiet: QuietOption = False,
     anon: AnonOption = False,
     storage_option: StorageOptionOption = None,
 ) -> None:
     """Write each series volume as NIfTI (dcm2niix's layout) with a JSON sidecar.
 
-    Series that are not one regular volume are listed with the reason and skipped.
+    Segmentations of the written series follow, on the same grid. Series that are not
+    one regular volume are listed with the reason and skipped.
     Exit code 1 when nothing is selected, 2 for wrong options or a failed query.
     """
     from dicomlake.jobs.nifti import export_nifti
@@ -84,6 +93,7 @@ def export_nifti_command(
                 out,
                 where,
                 patient_tags=patient_tags,
+                segmentations=segmentations,
                 storage_options=storage,
                 progress=display.update if display else None,
             )
@@ -101,3 +111,8 @@ def export_nifti_command(
     typer.echo(f"{summary} in {summary.seconds:.1f} s -> {out}")
     for skipped in summary.skipped:
         typer.echo(f"  skipped {skipped.SeriesInstanceUID}: {skipped.reason}: {skipped.message}")
+    for labels in summary.labels_skipped:
+        on = f" on {labels.SeriesInstanceUID}" if labels.SeriesInstanceUID else ""
+        typer.echo(
+            f"  skipped segmentation {labels.SOPInstanceUID}{on}: {labels.reason}: {labels.message}"
+        )

@@ -8,6 +8,9 @@ regular volume is skipped with its reason. The others are decoded slice by slice
 in dcm2niix's layout and scaling, as ``<SeriesInstanceUID>.nii.gz`` beside
 ``<SeriesInstanceUID>.json``.
 
+Segmentations (SEG, RT structure sets) of the written series follow, on the same grid:
+see :mod:`dicomlake.jobs.nifti_labels`.
+
 The sidecar holds the series' key tags (see :data:`SERIES_TAGS`), its measured
 spacing, the stored values' scaling and the SOP Instance UID of each slice in ``k``
 order. Patient names, IDs, dates, sex and age (:data:`PATIENT_TAGS`) are left out
@@ -49,6 +52,7 @@ from dicomlake.dicom.nifti import (
 from dicomlake.dicom.pixels import frame_view, read_frame
 from dicomlake.dicom.quiet import quiet
 from dicomlake.errors import DicomLakeError, QueryError
+from dicomlake.jobs.nifti_labels import ExportedVolume, SkippedLabels, write_label_niftis
 from dicomlake.jobs.volumes import SeriesSlices, read_series_slices
 from dicomlake.rows import error_text
 
@@ -128,13 +132,19 @@ class NiftiSummary:
         written: SeriesInstanceUID → the ``.nii.gz`` written for it.
         skipped: Series not written, with the reason (a code of
             :mod:`dicomlake.dicom.geometry`, ``not_grayscale`` or ``unreadable``).
-        bytes: Size of the NIfTI files written.
+        labels: (segmentation SOP Instance UID, labelled SeriesInstanceUID) → the
+            label file written (see :mod:`dicomlake.jobs.nifti_labels`).
+        labels_skipped: Segmentations of written series that were not written, with
+            the reason (a code of :mod:`dicomlake.dicom.segments`).
+        bytes: Size of the image NIfTI files written.
         seconds: Wall time.
     """
 
     series: int = 0
     written: dict[str, Path] = field(default_factory=dict)
     skipped: list[SkippedSeries] = field(default_factory=list)
+    labels: dict[tuple[str, str], Path] = field(default_factory=dict)
+    labels_skipped: list[SkippedLabels] = field(default_factory=list)
     bytes: int = 0
     seconds: float = 0.0
 
@@ -146,10 +156,15 @@ class NiftiSummary:
     def __str__(self) -> str:
         reasons = Counter(s.reason for s in self.skipped)
         shown = ", ".join(f"{k} {v}" for k, v in sorted(reasons.items()))
-        return (
+        text = (
             f"export-nifti: {self.series} series, {len(self.written)} written, "
             f"{len(self.skipped)} skipped" + (f" ({shown})" if shown else "")
         )
+        if self.labels or self.labels_skipped:
+            text += (
+                f"; segmentations: {len(self.labels)} written, {len(self.labels_skipped)} skipped"
+            )
+        return text
 
 
 class _Unexportable(Exception):
@@ -383,6 +398,7 @@ def export_nifti(
     where: str | None = None,
     *,
     patient_tags: bool = False,
+    segmentations: bool = True,
     storage_options: StorageOptions = None,
     tolerance: GeometryTolerance | float | None = None,
     progress: Callable[[NiftiSummary], None] | None = None,
@@ -397,6 +413,9 @@ def export_nifti(
         where: A SQL expression over ``instances`` (``Modality = 'CT'``): only the
             instances it is true for form the series. Segmentations (SEG) never do.
         patient_tags: Also write :data:`PATIENT_TAGS` to the sidecars.
+        segmentations: Also write the SEGs and RT structure sets of the written
+            series' studies that label them, on their grid (see
+            :mod:`dicomlake.jobs.nifti_labels`), whatever ``where`` says of them.
         storage_options: Options for an object-store lake and its files.
         tolerance: How far slices may be from a regular grid (see
             :class:`~dicomlake.dicom.geometry.GeometryTolerance`).
@@ -446,7 +465,8 @@ def export_nifti(
     )
     if progress is not None:
         progress(summary)
-    for uid, (_series, geometry) in volumes.items():
+    exported: dict[str, ExportedVolume] = {}
+    for uid, (series, geometry) in volumes.items():
         try:
             volume = _read_volume(geometry, storage_options=storage_options)
         except _Unexportable as exc:
@@ -466,7 +486,24 @@ def export_nifti(
             )
             _write_json(body, folder / f"{stem}.json")
             summary.written[uid] = target
+            exported[uid] = ExportedVolume(
+                geometry,
+                tuple(sops.get(p) for p in geometry.paths),
+                target,
+                series.StudyInstanceUID,
+            )
         summary.seconds = time.perf_counter() - started
+        if progress is not None:
+            progress(summary)
+    if segmentations and exported:
+        summary.labels, summary.labels_skipped = write_label_niftis(
+            lake,
+            folder,
+            exported,
+            stem=file_stem,
+            write_json=_write_json,
+            storage_options=storage_options,
+        )
         if progress is not None:
             progress(summary)
     summary.seconds = time.perf_counter() - started
