@@ -86,6 +86,7 @@ def write_series(
     slope_step: float = 0.0,
     unsigned: bool = False,
     color: bool = False,
+    study: str | None = None,
     seed: int = 0,
 ) -> Written:
     """Slice k (in position order) at ORIGIN + sum(gaps[:k]) along the normal.
@@ -109,7 +110,8 @@ def write_series(
     normal = np.cross(cosines[:3], cosines[3:])
     steps = np.concatenate([[0.0], np.cumsum(gaps)])
     positions = [ORIGIN + step * normal for step in steps]
-    series, study, frame = generate_uid(), generate_uid(), generate_uid()
+    series, frame = generate_uid(), generate_uid()
+    study = study or generate_uid()
     sop_class = PositronEmissionTomographyImageStorage if modality == "PT" else CTImageStorage
     for k in range(n):
         ds = Dataset()
@@ -475,6 +477,24 @@ def test_rt_structure_set_labels_as_the_labels_job_places_them(tmp_path: Path) -
     )
     assert body["Modality"] == "RTSTRUCT" and body["layout"] == "labelmap"
     assert [(s["number"], s["label"]) for s in body["segments"]] == [(1, "ring"), (2, "star")]
+
+
+def test_segmentation_of_a_skipped_series_is_listed(tmp_path: Path) -> None:
+    study = generate_uid()
+    kept = write_series(tmp_path / "src" / "kept", gaps=[2.5] * 9, study=study, seed=13)
+    gap = write_series(tmp_path / "src" / "gap", gaps=[2.5, 5.0] + [2.5] * 8, study=study, seed=14)
+    seg = write_seg(gap, tmp_path / "src" / "seg" / "seg.dcm", {"box": np.s_[1:3, 4:9, 4:9]})
+    dicomlake.ingest([str(tmp_path / "src")], str(tmp_path / "lake"), workers=0)
+    summary = export_nifti(str(tmp_path / "lake"), tmp_path / "out")
+    assert list(summary.written) == [kept.uid] and summary.labels == {}
+    (skipped,) = summary.labels_skipped
+    assert (skipped.SOPInstanceUID, skipped.SeriesInstanceUID) == (seg.uid, gap.uid)
+    assert skipped.reason == "volume_rejected"
+    assert skipped.message == "the labelled series was not written: missing_slices"
+    result = runner.invoke(
+        app, ["export-nifti", "-l", str(tmp_path / "lake"), "-o", str(tmp_path / "o2")]
+    )
+    assert f"  skipped segmentation {seg.uid} on {gap.uid}: volume_rejected: " in result.stdout
 
 
 def test_no_segmentations_when_asked(exported: Exported, tmp_path: Path) -> None:

@@ -502,6 +502,7 @@ def export_nifti(
             exported,
             stem=file_stem,
             write_json=_write_json,
+            not_written={s.SeriesInstanceUID: s.reason for s in summary.skipped},
             storage_options=storage_options,
         )
         if progress is not None:

@@ -25,7 +25,14 @@ from typing import TYPE_CHECKING, Any, Final, NamedTuple
 import numpy as np
 
 from dicomlake.dicom.nifti import nifti_image, nifti_voxels, write_nifti
-from dicomlake.dicom.segments import UNREADABLE, Code, LabelMasks, SegmentInfo, TargetVolume
+from dicomlake.dicom.segments import (
+    UNREADABLE,
+    VOLUME_REJECTED,
+    Code,
+    LabelMasks,
+    SegmentInfo,
+    TargetVolume,
+)
 from dicomlake.jobs.labels import find_segmentations, masks_on, read_segmentation, referenced_series
 from dicomlake.rows import error_text
 
@@ -146,6 +153,7 @@ def write_label_niftis(
     *,
     stem: Callable[[str], str],
     write_json: Callable[[Mapping[str, Any], Path], None],
+    not_written: Mapping[str, str] | None = None,
     storage_options: StorageOptions = None,
 ) -> tuple[dict[tuple[str, str], Path], list[SkippedLabels]]:
     """Write a label file for each segmentation of an exported series.
@@ -156,6 +164,8 @@ def write_label_niftis(
         volumes: SeriesInstanceUID → what was exported of it.
         stem: File stem of a UID.
         write_json: Writes a sidecar.
+        not_written: SeriesInstanceUID → reason, of the selected series that were not
+            written: their segmentations are listed as skipped (``volume_rejected``).
         storage_options: Options for an object-store lake and its files.
 
     Returns:
@@ -185,6 +195,9 @@ def write_label_niftis(
             continue
         for series_uid in referenced_series(doc):
             volume = volumes.get(series_uid) if series_uid is not None else None
+            if series_uid is not None and series_uid in (not_written or {}):
+                why = f"the labelled series was not written: {(not_written or {})[series_uid]}"
+                skipped.append(SkippedLabels(sop, series_uid, VOLUME_REJECTED, why))
             if volume is None or series_uid is None:
                 continue  # labels a series this export did not write
             target = TargetVolume(
