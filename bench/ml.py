@@ -17,12 +17,25 @@ float32, resized to 128 x 128 (bilinear, antialiased), in batches of 16:
                workers, without a cache, and with ``cache_dir`` (first epoch writes
                the ``.npy`` files, the second reads them).
 
+Segmentation items (``--segmentations``): series of 512 x 512 CT slices (40 by default,
+positions along z, file names in reverse order), each with a highdicom BINARY SEG of two
+segments; one item is the whole volume [1, rows, columns, slices] and its masks
+[2, rows, columns, slices]:
+
+  naive        per item: ``pydicom.dcmread`` of every slice, sorted by position along
+               the normal, ``apply_modality_lut``, stacked; ``highdicom.seg.segread`` and
+               ``get_pixels_by_source_instance`` in that slice order;
+  dataset      ``SegmentationDataset(lake, "SELECT * FROM segments")`` (after
+               ``build_segments``) through a DataLoader (batch 1), 0 and 2 workers, no
+               cache, cache cold, cache warm.
+
 Prints frames/s per contender and the ratio to the naive loop. Items of both are
 compared first (with ``reduced_decode=False``), so the ratio is for the same output;
 the timed datasets keep the default ``reduced_decode=True``, which decodes JPEG 2000
 frames four or more times larger than the output at a reduced resolution.
 
-    python bench/ml.py [--ct 300] [--multiframe 20] [--j2k 60] [--keep]
+    python bench/ml.py [--ct 300] [--multiframe 20] [--j2k 60] [--segmentations 6]
+                       [--slices 40] [--keep]
 """
 
 from __future__ import annotations
@@ -119,11 +132,145 @@ def timed(batches: Callable[[], Iterable[object]], frames: int) -> float:
     return frames / (time.perf_counter() - started)
 
 
+def write_segmented_series(folder: Path, slices: int) -> None:
+    """A 512 x 512 CT series (slices 2.5 mm apart) and a two-segment SEG of it."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    folder.mkdir(parents=True)
+    template = pydicom.dcmread(sample_file("CT_small.dcm"))
+    big = np.kron(template.pixel_array, np.ones((4, 4), dtype=template.pixel_array.dtype))
+    series, sources = generate_uid(), []
+    for k in range(slices):
+        ds = pydicom.dcmread(sample_file("CT_small.dcm"))
+        ds.Rows, ds.Columns = big.shape
+        ds.PixelSpacing = [float(v) / 4 for v in ds.PixelSpacing]
+        ds.SeriesInstanceUID = series
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        ds.InstanceNumber = slices - k
+        ds.ImagePositionPatient = [0.0, 0.0, 2.5 * k]
+        ds.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        ds.PixelData = np.roll(big, k, axis=0).tobytes()
+        ds.save_as(folder / f"ct{slices - k:04d}.dcm", enforce_file_format=True)
+        sources.append(ds)
+    masks = np.zeros((slices, *big.shape, 2), np.uint8)
+    masks[slices // 4 : slices // 2, 100:300, 150:350, 0] = 1
+    masks[slices // 3 : 3 * slices // 4, 250:400, 50:200, 1] = 1
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n,
+            segment_label=label,
+            segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue,
+            algorithm_type="MANUAL",
+        )
+        for n, label in ((1, "one"), (2, "two"))
+    ]
+    seg = hd.seg.Segmentation(
+        sources,
+        masks,
+        "BINARY",
+        descriptions,
+        generate_uid(),
+        2,
+        generate_uid(),
+        1,
+        "bench",
+        "bench",
+        "1",
+        "1",
+    )
+    seg.save_as(folder / "seg.dcm")
+
+
+def naive_segmentation(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a first loop does for one segmentation: read, sort, stack, highdicom."""
+    import highdicom as hd
+
+    slices = [pydicom.dcmread(p) for p in sorted(folder.glob("ct*.dcm"))]
+    normal = np.cross(*np.reshape(slices[0].ImageOrientationPatient, (2, 3)))
+    slices.sort(key=lambda ds: float(np.dot(ds.ImagePositionPatient, normal)))
+    image = np.stack(
+        [apply_modality_lut(ds.pixel_array, ds).astype(np.float32) for ds in slices], -1
+    )
+    seg = hd.seg.segread(folder / "seg.dcm")
+    label = seg.get_pixels_by_source_instance(
+        [str(ds.SOPInstanceUID) for ds in slices], segment_numbers=[1, 2]
+    )
+    # (slices, rows, columns, segments) -> (segments, rows, columns, slices)
+    return torch.from_numpy(image[None]), torch.from_numpy(label.transpose(3, 1, 2, 0).copy())
+
+
+def segmentation_bench(root: Path, count: int, slices: int) -> None:
+    """Items/s of SegmentationDataset against the naive loop (see the module docstring)."""
+    from dicomlake.jobs.labels import build_segments
+    from dicomlake.ml import SegmentationDataset
+
+    corpus = root / "segmented"
+    folders = [corpus / f"case{i:03d}" for i in range(count)]
+    for folder in folders:
+        write_segmented_series(folder, slices)
+    lake = str(root / "seg-lake")
+    dicomlake.ingest([str(corpus)], lake)
+    started = time.perf_counter()
+    summary = build_segments(lake)
+    labels_seconds = time.perf_counter() - started
+    sql = "SELECT * FROM segments ORDER BY path"
+    ds = SegmentationDataset(lake, sql)
+    for index in (0, count - 1):  # the same output, or no comparison
+        item = ds[index]
+        folder = Path(_local_path(ds.segmentations[index].path)).parent
+        image, label = naive_segmentation(folder)
+        torch.testing.assert_close(item["image"], image)
+        assert torch.equal(item["label"], label.to(torch.uint8))
+    print(
+        f"segmentations: {count} series of {slices} CT slices 512x512, a two-segment SEG "
+        f"each; {summary} ({labels_seconds:.1f} s); items of image [1, 512, 512, {slices}] "
+        f"and label [2, 512, 512, {slices}]"
+    )
+
+    def loader(data: SegmentationDataset, workers: int) -> Callable[[], Iterable[object]]:
+        return lambda: torch.utils.data.DataLoader(data, batch_size=1, num_workers=workers)
+
+    results = [
+        (
+            "naive loop (pydicom + highdicom per item)",
+            timed(lambda: (naive_segmentation(f) for f in folders), count),
+        )
+    ]
+    for workers in (0, 2):
+        results.append(
+            (f"SegmentationDataset, {workers} workers, no cache", timed(loader(ds, workers), count))
+        )
+    for workers in (0, 2):
+        cached = SegmentationDataset(lake, sql, cache_dir=root / f"seg-cache{workers}")
+        results.append(
+            (
+                f"SegmentationDataset, {workers} workers, cache cold",
+                timed(loader(cached, workers), count),
+            )
+        )
+        results.append(
+            (
+                f"SegmentationDataset, {workers} workers, cache warm",
+                timed(loader(cached, workers), count),
+            )
+        )
+    naive = results[0][1]
+    width = max(len(name) for name, _ in results)
+    for name, rate in results:
+        print(f"  {name:<{width}}  {rate:8.2f} items/s  {rate / naive:5.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--ct", type=int, default=300, help="512 x 512 CT slices")
     parser.add_argument("--multiframe", type=int, default=20, help="10-frame MR files")
     parser.add_argument("--j2k", type=int, default=60, help="JPEG 2000 files")
+    parser.add_argument(
+        "--segmentations", type=int, default=6, help="series with a SEG (0: skip that part)"
+    )
+    parser.add_argument("--slices", type=int, default=40, help="slices of each SEG's series")
     parser.add_argument("--keep", action="store_true", help="keep the corpus folder")
     args = parser.parse_args()
 
@@ -186,6 +333,8 @@ def main() -> None:
         width = max(len(name) for name, _ in results)
         for name, rate in results:
             print(f"  {name:<{width}}  {rate:8.1f} frames/s  {rate / naive:5.2f}x")
+        if args.segmentations:
+            segmentation_bench(root, args.segmentations, args.slices)
     finally:
         if args.keep:
             print(f"kept {root}")
