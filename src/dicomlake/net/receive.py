@@ -117,11 +117,27 @@ class ReceiveSummary:
         """Seconds since the start (until the stop, once stopped)."""
         return (self.ended or time.monotonic()) - self.started
 
+    #: When the first and the latest instance arrived (monotonic clock).
+    first_at: float | None = None
+    last_at: float | None = None
+
+    def mark(self) -> None:
+        """Note an instance's arrival (callers hold the summary's lock)."""
+        now = time.monotonic()
+        if self.first_at is None:
+            self.first_at = now
+        self.last_at = now
+
     @property
     def per_second(self) -> float:
-        """Instances received per second."""
-        seconds = self.seconds
-        return self.received / seconds if seconds > 0 else 0.0
+        """Instances received per second, from the first instance to the latest.
+
+        A receiver waits most of its life; its rate is that of the instances' arrival.
+        """
+        if self.first_at is None or self.last_at is None or self.received < 2:
+            return 0.0
+        seconds = self.last_at - self.first_at
+        return (self.received - 1) / seconds if seconds > 0 else 0.0
 
 
 def storage_contexts() -> list[tuple[str, list[str]]]:
@@ -314,6 +330,7 @@ class InstanceSink:
             self._tally(CANNOT_UNDERSTAND, (stored.error or stored.status).split(":", 1)[0])
             return CANNOT_UNDERSTAND
         with self._count:
+            self.summary.mark()
             self.summary.received += 1
             self.summary.ok += 1
             self.summary.bytes += len(data)
@@ -325,6 +342,7 @@ class InstanceSink:
 
     def _tally(self, status: int, reason: str) -> None:
         with self._count:
+            self.summary.mark()
             self.summary.received += 1
             self.summary.failed += 1
             self.summary.failures[f"0x{status:04X} {reason}"] += 1
