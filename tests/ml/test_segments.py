@@ -220,3 +220,26 @@ def test_cli_labels_bad_input_exits_2(corpus: Corpus, args: list[str], message: 
 def test_cli_labels_on_an_empty_lake_exits_2(tmp_path: Path) -> None:
     result = runner.invoke(app, ["labels", "--lake", str(tmp_path / "none")])
     assert result.exit_code == 2 and "dicomlake: error:" in result.output
+
+
+def test_series_that_is_no_volume_is_volume_rejected(tmp_path: Path) -> None:
+    import pydicom
+
+    import dicomlake
+    from helpers.segmentations import Roi, star, write_rtstruct, write_series
+
+    series = write_series(tmp_path / "src" / "series", 4, seed=5)
+    moved = pydicom.dcmread(series.files[series.order[3]])
+    moved.ImagePositionPatient = series.datasets[series.order[2]].ImagePositionPatient
+    moved.save_as(series.files[series.order[3]])  # two slices at one position
+    roi = Roi(1, "a", {1: [star((50, 50), 9, 6, 0)]})
+    write_rtstruct(tmp_path / "src" / "rt.dcm", series, [roi])
+    lake = tmp_path / "lake"
+    dicomlake.ingest([str(tmp_path / "src")], str(lake), workers=0)
+    assert build_segments(str(lake)).errors == {"volume_rejected": 1}
+    con = connect(str(lake))
+    try:
+        message = con.sql("SELECT message FROM segments").fetchall()[0][0]
+    finally:
+        con.close()
+    assert "duplicate_position" in message
