@@ -243,3 +243,25 @@ def test_series_that_is_no_volume_is_volume_rejected(tmp_path: Path) -> None:
     finally:
         con.close()
     assert "duplicate_position" in message
+
+
+def test_frames_off_the_volume_grid_are_geometry_mismatch(corpus: Corpus) -> None:
+    from dataclasses import replace
+
+    from dicomlake.dicom.seg import seg_masks
+    from dicomlake.dicom.segments import TargetVolume
+    from dicomlake.jobs.labels import read_segmentation, referenced_volumes
+
+    case = corpus.cases["position"]
+    assert case.series is not None
+    doc = read_segmentation(str(case.path), None, "SEG")
+    volume = referenced_volumes(str(corpus.lake), [case.series.uid])[case.series.uid]
+    geometry = volume.geometry  # type: ignore[union-attr]
+    assert not seg_masks(doc, volume.target).problems  # type: ignore[union-attr]
+    half_slice = geometry.affine.copy()
+    half_slice[:3, 3] += 0.5 * geometry.affine[:3, 2]
+    smaller = replace(geometry, rows=64)
+    for changed in (replace(geometry, affine=half_slice), smaller):
+        masks = seg_masks(doc, TargetVolume(changed, {}))
+        assert {p.reason for p in masks.problems.values()} == {"geometry_mismatch"}
+        assert not masks.masks
