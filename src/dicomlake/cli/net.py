@@ -211,6 +211,9 @@ def pull(
     move_host: Annotated[
         str, typer.Option("--move-host", help="C-MOVE: address our receiver listens on.")
     ] = "0.0.0.0",
+    parallel: Annotated[
+        int, typer.Option("--parallel", min=1, max=16, help="C-GET associations at once.")
+    ] = 2,
     acse_timeout: Annotated[
         float, typer.Option(min=1, help="Seconds to wait for association answers.")
     ] = 30.0,
@@ -248,6 +251,7 @@ def pull(
             move_port=move_port,
             timeouts=Timeouts(acse=acse_timeout, dimse=dimse_timeout, network=network_timeout),
             tls=_tls(tls_cert, tls_key, tls_ca),
+            parallel=parallel,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None

@@ -31,6 +31,7 @@ import datetime as dt
 import functools
 import logging
 import os
+import queue
 import re
 import threading
 import time
@@ -200,6 +201,8 @@ class Pull:
         tls: TLS files (the PACS's certificate is checked against ``tls.ca``).
         storage_options: The lake's object-storage settings.
         progress: Called now and then with the running summary.
+        parallel: C-GET associations at once (series are shared among them): the
+            time of one instance is mostly waiting, for the network and the disk.
 
     Raises:
         ValueError: An AE title or a TLS file is wrong.
@@ -220,7 +223,10 @@ class Pull:
         tls: TlsFiles | None = None,
         storage_options: StorageOptions = None,
         progress: Callable[[PullSummary], None] | None = None,
+        parallel: int = 2,
     ) -> None:
+        if parallel < 1:
+            raise ValueError(f"parallel must be at least 1, got {parallel}")
         self.peer = peer
         self.lake = lake
         self.store = os.path.abspath(store)
@@ -236,6 +242,9 @@ class Pull:
         self.progress = progress
         self.summary = PullSummary()
         self._received = ReceiveSummary()
+        self._pacs: Counter[str] = Counter()  # failure reasons the PACS's statuses gave
+        self._lock = threading.Lock()
+        self.parallel = parallel
 
     # -- the run
 
@@ -248,6 +257,8 @@ class Pull:
             LakeError: The lake cannot be read or written.
         """
         self.summary = PullSummary()
+        self._received = ReceiveSummary()
+        self._pacs = Counter()
         os.makedirs(self.store, exist_ok=True)
         catch_up(self.lake, self.store, self.storage_options)
         held = lake_sop_instances(self.lake, self.storage_options)
@@ -435,6 +446,13 @@ class Pull:
     # -- C-GET / C-MOVE
 
     def _retrieve(self, wanted: list[tuple[_Series, list[str]]]) -> None:
+        """Fetch the instances ``wanted`` lacks; count each one that did not arrive.
+
+        An instance counts as failed when it was asked for and is not stored with an
+        ``ok`` row at the end, whatever the PACS's statuses said; the reasons are our
+        storage side's refusals, then the PACS's failure statuses, then "asked for,
+        not received".
+        """
         rows = StoreRows(self.lake, self.store, storage_options=self.storage_options)
         sink = InstanceSink(self.store, rows, summary=self._received, track=True)
         stop = threading.Event()
@@ -450,22 +468,22 @@ class Pull:
             ticker.join()
             rows.close()
             self._report()
-            for reason, count in self._received.failures.items():
-                self.summary.failures[f"stored: {reason}"] += count
-            self.summary.failed += self._received.failed
-        # what the PACS answered for but never sent (a Success with fewer
-        # sub-operations, say) is a failure too: the next pull asks again
-        lacking = sum(1 for _, missing in wanted for sop in missing if sop not in sink.stored)
-        unexplained = lacking - self.summary.failed
-        if unexplained > 0:
-            self.summary.failed += unexplained
-            self.summary.failures["asked for, not received"] += unexplained
-        # and every instance stored has its ok row committed
-        unrecorded = len(sink.stored - lake_sop_instances(self.lake, self.storage_options))
+        recorded = lake_sop_instances(self.lake, self.storage_options)
+        unrecorded = len(sink.stored - recorded)
         if unrecorded:
             log.error("%d stored instances have no ok row in the lake", unrecorded)
-            self.summary.failed += unrecorded
-            self.summary.failures["stored, but no ok row in the lake"] += unrecorded
+        got = sink.stored & recorded
+        lacking = sum(1 for _, missing in wanted for sop in missing if sop not in got)
+        self.summary.failed += lacking
+        left = lacking
+        for reasons, prefix in ((self._received.failures, "refused here: "), (self._pacs, "")):
+            for reason, count in reasons.most_common():
+                taken = min(count, left)
+                if taken:
+                    self.summary.failures[prefix + reason] += taken
+                    left -= taken
+        if left:
+            self.summary.failures["asked for, not received"] += left
 
     def _tick(self, rows: StoreRows, stop: threading.Event) -> None:
         while not stop.wait(0.25):
@@ -519,21 +537,45 @@ class Pull:
         if len(classes) > _MAX_CONTEXTS:
             log.warning("more SOP classes than presentation contexts; some may fail")
         roles = [build_role(c, scp_role=True) for c in classes[:_MAX_CONTEXTS]]
-        assoc = self._associate(
-            ae,
-            "C-GET",
-            ext_neg=roles,
-            evt_handlers=[(evt.EVT_C_STORE, sink.handle_store)],
-        )
+        requests: queue.SimpleQueue[tuple[_Series, list[str], Dataset]] = queue.SimpleQueue()
+        for request in self._requests(wanted):
+            requests.put(request)
+        errors: list[BaseException] = []
+
+        def work(assoc: Association) -> None:
+            try:
+                while not errors:
+                    try:
+                        _series, asked, query = requests.get_nowait()
+                    except queue.Empty:
+                        return
+                    level = query.QueryRetrieveLevel
+                    responses = assoc.send_c_get(query, Get)
+                    self._retrieve_one(responses, assoc, f"C-GET at {level} level", len(asked))
+                    self._report()
+            except BaseException as exc:  # the first error stops every worker
+                errors.append(exc)
+            finally:
+                _release(assoc)
+
+        associations: list[Association] = []
         try:
-            for _series, asked, query in self._requests(wanted):
-                level = query.QueryRetrieveLevel
-                self._retrieve_one(
-                    assoc.send_c_get(query, Get), assoc, f"C-GET at {level} level", len(asked)
+            for _ in range(min(self.parallel, requests.qsize())):
+                handlers = [(evt.EVT_C_STORE, sink.handle_store)]
+                associations.append(
+                    self._associate(ae, "C-GET", ext_neg=roles, evt_handlers=handlers)
                 )
-                self._report()
-        finally:
-            _release(assoc)
+        except PeerError:
+            if not associations:
+                raise
+            log.warning("%s took %d C-GET associations at once", self.peer, len(associations))
+        workers = [threading.Thread(target=work, args=(a,), daemon=True) for a in associations]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if errors:
+            raise errors[0]
 
     def _move_all(self, wanted: list[tuple[_Series, list[str]]], sink: InstanceSink) -> None:
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -578,12 +620,10 @@ class Pull:
         what: str,
         asked: int,
     ) -> None:
-        """Follow one retrieve's responses; count what the PACS says failed.
+        """Follow one retrieve's responses; note what the PACS says failed, and why.
 
-        Sub-operations the PACS counts as failed beyond the ones our storage side
-        refused (already counted there) are failures of the PACS's own.
+        The counts are settled at the end from what arrived (see :meth:`_retrieve`).
         """
-        before = self._received.failed
         final: Dataset | None = None
         for status, _identifier in responses:
             code = _status(status, assoc, self.peer, what)
@@ -604,18 +644,13 @@ class Pull:
                     f"0x{code:04X}): does it know the C-MOVE destination {self.aet} "
                     f"at this host, port {self.move_port}? Or pull with --get"
                 )
-            if code not in (0x0000, 0xB000) and code & 0xF000 != 0xB000:
-                failed = int(getattr(status, "NumberOfFailedSuboperations", 0) or 0)
-                failed = failed or asked
-                self.summary.failed += failed
-                self.summary.failures[f"{what}: status 0x{code:04X}"] += failed
         if final is None:
             raise PeerError(f"{self.peer} ended the {what} without a final status")
-        failed = int(getattr(final, "NumberOfFailedSuboperations", 0) or 0)
-        failed -= self._received.failed - before
-        if (int(final.Status) & 0xF000) == 0xB000 and failed > 0:
-            self.summary.failed += failed
-            self.summary.failures[f"{what}: sub-operations failed at the PACS"] += failed
+        code = int(final.Status)
+        if code != 0x0000:
+            failed = int(getattr(final, "NumberOfFailedSuboperations", 0) or 0)
+            with self._lock:
+                self._pacs[f"{what}: status 0x{code:04X}"] += failed or asked
 
 
 def _suboperations(status: Dataset) -> int:
