@@ -179,3 +179,32 @@ def test_a_peer_that_aborts(tmp_path: Path) -> None:
             Pull(peer, str(tmp_path / "l"), str(tmp_path / "s"), timeouts=Timeouts(dimse=5)).run()
     finally:
         ae.shutdown()
+
+
+def test_a_full_disk_counts_each_instance_not_stored(
+    pacs: OrthancServer, files: list[Path], tmp_path: Path
+) -> None:
+    """Store on a 256 KiB file system: what does not fit is failed, and the CLI says so."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        lake = str(tmp_path / "lake")
+        command = [
+            *DICOMLAKE, "pull", "--from", f"ORTHANC@127.0.0.1:{pacs.dicom_port}",
+            "--lake", lake, "--store", str(disk / "store"), "--quiet",
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, env=DCMTK_ENV, timeout=120)
+        stored = lake_sops(lake)
+        assert 0 < len(stored) < 24
+        assert done.returncode == 1, done.stderr
+        assert f"{len(stored)} instances fetched" in done.stdout
+        assert f"{24 - len(stored)} failed" in done.stdout
+        assert "0xA700 DiskFull" in done.stderr
+        assert {p.stem for p in (disk / "store").rglob("*.dcm")} == stored
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
