@@ -208,3 +208,25 @@ def test_a_full_disk_counts_each_instance_not_stored(
         assert {p.stem for p in (disk / "store").rglob("*.dcm")} == stored
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_pull_from_our_own_scp_and_an_unknown_move_destination(tmp_path: Path) -> None:
+    """Interoperation: a lake served by ``dicomlake serve --dimse-port`` pulled into
+    another lake (C-GET), and its C-MOVE to a title it does not know (0xA801)."""
+    import dicomlake
+    from dicomlake.net.qr import QueryRetrieveSCP
+
+    source = str(tmp_path / "source")
+    make_studies(tmp_path / "f", 6)
+    dicomlake.ingest([str(tmp_path / "f")], source)
+    with QueryRetrieveSCP(source, aet="LAKESCP", port=0) as scp:
+        peer = Peer("LAKESCP", "127.0.0.1", scp.port)
+        got = Pull(peer, str(tmp_path / "copy"), str(tmp_path / "store")).run()
+        assert (got.fetched, got.failed) == (6, 0)
+        assert lake_sops(str(tmp_path / "copy")) == lake_sops(source)
+        moving = Pull(
+            peer, str(tmp_path / "l2"), str(tmp_path / "s2"), move=True, move_host="127.0.0.1",
+            move_port=free_port(),
+        )  # fmt: skip
+        with pytest.raises(PeerError, match=r"does not know the C-MOVE destination DICOMLAKE"):
+            moving.run()
