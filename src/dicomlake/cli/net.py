@@ -201,15 +201,20 @@ def pull(
         bool,
         typer.Option(
             "--get/--move",
-            help="C-GET on the query's association (default), or C-MOVE to a receiver this "
-            "command runs on --move-port, named by --aet (the PACS must know it).",
+            help="C-GET, our AE storing what the PACS sends on the same association "
+            "(default), or C-MOVE to a receiver this command runs on --move-port, named by "
+            "--aet (the PACS must know it).",
         ),
     ] = True,
     move_port: Annotated[
         int, typer.Option("--move-port", min=1, max=65535, help="C-MOVE: our receiver's port.")
     ] = 11112,
     move_host: Annotated[
-        str, typer.Option("--move-host", help="C-MOVE: address our receiver listens on.")
+        str,
+        typer.Option(
+            "--move-host",
+            help="C-MOVE: address our receiver listens on (only the PACS's AE title is let in).",
+        ),
     ] = "0.0.0.0",
     parallel: Annotated[
         int, typer.Option("--parallel", min=1, max=16, help="C-GET associations at once.")
