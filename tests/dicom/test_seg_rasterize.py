@@ -1,9 +1,7 @@
 """The contour rasterizer against an independent one, and RT structure sets as read.
 
 The reference is matplotlib's ``Path.contains_points`` on pixel centres (one contour
-at a time, XOR), else Pillow's polygon fill with XOR, which rounds vertices and also
-takes the pixels its outline touches: pixels within 2 pixels of an edge are then left
-out of the comparison (matplotlib: within 1e-6).
+at a time, XOR); pixel centres within 1e-6 of an edge are left out of the comparison.
 """
 
 from __future__ import annotations
@@ -23,8 +21,7 @@ SHAPE = (96, 80)
 def compare(polygons: list[np.ndarray], shape: tuple[int, int] = SHAPE) -> None:
     ours = fill_polygons(polygons, shape)
     theirs, name = reference_fill(polygons, shape)
-    tolerance = 1e-6 if name == "matplotlib" else 2.0  # Pillow rounds vertices, draws edges
-    differ = (ours != theirs) & ~near_edges(polygons, shape, tolerance)
+    differ = (ours != theirs) & ~near_edges(polygons, shape, 1e-6)
     assert not differ.any(), f"{int(differ.sum())} pixels differ from {name}"
     assert ours.sum() > 0 or theirs.sum() == 0
 

@@ -6,8 +6,7 @@ given in slice order, ``(rows, columns, slices)``, and written in the files' ord
 a reader that trusted file or Instance Number order would misplace them.
 
 The independent rasterizer is matplotlib's ``Path.contains_points`` (pixel centres,
-one contour at a time, combined by XOR), else Pillow's ``ImageDraw.polygon`` with XOR
-(which also takes pixels its outline touches: compare away from edges).
+one contour at a time, combined by XOR); the test extra installs matplotlib.
 """
 
 from __future__ import annotations
@@ -263,23 +262,17 @@ def reference_fill(
     polygons: Sequence[np.ndarray], shape: tuple[int, int]
 ) -> tuple[np.ndarray, str]:
     """Even-odd fill by another rasterizer, and its name; see the module docstring."""
+    import pytest
+
+    mpl_path = pytest.importorskip(
+        "matplotlib.path", reason="matplotlib (the test extra) is the reference rasterizer"
+    )
     rows, columns = shape
     inside = np.zeros(shape, bool)
-    try:
-        from matplotlib.path import Path as MplPath
-    except ImportError:
-        from PIL import Image, ImageChops, ImageDraw
-
-        image = Image.new("1", (columns, rows), 0)
-        for polygon in polygons:
-            one = Image.new("1", (columns, rows), 0)
-            ImageDraw.Draw(one).polygon([(float(c), float(r)) for r, c in polygon], fill=1)
-            image = ImageChops.logical_xor(image, one)
-        return np.array(image, bool), "pillow"
     rr, cc = np.mgrid[0:rows, 0:columns]
     centres = np.c_[rr.ravel(), cc.ravel()].astype(float)
     for polygon in polygons:
-        inside ^= MplPath(np.asarray(polygon, float)).contains_points(centres).reshape(shape)
+        inside ^= mpl_path.Path(np.asarray(polygon, float)).contains_points(centres).reshape(shape)
     return inside, "matplotlib"
 
 
