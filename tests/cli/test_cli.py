@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from dicomlake.cli import app
+from helpers.terminal import run_on_a_terminal
 
 runner = CliRunner()
 
@@ -170,44 +171,10 @@ def test_demo_ingests_the_sample_data_and_answers(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_progress_and_summary_table_on_a_terminal(small_folder: Path, tmp_path: Path) -> None:
-    import os
-    import pty
-
-    primary, secondary = pty.openpty()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomlake",
-            "ingest",
-            str(small_folder),
-            "--lake",
-            str(tmp_path / "lake"),
-            "-w",
-            "1",
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=secondary,
-        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
+    run = run_on_a_terminal(
+        ["ingest", str(small_folder), "--lake", str(tmp_path / "lake"), "-w", "1"]
     )
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(primary, 4096)
-        except OSError:  # the terminal closed: the process is done
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    process.wait(timeout=120)
-    os.close(primary)
-    assert process.stdout is not None
-    with process.stdout:
-        stdout = process.stdout.read()
-    screen = b"".join(chunks).decode("utf-8", "replace")
-    assert process.returncode == 0
-    assert "files/s" in screen  # the live line and the table both say it
-    assert "skipped unchanged" in screen and "not_dicom" in screen
-    assert stdout == b""  # nothing on stdout
+    assert run.returncode == 0
+    assert "files/s" in run.screen  # the live line and the table both say it
+    assert "skipped unchanged" in run.screen and "not_dicom" in run.screen
+    assert run.stdout == b""  # nothing on stdout

@@ -11,12 +11,9 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import pty
 import random
 import shutil
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +37,7 @@ from dicomlake.dicom.nifti import nifti_voxels
 from dicomlake.jobs.labels import load_labels
 from dicomlake.jobs.nifti import NOT_GRAYSCALE, PATIENT_TAGS, NiftiSummary, export_nifti
 from dicomlake.sample import sample_file
+from helpers.terminal import run_on_a_terminal
 
 nib = pytest.importorskip("nibabel", reason="nibabel is not installed (the ml extra)")
 hd = pytest.importorskip("highdicom", reason="highdicom is not installed (the ml extra)")
@@ -657,39 +655,8 @@ def test_cli_wrong_options_exit_2(
 
 @pytest.mark.slow
 def test_cli_progress_on_a_terminal(exported: Exported, tmp_path: Path) -> None:
-    primary, secondary = pty.openpty()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomlake",
-            "export-nifti",
-            "-l",
-            str(exported.lake),
-            "-o",
-            str(tmp_path / "out"),
-        ],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=secondary,
-        env={**os.environ, "COLUMNS": "120", "TERM": "xterm"},
-    )
-    os.close(secondary)
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(primary, 4096)
-        except OSError:  # the terminal closed: the process is done
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    process.wait(timeout=120)
-    os.close(primary)
-    assert process.stdout is not None
-    with process.stdout:
-        stdout = process.stdout.read().decode()
-    screen = b"".join(chunks).decode("utf-8", "replace")
-    assert process.returncode == 0
-    assert f"/{len(exported.series)} series · " in screen and " written · " in screen
+    run = run_on_a_terminal(["export-nifti", "-l", str(exported.lake), "-o", str(tmp_path / "out")])
+    stdout = run.stdout.decode()
+    assert run.returncode == 0
+    assert f"/{len(exported.series)} series · " in run.screen and " written · " in run.screen
     assert stdout.startswith(f"export-nifti: {len(exported.series)} series, 6 written, 4 skipped")
