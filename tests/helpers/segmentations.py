@@ -23,21 +23,10 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from dicomlake.sample import sample_file
+from helpers.geometry import AXIAL, OBLIQUE
 
-AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 ORIGIN = np.array([-158.135803, -179.035797, -75.699997])
 SIZE = 128
-
-
-def turned(degrees_x: float, degrees_z: float) -> tuple[float, ...]:
-    ax, az = np.radians(degrees_x), np.radians(degrees_z)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    turn = rz @ rx
-    return (*(turn @ [1.0, 0, 0]).round(6).tolist(), *(turn @ [0, 1.0, 0]).round(6).tolist())
-
-
-OBLIQUE = turned(30, 20)
 
 
 @dataclass

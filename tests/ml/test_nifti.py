@@ -37,6 +37,7 @@ from dicomlake.dicom.nifti import nifti_voxels
 from dicomlake.jobs.labels import load_labels
 from dicomlake.jobs.nifti import NOT_GRAYSCALE, PATIENT_TAGS, NiftiSummary, export_nifti
 from dicomlake.sample import sample_file
+from helpers.geometry import AXIAL, OBLIQUE, turned
 from helpers.terminal import run_on_a_terminal
 
 nib = pytest.importorskip("nibabel", reason="nibabel is not installed (the ml extra)")
@@ -48,18 +49,9 @@ needs_dcm2niix = pytest.mark.skipif(
 )
 
 ROWS, COLUMNS, SLICES = 64, 48, 20
-AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 ORIGIN = np.array([-30.5, -20.25, 10.0])
 PATIENT_NAME, PATIENT_ID = "Secret^Patient", "PID-4711"
 runner = CliRunner()
-
-
-def turned(degrees_x: float, degrees_z: float) -> tuple[float, ...]:
-    ax, az = np.radians(degrees_x), np.radians(degrees_z)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    turn = rz @ rx
-    return (*(turn @ [1.0, 0, 0]).round(6).tolist(), *(turn @ [0, 1.0, 0]).round(6).tolist())
 
 
 @dataclass
@@ -447,7 +439,7 @@ def test_overlapping_segments_are_channels(exported: Exported) -> None:
 
 def test_rt_structure_set_labels_as_the_labels_job_places_them(tmp_path: Path) -> None:
     """An RTSTRUCT (a ring: a contour with a hole) exports as load_labels rasterizes it."""
-    from helpers.segmentations import OBLIQUE, Roi, star
+    from helpers.segmentations import Roi, star
     from helpers.segmentations import write_rtstruct as write_structure_set
     from helpers.segmentations import write_series as write_ct
 

@@ -30,21 +30,10 @@ from dicomlake.lake.sql import connect
 from dicomlake.ml.volumes import build_volumes
 from dicomlake.sample import pydicom_test_files, sample_file
 from dicomlake.schema import VOLUMES_SCHEMA
+from helpers.geometry import AXIAL, OBLIQUE, turned
 
-AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 ORIGIN = np.array([-158.135803, -179.035797, -75.699997])
 runner = CliRunner()
-
-
-def turned(degrees_x: float, degrees_z: float) -> tuple[float, ...]:
-    ax, az = np.radians(degrees_x), np.radians(degrees_z)
-    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    turn = rz @ rx
-    return (*(turn @ [1.0, 0, 0]).round(6).tolist(), *(turn @ [0, 1.0, 0]).round(6).tolist())
-
-
-OBLIQUE = turned(30, 20)
 
 
 @dataclass
