@@ -15,6 +15,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pydicom
@@ -129,6 +130,28 @@ def segment_description(number: int, label: str, algorithm: str = "MANUAL") -> o
     )
 
 
+def new_seg(
+    sources: Sequence[Dataset], pixels: np.ndarray, descriptions: Sequence[object], kind: str
+) -> Any:
+    """A highdicom SEG over ``sources`` (new UIDs, series 100): ``pixels`` in their order."""
+    import highdicom as hd
+
+    return hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=pixels,
+        segmentation_type=kind,
+        segment_descriptions=descriptions,
+        series_instance_uid=generate_uid(),
+        series_number=100,
+        sop_instance_uid=generate_uid(),
+        instance_number=1,
+        manufacturer="dicomlake tests",
+        manufacturer_model_name="segmentations",
+        software_versions="1",
+        device_serial_number="1",
+    )
+
+
 def write_seg(
     path: Path,
     series: Series,
@@ -144,24 +167,10 @@ def write_seg(
     segment numbers. ``by_position`` drops the frames' source references, so only
     their plane positions place them.
     """
-    import highdicom as hd
 
     descriptions = [segment_description(i + 1, label) for i, label in enumerate(labels)]
     pixels = series.in_file_order(masks)
-    seg = hd.seg.Segmentation(
-        source_images=series.datasets,
-        pixel_array=pixels,
-        segmentation_type=kind,
-        segment_descriptions=descriptions,
-        series_instance_uid=generate_uid(),
-        series_number=100,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="dicomlake tests",
-        manufacturer_model_name="segmentations",
-        software_versions="1",
-        device_serial_number="1",
-    )
+    seg = new_seg(series.datasets, pixels, descriptions, kind)
     if by_position:
         for item in seg.PerFrameFunctionalGroupsSequence:
             del item.DerivationImageSequence

@@ -38,6 +38,7 @@ from dicomlake.jobs.labels import load_labels
 from dicomlake.jobs.nifti import NOT_GRAYSCALE, PATIENT_TAGS, NiftiSummary, export_nifti
 from dicomlake.sample import sample_file
 from helpers.geometry import AXIAL, OBLIQUE, turned
+from helpers.segmentations import new_seg
 from helpers.terminal import run_on_a_terminal
 
 nib = pytest.importorskip("nibabel", reason="nibabel is not installed (the ml extra)")
@@ -207,20 +208,7 @@ def write_seg(series: Written, path: Path, boxes: dict[str, Box]) -> Seg:
         )
         for n, label in enumerate(boxes)
     ]
-    seg = hd.seg.Segmentation(
-        source_images=sources,
-        pixel_array=masks,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=described,
-        series_instance_uid=generate_uid(),
-        series_number=100,
-        sop_instance_uid=generate_uid(),
-        instance_number=1,
-        manufacturer="ACME",
-        manufacturer_model_name="Seg 1",
-        software_versions="1",
-        device_serial_number="1",
-    )
+    seg = new_seg(sources, masks, described, "BINARY")
     path.parent.mkdir(parents=True)
     seg.save_as(path)
     return Seg(str(seg.SOPInstanceUID), masks, tuple(boxes))
