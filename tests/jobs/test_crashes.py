@@ -24,6 +24,7 @@ from deltalake import DeltaTable
 import dicomlake
 from dicomlake.lake import instances_uri
 from dicomlake.lake.maintenance import table_state
+from helpers.disks import small_tmpfs
 from helpers.runs import (
     RUN_MARKER,
     ingest_command,
@@ -189,15 +190,8 @@ def test_an_interrupted_commit_is_ignored_and_reported(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Path:
     """A 256 KiB file system (tmpfs), where a lake of a few hundred rows fills it."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    with small_tmpfs(tmp_path / "disk") as disk:
+        yield disk
 
 
 def test_disk_full_gives_a_clear_error_and_the_lake_opens(

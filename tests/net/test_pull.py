@@ -23,6 +23,7 @@ from dicomlake.net.pull import Pull, Timeouts, parse_matches
 from dicomlake.rows import row_id
 from dicomlake.storage.locations import file_uri
 from helpers.dimse import DCMTK_ENV, lake_rows, lake_sops, make_studies
+from helpers.disks import small_tmpfs
 from helpers.orthanc import OrthancServer, free_port
 
 pytestmark = [pytest.mark.orthanc, pytest.mark.slow]
@@ -185,14 +186,7 @@ def test_a_full_disk_counts_each_instance_not_stored(
     pacs: OrthancServer, files: list[Path], tmp_path: Path
 ) -> None:
     """Store on a 256 KiB file system: what does not fit is failed, and the CLI says so."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with small_tmpfs(tmp_path / "disk") as disk:
         lake = str(tmp_path / "lake")
         command = [
             *DICOMLAKE, "pull", "--from", f"ORTHANC@127.0.0.1:{pacs.dicom_port}",
@@ -206,8 +200,6 @@ def test_a_full_disk_counts_each_instance_not_stored(
         assert f"{24 - len(stored)} failed" in done.stdout
         assert "0xA700 DiskFull" in done.stderr
         assert {p.stem for p in (disk / "store").rglob("*.dcm")} == stored
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_pull_from_our_own_scp_and_an_unknown_move_destination(tmp_path: Path) -> None:

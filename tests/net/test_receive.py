@@ -36,6 +36,7 @@ from helpers.dimse import (
     storable,
     storescu,
 )
+from helpers.disks import small_tmpfs
 from helpers.orthanc import free_port
 
 DCMTK_SKIP = "dcmtk not installed (apt-get install dcmtk)"
@@ -192,15 +193,8 @@ def test_a_data_set_that_does_not_decode_fails_and_the_association_goes_on(
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB file system (tmpfs) for the store."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    yield disk
-    subprocess.run(["umount", str(disk)], check=True)
+    with small_tmpfs(tmp_path / "disk") as disk:
+        yield disk
 
 
 def test_a_full_disk_fails_the_store_and_leaves_no_half_file(
