@@ -16,17 +16,16 @@ pytest.importorskip("torch")
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
-@pytest.mark.slow
-def test_train_tiny_builds_a_lake_and_trains_two_epochs(tmp_path: Path) -> None:
-    lake, cache = tmp_path / "lake", tmp_path / "cache"
+def train(script: str, lake: Path, data: Path, cache: Path) -> subprocess.CompletedProcess[str]:
+    """Run a training example for two epochs in the foreground (no loader workers)."""
     result = subprocess.run(
         [
             sys.executable,
-            str(EXAMPLES / "train_tiny.py"),
+            str(EXAMPLES / script),
             "--lake",
             str(lake),
             "--data",
-            str(tmp_path / "data"),
+            str(data),
             "--epochs",
             "2",
             "--workers",
@@ -40,6 +39,13 @@ def test_train_tiny_builds_a_lake_and_trains_two_epochs(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
+@pytest.mark.slow
+def test_train_tiny_builds_a_lake_and_trains_two_epochs(tmp_path: Path) -> None:
+    lake, cache = tmp_path / "lake", tmp_path / "cache"
+    result = train("train_tiny.py", lake, tmp_path / "data", cache)
     assert (lake / "instances" / "_delta_log").is_dir()
     classes = re.search(r"(\d+) frames, classes \{(.*)\}", result.stdout)
     assert classes is not None and int(classes.group(1)) > 100
@@ -57,27 +63,7 @@ def test_train_tiny_builds_a_lake_and_trains_two_epochs(tmp_path: Path) -> None:
 def test_train_seg_builds_a_lake_of_segs_and_trains_two_epochs(tmp_path: Path) -> None:
     pytest.importorskip("highdicom", reason="highdicom (the ml extra) writes the SEGs")
     cache = tmp_path / "cache"
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / "train_seg.py"),
-            "--lake",
-            str(tmp_path / "lake"),
-            "--data",
-            str(tmp_path / "data"),
-            "--epochs",
-            "2",
-            "--workers",
-            "0",
-            "--cache-dir",
-            str(cache),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = train("train_seg.py", tmp_path / "lake", tmp_path / "data", cache)
     assert "8 segmentations, 8 segments, 8 ok" in result.stdout
     assert "8 segmentations, 0 rejected" in result.stdout
     epochs = re.findall(r"epoch \d+: loss ([0-9.]+), dice ([0-9.]+)", result.stdout)
