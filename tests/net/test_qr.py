@@ -11,7 +11,7 @@ import re
 import shutil
 import subprocess
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +55,19 @@ def dcmtk(
         cwd=cwd,
         check=False,
     )
+
+
+def ask(
+    tool: str, port: int, *args: str | Path, keys: Sequence[str] = ()
+) -> subprocess.CompletedProcess[str]:
+    """A dcmtk tool's call to the lake's SCP (AE DICOMLAKE on 127.0.0.1), ``-k`` each key."""
+    query = [arg for key in keys for arg in ("-k", key)]
+    return dcmtk(tool, *args, "-aec", "DICOMLAKE", *query, "127.0.0.1", port)
+
+
+def study(uid: str) -> list[str]:
+    """The keys of a study-level retrieval of ``uid``."""
+    return ["QueryRetrieveLevel=STUDY", f"StudyInstanceUID={uid}"]
 
 
 def originals() -> dict[str, Dataset]:
@@ -129,10 +142,7 @@ def find(scp: QueryRetrieveSCP, tmp_path: Path, *keys: str, root: str = "-S") ->
     """findscu's answers, read from the response files it extracts."""
     out = tmp_path / f"find{len(list(tmp_path.iterdir()))}"
     out.mkdir()
-    args = [root, "-aec", "DICOMLAKE", "-X", "-od", out]
-    for key in keys:
-        args += ["-k", key]
-    result = dcmtk("findscu", *args, "127.0.0.1", scp.port)
+    result = ask("findscu", scp.port, root, "-X", "-od", out, keys=keys)
     assert result.returncode == 0, result.stderr
     return [dcmread(f) for f in sorted(out.glob("rsp*.dcm"))]
 
@@ -155,7 +165,7 @@ def counts(log: str) -> dict[str, int]:
 
 
 def test_echoscu_gets_an_answer(scp: QueryRetrieveSCP) -> None:
-    result = dcmtk("echoscu", "-aec", "DICOMLAKE", "127.0.0.1", scp.port)
+    result = ask("echoscu", scp.port)
     assert result.returncode == 0, result.stderr
     assert "Received Echo Response (Success)" in result.stderr
 
@@ -311,10 +321,8 @@ def test_patient_root_finds_patients_and_their_studies(
 def test_a_level_the_model_lacks_is_refused(scp: QueryRetrieveSCP, tmp_path: Path) -> None:
     out = tmp_path / "out"
     out.mkdir()
-    result = dcmtk(
-        "findscu", "-S", "-aec", "DICOMLAKE", "-X", "-od", out,
-        "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID", "127.0.0.1", scp.port,
-    )  # fmt: skip
+    keys = ["QueryRetrieveLevel=PATIENT", "PatientID"]
+    result = ask("findscu", scp.port, "-S", "-X", "-od", out, keys=keys)
     assert "DataSetDoesNotMatchSOPClass" in result.stderr
     assert not list(out.iterdir())
 
@@ -324,11 +332,7 @@ def test_a_level_the_model_lacks_is_refused(scp: QueryRetrieveSCP, tmp_path: Pat
 
 def test_getscu_retrieves_a_study_with_its_pixels(scp: QueryRetrieveSCP, tmp_path: Path) -> None:
     # getscu takes only uncompressed syntaxes: the RLE file comes decompressed
-    result = dcmtk(
-        "getscu", "-S", "-aec", "DICOMLAKE", "-od", tmp_path,
-        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={SC_STUDY}",
-        "127.0.0.1", scp.port,
-    )  # fmt: skip
+    result = ask("getscu", scp.port, "-S", "-od", tmp_path, keys=study(SC_STUDY))
     assert counts(result.stderr) == {"remaining": 0, "completed": 2, "failed": 0, "warning": 0}
     got = {str(ds.SOPInstanceUID): ds for ds in map(dcmread, tmp_path.iterdir())}
     sources = originals()
@@ -390,11 +394,7 @@ def test_a_missing_file_is_a_failed_sub_operation(tmp_path: Path) -> None:
     out = tmp_path / "got"
     out.mkdir()
     with QueryRetrieveSCP(str(lake.path), port=0) as server:
-        result = dcmtk(
-            "getscu", "-S", "-aec", "DICOMLAKE", "-od", out,
-            "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={SC_STUDY}",
-            "127.0.0.1", server.port,
-        )  # fmt: skip
+        result = ask("getscu", server.port, "-S", "-od", out, keys=study(SC_STUDY))
         assert counts(result.stderr) == {
             "remaining": 0,
             "completed": 1,
@@ -403,7 +403,7 @@ def test_a_missing_file_is_a_failed_sub_operation(tmp_path: Path) -> None:
         }
         assert "SubOperationsCompleteOneOrMoreFailures" in status_of(result.stderr)
         # the server goes on answering
-        assert dcmtk("echoscu", "-aec", "DICOMLAKE", "127.0.0.1", server.port).returncode == 0
+        assert ask("echoscu", server.port).returncode == 0
     assert [dcmread(p).SOPInstanceUID for p in out.iterdir()] == [
         dcmread(sample_file("SC_rgb_small_odd.dcm")).SOPInstanceUID
     ]
@@ -416,11 +416,8 @@ def test_movescu_sends_a_patient_to_storescp(
     scp: QueryRetrieveSCP, store: tuple[Peer, Path]
 ) -> None:
     _, folder = store
-    result = dcmtk(
-        "movescu", "-P", "-aec", "DICOMLAKE", "-aem", "STORE",
-        "-k", "QueryRetrieveLevel=PATIENT", "-k", "PatientID=8NM1",
-        "127.0.0.1", scp.port,
-    )  # fmt: skip
+    keys = ["QueryRetrieveLevel=PATIENT", "PatientID=8NM1"]
+    result = ask("movescu", scp.port, "-P", "-aem", "STORE", keys=keys)
     assert "Success" in status_of(result.stderr), result.stderr
     received = {str(dcmread(p).SOPInstanceUID): dcmread(p) for p in folder.iterdir()}
     original = dcmread(sample_file("JPEG2000.dcm"))
@@ -432,11 +429,7 @@ def test_movescu_sends_a_patient_to_storescp(
 
 
 def test_move_to_an_unknown_destination_is_refused(scp: QueryRetrieveSCP) -> None:
-    result = dcmtk(
-        "movescu", "-S", "-aec", "DICOMLAKE", "-aem", "NOWHERE",
-        "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={NM_STUDY}",
-        "127.0.0.1", scp.port,
-    )  # fmt: skip
+    result = ask("movescu", scp.port, "-S", "-aem", "NOWHERE", keys=study(NM_STUDY))
     assert "MoveDestinationUnknown" in status_of(result.stderr)
 
 
@@ -445,10 +438,8 @@ def test_move_to_an_unknown_destination_is_refused(scp: QueryRetrieveSCP) -> Non
 
 def test_an_allow_list_rejects_other_calling_aes(lake: Lake) -> None:
     with QueryRetrieveSCP(str(lake.path), port=0, allow_aets=["WORKSTATION"]) as server:
-        allowed = dcmtk(
-            "echoscu", "-aet", "WORKSTATION", "-aec", "DICOMLAKE", "127.0.0.1", server.port
-        )
-        other = dcmtk("echoscu", "-aet", "INTRUDER", "-aec", "DICOMLAKE", "127.0.0.1", server.port)
+        allowed = ask("echoscu", server.port, "-aet", "WORKSTATION")
+        other = ask("echoscu", server.port, "-aet", "INTRUDER")
     assert allowed.returncode == 0
     assert other.returncode != 0
     assert "Association Rejected" in other.stderr
@@ -468,11 +459,9 @@ def test_tls_associations_need_a_certificate_the_ca_signed(lake: Lake, tmp_path:
     )  # fmt: skip
     tls = server_tls(TlsFiles(str(cert), str(key), str(cert)))  # self-signed: its own CA
     with QueryRetrieveSCP(str(lake.path), port=0, ssl_context=tls) as server:
-        secure = dcmtk(
-            "echoscu", "+tls", key, cert, "+cf", cert, "-aec", "DICOMLAKE", "127.0.0.1", server.port
-        )
-        plain = dcmtk("echoscu", "-aec", "DICOMLAKE", "127.0.0.1", server.port)
-        anonymous = dcmtk("echoscu", "+tla", "-ic", "-aec", "DICOMLAKE", "127.0.0.1", server.port)
+        secure = ask("echoscu", server.port, "+tls", key, cert, "+cf", cert)
+        plain = ask("echoscu", server.port)
+        anonymous = ask("echoscu", server.port, "+tla", "-ic")
     assert secure.returncode == 0, secure.stderr
     assert "Received Echo Response (Success)" in secure.stderr
     assert plain.returncode != 0
@@ -484,10 +473,7 @@ def test_a_retrieval_without_its_unique_key_is_refused(
     scp: QueryRetrieveSCP, tmp_path: Path, tool: str
 ) -> None:
     args = ["-aem", "STORE"] if tool == "movescu" else ["-od", tmp_path]
-    result = dcmtk(
-        tool, "-S", "-aec", "DICOMLAKE", *args,
-        "-k", "QueryRetrieveLevel=SERIES", "-k", f"StudyInstanceUID={NM_STUDY}",
-        "127.0.0.1", scp.port,
-    )  # fmt: skip
+    keys = ["QueryRetrieveLevel=SERIES", f"StudyInstanceUID={NM_STUDY}"]
+    result = ask(tool, scp.port, "-S", *args, keys=keys)
     assert "DataSetDoesNotMatchSOPClass" in status_of(result.stderr), result.stderr
     assert not list(tmp_path.iterdir())
