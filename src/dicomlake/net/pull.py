@@ -37,14 +37,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from dicomlake.dicom.uids import is_uid
 from dicomlake.errors import PeerError
 from dicomlake.jobs.store import StoreRows, catch_up
 from dicomlake.net.peers import DEFAULT_AET, Peer, TlsFiles, check_ae_title, client_tls
-from dicomlake.net.receive import InstanceSink, Receiver, ReceiveSummary
+from dicomlake.net.receive import InstanceSink, Receiver, ReceiveSummary, Tally
 
 if TYPE_CHECKING:
     from pydicom import Dataset
@@ -95,7 +95,7 @@ class Timeouts:
 
 
 @dataclass(slots=True)
-class PullSummary:
+class PullSummary(Tally):
     """What a pull found, fetched, skipped and failed."""
 
     studies: int = 0
@@ -103,16 +103,6 @@ class PullSummary:
     instances: int = 0
     fetched: int = 0
     skipped: int = 0
-    failed: int = 0
-    bytes: int = 0
-    failures: Counter[str] = field(default_factory=Counter)
-    started: float = field(default_factory=time.monotonic)
-    ended: float | None = None
-
-    @property
-    def seconds(self) -> float:
-        """Seconds from start to end (or now)."""
-        return (self.ended or time.monotonic()) - self.started
 
     @property
     def per_second(self) -> float:

@@ -96,27 +96,32 @@ _LAST_UID_TAG: Final = 0x0020000E  # Series Instance UID: the header is read up 
 
 
 @dataclass(slots=True)
-class ReceiveSummary:
-    """What a receiver (or a pull's storage side) took in so far."""
+class Tally:
+    """What receivers and pulls both count: failures (by reason), bytes, and the clock."""
 
-    received: int = 0
-    ok: int = 0
     failed: int = 0
     bytes: int = 0
-    replaced: int = 0
-    associations: int = 0
-    rejected: int = 0
-    committed: int = 0
-    caught_up: int = 0
     failures: Counter[str] = field(default_factory=Counter)
     started: float = field(default_factory=time.monotonic)
     ended: float | None = None
 
     @property
     def seconds(self) -> float:
-        """Seconds since the start (until the stop, once stopped)."""
+        """Seconds since the start (until the end, once ended)."""
         return (self.ended or time.monotonic()) - self.started
 
+
+@dataclass(slots=True)
+class ReceiveSummary(Tally):
+    """What a receiver (or a pull's storage side) took in so far."""
+
+    received: int = 0
+    ok: int = 0
+    replaced: int = 0
+    associations: int = 0
+    rejected: int = 0
+    committed: int = 0
+    caught_up: int = 0
     #: When the first and the latest instance arrived (monotonic clock).
     first_at: float | None = None
     last_at: float | None = None
