@@ -6,7 +6,6 @@ value of a file and never the key (its fingerprint names it).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -18,10 +17,9 @@ from dicomlake.cli.options import (
     StorageOptionOption,
     WorkersOption,
     fail,
-    interactive,
     storage_config,
 )
-from dicomlake.cli.render import LiveLine
+from dicomlake.cli.render import live_progress
 from dicomlake.errors import DicomLakeError
 
 if TYPE_CHECKING:
@@ -36,19 +34,13 @@ app = typer.Typer(
 )
 
 
-class _Progress(LiveLine):
+def _progress_line(summary: DeidSummary) -> str:
     """A de-identification's live line: instances handled, written, skipped, failed."""
-
-    def __init__(self) -> None:
-        super().__init__("selecting…")
-
-    def update(self, summary: DeidSummary) -> None:
-        """Redraw with the running summary."""
-        left = summary.selected - summary.unchanged
-        self.show(
-            f"{summary.done}/{left} de-identified · {summary.ok} written · "
-            f"{sum(summary.skipped.values())} skipped · {sum(summary.errors.values())} errors"
-        )
+    left = summary.selected - summary.unchanged
+    return (
+        f"{summary.done}/{left} de-identified · {summary.ok} written · "
+        f"{sum(summary.skipped.values())} skipped · {sum(summary.errors.values())} errors"
+    )
 
 
 @app.callback()
@@ -108,9 +100,8 @@ def deid_command(
     except ValueError as exc:
         raise fail(str(exc)) from None
     storage = storage_config(anon, storage_option)
-    display = _Progress() if interactive(quiet) else None
     try:
-        with display or nullcontext():
+        with live_progress("selecting…", _progress_line, quiet) as progress:
             summary = deid(
                 lake,
                 out,
@@ -120,7 +111,7 @@ def deid_command(
                 workers=workers,
                 regions=regions,
                 storage_options=storage,
-                progress=display.update if display else None,
+                progress=progress,
             )
     except (DicomLakeError, ValueError) as exc:
         raise fail(str(exc)) from None

@@ -6,7 +6,6 @@ value of a file.
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -17,28 +16,21 @@ from dicomlake.cli.options import (
     QuietOption,
     StorageOptionOption,
     fail,
-    interactive,
     storage_config,
 )
-from dicomlake.cli.render import LiveLine
+from dicomlake.cli.render import live_progress
 from dicomlake.errors import DicomLakeError
 
 if TYPE_CHECKING:
     from dicomlake.jobs.nifti import NiftiSummary
 
 
-class _Progress(LiveLine):
+def _progress_line(summary: NiftiSummary) -> str:
     """An export's live line: series handled, written, skipped."""
-
-    def __init__(self) -> None:
-        super().__init__("checking series geometry…")
-
-    def update(self, summary: NiftiSummary) -> None:
-        """Redraw with the running summary."""
-        self.show(
-            f"{summary.done}/{summary.series} series · {len(summary.written)} written · "
-            f"{len(summary.skipped)} skipped"
-        )
+    return (
+        f"{summary.done}/{summary.series} series · {len(summary.written)} written · "
+        f"{len(summary.skipped)} skipped"
+    )
 
 
 def export_nifti_command(
@@ -85,9 +77,8 @@ def export_nifti_command(
     from dicomlake.jobs.nifti import export_nifti
 
     storage = storage_config(anon, storage_option)
-    display = _Progress() if interactive(quiet) else None
     try:
-        with display or nullcontext():
+        with live_progress("checking series geometry…", _progress_line, quiet) as progress:
             summary = export_nifti(
                 lake,
                 out,
@@ -95,7 +86,7 @@ def export_nifti_command(
                 patient_tags=patient_tags,
                 segmentations=segmentations,
                 storage_options=storage,
-                progress=display.update if display else None,
+                progress=progress,
             )
     except (DicomLakeError, ValueError, ImportError) as exc:
         raise fail(str(exc)) from None

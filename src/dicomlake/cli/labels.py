@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import TYPE_CHECKING, Annotated
 
 import typer
@@ -13,25 +12,21 @@ from dicomlake.cli.options import (
     QuietOption,
     StorageOptionOption,
     fail,
-    interactive,
     storage_config,
 )
-from dicomlake.cli.render import LiveLine
+from dicomlake.cli.render import live_progress
 from dicomlake.errors import DicomLakeError
 
 if TYPE_CHECKING:
     from dicomlake.jobs.labels import SegmentsSummary
 
 
-class _Progress(LiveLine):
+def _progress_line(summary: SegmentsSummary) -> str:
     """The live line: segmentations read, segments placed, not placed."""
-
-    def update(self, summary: SegmentsSummary) -> None:
-        """Redraw with the running summary."""
-        self.show(
-            f"{summary.segmentations} segmentations · {summary.ok} segments placed · "
-            f"{summary.empty} empty · {sum(summary.errors.values())} not placed"
-        )
+    return (
+        f"{summary.segmentations} segmentations · {summary.ok} segments placed · "
+        f"{summary.empty} empty · {sum(summary.errors.values())} not placed"
+    )
 
 
 def labels_command(
@@ -52,14 +47,13 @@ def labels_command(
     from dicomlake.jobs.labels import build_segments
 
     storage = storage_config(anon, storage_option)
-    display = _Progress("reading segmentations…") if interactive(quiet) else None
     try:
-        with display or nullcontext():
+        with live_progress("reading segmentations…", _progress_line, quiet) as progress:
             summary = build_segments(
                 lake,
                 where,
                 storage_options=storage,
-                progress=display.update if display else None,
+                progress=progress,
             )
     except DicomLakeError as exc:
         raise fail(str(exc)) from None

@@ -6,12 +6,14 @@ Kept apart from the commands, which only parse options and call the API.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import typer
 
-from dicomlake.cli.options import OutputFormat
+from dicomlake.cli.options import OutputFormat, interactive
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -105,6 +107,24 @@ class LiveLine:
 
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(None, None, None)
+
+
+_Summary = TypeVar("_Summary")
+
+
+@contextmanager
+def live_progress(
+    first: str, line: Callable[[_Summary], str], quiet: bool
+) -> Iterator[Callable[[_Summary], None] | None]:
+    """A job's ``progress`` callback that redraws a live line with ``line(summary)``.
+
+    The line starts as ``first``. None (no callback) when quiet or stderr is no terminal.
+    """
+    if not interactive(quiet):
+        yield None
+        return
+    with LiveLine(first) as display:
+        yield lambda summary: display.show(line(summary))
 
 
 class Progress(LiveLine):
