@@ -134,6 +134,25 @@ def read_segmentation(
         return read_rtstruct(fp)
 
 
+def _read_or_fail(
+    path: str, sop_class: str | None, modality: str | None, storage_options: StorageOptions
+) -> Segmentation:
+    """:func:`read_segmentation`, its read errors raised as :class:`ExtractError`.
+
+    Raises:
+        ExtractError: The file cannot be read.
+        ImportError: highdicom is missing (SEG).
+    """
+    try:
+        return read_segmentation(path, sop_class, modality, storage_options=storage_options)
+    except ImportError:
+        raise
+    except Exception as exc:
+        raise ExtractError(
+            f"cannot read segmentation {path}: {error_text(exc)}", path=path
+        ) from exc
+
+
 def referenced_series(doc: Segmentation) -> list[str | None]:
     """The series a segmentation labels, in file order (None: it names none)."""
     if isinstance(doc, SegFile):
@@ -481,14 +500,7 @@ def label_array(
             placed on the volume.
         ImportError: highdicom is missing (SEG).
     """
-    try:
-        doc = read_segmentation(path, sop_class, modality, storage_options=storage_options)
-    except ImportError:
-        raise
-    except Exception as exc:
-        raise ExtractError(
-            f"cannot read segmentation {path}: {error_text(exc)}", path=path
-        ) from exc
+    doc = _read_or_fail(path, sop_class, modality, storage_options)
     masks = masks_on(doc, series_uid, target)
     wanted = (
         tuple(numbers)
@@ -556,16 +568,7 @@ def load_labels(
         )
     row = table.to_pylist()[0]
     path = row["path"]
-    try:
-        doc = read_segmentation(
-            path, row["SOPClassUID"], row["Modality"], storage_options=storage_options
-        )
-    except ImportError:
-        raise
-    except Exception as exc:
-        raise ExtractError(
-            f"cannot read segmentation {path}: {error_text(exc)}", path=path
-        ) from exc
+    doc = _read_or_fail(path, row["SOPClassUID"], row["Modality"], storage_options)
     series = [u for u in referenced_series(doc) if u is not None]
     chosen = series_uid or (series[0] if series else None)
     if chosen is None:
