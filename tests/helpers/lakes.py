@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import dicomlake
+from dicomlake.sample import sample_file
 
 
 def build_lake(sources: list[str], lake: str) -> None:
@@ -34,3 +38,14 @@ def build_lake(sources: list[str], lake: str) -> None:
         f"{wanted} frames to draw, {drawn} drawn ({summary.thumbnails} by the run), "
         f"{missing} instances without all of theirs: {dict(summary.thumbnail_errors)}"
     )
+
+
+def small_runs(folder: Path, lake: Path, rounds: int = 6) -> None:
+    """A lake built by ``rounds`` runs without optimize: a small data file (at least) per
+    run, two real files (CT and MR) in each."""
+    for i in range(rounds):
+        sub = folder / f"r{i}"
+        sub.mkdir(parents=True)
+        shutil.copyfile(sample_file("CT_small.dcm"), sub / "ct.dcm")
+        shutil.copyfile(sample_file("MR_small.dcm"), sub / "mr.dcm")
+        dicomlake.ingest([str(folder)], str(lake), workers=0, optimize=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -18,18 +17,8 @@ from dicomlake.lake import compaction
 from dicomlake.lake.compaction import compact_table
 from dicomlake.lake.shards import filesystem
 from dicomlake.lake.tables import open_table
-from dicomlake.sample import sample_file
 from dicomlake.schema import INSTANCES_SCHEMA
-
-
-def small_runs(folder: Path, lake: Path, rounds: int) -> None:
-    """A lake built by several runs, one data file each (two real files per run)."""
-    for i in range(rounds):
-        sub = folder / f"r{i}"
-        sub.mkdir(parents=True)
-        shutil.copyfile(sample_file("CT_small.dcm"), sub / "ct.dcm")
-        shutil.copyfile(sample_file("MR_small.dcm"), sub / "mr.dcm")
-        dicomlake.ingest([str(folder)], str(lake), workers=0, optimize=False)
+from helpers.lakes import small_runs
 
 
 def rows(lake: Path) -> list[dict]:

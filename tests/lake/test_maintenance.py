@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,16 +15,7 @@ from dicomlake.cli import app
 from dicomlake.lake.maintenance import file_count, optimize
 from dicomlake.sample import sample_file
 from dicomlake.schema import INSTANCES_SCHEMA
-
-
-def many_small_commits(folder: Path, lake: Path, rounds: int = 6) -> None:
-    """A lake built by several runs: one data file (at least) per run."""
-    for i in range(rounds):
-        sub = folder / f"r{i}"
-        sub.mkdir(parents=True)
-        shutil.copyfile(sample_file("CT_small.dcm"), sub / "ct.dcm")
-        shutil.copyfile(sample_file("MR_small.dcm"), sub / "mr.dcm")
-        dicomlake.ingest([str(folder)], str(lake), workers=0, optimize=False)
+from helpers.lakes import small_runs
 
 
 def table(lake: Path) -> list[dict]:
@@ -39,7 +29,7 @@ def table(lake: Path) -> list[dict]:
 
 def test_optimize_compacts_without_changing_a_row(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
-    many_small_commits(tmp_path / "src", lake)
+    small_runs(tmp_path / "src", lake)
     before = table(lake)
     assert file_count(str(lake), "instances") == 6
     summary = optimize(str(lake))
@@ -55,7 +45,7 @@ def test_optimize_compacts_without_changing_a_row(tmp_path: Path) -> None:
 
 def test_vacuum_removes_replaced_files_and_orphan_shards(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
-    many_small_commits(tmp_path / "src", lake, rounds=3)
+    small_runs(tmp_path / "src", lake, rounds=3)
     orphan = lake / "instances" / "part-w1-deadbeef0000-00000000.zstd.parquet"
     pq.write_table(pa.Table.from_pylist([], schema=INSTANCES_SCHEMA), orphan)
     before = table(lake)
@@ -86,7 +76,7 @@ def test_a_large_ingest_compacts_at_the_end(tmp_path: Path) -> None:
 
 def test_cli_optimize(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
-    many_small_commits(tmp_path / "src", lake, rounds=2)
+    small_runs(tmp_path / "src", lake, rounds=2)
     runner = CliRunner()
     result = runner.invoke(app, ["optimize", "--lake", str(lake), "--vacuum"])
     assert result.exit_code == 0, result.output
