@@ -117,6 +117,8 @@ class ReceiveSummary(Tally):
 
     received: int = 0
     ok: int = 0
+    #: Instances the store already held (sent again, or moved to another series):
+    #: their file and row were replaced, so ``ok`` counts more than the store holds.
     replaced: int = 0
     associations: int = 0
     rejected: int = 0
@@ -315,6 +317,7 @@ class InstanceSink:
         target = instance_path(self.root, study, series, sop)
         try:
             with store_lock(self.root):
+                again = os.path.exists(target)
                 write_file(self.root, target, data)
                 old = self.index.place(sop, target)
                 if old is not None:
@@ -339,7 +342,7 @@ class InstanceSink:
             self.summary.received += 1
             self.summary.ok += 1
             self.summary.bytes += len(data)
-            if old is not None:
+            if old is not None or again:
                 self.summary.replaced += 1
             if self._track:
                 self.stored.add(sop)
