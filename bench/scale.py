@@ -277,12 +277,16 @@ def main() -> None:
         started = time.perf_counter()
         hit = con.execute("SELECT path FROM instances WHERE SOPInstanceUID = ?", [uid]).fetchall()
         lookup_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        ct = con.sql("SELECT * FROM ct_series WHERE KVP = 120").fetchall()
+        ct_seconds = time.perf_counter() - started
         con.close()
         assert len(hit) == 1
         print(
             f"rows: {count}; group-by over instances {group_seconds:.3f} s ({len(groups)} groups)"
         )
         print(f"lookup by SOPInstanceUID: {lookup_seconds:.3f} s")
+        print(f"SELECT * FROM ct_series WHERE KVP = 120: {ct_seconds:.3f} s ({len(ct)} series)")
 
         version = table.version()
         started = time.perf_counter()

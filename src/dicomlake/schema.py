@@ -213,3 +213,80 @@ SEGMENTS_SCHEMA: Final = pa.schema(
         pa.field("created_at", pa.timestamp("us", tz="UTC")),
     ]
 )
+
+#: Acquisition attributes of an instance, by the name of their column in the
+#: ``acquisition`` table (a DICOM keyword, or a keyword with its unit). Lists hold a
+#: multi-valued attribute's values, or one value per frame of an enhanced multi-frame
+#: instance where the attribute varies across frames (tube current, echo time...).
+ACQUISITION_COLUMNS: Final[dict[str, pa.DataType]] = {
+    "ImageType": pa.list_(pa.string()),
+    "PixelSpacing_row_mm": pa.float64(),
+    "PixelSpacing_col_mm": pa.float64(),
+    "Rows": pa.int64(),
+    "Columns": pa.int64(),
+    "SliceThickness": pa.float64(),
+    # CT
+    "KVP": pa.float64(),
+    "ScanOptions": pa.list_(pa.string()),
+    "ConvolutionKernel": pa.list_(pa.string()),
+    "GantryDetectorTilt": pa.float64(),
+    "XRayTubeCurrent": pa.list_(pa.float64()),
+    "FilterType": pa.string(),
+    "Exposure": pa.list_(pa.float64()),
+    "ExposureTime": pa.list_(pa.float64()),
+    "DataCollectionDiameter": pa.float64(),
+    "ReconstructionDiameter": pa.float64(),
+    "SpiralPitchFactor": pa.float64(),
+    # MR
+    "MagneticFieldStrength": pa.float64(),
+    "ScanningSequence": pa.list_(pa.string()),
+    "SequenceVariant": pa.list_(pa.string()),
+    "MRAcquisitionType": pa.string(),
+    "EchoTime": pa.list_(pa.float64()),
+    "RepetitionTime": pa.float64(),
+    "EchoTrainLength": pa.int64(),
+    "FlipAngle": pa.float64(),
+    "PixelBandwidth": pa.float64(),
+    "ImagingFrequency": pa.float64(),
+    "ImagedNucleus": pa.string(),
+    "InversionTime": pa.float64(),
+    "ReceiveCoilName": pa.string(),
+    "SequenceName": pa.string(),
+    "DiffusionBValue": pa.list_(pa.float64()),
+    "NumberOfTemporalPositions": pa.int64(),
+    # PT
+    "SeriesType": pa.list_(pa.string()),
+    "Units": pa.string(),
+    "DecayCorrection": pa.string(),
+    "CorrectedImage": pa.list_(pa.string()),
+    "RandomsCorrectionMethod": pa.string(),
+    "ReconstructionMethod": pa.string(),
+    "ActualFrameDuration": pa.list_(pa.float64()),
+    "ScatterCorrectionMethod": pa.string(),
+    "AttenuationCorrectionMethod": pa.string(),
+    "RadionuclideCodeMeaning": pa.string(),
+    "RadionuclideTotalDose": pa.float64(),
+    "RadiopharmaceuticalStartTime": pa.string(),
+    "Radiopharmaceutical": pa.string(),
+    "NumberOfSlices": pa.int64(),
+    "NumberOfTimeSlices": pa.int64(),
+    # contrast
+    "ContrastBolusAgent": pa.string(),
+    "ContrastBolusIngredient": pa.string(),
+    "ContrastBolusRoute": pa.string(),
+}
+
+#: The ``acquisition`` table: one row per ``ok`` instance, its acquisition attributes
+#: typed (derived from ``meta`` by ``dicomlake.jobs.acquisition``). ``ingested_at`` is
+#: the instance row's, so a re-ingested file's row is redone; ``warnings`` names each
+#: value that did not convert (it is null).
+ACQUISITION_SCHEMA: Final = pa.schema(
+    [
+        pa.field("row_id", pa.int64(), nullable=False),  # the instance's row_id
+        pa.field("SeriesInstanceUID", pa.string()),
+        pa.field("Modality", pa.string()),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC")),
+        pa.field("warnings", pa.list_(pa.string())),
+    ]
+    + [pa.field(name, typ) for name, typ in ACQUISITION_COLUMNS.items()]
+)

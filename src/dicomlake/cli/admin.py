@@ -50,10 +50,13 @@ def optimize_command(
     storage_option: StorageOptionOption = None,
 ) -> None:
     """Compact the lake's small files and checkpoint its log (and vacuum on request)."""
+    from dicomlake.jobs.acquisition import update_acquisition
     from dicomlake.lake.maintenance import optimize
 
     storage = storage_config(anon, storage_option)
     try:
+        # derived tables first, so that an old lake's new ones are compacted too
+        update_acquisition(lake, storage_options=storage)
         summary = optimize(
             lake, vacuum=vacuum, retention_hours=retention_hours, storage_options=storage
         )

@@ -20,7 +20,9 @@ falls back to the Arrow dataset (and to its string filter limitation).
 
 Views: ``instances`` (the table), ``series`` and ``studies`` (aggregates of the
 ``status = 'ok'`` rows), and ``thumbnails``, ``volumes`` (series geometry),
-``patches`` and ``segments`` (segmentation labels) when the lake has those tables.
+``patches``, ``segments`` (segmentation labels) and ``acquisition`` when the lake has
+those tables; with ``acquisition``, the per-series views ``ct_series``, ``mr_series``,
+``pt_series`` and ``contrast``.
 Helpers: the macro ``tag(meta, key)`` and the table ``dicom_keywords(keyword, tag)``.
 """
 
@@ -37,6 +39,7 @@ from dicomlake._types import StorageOptions
 from dicomlake.dicom.keywords import keyword_table
 from dicomlake.errors import LakeError
 from dicomlake.lake.tables import (
+    ACQUISITION_TABLE,
     DEID_TABLE,
     INSTANCES_TABLE,
     PATCHES_TABLE,
@@ -142,7 +145,148 @@ CREATE MACRO tag(meta, key) AS
 
 
 #: Tables a lake may have beside ``instances``; each becomes a view of its name.
-OPTIONAL_TABLES = (THUMBNAILS_TABLE, VOLUMES_TABLE, PATCHES_TABLE, DEID_TABLE, SEGMENTS_TABLE)
+OPTIONAL_TABLES = (
+    THUMBNAILS_TABLE,
+    VOLUMES_TABLE,
+    PATCHES_TABLE,
+    DEID_TABLE,
+    SEGMENTS_TABLE,
+    ACQUISITION_TABLE,
+)
+
+
+def _constant(name: str) -> str:
+    # an attribute the same in every instance of a series: the smallest, to be stable
+    return f'min("{name}") AS "{name}"'
+
+
+def _min_max(name: str) -> str:
+    # a list per instance (one value per frame), dose-modulated across the series
+    return f'min(list_min("{name}")) AS "{name}_min", max(list_max("{name}")) AS "{name}_max"'
+
+
+def _distinct(name: str) -> str:
+    # every distinct value of the series, sorted (echo times, b-values)
+    return (
+        f'list_sort(list_distinct(flatten(list("{name}") FILTER (WHERE "{name}" IS NOT NULL)))) '
+        f'AS "{name}"'
+    )
+
+
+_PIXEL_COLUMNS = [
+    _constant(name)
+    for name in ("PixelSpacing_row_mm", "PixelSpacing_col_mm", "Rows", "Columns", "SliceThickness")
+]
+
+
+def _series_view(name: str, where: str, columns: list[str], having: str = "") -> str:
+    listing = ",\n    ".join(columns)
+    return f"""
+CREATE VIEW {name} AS
+SELECT
+    "SeriesInstanceUID",
+    min("Modality") AS "Modality",
+    count(*) AS n_instances,
+    {listing}
+FROM acquisition
+WHERE "SeriesInstanceUID" IS NOT NULL AND ({where})
+GROUP BY "SeriesInstanceUID"
+{having}
+"""
+
+
+#: Per-modality series views over the ``acquisition`` table (see the README).
+_ACQUISITION_VIEWS = (
+    _series_view(
+        "ct_series",
+        "\"Modality\" = 'CT'",
+        [
+            _constant("ImageType"),
+            *_PIXEL_COLUMNS,
+            *map(_constant, ("KVP", "ScanOptions", "ConvolutionKernel", "GantryDetectorTilt")),
+            _min_max("XRayTubeCurrent"),
+            _constant("FilterType"),
+            _min_max("Exposure"),
+            _min_max("ExposureTime"),
+            *map(
+                _constant,
+                ("DataCollectionDiameter", "ReconstructionDiameter", "SpiralPitchFactor"),
+            ),
+        ],
+    ),
+    _series_view(
+        "mr_series",
+        "\"Modality\" = 'MR'",
+        [
+            _constant("ImageType"),
+            *map(
+                _constant,
+                (
+                    "MagneticFieldStrength",
+                    "ScanningSequence",
+                    "SequenceVariant",
+                    "MRAcquisitionType",
+                ),
+            ),
+            _distinct("EchoTime"),
+            *map(
+                _constant,
+                (
+                    "RepetitionTime",
+                    "EchoTrainLength",
+                    "FlipAngle",
+                    "PixelBandwidth",
+                    "ImagingFrequency",
+                    "ImagedNucleus",
+                ),
+            ),
+            *_PIXEL_COLUMNS,
+            *map(_constant, ("InversionTime", "ReceiveCoilName", "SequenceName")),
+            _distinct("DiffusionBValue"),
+            _constant("NumberOfTemporalPositions"),
+        ],
+    ),
+    _series_view(
+        "pt_series",
+        "\"Modality\" = 'PT'",
+        [
+            *map(
+                _constant,
+                (
+                    "SeriesType",
+                    "Units",
+                    "DecayCorrection",
+                    "CorrectedImage",
+                    "RandomsCorrectionMethod",
+                    "ReconstructionMethod",
+                ),
+            ),
+            _distinct("ActualFrameDuration"),
+            *map(
+                _constant,
+                (
+                    "ScatterCorrectionMethod",
+                    "AttenuationCorrectionMethod",
+                    "RadionuclideCodeMeaning",
+                    "RadionuclideTotalDose",
+                    "RadiopharmaceuticalStartTime",
+                    "Radiopharmaceutical",
+                ),
+            ),
+            *_PIXEL_COLUMNS,
+            *map(_constant, ("NumberOfSlices", "NumberOfTimeSlices")),
+        ],
+    ),
+    _series_view(
+        "contrast",
+        "TRUE",
+        [
+            _constant(name)
+            for name in ("ContrastBolusAgent", "ContrastBolusIngredient", "ContrastBolusRoute")
+        ],
+        having='HAVING count("ContrastBolusAgent") + count("ContrastBolusIngredient") > 0',
+    ),
+)
 
 #: DuckDB schema for helper tables that users need not see in SHOW TABLES.
 _PRIVATE = "dicomlake_internal"
@@ -329,6 +473,9 @@ def connect(
             if table_exists(lake, name, storage_options=storage_options):
                 table = open_table(lake, name, storage_options=storage_options)
                 _register_table(con, name, table, lake, storage_options)
+                if name == ACQUISITION_TABLE:
+                    for view in _ACQUISITION_VIEWS:
+                        con.execute(view)
         _register_tag_helpers(con)
         con.execute("SET VARIABLE dicomlake_lake = ?", [lake])
         con.execute("SET VARIABLE dicomlake_version = ?::BIGINT", [dt.version()])

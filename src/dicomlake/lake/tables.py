@@ -22,6 +22,7 @@ from deltalake.exceptions import DeltaError
 
 from dicomlake.errors import LakeError, TableNotFound
 from dicomlake.schema import (
+    ACQUISITION_SCHEMA,
     DEID_SCHEMA,
     INSTANCES_SCHEMA,
     PATCHES_SCHEMA,
@@ -46,6 +47,7 @@ VOLUMES_TABLE: Final = "volumes"
 PATCHES_TABLE: Final = "patches"
 DEID_TABLE: Final = "deid"
 SEGMENTS_TABLE: Final = "segments"
+ACQUISITION_TABLE: Final = "acquisition"
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +99,12 @@ TABLES: Final[dict[str, TableSpec]] = {
             SEGMENTS_SCHEMA,
             ("row_id", "ReferencedSeriesInstanceUID", "segment_number"),
             "dicomlake: one row per segment of a SEG or ROI of an RT structure set",
+        ),
+        TableSpec(
+            ACQUISITION_TABLE,
+            ACQUISITION_SCHEMA,
+            ("row_id",),
+            "dicomlake: acquisition attributes of each ok instance, typed, from its meta",
         ),
     )
 }

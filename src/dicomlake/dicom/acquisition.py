@@ -1,0 +1,287 @@
+"""Acquisition attributes of one instance, typed, from its header's DICOM JSON.
+
+The columns and their Arrow types are fixed by
+:data:`dicomlake.schema.ACQUISITION_COLUMNS`. A classic object holds each attribute
+at the top level (or in a sequence such as (0054,0016) *Radiopharmaceutical
+Information Sequence*, whose first item counts); an enhanced multi-frame object holds
+most of them in functional group macros: each frame's item of (5200,9230)
+*Per-Frame Functional Groups Sequence*, else the item of (5200,9229) *Shared
+Functional Groups Sequence*. A list column gets one value per frame there (the tube
+current of each frame); a single-valued column gets the first frame's value.
+
+A value that does not convert (a KVP that is not a number) is None, and the
+returned warnings name the column, never the value (it may be patient data).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Final
+
+import pyarrow as pa
+
+from dicomlake.dicom.keywords import tag_for_keyword
+from dicomlake.schema import ACQUISITION_COLUMNS
+
+JsonDict = dict[str, Any]
+Path = tuple[str, ...]  # DICOM JSON keys: sequences (first item each), then the element
+
+_SHARED: Final = "52009229"
+_PER_FRAME: Final = "52009230"
+
+
+def _key(keyword: str) -> str:
+    tag = tag_for_keyword(keyword)
+    if tag is None:  # a typo in the table below: fail at import, in tests
+        raise ValueError(f"{keyword} is not a DICOM keyword")
+    return f"{tag:08X}"
+
+
+def _path(*keywords: str) -> Path:
+    return tuple(_key(k) for k in keywords)
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a column's value lies: at the top level, or in a functional group.
+
+    ``top`` paths are tried first, in order; then ``group`` paths, each looked up
+    per frame (a macro item of the frame, else of the shared groups). ``index`` picks
+    one value of a multi-valued element (row or column of *Pixel Spacing*).
+    """
+
+    top: tuple[Path, ...] = ()
+    group: tuple[Path, ...] = ()
+    index: int = 0
+
+
+def _same(keyword: str, *macros: str) -> Source:
+    """The keyword at the top level, or inside each of ``macros``' items."""
+    return Source(top=(_path(keyword),), group=tuple(_path(m, keyword) for m in macros))
+
+
+#: column -> where its value lies
+SOURCES: Final[dict[str, Source]] = {
+    "ImageType": _same("ImageType"),
+    "PixelSpacing_row_mm": _same("PixelSpacing", "PixelMeasuresSequence"),
+    "PixelSpacing_col_mm": Source(
+        top=(_path("PixelSpacing"),),
+        group=(_path("PixelMeasuresSequence", "PixelSpacing"),),
+        index=1,
+    ),
+    "Rows": _same("Rows"),
+    "Columns": _same("Columns"),
+    "SliceThickness": _same("SliceThickness", "PixelMeasuresSequence"),
+    "KVP": _same("KVP", "CTXRayDetailsSequence"),
+    "ScanOptions": _same("ScanOptions"),
+    "ConvolutionKernel": _same("ConvolutionKernel", "CTReconstructionSequence"),
+    "GantryDetectorTilt": _same("GantryDetectorTilt", "CTAcquisitionDetailsSequence"),
+    "XRayTubeCurrent": Source(
+        top=(_path("XRayTubeCurrent"), _path("XRayTubeCurrentInmA")),
+        group=(_path("CTExposureSequence", "XRayTubeCurrentInmA"),),
+    ),
+    "FilterType": _same("FilterType", "CTXRayDetailsSequence"),
+    "Exposure": Source(
+        top=(_path("Exposure"), _path("ExposureInmAs")),
+        group=(_path("CTExposureSequence", "ExposureInmAs"),),
+    ),
+    "ExposureTime": Source(
+        top=(_path("ExposureTime"), _path("ExposureTimeInms")),
+        group=(_path("CTExposureSequence", "ExposureTimeInms"),),
+    ),
+    "DataCollectionDiameter": _same("DataCollectionDiameter", "CTAcquisitionDetailsSequence"),
+    "ReconstructionDiameter": _same("ReconstructionDiameter", "CTReconstructionSequence"),
+    "SpiralPitchFactor": _same("SpiralPitchFactor", "CTTableDynamicsSequence"),
+    "MagneticFieldStrength": _same("MagneticFieldStrength"),
+    "ScanningSequence": _same("ScanningSequence"),
+    "SequenceVariant": _same("SequenceVariant"),
+    "MRAcquisitionType": _same("MRAcquisitionType"),
+    "EchoTime": Source(
+        top=(_path("EchoTime"),), group=(_path("MREchoSequence", "EffectiveEchoTime"),)
+    ),
+    "RepetitionTime": _same("RepetitionTime", "MRTimingAndRelatedParametersSequence"),
+    "EchoTrainLength": _same("EchoTrainLength", "MRTimingAndRelatedParametersSequence"),
+    "FlipAngle": _same("FlipAngle", "MRTimingAndRelatedParametersSequence"),
+    "PixelBandwidth": _same("PixelBandwidth", "MRImagingModifierSequence"),
+    "ImagingFrequency": Source(
+        top=(_path("ImagingFrequency"),),
+        group=(_path("MRImagingModifierSequence", "TransmitterFrequency"),),
+    ),
+    "ImagedNucleus": Source(top=(_path("ImagedNucleus"), _path("ResonantNucleus"))),
+    "InversionTime": Source(
+        top=(_path("InversionTime"),), group=(_path("MRModifierSequence", "InversionTimes"),)
+    ),
+    "ReceiveCoilName": _same("ReceiveCoilName", "MRReceiveCoilSequence"),
+    "SequenceName": Source(top=(_path("SequenceName"), _path("PulseSequenceName"))),
+    "DiffusionBValue": _same("DiffusionBValue", "MRDiffusionSequence"),
+    "NumberOfTemporalPositions": _same("NumberOfTemporalPositions"),
+    "SeriesType": _same("SeriesType"),
+    "Units": _same("Units"),
+    "DecayCorrection": _same("DecayCorrection"),
+    "CorrectedImage": _same("CorrectedImage"),
+    "RandomsCorrectionMethod": _same("RandomsCorrectionMethod"),
+    "ReconstructionMethod": _same("ReconstructionMethod"),
+    "ActualFrameDuration": _same("ActualFrameDuration"),
+    "ScatterCorrectionMethod": _same("ScatterCorrectionMethod"),
+    "AttenuationCorrectionMethod": _same("AttenuationCorrectionMethod"),
+    "RadionuclideCodeMeaning": Source(
+        top=(
+            _path(
+                "RadiopharmaceuticalInformationSequence", "RadionuclideCodeSequence", "CodeMeaning"
+            ),
+        )
+    ),
+    "RadionuclideTotalDose": Source(
+        top=(_path("RadiopharmaceuticalInformationSequence", "RadionuclideTotalDose"),)
+    ),
+    "RadiopharmaceuticalStartTime": Source(
+        top=(_path("RadiopharmaceuticalInformationSequence", "RadiopharmaceuticalStartTime"),)
+    ),
+    "Radiopharmaceutical": Source(
+        top=(_path("RadiopharmaceuticalInformationSequence", "Radiopharmaceutical"),)
+    ),
+    "NumberOfSlices": _same("NumberOfSlices"),
+    "NumberOfTimeSlices": _same("NumberOfTimeSlices"),
+    "ContrastBolusAgent": _same("ContrastBolusAgent"),
+    "ContrastBolusIngredient": _same("ContrastBolusIngredient"),
+    "ContrastBolusRoute": _same("ContrastBolusRoute"),
+}
+
+
+def _walk(item: JsonDict, path: Path) -> JsonDict | None:
+    """The element at ``path`` below ``item`` (first item of each sequence), or None."""
+    for key in path[:-1]:
+        element = item.get(key)
+        items = element.get("Value") if isinstance(element, dict) else None
+        if not items or not isinstance(items[0], dict):
+            return None
+        item = items[0]
+    element = item.get(path[-1])
+    return element if isinstance(element, dict) and element.get("Value") else None
+
+
+def _first_item(meta: JsonDict, key: str) -> JsonDict | None:
+    element = meta.get(key)
+    items = element.get("Value") if isinstance(element, dict) else None
+    return items[0] if items and isinstance(items[0], dict) else None
+
+
+def _frame_items(meta: JsonDict) -> list[JsonDict]:
+    element = meta.get(_PER_FRAME)
+    items = element.get("Value") if isinstance(element, dict) else None
+    return [item for item in items or () if isinstance(item, dict)]
+
+
+def _per_frame(meta: JsonDict, path: Path) -> Iterator[JsonDict]:
+    """The element at ``path`` of each frame: its own macro, else the shared one."""
+    shared_item = _first_item(meta, _SHARED)
+    shared = None if shared_item is None else _walk(shared_item, path)
+    frames = _frame_items(meta)
+    if not frames:
+        if shared is not None:
+            yield shared
+        return
+    for frame in frames:
+        element = _walk(frame, path)
+        if element is None:
+            element = shared
+        if element is not None:
+            yield element
+
+
+def _values(meta: JsonDict, source: Source, *, every_frame: bool) -> list[Any] | None:
+    """The raw JSON values of a column: the top element's, or one per frame."""
+    for path in source.top:
+        element = _walk(meta, path)
+        if element is not None:
+            return list(element["Value"])
+    for path in source.group:
+        values = []
+        for element in _per_frame(meta, path):
+            values.append(element["Value"][source.index] if every_frame else element["Value"])
+            if not every_frame:
+                return list(values[0])
+        if values:
+            return values
+    return None
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise TypeError(f"a {type(value).__name__} is not a number")
+    return float(value)
+
+
+def _integer(value: Any) -> int:
+    number = _number(value)
+    if not number.is_integer():
+        raise ValueError("not an integer")
+    return int(number)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, dict | list):
+        raise TypeError(f"a {type(value).__name__} is not text")
+    return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Column:
+    name: str
+    source: Source
+    convert: Callable[[Any], Any]
+    is_list: bool
+    every_frame: bool  # a list of one value per frame (not an element's values)
+
+
+def _column(name: str, typ: pa.DataType) -> _Column:
+    is_list = pa.types.is_list(typ)
+    value_type = typ.value_type if is_list else typ
+    if pa.types.is_floating(value_type):
+        convert: Callable[[Any], Any] = _number
+    elif pa.types.is_integer(value_type):
+        convert = _integer
+    else:
+        convert = _text
+    # numeric lists vary across frames (echo times, tube currents); text lists are an
+    # element's values (ImageType's), taken from the first frame
+    every_frame = is_list and convert is _number
+    return _Column(name, SOURCES[name], convert, is_list, every_frame)
+
+
+_COLUMNS: Final = tuple(_column(name, typ) for name, typ in ACQUISITION_COLUMNS.items())
+
+
+def acquisition_values(meta: JsonDict) -> tuple[dict[str, Any], list[str]]:
+    """The typed acquisition attributes of one instance, and its conversion warnings.
+
+    Args:
+        meta: The instance's header as DICOM JSON (the ``meta`` column, parsed).
+
+    Returns:
+        ``{column: value or None}`` for every column of
+        :data:`~dicomlake.schema.ACQUISITION_COLUMNS` (lists for list columns), and
+        the warnings: ``"<column>: <reason>"`` for each value that did not convert.
+
+    Example:
+        >>> values, warnings = acquisition_values({"00180060": {"vr": "DS", "Value": [120]}})
+        >>> values["KVP"], warnings
+        (120.0, [])
+    """
+    row: dict[str, Any] = {}
+    warnings: list[str] = []
+    for column in _COLUMNS:
+        raw = _values(meta, column.source, every_frame=column.every_frame)
+        value: Any = None
+        if raw:
+            try:
+                if column.is_list:
+                    value = [None if v is None else column.convert(v) for v in raw]
+                elif raw[column.source.index] is not None:
+                    value = column.convert(raw[column.source.index])
+            except (ValueError, TypeError, IndexError) as exc:
+                warnings.append(f"{column.name}: {type(exc).__name__}: the value does not convert")
+                value = None
+        row[column.name] = value
+    return row, warnings
