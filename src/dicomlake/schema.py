@@ -274,6 +274,14 @@ ACQUISITION_COLUMNS: Final[dict[str, pa.DataType]] = {
     "ContrastBolusAgent": pa.string(),
     "ContrastBolusIngredient": pa.string(),
     "ContrastBolusRoute": pa.string(),
+    # SM (slide microscopy; the optical path is the first item of its sequence)
+    "TotalPixelMatrixColumns": pa.int64(),
+    "TotalPixelMatrixRows": pa.int64(),
+    "TotalPixelMatrixFocalPlanes": pa.int64(),
+    "NumberOfOpticalPaths": pa.int64(),
+    "OpticalPathIdentifier": pa.string(),
+    "ObjectiveLensPower": pa.float64(),
+    "ContainerIdentifier": pa.string(),
 }
 
 #: The ``acquisition`` table: one row per ``ok`` instance, its acquisition attributes

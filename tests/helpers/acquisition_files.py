@@ -157,3 +157,30 @@ def pt_series(folder: Path, durations: list[int]) -> str:
         )
         save(ds, folder / f"pt{number}.dcm", PT_IMAGE)
     return series
+
+
+def sm_instance(
+    path: Path, series: str, image_type: list[str], matrix: tuple[int, int], spacing: float
+) -> Path:
+    """One level (or label) of a slide microscopy pyramid: tiled, one optical path."""
+    ds = Dataset()
+    ds.Modality = "SM"
+    ds.StudyInstanceUID = series + ".1"
+    ds.SeriesInstanceUID = series
+    ds.ImageType = image_type
+    ds.ContainerIdentifier = "SLIDE-7"
+    ds.TotalPixelMatrixColumns, ds.TotalPixelMatrixRows = matrix
+    ds.TotalPixelMatrixFocalPlanes = 1
+    ds.NumberOfOpticalPaths = 1
+    ds.Rows, ds.Columns = 256, 256
+    ds.OpticalPathSequence = Sequence([item(OpticalPathIdentifier="1", ObjectiveLensPower=20)])
+    ds.SharedFunctionalGroupsSequence = Sequence(
+        [
+            item(
+                PixelMeasuresSequence=Sequence(
+                    [item(PixelSpacing=[spacing, spacing], SliceThickness=0.004)]
+                )
+            )
+        ]
+    )
+    return save(ds, path, "1.2.840.10008.5.1.4.1.1.77.1.6")

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 import dicomlake
 from dicomlake.cli import app
 from dicomlake.jobs.acquisition import update_acquisition
-from helpers.acquisition_files import classic_ct_series, enhanced_mr, pt_series
+from helpers.acquisition_files import classic_ct_series, enhanced_mr, pt_series, sm_instance
 
 
 def one(lake: Path, sql: str) -> dict[str, Any]:
@@ -45,6 +45,14 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
     series["mr"] = generate_uid()
     enhanced_mr(src / "mr" / "a.dcm", [80.0, 80.0, 95.5], [0.0, 1000.0, 1000.0], series["mr"])
     enhanced_mr(src / "mr" / "b.dcm", [120.0], [500.0], series=series["mr"])
+    (src / "sm").mkdir()
+    series["sm"] = generate_uid()
+    for name, image_type, matrix, spacing in (
+        ("base", ["DERIVED", "PRIMARY", "VOLUME", "NONE"], (4096, 2048), 0.00025),
+        ("half", ["DERIVED", "PRIMARY", "VOLUME", "RESAMPLED"], (2048, 1024), 0.0005),
+        ("label", ["ORIGINAL", "PRIMARY", "LABEL", "NONE"], (9000, 300), 0.01),
+    ):
+        sm_instance(src / "sm" / f"{name}.dcm", series["sm"], image_type, matrix, spacing)
     lake = src.parent / "lake"
     dicomlake.ingest([str(src)], str(lake), workers=0)
     return lake, series
@@ -108,6 +116,20 @@ def test_pt_series_and_contrast(lake: tuple[Path, dict[str, str]]) -> None:
         "IODINE",
     )
     assert contrast["ContrastBolusRoute"] == "IV"
+
+
+def test_sm_series_describes_the_pyramid(lake: tuple[Path, dict[str, str]]) -> None:
+    path, series = lake
+    row = one(path, "SELECT * FROM sm_series")
+    assert row["SeriesInstanceUID"] == series["sm"]
+    assert row["n_instances"] == 3
+    # the base level, not the (wider) label image
+    assert (row["TotalPixelMatrixColumns"], row["TotalPixelMatrixRows"]) == (4096, 2048)
+    assert row["levels"] == 2
+    assert (row["min_PixelSpacing_row_mm"], row["min_PixelSpacing_col_mm"]) == (0.00025, 0.00025)
+    assert row["OpticalPathIdentifier"] == ["1"]
+    assert row["ObjectiveLensPower"] == 20.0
+    assert (row["ContainerIdentifier"], row["TotalPixelMatrixFocalPlanes"]) == ("SLIDE-7", 1)
 
 
 def test_a_kvp_that_is_not_a_number_is_null_with_a_warning(tmp_path: Path) -> None:

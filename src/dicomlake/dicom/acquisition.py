@@ -146,6 +146,13 @@ SOURCES: Final[dict[str, Source]] = {
     "ContrastBolusAgent": _same("ContrastBolusAgent"),
     "ContrastBolusIngredient": _same("ContrastBolusIngredient"),
     "ContrastBolusRoute": _same("ContrastBolusRoute"),
+    "TotalPixelMatrixColumns": _same("TotalPixelMatrixColumns"),
+    "TotalPixelMatrixRows": _same("TotalPixelMatrixRows"),
+    "TotalPixelMatrixFocalPlanes": _same("TotalPixelMatrixFocalPlanes"),
+    "NumberOfOpticalPaths": _same("NumberOfOpticalPaths"),
+    "OpticalPathIdentifier": Source(top=(_path("OpticalPathSequence", "OpticalPathIdentifier"),)),
+    "ObjectiveLensPower": Source(top=(_path("OpticalPathSequence", "ObjectiveLensPower"),)),
+    "ContainerIdentifier": _same("ContainerIdentifier"),
 }
 
 

@@ -22,7 +22,7 @@ Views: ``instances`` (the table), ``series`` and ``studies`` (aggregates of the
 ``status = 'ok'`` rows), and ``thumbnails``, ``volumes`` (series geometry),
 ``patches``, ``segments`` (segmentation labels) and ``acquisition`` when the lake has
 those tables; with ``acquisition``, the per-series views ``ct_series``, ``mr_series``,
-``pt_series`` and ``contrast``.
+``pt_series``, ``sm_series`` and ``contrast``.
 Helpers: the macro ``tag(meta, key)`` and the table ``dicom_keywords(keyword, tag)``.
 """
 
@@ -179,6 +179,9 @@ _PIXEL_COLUMNS = [
 ]
 
 
+_VOLUME = "list_contains(\"ImageType\", 'VOLUME')"
+
+
 def _series_view(name: str, where: str, columns: list[str], having: str = "") -> str:
     listing = ",\n    ".join(columns)
     return f"""
@@ -275,6 +278,24 @@ _ACQUISITION_VIEWS = (
             ),
             *_PIXEL_COLUMNS,
             *map(_constant, ("NumberOfSlices", "NumberOfTimeSlices")),
+        ],
+    ),
+    _series_view(
+        "sm_series",
+        "\"Modality\" = 'SM'",
+        [
+            # the pyramid's levels are its VOLUME instances; the base level is the largest
+            *(
+                f'coalesce(max("{name}") FILTER (WHERE {_VOLUME}), max("{name}")) AS "{name}"'
+                for name in ("TotalPixelMatrixColumns", "TotalPixelMatrixRows")
+            ),
+            f'count(DISTINCT "TotalPixelMatrixColumns") FILTER (WHERE {_VOLUME}) AS levels',
+            'min("PixelSpacing_row_mm") AS "min_PixelSpacing_row_mm"',
+            'min("PixelSpacing_col_mm") AS "min_PixelSpacing_col_mm"',
+            'max("TotalPixelMatrixFocalPlanes") AS "TotalPixelMatrixFocalPlanes"',
+            'list_sort(list_distinct(list("OpticalPathIdentifier"))) AS "OpticalPathIdentifier"',
+            _constant("ObjectiveLensPower"),
+            _constant("ContainerIdentifier"),
         ],
     ),
     _series_view(
