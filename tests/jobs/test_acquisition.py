@@ -55,6 +55,7 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
         sm_instance(src / "sm" / f"{name}.dcm", series["sm"], image_type, matrix, spacing)
     lake = src.parent / "lake"
     dicomlake.ingest([str(src)], str(lake), workers=0)
+    update_acquisition(str(lake))
     return lake, series
 
 
@@ -141,6 +142,7 @@ def test_a_kvp_that_is_not_a_number_is_null_with_a_warning(tmp_path: Path) -> No
     assert data.count(element + b"9876") == 1
     path.write_bytes(data.replace(element + b"9876", element + b"abc "))
     dicomlake.ingest([str(tmp_path / "src")], str(tmp_path / "lake"), workers=0)
+    update_acquisition(str(tmp_path / "lake"))
     row = one(
         tmp_path / "lake",
         "SELECT a.KVP, a.warnings, i.warnings AS instance_warnings "
@@ -152,13 +154,16 @@ def test_a_kvp_that_is_not_a_number_is_null_with_a_warning(tmp_path: Path) -> No
     assert row["warnings"] is None
 
 
-def test_unchanged_rerun_writes_nothing_and_gone_rows_go(tmp_path: Path) -> None:
+def test_an_update_redoes_only_what_changed(tmp_path: Path) -> None:
     src, lake = tmp_path / "src", tmp_path / "lake"
     classic_ct_series(src / "a", [100, 120])
     classic_ct_series(src / "b", [90])
     dicomlake.ingest([str(src)], str(lake), workers=0)
+    assert not (lake / "acquisition").exists()  # ingest leaves it to optimize
+    assert update_acquisition(str(lake)).extracted == 3
     version = DeltaTable(str(lake / "acquisition")).version()
     dicomlake.ingest([str(src)], str(lake), workers=0)
+    assert update_acquisition(str(lake)).extracted == 0
     assert DeltaTable(str(lake / "acquisition")).version() == version
     # a changed file is extracted again, a new one added, a gone one dropped
     ds = pydicom.dcmread(src / "a" / "ct1.dcm")
@@ -167,6 +172,8 @@ def test_unchanged_rerun_writes_nothing_and_gone_rows_go(tmp_path: Path) -> None
     classic_ct_series(src / "c", [77])
     shutil.rmtree(src / "b")
     dicomlake.ingest([str(src)], str(lake), workers=0, sync=True)
+    done = update_acquisition(str(lake))
+    assert (done.extracted, done.removed) == (2, 1)
     rows = one(lake, "SELECT list(XRayTubeCurrent ORDER BY row_id) AS c FROM acquisition")
     assert sorted(rows["c"]) == [[42.0], [77.0], [120.0]]
     assert update_acquisition(str(lake)).extracted == 0
@@ -176,7 +183,6 @@ def test_optimize_gives_an_old_lake_the_table_without_its_files(tmp_path: Path) 
     src, lake = tmp_path / "src", tmp_path / "lake"
     classic_ct_series(src, [150, 210])
     dicomlake.ingest([str(src)], str(lake), workers=0)
-    shutil.rmtree(lake / "acquisition")  # a lake made before the table existed
     shutil.rmtree(src)  # so the values can only come from meta
     con = dicomlake.connect(str(lake))
     views = {name for (name,) in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}

@@ -49,20 +49,21 @@ def optimize_command(
     anon: AnonOption = False,
     storage_option: StorageOptionOption = None,
 ) -> None:
-    """Compact the lake's small files and checkpoint its log (and vacuum on request)."""
+    """Refresh the acquisition table, compact small files, checkpoint (and vacuum on request)."""
     from dicomlake.jobs.acquisition import update_acquisition
     from dicomlake.lake.maintenance import optimize
 
     storage = storage_config(anon, storage_option)
     try:
         # derived tables first, so that an old lake's new ones are compacted too
-        update_acquisition(lake, storage_options=storage)
+        acquired = update_acquisition(lake, storage_options=storage)
         summary = optimize(
             lake, vacuum=vacuum, retention_hours=retention_hours, storage_options=storage
         )
     except DicomLakeError as exc:
         raise fail(str(exc)) from None
     if not quiet:
+        typer.echo(f"acquisition: {acquired.extracted} rows extracted, {acquired.removed} removed")
         typer.echo(str(summary))
 
 

@@ -34,10 +34,8 @@ from dicomlake.lake.probe import check_lake_writable
 from dicomlake.lake.shards import new_job_id
 from dicomlake.lake.sync import delete_rows, stale_row_ids
 from dicomlake.lake.tables import (
-    ACQUISITION_TABLE,
     INSTANCES_TABLE,
     THUMBNAILS_TABLE,
-    table_exists,
     table_uri,
 )
 from dicomlake.lake.writer import TableWriter
@@ -519,19 +517,7 @@ class _Run:
             )
             if len(stale):
                 summary.deleted = delete_rows(self.lake, stale, storage_options=options)
-        self._update_acquisition()
         summary.seconds = time.monotonic() - summary.started
-
-    def _update_acquisition(self) -> None:
-        """Extract the new rows' acquisition attributes; nothing when the lake is unchanged."""
-        from dicomlake.jobs.acquisition import update_acquisition
-
-        options = self.storage_options
-        changed = self.summary.commits or self.summary.deleted
-        if not changed and table_exists(self.lake, ACQUISITION_TABLE, storage_options=options):
-            return
-        if table_exists(self.lake, INSTANCES_TABLE, storage_options=options):
-            update_acquisition(self.lake, storage_options=options)
 
     def _compact(self, *, force: bool) -> None:
         from dicomlake.lake.maintenance import AUTO_COMPACT_FILES, compact_or_say_why, file_count
