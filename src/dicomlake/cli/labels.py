@@ -55,9 +55,7 @@ def labels_command(
                 storage_options=storage,
                 progress=progress,
             )
-    except DicomLakeError as exc:
-        raise fail(str(exc)) from None
-    except ImportError as exc:
+    except (DicomLakeError, ImportError) as exc:  # ImportError: highdicom is missing
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise fail("interrupted; committed rows are kept, re-run to go on", 130) from None

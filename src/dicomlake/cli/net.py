@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from dicomlake.cli.options import LakeOption, fail, interactive
+from dicomlake.cli.options import LakeOption, fail
+from dicomlake.cli.render import live_progress
 from dicomlake.errors import DicomLakeError
 
 if TYPE_CHECKING:
@@ -113,17 +114,7 @@ def receive(
 
     Runs until Ctrl-C or SIGTERM; rows still buffered are committed before it exits.
     """
-    from dicomlake.cli.render import LiveLine
     from dicomlake.net.receive import Receiver
-
-    display = LiveLine("waiting for associations…") if interactive(quiet) else None
-
-    def progress(summary: ReceiveSummary) -> None:
-        if display is not None:
-            display.show(
-                f"{summary.received} received · {summary.per_second:.0f}/s · "
-                f"{summary.failed} failed · {summary.associations} associations"
-            )
 
     try:
         receiver = Receiver(
@@ -135,7 +126,6 @@ def receive(
             allow_aets=allow_aet or (),
             tls=_tls(tls_cert, tls_key, tls_ca),
             commit_seconds=commit_seconds,
-            progress=progress,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
@@ -152,12 +142,11 @@ def receive(
             err=True,
         )
     try:
-        if display is not None:
-            with display:
-                _wait_for_signal()
-        else:
+        with live_progress("waiting for associations…", _receive_progress, quiet) as progress:
+            receiver.progress = progress
             _wait_for_signal()
     finally:
+        receiver.progress = None  # the live line is gone
         try:
             summary = receiver.stop()
         except DicomLakeError as exc:
@@ -166,6 +155,23 @@ def receive(
                 "brings them into the lake"
             ) from None
     typer.echo(receive_line(summary))
+
+
+def _receive_progress(summary: ReceiveSummary) -> str:
+    """A receiver's live line."""
+    return (
+        f"{summary.received} received · {summary.per_second:.0f}/s · "
+        f"{summary.failed} failed · {summary.associations} associations"
+    )
+
+
+def _pull_progress(summary: PullSummary) -> str:
+    """A pull's live line."""
+    return (
+        f"{summary.studies} studies · {summary.fetched} fetched · "
+        f"{summary.skipped} skipped · {summary.failed} failed · "
+        f"{summary.per_second:.0f}/s"
+    )
 
 
 def pull_line(summary: PullSummary) -> str:
@@ -238,7 +244,6 @@ def pull(
     Instances whose SOP Instance UID the lake holds (status ok) are not fetched again,
     so a pull that was stopped goes on where it stopped when run again.
     """
-    from dicomlake.cli.render import LiveLine
     from dicomlake.net.peers import parse_peer
     from dicomlake.net.pull import Pull, Timeouts, parse_matches
 
@@ -260,22 +265,9 @@ def pull(
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
-    display = LiveLine("querying…") if interactive(quiet) else None
-
-    def progress(summary: PullSummary) -> None:
-        if display is not None:
-            display.show(
-                f"{summary.studies} studies · {summary.fetched} fetched · "
-                f"{summary.skipped} skipped · {summary.failed} failed · "
-                f"{summary.per_second:.0f}/s"
-            )
-
-    job.progress = progress
     try:
-        if display is not None:
-            with display:
-                summary = job.run()
-        else:
+        with live_progress("querying…", _pull_progress, quiet) as progress:
+            job.progress = progress
             summary = job.run()
     except DicomLakeError as exc:
         partial = job.summary
