@@ -1,13 +1,51 @@
-"""Servers run for real in the tests: uvicorn on a free loopback port, in a thread."""
+"""Servers run for real in the tests: uvicorn on a free loopback port, in a thread;
+and waiting for a server a test started as a command."""
 
 from __future__ import annotations
 
 import socket
+import subprocess
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import pytest
 
 from dicomlake.viewer import create_app
+
+_T = TypeVar("_T")
+
+
+def wait_until_ready(
+    ready: Callable[[], _T | None],
+    process: subprocess.Popen[Any],
+    what: str,
+    limit: float = 60.0,
+) -> _T:
+    """Poll ``ready()`` until it gives something, while ``process`` (the server) lives.
+
+    Fails when the process exits first (with its stderr). ``limit`` only guards
+    against waiting for ever, so a slow machine passes as a fast one does.
+    """
+    deadline = time.monotonic() + limit
+    while (answer := ready()) is None:
+        if process.poll() is not None:
+            pytest.fail(f"{what} exited ({process.returncode}): {process.communicate()[1]}")
+        if time.monotonic() > deadline:  # a hang guard, not a measure of speed
+            pytest.fail(f"{what} did not answer within {limit:g} s")
+        time.sleep(0.1)
+    return answer
+
+
+def listening(port: int) -> Callable[[], bool | None]:
+    """A ``ready`` check for :func:`wait_until_ready`: something accepts on the port."""
+
+    def check() -> bool | None:
+        with socket.socket() as probe:
+            return True if probe.connect_ex(("127.0.0.1", port)) == 0 else None
+
+    return check
 
 
 class AppServer:

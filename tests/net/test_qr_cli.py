@@ -6,7 +6,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -17,6 +16,7 @@ import dicomlake
 from dicomlake.cli import app
 from dicomlake.sample import sample_file
 from helpers.orthanc import free_port
+from helpers.servers import wait_until_ready
 
 DCMTK_SKIP = "dcmtk not installed (apt-get install dcmtk)"
 
@@ -52,23 +52,21 @@ def serve(lake: str, *args: str) -> subprocess.Popen[str]:
 
 
 def wait_for_echo(process: subprocess.Popen[str], port: int) -> None:
-    deadline = time.monotonic() + 60
-    while echo(port).returncode != 0:
-        assert process.poll() is None, process.communicate()[1]
-        assert time.monotonic() < deadline, "the DIMSE server did not answer"
-        time.sleep(0.2)
+    wait_until_ready(
+        lambda: True if echo(port).returncode == 0 else None, process, "the DIMSE server"
+    )
 
 
 def wait_for_web(process: subprocess.Popen[str], port: int) -> httpx.Response:
     """The first answer of the web server, which starts after the DIMSE one."""
-    deadline = time.monotonic() + 60
-    while True:
+
+    def get() -> httpx.Response | None:
         try:
             return httpx.get(f"http://127.0.0.1:{port}/", timeout=30)
         except httpx.ConnectError:
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "the web server did not answer"
-            time.sleep(0.2)
+            return None
+
+    return wait_until_ready(get, process, "the web server")
 
 
 def stop(process: subprocess.Popen[str]) -> tuple[int, str]:

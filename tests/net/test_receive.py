@@ -12,7 +12,6 @@ import datetime as dt
 import gc
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -38,6 +37,7 @@ from helpers.dimse import (
 )
 from helpers.disks import small_tmpfs
 from helpers.orthanc import free_port
+from helpers.servers import listening, wait_until_ready
 
 DCMTK_SKIP = "dcmtk not installed (apt-get install dcmtk)"
 DICOMLAKE = [sys.executable, "-m", "dicomlake"]
@@ -314,17 +314,6 @@ def test_tls_with_a_certificate_made_here(tmp_path: Path) -> None:
         gc.collect()
 
 
-def _wait_listening(port: int, process: subprocess.Popen[str], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, process.communicate()
-        with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise AssertionError("receive did not start listening")
-
-
 @pytest.mark.dcmtk
 @pytest.mark.slow
 def test_cli_sigterm_commits_and_a_killed_receiver_catches_up(dcmtk: None, tmp_path: Path) -> None:
@@ -335,7 +324,7 @@ def test_cli_sigterm_commits_and_a_killed_receiver_catches_up(dcmtk: None, tmp_p
     ]  # fmt: skip
     first, second = make_studies(tmp_path / "a", 4), make_studies(tmp_path / "b", 3)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_listening(port, process)
+    wait_until_ready(listening(port), process, "dicomlake receive")
     assert storescu(first, port)[0].returncode == 0
     process.send_signal(signal.SIGTERM)  # the buffered rows are committed on the way out
     out, err = process.communicate(timeout=60)
@@ -344,13 +333,13 @@ def test_cli_sigterm_commits_and_a_killed_receiver_catches_up(dcmtk: None, tmp_p
     assert len(lake_sops(lake)) == 4
     # killed before any commit: the files are on disk, their rows come at the next start
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_listening(port, process)
+    wait_until_ready(listening(port), process, "dicomlake receive")
     assert storescu(second, port)[0].returncode == 0
     process.kill()
     process.communicate(timeout=60)
     assert len(lake_sops(lake)) == 4
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    _wait_listening(port, process)
+    wait_until_ready(listening(port), process, "dicomlake receive")
     os.kill(process.pid, signal.SIGINT)
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
