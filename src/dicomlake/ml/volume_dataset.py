@@ -44,10 +44,16 @@ def _stack_windowed(slices: list[PhysicalFrame], window: Window) -> np.ndarray:
     none, the 0.5/99.5 percentiles of the whole volume), so one tissue has one
     brightness on every slice.
     """
-    physical = np.stack([s.values for s in slices], axis=-1)
+    return window_volume(np.stack([s.values for s in slices], axis=-1), slices[0], window)
+
+
+def window_volume(physical: np.ndarray, first: PhysicalFrame, window: Window) -> np.ndarray:
+    """A (C, rows, columns, slices) volume through one window (see :func:`_stack_windowed`).
+
+    ``first`` is the first slice as decoded: its window and inversion hold for all.
+    """
     if window is None:
         return physical
-    first = slices[0]
     if window == "dicom" and first.window is None and physical.shape[0] == 1:
         step = max(1, physical.size // 2_000_000)
         found = robust_range(physical.reshape(1, -1)[:, ::step])
