@@ -8,7 +8,7 @@ how results look is :mod:`dicomlake.cli.render`.
 
 from __future__ import annotations
 
-from dicomlake.cli import admin, deid, derive, export, ingest, labels, net, ohif, query
+from dicomlake.cli import admin, apply, deid, derive, export, ingest, labels, net, ohif, query
 from dicomlake.cli.options import app
 
 app.command()(ingest.ingest)
@@ -16,6 +16,7 @@ app.command("thumbnails")(derive.thumbnails_command)
 app.command("volumes")(derive.volumes_command)
 app.command("patches")(derive.patches_command)
 app.command("labels")(labels.labels_command)
+app.command("apply")(apply.apply_command)
 app.command("export-nifti")(export.export_nifti_command)
 app.command()(query.sql)
 app.command()(query.info)

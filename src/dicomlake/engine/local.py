@@ -189,6 +189,9 @@ class LocalEngine:
         sink: What a worker does with a task's batches before they travel back (see
             :mod:`dicomlake.engine.sinks`); None sends them back whole.
         prefetch: Read each task's local files ahead on a few threads per worker.
+        small_here: Run a lone small task of local files in this process (see
+            :meth:`map`); False keeps every file in a worker, under the timeout (a
+            user's function may hang on any file).
     """
 
     def __init__(
@@ -199,8 +202,10 @@ class LocalEngine:
         file_timeout: float = 120.0,
         sink: Sink | None = None,
         prefetch: bool = False,
+        small_here: bool = True,
     ) -> None:
         self.kernel = kernel
+        self.small_here = small_here
         self._work = _Work(kernel, sink, Prefetcher() if prefetch else None)
         self.workers = (os.cpu_count() or 1) if workers is None else workers
         self.file_timeout = file_timeout
@@ -240,7 +245,12 @@ class LocalEngine:
         pending = iter(tasks)
         first = next(pending, None)
         second = next(pending, None) if first is not None else None
-        tiny = second is None and first is not None and len(first.refs) <= IN_PROCESS_MAX_FILES
+        tiny = (
+            self.small_here
+            and second is None
+            and first is not None
+            and len(first.refs) <= IN_PROCESS_MAX_FILES
+        )
         if first is None or (tiny and all(_on_local_disk(ref) for ref in first.refs)):
             self._abandon()
             yield from self._run_here([first] if first is not None else [])

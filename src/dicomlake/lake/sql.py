@@ -22,7 +22,8 @@ Views: ``instances`` (the table), ``series`` and ``studies`` (aggregates of the
 ``status = 'ok'`` rows), and ``thumbnails``, ``volumes`` (series geometry),
 ``patches``, ``segments`` (segmentation labels) and ``acquisition`` when the lake has
 those tables; with ``acquisition``, the per-series views ``ct_series``, ``mr_series``,
-``pt_series``, ``sm_series`` and ``contrast``.
+``pt_series``, ``sm_series`` and ``contrast``; and one view per user table
+(``dicomlake apply --table NAME``, found as :mod:`dicomlake.lake.user_tables` says).
 Helpers: the macro ``tag(meta, key)`` and the table ``dicom_keywords(keyword, tag)``.
 """
 
@@ -50,6 +51,7 @@ from dicomlake.lake.tables import (
     open_table,
     table_exists,
 )
+from dicomlake.lake.user_tables import user_tables
 from dicomlake.storage.locations import url_local_path
 from dicomlake.storage.settings import fsspec_options
 
@@ -471,7 +473,8 @@ def connect(
 
     Returns:
         A connection with views ``instances``, ``series``, ``studies`` (and
-        ``thumbnails``, ``volumes``, ``patches`` when the lake has them), the macro
+        ``thumbnails``, ``volumes``, ``patches`` when the lake has them, and each
+        user table of :func:`~dicomlake.lake.user_tables.user_tables`), the macro
         ``tag(meta, key)`` and the table ``dicom_keywords``. The variables ``dicomlake_lake`` and
         ``dicomlake_version`` say what it reads.
 
@@ -497,6 +500,9 @@ def connect(
                 if name == ACQUISITION_TABLE:
                     for view in _ACQUISITION_VIEWS:
                         con.execute(view)
+        for name in user_tables(lake, storage_options=storage_options):
+            table = open_table(lake, name, storage_options=storage_options)
+            _register_table(con, name, table, lake, storage_options)
         _register_tag_helpers(con)
         con.execute("SET VARIABLE dicomlake_lake = ?", [lake])
         con.execute("SET VARIABLE dicomlake_version = ?::BIGINT", [dt.version()])

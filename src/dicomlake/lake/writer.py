@@ -29,6 +29,7 @@ from dicomlake.lake.tables import (
     TABLES,
     TARGET_FILE_SIZE,
     WRITER_PROPERTIES,
+    TableSpec,
     arrow_dataset,
     data_files,
     is_panic,
@@ -177,6 +178,8 @@ class TableWriter:
         max_bytes: ...or the buffered batches hold this many bytes (patch pixels).
         storage_options: Settings for object storage.
         target_file_size: Largest data file delta-rs writes in a MERGE.
+        spec: Schema, keys and description of a table outside
+            :data:`~dicomlake.lake.tables.TABLES` (a ``dicomlake apply`` table).
 
     Raises:
         ValueError: An unknown table, or a bound out of range.
@@ -198,10 +201,11 @@ class TableWriter:
         max_bytes: int = 256 * 1024 * 1024,
         storage_options: StorageOptions = None,
         target_file_size: int = TARGET_FILE_SIZE,
+        spec: TableSpec | None = None,
     ) -> None:
         from dicomlake.lake.shards import new_job_id
 
-        spec = TABLES.get(table)
+        spec = spec or TABLES.get(table)
         if spec is None:
             raise ValueError(f"no table {table!r} in a lake: one of {', '.join(TABLES)}")
         self.table = table
