@@ -30,14 +30,18 @@ from dicomlake.errors import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
+    from typing import Literal
 
     import duckdb
 
     from dicomlake._types import IngestOptions, PathLike, StorageOptions
     from dicomlake.deidentify.keys import Key
     from dicomlake.deidentify.pixels import RegionRules
+    from dicomlake.dicom.frames import Window
+    from dicomlake.jobs.apply import ApplySummary
     from dicomlake.jobs.deid import DeidSummary
     from dicomlake.jobs.ingest import CommitPolicy, IngestSummary
+    from dicomlake.kernels.apply import Function, Unit
     from dicomlake.kernels.thumbnails import ThumbnailOptions
     from dicomlake.notebook import ThumbnailGrid
     from dicomlake.storage.settings import Retries, StorageConfig
@@ -46,6 +50,7 @@ __version__ = "0.1.0"
 
 #: Names loaded on first use, and the module each comes from.
 _LAZY = {
+    "ApplySummary": "dicomlake.jobs.apply",
     "CommitPolicy": "dicomlake.jobs.ingest",
     "DeidSummary": "dicomlake.jobs.deid",
     "IngestSummary": "dicomlake.jobs.ingest",
@@ -157,6 +162,56 @@ def deid(
     )
 
 
+def apply(
+    lake: PathLike | Lake,
+    sql: str,
+    fn: Function,
+    table: str = "features",
+    unit: Unit = "frame",
+    workers: int | None = None,
+    version: str = "1",
+    window: Window = None,
+    size: int | tuple[int, int] | None = None,
+    on_error: Literal["row", "raise"] = "row",
+    unit_timeout: float = 600.0,
+    progress: Callable[[ApplySummary], None] | None = None,
+    storage_options: StorageOptions = None,
+) -> ApplySummary:
+    """Run your function over the frames, instances or series ``sql`` picks, into ``table``.
+
+    ``fn`` (``"package.module:name"`` or a picklable callable) gets one item as the
+    datasets give it, with numpy arrays, and returns a dict whose keys become typed
+    columns; see :func:`dicomlake.jobs.apply.apply` and :mod:`dicomlake.kernels.apply`.
+
+    Raises:
+        ValueError: An invalid unit, table name, window, size or function name.
+        ImportError: The function's module cannot be imported.
+        QueryError: The query fails or lacks the column it must return.
+        TableNotFound: Nothing has been ingested into ``lake``.
+        LakeError: The table cannot be written.
+        FunctionFailed: ``on_error='raise'`` and ``fn`` raised.
+    """
+    import os
+
+    from dicomlake.jobs.apply import apply as _apply
+
+    return _apply(
+        lake if isinstance(lake, Lake) else os.fspath(lake),
+        sql,
+        fn,
+        table=table,
+        unit=unit,
+        workers=workers,
+        version=version,
+        window=window,
+        size=size,
+        on_error=on_error,
+        unit_timeout=unit_timeout,
+        progress=progress,
+        storage_options=storage_options,
+    )
+
+
 def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
@@ -169,6 +224,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ApplySummary",
     "CommitPolicy",
     "DeidSummary",
     "DicomLakeError",
@@ -183,6 +239,7 @@ __all__ = [
     "TableNotFound",
     "ThumbnailOptions",
     "__version__",
+    "apply",
     "connect",
     "deid",
     "ingest",

@@ -135,7 +135,7 @@ def test_frame_values_equal_pydicom_with_the_modality_lut(corpus: Corpus) -> Non
 
 
 def test_instance_unit_stacks_every_frame(corpus: Corpus) -> None:
-    apply(
+    dicomlake.apply(
         corpus.lake, "path LIKE '%emri%'", f"{F}:hu_stats", table="inst", unit="instance", workers=0
     )
     (row,) = rows(corpus.lake, "SELECT * FROM inst")
