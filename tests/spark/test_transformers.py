@@ -22,6 +22,7 @@ def test_star_import_gives_the_pixels_names() -> None:
     exec("from dicomlake.spark.dicom import *", namespace)
     names = {n for n in namespace if not n.startswith("__")}
     assert names == {
+        "DicomApply",  # your own function over frames, instances or series
         "DicomDeidentifier",  # pixels' DicomAnonymizerExtractor counterpart
         "DicomMetaExtractor",
         "DicomPatcher",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -24,11 +24,14 @@ if TYPE_CHECKING:
     from dicomlake._types import FrameChoice, StorageOptions
     from dicomlake.deidentify.keys import Key
     from dicomlake.deidentify.pixels import RegionRules
+    from dicomlake.dicom.frames import Window
+    from dicomlake.kernels.apply import Function, Unit
     from dicomlake.kernels.deid import DeidKernel
     from dicomlake.kernels.patches import PatchOptions
     from dicomlake.spark.catalog import Catalog
 
 __all__ = [
+    "DicomApply",
     "DicomDeidentifier",
     "DicomMetaExtractor",
     "DicomPatcher",
@@ -555,3 +558,138 @@ class DicomDeidentifier(_Transformer):
             f"DicomDeidentifier(out={k.destination!r}, key_fingerprint={k.fingerprint!r}, "
             f"options={k.option_list!r})"
         )
+
+
+class DicomApply(_Transformer):
+    """Run your own function over frames, instances or series: the rows of ``dicomlake.apply``.
+
+    Runs the kernel of ``dicomlake apply`` (:class:`~dicomlake.kernels.apply.ApplyKernel`),
+    so for the same files, function and version both give the same rows: the unit's
+    keys (``row_id``, ``path``, ``SOPInstanceUID`` and ``frame``, or
+    ``SeriesInstanceUID``), ``status``, ``error``, ``version``, ``size``,
+    ``modification_time``, ``created_at``, then one typed column per key the function
+    returns. A function that raises, a frame that does not decode, a series that is
+    not one regular volume, each is an error row. Save the rows as the lake's table
+    with ``Catalog(spark, table=NAME, lake=LAKE).save(df)``: it is a view of that name
+    in SQL afterwards.
+
+    A DataFrame's schema is fixed before its rows are made, so the function's columns
+    are declared with ``columns``, or inferred here, on the driver, by running the
+    function on the first ``sample`` units (which makes :meth:`transform` run a small
+    Spark job). A later row whose values do not fit them is an error row.
+
+    Args:
+        fn: ``"package.module:name"`` (imported on each executor) or a picklable
+            callable; it takes one item (see :mod:`dicomlake.kernels.apply`) and
+            returns a dict of numbers, strings, bytes or lists of them.
+        unit: ``'frame'``, ``'instance'`` or ``'series'``.
+        version: Your label of ``fn``, in every row (``dicomlake apply`` re-runs
+            units whose rows carry another).
+        window: None (physical values), ``(center, width)`` or ``'dicom'``.
+        size: Resize frames to ``size`` x ``size`` or (height, width) (frame and
+            instance units).
+        columns: The function's columns: a pyarrow schema, or names to Arrow types or
+            type names (``{"mean": "double", "label": "string"}``); None infers them.
+        sample: Most units to try on the driver when inferring ``columns``.
+        inputCol: The column holding the file paths.
+        storage_options: Object-storage settings; by default those of the last
+            :class:`Catalog` made.
+
+    Raises:
+        ValueError: An unknown unit, an invalid window, size, column type or function
+            name, or ``size`` with series units.
+        ImportError: The function's module cannot be imported on the driver.
+        AttributeError: The module has no such function.
+        TypeError: ``fn`` is not callable.
+
+    Example:
+        >>> hu = DicomApply("mypkg.features:hu_stats", unit="series")  # doctest: +SKIP
+        >>> Catalog(spark, table="hu", lake="lake").save(hu.transform(meta_df))  # doctest: +SKIP
+
+    .. versionadded:: 0.1
+    """
+
+    def __init__(
+        self,
+        fn: Function,
+        unit: Unit = "frame",
+        version: str = "1",
+        *,
+        window: Window = None,
+        size: int | tuple[int, int] | None = None,
+        columns: pa.Schema | Mapping[str, pa.DataType | str] | None = None,
+        sample: int = 16,
+        inputCol: str = "path",
+        storage_options: StorageOptions = None,
+    ) -> None:
+        from dicomlake.dicom.frames import check_window
+        from dicomlake.engine.spark_apply import declared_columns
+        from dicomlake.kernels.apply import ApplyOptions, resolve_function
+        from dicomlake.ml.frame_dataset import check_size
+
+        self.options = ApplyOptions(fn, unit, str(version), check_window(window), check_size(size))
+        resolve_function(fn)  # a bad name fails here, not in every task
+        self.columns = None if columns is None else declared_columns(columns)
+        if sample < 1:
+            raise ValueError(f"sample must be at least 1, got {sample}")
+        self.sample = sample
+        self.input_col = inputCol
+        self.requires = ((inputCol, "Catalog.catalog()"),)
+        if unit == "series":
+            self.requires += (("SeriesInstanceUID", "DicomMetaExtractor"),)
+        if storage_options is None:
+            from dicomlake.spark.catalog import active_storage_options
+
+            storage_options = active_storage_options()
+        self.storage_options = storage_options
+
+    def transform(self, df: DataFrame) -> DataFrame:
+        """Run the function over every unit of ``df``'s files.
+
+        Args:
+            df: Frame and instance units: a catalog DataFrame (every file is a unit; one
+                that is not DICOM or has no pixel data is an error row) or the output of
+                :class:`DicomMetaExtractor` (its ``ok`` rows with pixel data are units,
+                as in the lake). Series units: the output of
+                :class:`DicomMetaExtractor`, whose rows are grouped by series.
+
+        Returns:
+            A DataFrame in the apply table's schema: one row per unit.
+
+        Raises:
+            MissingColumn: ``df`` has no ``path`` (or ``inputCol``) column, or no
+                ``SeriesInstanceUID`` for series units.
+            ValueError: ``columns`` was not given and cannot be inferred.
+        """
+        self._check(df)
+        import datetime as dt
+
+        from dicomlake.engine import spark_apply
+        from dicomlake.engine.spark import chain
+
+        if self.input_col != "path":
+            df = df.withColumn("path", df[self.input_col])
+        created_at = dt.datetime.now(dt.UTC)
+        options, storage = self.options, self.storage_options
+        if options.unit == "series":
+            df = spark_apply.slice_rows(df)
+        columns = self.columns
+        if columns is None:
+            columns = spark_apply.infer_columns(
+                df, options, sample=self.sample, storage_options=storage
+            )
+        out = spark_apply.output_schema(options.unit, columns)
+        if options.unit == "series":
+            run = spark_apply.series_function(
+                options, out, storage_options=storage, created_at=created_at
+            )
+            return df.groupBy("SeriesInstanceUID").applyInArrow(run, to_spark(out))
+        mapper = spark_apply.units_mapper(
+            options, out, storage_options=storage, created_at=created_at
+        )
+        return chain(df, mapper, out)
+
+    def __repr__(self) -> str:
+        o = self.options
+        fn = o.fn if isinstance(o.fn, str) else getattr(o.fn, "__qualname__", repr(o.fn))
+        return f"DicomApply(fn={fn!r}, unit={o.unit!r}, version={o.version!r})"

@@ -1,0 +1,111 @@
+"""DicomApply: the rows Spark saves are the rows ``dicomlake.apply`` writes, error rows too."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+import pytest
+
+import dicomlake
+from dicomlake.sample import sample_file
+from helpers import apply_functions
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+pytestmark = pytest.mark.spark
+
+#: pydicom's five-slice CT series (16 x 16 pixels): the one regular volume here.
+CT5N = Path(sample_file("CT_small.dcm")).parent / "dicomdirtests" / "98892001" / "CT5N"
+
+
+@pytest.fixture(scope="module")
+def apply_lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A lake of a five-slice CT series, two single files and a text file: (folder, lake)."""
+    folder = tmp_path_factory.mktemp("apply-src") / "src"
+    shutil.copytree(CT5N, folder / "ct5n")
+    for name in ("CT_small.dcm", "MR_small.dcm"):
+        shutil.copyfile(sample_file(name), folder / name)
+    (folder / "notes.txt").write_text("not a DICOM file\n")
+    lake = str(tmp_path_factory.mktemp("apply-lake") / "lake")
+    dicomlake.ingest([str(folder)], lake, workers=0)
+    return str(folder), lake
+
+
+@pytest.fixture(autouse=True)
+def functions_by_value() -> Iterator[None]:
+    """Spark's Python workers do not have ``tests`` on their path: ship the module."""
+    from pyspark import cloudpickle
+
+    cloudpickle.register_pickle_by_value(apply_functions)
+    yield
+    cloudpickle.unregister_pickle_by_value(apply_functions)
+
+
+def rows_of(lake: str, table: str, order: str) -> pa.Table:
+    """Every column but ``created_at`` of a lake table, in a stable order."""
+    con = dicomlake.connect(lake)
+    try:
+        return con.sql(
+            f"SELECT * EXCLUDE (created_at) FROM {table} ORDER BY {order}"
+        ).to_arrow_table()
+    finally:
+        con.close()
+
+
+def assert_same_rows(spark_rows: pa.Table, local_rows: pa.Table) -> None:
+    """Column by column: names, then values (floats exactly: the same code ran)."""
+    assert spark_rows.column_names == local_rows.column_names
+    assert spark_rows.num_rows == local_rows.num_rows > 0
+    for name in local_rows.column_names:
+        assert spark_rows.column(name).to_pylist() == local_rows.column(name).to_pylist(), name
+
+
+def test_frames_from_a_meta_dataframe_are_the_local_rows_with_the_same_error_rows(
+    spark: SparkSession, apply_lake: tuple[str, str]
+) -> None:
+    from dicomlake.spark import Catalog
+    from dicomlake.spark.dicom import DicomApply, DicomMetaExtractor
+
+    folder, lake = apply_lake
+    fn = apply_functions.fails_on_mr
+    dicomlake.apply(lake, "SELECT path FROM instances", fn, table="local_frames", workers=0)
+    catalog = Catalog(spark, table="spark_frames", lake=lake)
+    meta_df = DicomMetaExtractor(catalog).transform(catalog.catalog(folder))
+    saved = catalog.save(DicomApply(fn, unit="frame").transform(meta_df))
+    assert saved == 7  # five CT slices, CT_small, MR_small; not the text file
+    order = "path, frame"
+    local, spark_rows = rows_of(lake, "local_frames", order), rows_of(lake, "spark_frames", order)
+    assert_same_rows(spark_rows, local)
+    errors = [e for e in local.column("error").to_pylist() if e is not None]
+    assert len(errors) == 1 and errors[0].startswith("ValueError: no MR here xxx")
+
+
+def test_series_are_the_local_rows_and_a_catalog_dataframe_gives_frames_too(
+    spark: SparkSession, apply_lake: tuple[str, str]
+) -> None:
+    from dicomlake.spark import Catalog
+    from dicomlake.spark.dicom import DicomApply, DicomMetaExtractor
+
+    folder, lake = apply_lake
+    fn = apply_functions.series_stats
+    sql = "SELECT SeriesInstanceUID FROM series"
+    dicomlake.apply(lake, sql, fn, table="local_series", unit="series", version="2", workers=0)
+    catalog = Catalog(spark, table="spark_series", lake=lake)
+    meta_df = DicomMetaExtractor(catalog).transform(catalog.catalog(folder))
+    catalog.save(DicomApply(fn, unit="series", version="2").transform(meta_df))
+    local = rows_of(lake, "local_series", "SeriesInstanceUID")
+    assert_same_rows(rows_of(lake, "spark_series", "SeriesInstanceUID"), local)
+    statuses = sorted(local.column("status").to_pylist())
+    assert statuses == ["error", "error", "ok"]  # CT_small, MR_small: one slice each
+    # a catalog DataFrame: headers are read in the tasks; declared columns skip inference
+    frames = DicomApply(apply_functions.whole, columns={"n": "int64"}).transform(
+        catalog.catalog(folder)
+    )
+    by_path = {r["path"].rsplit("/", 1)[-1]: r for r in (x.asDict() for x in frames.collect())}
+    assert by_path["MR_small.dcm"]["n"] == 64 * 64 and by_path["MR_small.dcm"]["status"] == "ok"
+    assert by_path["notes.txt"]["status"] == "error" and by_path["notes.txt"]["n"] is None
