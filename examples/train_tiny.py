@@ -2,6 +2,7 @@
 
     python examples/train_tiny.py                    # builds ./demo-lake from sample data
     python examples/train_tiny.py --lake my-lake --sql "SELECT path, Modality FROM ..."
+    python examples/train_tiny.py --save tiny.pt     # keep the weights for infer.py
 
 The frames are chosen by SQL, decoded by :class:`dicomlake.ml.FrameDataset` in the
 DataLoader's workers (display-windowed, one channel, 64 x 64), and cached as ``.npy``
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--save", type=Path, default=None, help="weights file for infer.py")
     args = parser.parse_args()
 
     torch.manual_seed(0)
@@ -109,6 +111,9 @@ def main() -> None:
             f"epoch {epoch}: loss {total / seen:.4f}, train accuracy {correct / seen:.2f}, "
             f"{seen / seconds:.0f} frames/s"
         )
+    if args.save is not None:
+        torch.save({"classes": list(dataset.classes), "state_dict": model.state_dict()}, args.save)
+        print(f"saved the weights to {args.save}")
 
 
 if __name__ == "__main__":
