@@ -89,7 +89,7 @@ def test_series_are_the_local_rows_and_a_catalog_dataframe_gives_frames_too(
     spark: SparkSession, apply_lake: tuple[str, str]
 ) -> None:
     from dicomlake.spark import Catalog
-    from dicomlake.spark.dicom import DicomApply, DicomMetaExtractor
+    from dicomlake.spark.dicom import DicomApply, DicomMetaExtractor, MissingColumn
 
     folder, lake = apply_lake
     fn = apply_functions.series_stats
@@ -102,6 +102,9 @@ def test_series_are_the_local_rows_and_a_catalog_dataframe_gives_frames_too(
     assert_same_rows(rows_of(lake, "spark_series", "SeriesInstanceUID"), local)
     statuses = sorted(local.column("status").to_pylist())
     assert statuses == ["error", "error", "ok"]  # CT_small, MR_small: one slice each
+    # series need the meta columns: a catalog DataFrame is refused, naming the extractor
+    with pytest.raises(MissingColumn, match="DicomMetaExtractor"):
+        DicomApply(fn, unit="series").transform(catalog.catalog(folder))
     # a catalog DataFrame: headers are read in the tasks; declared columns skip inference
     frames = DicomApply(apply_functions.whole, columns={"n": "int64"}).transform(
         catalog.catalog(folder)
@@ -109,3 +112,29 @@ def test_series_are_the_local_rows_and_a_catalog_dataframe_gives_frames_too(
     by_path = {r["path"].rsplit("/", 1)[-1]: r for r in (x.asDict() for x in frames.collect())}
     assert by_path["MR_small.dcm"]["n"] == 64 * 64 and by_path["MR_small.dcm"]["status"] == "ok"
     assert by_path["notes.txt"]["status"] == "error" and by_path["notes.txt"]["n"] is None
+
+
+def test_values_that_do_not_fit_the_declared_columns_are_error_rows() -> None:
+    from dicomlake.engine.spark_apply import fit, output_schema
+    from dicomlake.kernels.apply import key_schema
+
+    keys = key_schema("frame")
+    n = 3
+    base = {f.name: pa.nulls(n, f.type) for f in keys}
+    base["row_id"] = pa.array([1, 2, 3], pa.int64())
+    base["status"] = pa.array(["ok", "ok", "error"])
+    base["error"] = pa.array([None, None, "ValueError: bad frame"])
+    made = pa.RecordBatch.from_pydict(
+        {
+            **base,
+            "mean": pa.array([1, None, None], pa.int64()),  # widens into double
+            "label": pa.array([None, "CT", None]),  # 'label' is declared double
+            "extra": pa.array([None, None, None], pa.null()),  # never returned: fine
+        }
+    )
+    out = output_schema("frame", pa.schema([("mean", pa.float64()), ("label", pa.float64())]))
+    rows = fit(made, out).to_pylist()
+    assert [r["status"] for r in rows] == ["ok", "error", "error"]
+    assert rows[0]["mean"] == 1.0 and rows[1]["label"] is None
+    assert rows[1]["error"].startswith("TypeError: 'label' is string here but double")
+    assert rows[2]["error"] == "ValueError: bad frame"  # the kernel's own error stays

@@ -576,7 +576,9 @@ class DicomApply(_Transformer):
     A DataFrame's schema is fixed before its rows are made, so the function's columns
     are declared with ``columns``, or inferred here, on the driver, by running the
     function on the first ``sample`` units (which makes :meth:`transform` run a small
-    Spark job). A later row whose values do not fit them is an error row.
+    Spark job; for series, one that reads the whole meta DataFrame to find every slice
+    of the sampled series: declare ``columns`` or cache ``meta_df`` on large inputs). A
+    later row whose values do not fit them is an error row.
 
     Args:
         fn: ``"package.module:name"`` (imported on each executor) or a picklable
@@ -636,7 +638,10 @@ class DicomApply(_Transformer):
         self.input_col = inputCol
         self.requires = ((inputCol, "Catalog.catalog()"),)
         if unit == "series":
-            self.requires += (("SeriesInstanceUID", "DicomMetaExtractor"),)
+            from dicomlake.engine.spark_apply import SLICE_COLUMNS
+
+            needed = (*SLICE_COLUMNS, "status", "has_pixel_data")
+            self.requires += tuple((c, "DicomMetaExtractor") for c in needed if c != "path")
         if storage_options is None:
             from dicomlake.spark.catalog import active_storage_options
 
@@ -657,8 +662,9 @@ class DicomApply(_Transformer):
             A DataFrame in the apply table's schema: one row per unit.
 
         Raises:
-            MissingColumn: ``df`` has no ``path`` (or ``inputCol``) column, or no
-                ``SeriesInstanceUID`` for series units.
+            MissingColumn: ``df`` has no ``path`` (or ``inputCol``) column, or, for
+                series units, lacks a column of :class:`DicomMetaExtractor`'s output
+                that geometry needs (``SeriesInstanceUID``, ``ImagePositionPatient``...).
             ValueError: ``columns`` was not given and cannot be inferred.
         """
         self._check(df)
