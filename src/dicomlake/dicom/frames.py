@@ -13,6 +13,7 @@ tensors, and :mod:`dicomlake.kernels.patches` tiles them.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -157,6 +158,55 @@ def load_frame(
     """
     with open_ref(path, storage_options=storage_options) as fp:
         stored, ds, scale = read_frame(fp, frame, max_side=max_side)
+    return physical_frame(stored, ds, frame, scale)
+
+
+def load_frames(
+    path: str,
+    frames: Sequence[int],
+    *,
+    max_side: int | None = None,
+    storage_options: StorageOptions = None,
+) -> Iterator[tuple[int, PhysicalFrame | Exception]]:
+    """Decode several frames of one file, opening it and parsing its header once.
+
+    For a multi-frame file, :func:`load_frame` per frame would parse the whole header
+    (per-frame functional groups included) again for every frame; here the header's
+    DICOM JSON is read once and each frame's decode starts from it (as thumbnails do).
+    (A generator, so not under :func:`quiet` itself: each step it calls is.)
+
+    Yields:
+        (frame, its :class:`PhysicalFrame` or the exception its decoding raised), in
+        the order of ``frames``.
+
+    Raises:
+        OSError: The file cannot be opened or its header read.
+        Exception: The header cannot be parsed.
+    """
+    from dicomlake.dicom.header import read_header
+
+    with open_ref(path, storage_options=storage_options) as fp:
+        header = read_header(fp, uri=path).meta if len(frames) > 1 else None
+        for frame in frames:
+            try:
+                stored, ds, scale = read_frame(fp, frame, max_side=max_side, header=header)
+                loaded = physical_frame(stored, ds, frame, scale)
+            except Exception as exc:  # one frame's failure is the caller's to report
+                yield frame, exc
+                continue
+            yield frame, loaded
+
+
+@quiet
+def physical_frame(stored: np.ndarray, ds: Any, frame: int, scale: int) -> PhysicalFrame:
+    """A decoded frame's stored values in physical units, with its window and spacing.
+
+    Args:
+        stored: The frame as :func:`~dicomlake.dicom.pixels.read_frame` decoded it.
+        ds: The dataset it came with.
+        frame: Its 0-based index (for per-frame functional groups).
+        scale: How much smaller than the full frame it was decoded.
+    """
     view = frame_view(ds, frame)
     photometric = str(view.get("PhotometricInterpretation", "MONOCHROME2") or "").upper()
     if photometric == "PALETTE COLOR":

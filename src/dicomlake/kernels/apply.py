@@ -356,15 +356,20 @@ class ApplyKernel:
                 return [self._error(base, None, error_text(exc))]
             return [self._done(base, item)]
         rows = []
-        for index in range(source.frames):
-            try:
+        try:
+            for index, decoded in self.decoder.frames(source.path, range(source.frames)):
+                if isinstance(decoded, Exception):  # a frame that does not decode
+                    rows.append(self._error(base, index, error_text(decoded)))
+                    continue
+                image, spacing = decoded
                 item = frame_item(
-                    self.decoder, source.path, index, source.sop_instance_uid, base["row_id"]
+                    image, spacing, source.path, index, source.sop_instance_uid, base["row_id"]
                 )
-            except Exception as exc:  # one frame that does not decode: its error row
-                rows.append(self._error(base, index, error_text(exc)))
-                continue
-            rows.append(self._done({**base, "frame": index}, item))
+                rows.append(self._done({**base, "frame": index}, item))
+        except Exception as exc:  # the file or its header cannot be read: every frame
+            done = {row["frame"] for row in rows}
+            reason = error_text(exc)
+            rows += [self._error(base, i, reason) for i in range(source.frames) if i not in done]
         return rows
 
     def _error(self, base: dict[str, Any], frame: int | None, reason: str) -> dict[str, Any]:

@@ -22,12 +22,13 @@ Decoding is :func:`dicomlake.dicom.frames.load_frame`, the datasets' own.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dicomlake.dicom.frames import PhysicalFrame, Window, load_frame
+from dicomlake.dicom.frames import PhysicalFrame, Window, load_frame, load_frames
 from dicomlake.errors import ExtractError
 from dicomlake.rows import error_text
 
@@ -73,6 +74,28 @@ class Decoder:
         loaded = load_frame(path, index, max_side=max_side, storage_options=self.storage_options)
         return self.shape(loaded)
 
+    def frames(
+        self, path: str, indices: Sequence[int]
+    ) -> Iterator[tuple[int, tuple[np.ndarray, tuple[float, float]] | Exception]]:
+        """Several frames of one file, the file opened and its header parsed once.
+
+        Yields:
+            (frame, its image and spacing, or the exception its decoding raised).
+
+        Raises:
+            OSError: The file cannot be read.
+            Exception: Its header cannot be parsed.
+        """
+        max_side = max(self.size) if self.size is not None else None
+        for index, loaded in load_frames(
+            path, indices, max_side=max_side, storage_options=self.storage_options
+        ):
+            if isinstance(loaded, Exception):
+                yield index, loaded
+            else:
+                image, spacing, _ = self.shape(loaded)
+                yield index, (image, spacing)
+
     def shape(self, loaded: PhysicalFrame) -> tuple[np.ndarray, tuple[float, float], PhysicalFrame]:
         """A decoded frame through the window and size (the spacing scaled with it)."""
         values = loaded.windowed(self.window)
@@ -85,15 +108,14 @@ class Decoder:
 
 
 def frame_item(
-    decoder: Decoder, path: str, index: int, sop: str | None, rid: int
+    image: np.ndarray,
+    spacing: tuple[float, float],
+    path: str,
+    index: int,
+    sop: str | None,
+    rid: int,
 ) -> dict[str, Any]:
-    """The item of one frame (see the module docstring).
-
-    Raises:
-        OSError: The file cannot be read.
-        Exception: The frame cannot be decoded.
-    """
-    image, spacing, _ = decoder.frame(path, index)
+    """The item of one decoded frame (see the module docstring)."""
     return {
         "image": image,
         "meta": {
@@ -118,8 +140,10 @@ def instance_item(
     """
     image: np.ndarray | None = None
     spacing: tuple[float, float] = (np.nan, np.nan)
-    for index in range(frames):
-        values, found, _ = decoder.frame(path, index)
+    for index, decoded in decoder.frames(path, range(frames)):
+        if isinstance(decoded, Exception):
+            raise decoded
+        values, found = decoded
         if image is None:
             image = np.empty((frames, *values.shape), dtype=np.float32)
             spacing = found
