@@ -571,7 +571,9 @@ class DicomApply(_Transformer):
     returns. A function that raises, a frame that does not decode, a series that is
     not one regular volume, each is an error row. Save the rows as the lake's table
     with ``Catalog(spark, table=NAME, lake=LAKE).save(df)``: it is a view of that name
-    in SQL afterwards.
+    in SQL afterwards. A save appends (or, with ``mode="overwrite"``, replaces the whole
+    table); it does not replace a unit's earlier rows as ``dicomlake.apply`` does, so
+    save a re-run with ``mode="overwrite"`` or into a table of its own.
 
     A DataFrame's schema is fixed before its rows are made, so the function's columns
     are declared with ``columns``, or inferred here, on the driver, by running the
