@@ -225,6 +225,18 @@ def test_integers_widen_to_double_across_runs(corpus: Corpus) -> None:
     assert (row["n"], row["note"], row["version"]) == (128 * 128 / 2, "half", "2")
 
 
+def test_a_type_the_table_refuses_gives_error_rows(corpus: Corpus) -> None:
+    where = "path LIKE '%CT_small%'"
+    apply(corpus.lake, where, f"{F}:whole", table="refuse", workers=0)
+    summary = apply(
+        corpus.lake, where, f"{F}:whole_as_text", table="refuse", version="2", workers=0
+    )
+    assert summary.errors == {"TypeError": 1}
+    (row,) = rows(corpus.lake, "SELECT * FROM refuse")
+    assert (row["status"], row["n"], row["version"]) == ("error", None, "2")
+    assert "'n' is string here but int64 in table rows" in row["error"]
+
+
 def test_unit_timeout_is_an_error_row(corpus: Corpus) -> None:
     where = "path LIKE '%CT_small%' OR path LIKE '%MR_small%'"
     summary = apply(
