@@ -69,3 +69,9 @@ not_a_function = 3
 def whole_as_text(item: dict[str, Any]) -> dict[str, Any]:
     """The count of :func:`whole` as text: a type the table's integer column refuses."""
     return {"n": str(item["image"].size)}
+
+
+def pixels(item: dict[str, Any]) -> dict[str, Any]:
+    """The image itself, as little-endian float32 bytes, and its shape."""
+    image = item["image"]
+    return {"pixels": image.astype("<f4").tobytes(), "shape": list(image.shape)}

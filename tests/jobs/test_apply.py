@@ -134,6 +134,41 @@ def test_frame_values_equal_pydicom_with_the_modality_lut(corpus: Corpus) -> Non
     assert ct["mean"] < 0 < ct["high"]  # Hounsfield units: air below zero
 
 
+ENCODINGS = [
+    "JPEG2000.dcm",  # JPEG 2000, grayscale
+    "JPEG-LL.dcm",  # JPEG lossless
+    "MR_small_RLE.dcm",  # RLE
+    "MR_small_bigendian.dcm",  # big endian: decoded through pydicom's own parse
+    "SC_rgb_rle.dcm",  # RGB
+    "SC_rgb_2frame.dcm",  # RGB, two frames
+]
+
+
+def test_pixels_equal_pydicom_across_encodings(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ENCODINGS:
+        shutil.copyfile(sample_file(name), src / name)
+    lake = str(tmp_path / "lake")
+    dicomlake.ingest([str(src)], lake, workers=0)
+    summary = apply(lake, "", f"{F}:pixels", table="px", workers=0)
+    assert summary.errors == {}, summary
+    seen = set()
+    for row in rows(lake, "SELECT path, frame, pixels, shape FROM px"):
+        path = local(row["path"])
+        ds = pydicom.dcmread(path)
+        frames = ds.pixel_array if int(ds.get("NumberOfFrames", 1) or 1) > 1 else [ds.pixel_array]
+        frame = np.asarray(frames[row["frame"]])
+        if frame.ndim == 3:  # RGB: channels first, as the datasets give them
+            expected = np.moveaxis(frame, -1, 0).astype(np.float32)
+        else:
+            expected = np.asarray(apply_modality_lut(frame, ds), np.float32)[np.newaxis]
+        got = np.frombuffer(row["pixels"], "<f4").reshape(row["shape"])
+        np.testing.assert_array_equal(got, expected, err_msg=path)
+        seen.add(Path(path).name)
+    assert seen == set(ENCODINGS)
+
+
 def test_instance_unit_stacks_every_frame(corpus: Corpus) -> None:
     dicomlake.apply(
         corpus.lake, "path LIKE '%emri%'", f"{F}:hu_stats", table="inst", unit="instance", workers=0
