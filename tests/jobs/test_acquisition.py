@@ -55,8 +55,32 @@ def lake(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]
         sm_instance(src / "sm" / f"{name}.dcm", series["sm"], image_type, matrix, spacing)
     lake = src.parent / "lake"
     dicomlake.ingest([str(src)], str(lake), workers=0)
-    update_acquisition(str(lake))
     return lake, series
+
+
+def table_rows(lake: Path) -> list[dict[str, Any]]:
+    """The acquisition table's rows as stored (not the view), by row id, less stamps."""
+    table = DeltaTable(str(lake / "acquisition")).to_pyarrow_table()
+    return sorted(table.drop_columns(["ingested_at"]).to_pylist(), key=lambda r: r["row_id"])
+
+
+def test_workers_and_meta_make_the_same_rows(
+    lake: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    """Rows made by ingest's workers (written as shards), in-process, and from meta."""
+    path, _ = lake
+    src = path.parent / "src"
+    expected = table_rows(path)
+    assert len(expected) == 12 and {r["Modality"] for r in expected} == {"CT", "PT", "MR", "SM"}
+    sharded = tmp_path / "sharded"
+    dicomlake.ingest([str(src)], str(sharded), workers=2, optimize=False)
+    assert table_rows(sharded) == expected
+    files = [uri.rsplit("/", 1)[-1] for uri in DeltaTable(str(sharded / "acquisition")).file_uris()]
+    assert files and all(name.startswith("part-w") for name in files)  # workers wrote them
+    shutil.copytree(path, tmp_path / "old")
+    shutil.rmtree(tmp_path / "old" / "acquisition")  # a lake made before the table
+    assert update_acquisition(str(tmp_path / "old")).extracted == 12
+    assert table_rows(tmp_path / "old") == expected
 
 
 def test_ct_series_has_dose_modulation_as_min_and_max(lake: tuple[Path, dict[str, str]]) -> None:
@@ -142,7 +166,6 @@ def test_a_kvp_that_is_not_a_number_is_null_with_a_warning(tmp_path: Path) -> No
     assert data.count(element + b"9876") == 1
     path.write_bytes(data.replace(element + b"9876", element + b"abc "))
     dicomlake.ingest([str(tmp_path / "src")], str(tmp_path / "lake"), workers=0)
-    update_acquisition(str(tmp_path / "lake"))
     row = one(
         tmp_path / "lake",
         "SELECT a.KVP, a.warnings, i.warnings AS instance_warnings "
@@ -154,16 +177,14 @@ def test_a_kvp_that_is_not_a_number_is_null_with_a_warning(tmp_path: Path) -> No
     assert row["warnings"] is None
 
 
-def test_an_update_redoes_only_what_changed(tmp_path: Path) -> None:
+def test_ingest_keeps_the_table_current(tmp_path: Path) -> None:
     src, lake = tmp_path / "src", tmp_path / "lake"
     classic_ct_series(src / "a", [100, 120])
     classic_ct_series(src / "b", [90])
     dicomlake.ingest([str(src)], str(lake), workers=0)
-    assert not (lake / "acquisition").exists()  # ingest leaves it to optimize
-    assert update_acquisition(str(lake)).extracted == 3
+    assert update_acquisition(str(lake)).extracted == 0  # ingest made every row
     version = DeltaTable(str(lake / "acquisition")).version()
     dicomlake.ingest([str(src)], str(lake), workers=0)
-    assert update_acquisition(str(lake)).extracted == 0
     assert DeltaTable(str(lake / "acquisition")).version() == version
     # a changed file is extracted again, a new one added, a gone one dropped
     ds = pydicom.dcmread(src / "a" / "ct1.dcm")
@@ -172,17 +193,33 @@ def test_an_update_redoes_only_what_changed(tmp_path: Path) -> None:
     classic_ct_series(src / "c", [77])
     shutil.rmtree(src / "b")
     dicomlake.ingest([str(src)], str(lake), workers=0, sync=True)
-    done = update_acquisition(str(lake))
-    assert (done.extracted, done.removed) == (2, 1)
     rows = one(lake, "SELECT list(XRayTubeCurrent ORDER BY row_id) AS c FROM acquisition")
     assert sorted(rows["c"]) == [[42.0], [77.0], [120.0]]
-    assert update_acquisition(str(lake)).extracted == 0
+    assert len(table_rows(lake)) == 3  # the gone file's row is deleted, not hidden
+    done = update_acquisition(str(lake))
+    assert (done.extracted, done.removed) == (0, 0)
+    # a file that is no longer DICOM loses its row
+    (src / "c" / "ct1.dcm").write_bytes(b"not dicom at all")
+    dicomlake.ingest([str(src)], str(lake), workers=0)
+    assert len(table_rows(lake)) == 2
+
+
+def test_an_old_lake_gains_the_table_at_its_next_ingest(tmp_path: Path) -> None:
+    src, lake = tmp_path / "src", tmp_path / "lake"
+    classic_ct_series(src, [150, 210])
+    dicomlake.ingest([str(src)], str(lake), workers=0)
+    shutil.rmtree(lake / "acquisition")  # as a lake made before the table was
+    summary = dicomlake.ingest([str(src)], str(lake), workers=0)
+    assert summary.skipped_unchanged == 2  # no file read again: the rows come from meta
+    row = one(lake, "SELECT XRayTubeCurrent_min, XRayTubeCurrent_max, KVP FROM ct_series")
+    assert row == {"XRayTubeCurrent_min": 150.0, "XRayTubeCurrent_max": 210.0, "KVP": 120.0}
 
 
 def test_optimize_gives_an_old_lake_the_table_without_its_files(tmp_path: Path) -> None:
     src, lake = tmp_path / "src", tmp_path / "lake"
     classic_ct_series(src, [150, 210])
     dicomlake.ingest([str(src)], str(lake), workers=0)
+    shutil.rmtree(lake / "acquisition")  # as a lake made before the table was
     shutil.rmtree(src)  # so the values can only come from meta
     con = dicomlake.connect(str(lake))
     views = {name for (name,) in con.sql("SELECT view_name FROM duckdb_views()").fetchall()}

@@ -59,14 +59,33 @@ def assert_sound(lake: Path, expected: set[str]) -> int:
 
 
 def assert_complete(lake: Path, expected: set[str], command: list[str]) -> None:
-    """A plain re-run ends with exactly the files on disk, and vacuum leaves no orphan."""
+    """A plain re-run ends with exactly the files on disk, and vacuum leaves no orphan.
+
+    The ``acquisition`` view has one row per instance after the re-run, whatever the
+    crash left in its table; after ``optimize`` the table itself has no other row.
+    """
     result = run(command)
     assert result.returncode == 0, result.stderr
     paths = lake_paths(lake)
     assert len(paths) == len(set(paths)) and set(paths) == expected
+    assert acquisition_counts(lake) == (len(expected),) * 2
     vacuum = [sys.executable, "-m", "dicomlake", "optimize", "--lake", str(lake)]
     assert run([*vacuum, "--vacuum", "--retention-hours", "0", "--quiet"]).returncode == 0
     assert table_state(str(lake)).unreferenced_files == 0
+    stored = DeltaTable(str(lake / "acquisition")).to_pyarrow_table(columns=["row_id"])
+    assert stored.num_rows == len(expected)
+
+
+def acquisition_counts(lake: Path) -> tuple[int, int]:
+    """Rows and distinct instances of the ``acquisition`` view."""
+    con = dicomlake.connect(str(lake))
+    try:
+        [(rows, instances)] = con.sql(
+            "SELECT count(*), count(DISTINCT row_id) FROM acquisition"
+        ).fetchall()
+    finally:
+        con.close()
+    return rows, instances
 
 
 @pytest.fixture(scope="module")

@@ -79,6 +79,13 @@ def test_saved_table_equals_the_local_engine(
     assert by_name["junk.dcm"]["status"] == "error"
     assert by_name["fine.dcm"]["status"] == "ok"
     assert {r["status"] for r in saved.values()} == {"ok", "not_dicom", "error"}
+    # the acquisition table follows, with the local engine's rows
+    acquired = [
+        DeltaTable(str(lake / "acquisition")).to_pyarrow_table().drop_columns(["ingested_at"])
+        for lake in (local_lake, tmp_path / "spark-lake")
+    ]
+    assert acquired[0].num_rows == sum(r["status"] == "ok" for r in local.values())
+    assert acquired[1].sort_by("row_id").equals(acquired[0].sort_by("row_id"))
 
 
 def test_saved_rows_are_the_dataframe_rows(

@@ -215,6 +215,8 @@ def _values(meta: JsonDict, source: Source, *, every_frame: bool) -> list[Any] |
 
 
 def _number(value: Any) -> float:
+    if type(value) is float:  # most values: a DS or FD read as a JSON number
+        return value
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise TypeError(f"a {type(value).__name__} is not a number")
     return float(value)
@@ -228,6 +230,8 @@ def _integer(value: Any) -> int:
 
 
 def _text(value: Any) -> str:
+    if type(value) is str:
+        return value
     if isinstance(value, dict | list):
         raise TypeError(f"a {type(value).__name__} is not text")
     return str(value)
@@ -240,6 +244,30 @@ class _Column:
     convert: Callable[[Any], Any]
     is_list: bool
     every_frame: bool  # a list of one value per frame (not an element's values)
+    simple: tuple[str, ...]  # top-level keys tried in order, when every top path is one
+
+    def value(self, meta: JsonDict, warnings: list[str]) -> Any:
+        """The column's typed value in ``meta``, or None (a warning when it does not convert)."""
+        raw: list[Any] | None = None
+        if self.simple and not self.source.group:
+            for key in self.simple:  # the common case: a top-level element
+                element = meta.get(key)
+                if element is not None:
+                    raw = element.get("Value")
+                    if raw:
+                        break
+        else:
+            raw = _values(meta, self.source, every_frame=self.every_frame)
+        if not raw:
+            return None
+        try:
+            if self.is_list:
+                return [None if v is None else self.convert(v) for v in raw]
+            value = raw[self.source.index]
+            return None if value is None else self.convert(value)
+        except (ValueError, TypeError, IndexError) as exc:
+            warnings.append(f"{self.name}: {type(exc).__name__}: the value does not convert")
+            return None
 
 
 def _column(name: str, typ: pa.DataType) -> _Column:
@@ -254,17 +282,48 @@ def _column(name: str, typ: pa.DataType) -> _Column:
     # numeric lists vary across frames (echo times, tube currents); text lists are an
     # element's values (ImageType's), taken from the first frame
     every_frame = is_list and convert is _number
-    return _Column(name, SOURCES[name], convert, is_list, every_frame)
+    source = SOURCES[name]
+    simple = tuple(p[0] for p in source.top) if all(len(p) == 1 for p in source.top) else ()
+    return _Column(name, source, convert, is_list, every_frame, simple)
 
 
 _COLUMNS: Final = tuple(_column(name, typ) for name, typ in ACQUISITION_COLUMNS.items())
+
+
+#: How a column is read from one top-level key: its name, whether the key is its one
+#: top-level element (read there directly, else through :meth:`_Column.value`), and
+#: the direct read's conversion, list flag and value index (a plain tuple: read for
+#: every column of every instance at ingest, so attribute lookups count).
+_Read = tuple[str, bool, Callable[[Any], Any], bool, int, _Column]
+
+
+def _columns_by_root() -> dict[str, tuple[_Read, ...]]:
+    """Each top-level key a column's value may start from, and how to read those columns."""
+    by_root: dict[str, list[_Read]] = {}
+    for column in _COLUMNS:
+        roots = {path[0] for path in column.source.top}
+        if column.source.group:
+            roots |= {_SHARED, _PER_FRAME}
+        for root in roots:
+            direct = column.simple == (root,)
+            read = (column.name, direct, column.convert, column.is_list, column.source.index)
+            by_root.setdefault(root, []).append((*read, column))
+    return {root: tuple(reads) for root, reads in by_root.items()}
+
+
+_BY_ROOT: Final = _columns_by_root()
+#: The top-level elements (DICOM JSON keys) the columns are read from: all a header
+#: needs to hold for :func:`acquisition_values`, so the native parser hands over just
+#: these (with the promoted tags) and never the whole header as objects.
+TOP_LEVEL_KEYS: Final = frozenset(_BY_ROOT)
 
 
 def acquisition_values(meta: JsonDict) -> tuple[dict[str, Any], list[str]]:
     """The typed acquisition attributes of one instance, and its conversion warnings.
 
     Args:
-        meta: The instance's header as DICOM JSON (the ``meta`` column, parsed).
+        meta: The instance's header as DICOM JSON (the ``meta`` column, parsed), or
+            any part of it that holds its :data:`TOP_LEVEL_KEYS` elements.
 
     Returns:
         ``{column: value or None}`` for every column of
@@ -276,19 +335,37 @@ def acquisition_values(meta: JsonDict) -> tuple[dict[str, Any], list[str]]:
         >>> values["KVP"], warnings
         (120.0, [])
     """
+    found, warnings = found_values(meta)
+    return dict.fromkeys(ACQUISITION_COLUMNS) | found, warnings
+
+
+def found_values(meta: JsonDict) -> tuple[dict[str, Any], list[str]]:
+    """:func:`acquisition_values` of only the columns whose elements ``meta`` holds.
+
+    Only those columns are looked at: a CT header holds some fifteen of the sixty, so
+    this costs a few microseconds, and the rows of a batch are sparse (the ``acquisition``
+    table's columns are built from them in about as little).
+    """
     row: dict[str, Any] = {}
     warnings: list[str] = []
-    for column in _COLUMNS:
-        raw = _values(meta, column.source, every_frame=column.every_frame)
-        value: Any = None
-        if raw:
+    for key in meta.keys() & TOP_LEVEL_KEYS:
+        for name, direct, convert, is_list, index, column in _BY_ROOT[key]:
+            if name in row:  # a column with two roots in the header
+                continue
+            if not direct:
+                row[name] = column.value(meta, warnings)
+                continue
+            raw = meta[key].get("Value")  # most columns: their one top-level element
+            if not raw:  # empty here: a functional group may hold it
+                row[name] = column.value(meta, warnings) if column.source.group else None
+                continue
             try:
-                if column.is_list:
-                    value = [None if v is None else column.convert(v) for v in raw]
-                elif raw[column.source.index] is not None:
-                    value = column.convert(raw[column.source.index])
+                if is_list:
+                    row[name] = [None if v is None else convert(v) for v in raw]
+                else:
+                    value = raw[index]
+                    row[name] = None if value is None else convert(value)
             except (ValueError, TypeError, IndexError) as exc:
-                warnings.append(f"{column.name}: {type(exc).__name__}: the value does not convert")
-                value = None
-        row[column.name] = value
+                row[name] = None
+                warnings.append(f"{name}: {type(exc).__name__}: the value does not convert")
     return row, warnings

@@ -60,10 +60,15 @@ if not hasattr(_ext, "parse"):  # a stray namespace package, not the extension
     _ext = None
 
 if _ext is not None:
+    from dicomlake.dicom.acquisition import TOP_LEVEL_KEYS
     from dicomlake.dicom.keywords import tag_for_keyword
     from dicomlake.schema import PROMOTED_TAGS
 
-    _ext.set_promoted([tag for k in PROMOTED_TAGS if (tag := tag_for_keyword(k)) is not None])
+    # the elements the row is typed from: promoted tags and the acquisition table's
+    _ext.set_promoted(
+        {tag for k in PROMOTED_TAGS if (tag := tag_for_keyword(k)) is not None}
+        | {int(key, 16) for key in TOP_LEVEL_KEYS}
+    )
 
 
 #: How much slower headers are without the native parser, for the ingest warning

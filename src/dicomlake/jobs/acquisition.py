@@ -1,12 +1,15 @@
-"""The ``acquisition`` table: typed acquisition attributes of every ``ok`` instance.
+"""The ``acquisition`` table from ``meta``: for lakes made before ingest wrote it.
 
-Derived from the ``instances`` table's ``meta`` alone (see
-:mod:`dicomlake.dicom.acquisition`), never from the files, so a lake made before the
-table existed gains it without reading them again. :func:`update_acquisition` is
-incremental: it extracts only instances without a row, or whose ``instances`` row is
-newer (``ingested_at``) than the one it was extracted from, and drops rows of
-instances no longer ``ok`` in the lake. The per-modality series views of
-:mod:`dicomlake.lake.sql` (``ct_series``, ``mr_series``...) read this table.
+Ingest makes each instance's acquisition row in its workers, from the header it
+parsed (:mod:`dicomlake.kernels.acquisition`). :func:`update_acquisition` derives the
+same rows from the ``instances`` table's ``meta`` alone, never from the files, so a
+lake made before the table existed gains it without reading them again (at its next
+ingest, or with ``dicomlake optimize``). It is incremental: it extracts only
+instances without a row, or whose ``instances`` row is newer (``ingested_at``) than
+the one it was extracted from, and drops rows of instances no longer ``ok`` in the
+lake, which also tidies what a crashed ingest left (see ``acquisition`` in
+:mod:`dicomlake.lake.sql`). The per-modality series views (``ct_series``,
+``mr_series``...) read this table.
 
 .. versionadded:: 0.1
 """
@@ -16,15 +19,16 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from dicomlake.dicom.acquisition import acquisition_values
-from dicomlake.lake.sql import connect
+from dicomlake.errors import DicomLakeError
+from dicomlake.kernels.acquisition import acquisition_batch, acquisition_row
+from dicomlake.lake.sql import ACQUISITION_ROWS, connect
 from dicomlake.lake.tables import ACQUISITION_TABLE, table_exists
 from dicomlake.lake.writer import TableWriter
 from dicomlake.schema import ACQUISITION_SCHEMA
@@ -46,10 +50,12 @@ SELECT row_id, "SeriesInstanceUID", "Modality", ingested_at, meta
 FROM instances WHERE status = 'ok'
 """
 
-# which rows to redo, without reading ``meta``: a whole lake's would be gigabytes
-_TODO_CHANGED: Final = """
+# which rows to redo, without reading ``meta``: a whole lake's would be gigabytes. The
+# stored rows, not the view: a crashed ingest may have left a stale one beside the
+# instance's own
+_TODO_CHANGED: Final = f"""
 SELECT i.row_id, i.ingested_at
-FROM instances i LEFT JOIN acquisition a ON a.row_id = i.row_id
+FROM instances i LEFT JOIN {ACQUISITION_ROWS} a ON a.row_id = i.row_id
 WHERE i.status = 'ok' AND (a.row_id IS NULL OR a.ingested_at IS DISTINCT FROM i.ingested_at)
 """
 
@@ -60,8 +66,8 @@ FROM instances i SEMI JOIN __dl_todo t ON i.row_id = t.row_id
 WHERE i.status = 'ok' AND (i.ingested_at BETWEEN $first AND $last OR i.ingested_at IS NULL)
 """
 
-_GONE: Final = """
-SELECT a.row_id FROM acquisition a
+_GONE: Final = f"""
+SELECT a.row_id FROM {ACQUISITION_ROWS} a
 ANTI JOIN (SELECT row_id FROM instances WHERE status = 'ok') i ON a.row_id = i.row_id
 """
 
@@ -76,7 +82,7 @@ class AcquisitionSummary:
     seconds: float = 0.0
 
 
-def acquisition_batch(rows: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
+def batch_from_meta(rows: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
     """Rows of the ``acquisition`` table for a batch of ``instances`` rows.
 
     Args:
@@ -90,18 +96,14 @@ def acquisition_batch(rows: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
     Raises:
         orjson.JSONDecodeError: If a ``meta`` is not JSON (the lake never writes one).
     """
-    columns: dict[str, list[Any]] = {field.name: [] for field in ACQUISITION_SCHEMA}
+    made = []
     warned = 0
-    for meta in rows.column("meta").to_pylist():
-        values, warnings = acquisition_values(orjson.loads(meta) if meta else {})
-        columns["warnings"].append(warnings or None)
+    instances = rows.select(["row_id", "SeriesInstanceUID", "Modality", "ingested_at"])
+    for instance, meta in zip(instances.to_pylist(), rows.column("meta").to_pylist(), strict=True):
+        row, warnings = acquisition_row(instance, orjson.loads(meta) if meta else {})
+        made.append(row)
         warned += bool(warnings)
-        for name, value in values.items():
-            columns[name].append(value)
-    for name in ("row_id", "SeriesInstanceUID", "Modality", "ingested_at"):
-        columns[name] = rows.column(name).to_pylist()
-    arrays = [pa.array(columns[f.name], type=f.type) for f in ACQUISITION_SCHEMA]
-    return pa.RecordBatch.from_arrays(arrays, schema=ACQUISITION_SCHEMA), warned
+    return acquisition_batch(made, ingested_at=None), warned
 
 
 def update_acquisition(lake: str, storage_options: StorageOptions = None) -> AcquisitionSummary:
@@ -134,8 +136,11 @@ def update_acquisition(lake: str, storage_options: StorageOptions = None) -> Acq
                 writer.write(ACQUISITION_SCHEMA.empty_table(), instances=gone.tolist())
                 summary.removed = len(gone)
         for rows in _todo(con, exists=exists):
-            batch, warned = acquisition_batch(rows)
-            writer.write(batch, replace=exists)
+            batch, warned = batch_from_meta(rows)
+            if exists:  # every row of the instance gives way: a crashed ingest may leave two
+                writer.write(batch, instances=batch.column("row_id").to_pylist())
+            else:
+                writer.write(batch)
             summary.extracted += batch.num_rows
             summary.warnings += warned
     summary.seconds = time.monotonic() - started
@@ -171,3 +176,14 @@ def _row_ids(con: duckdb.DuckDBPyConnection, sql: str) -> np.ndarray:
     table = con.sql(sql).to_arrow_table()
     ids: np.ndarray = table.column("row_id").to_numpy().astype(np.int64, copy=False)
     return ids
+
+
+def update_or_say_why(lake: str, storage_options: StorageOptions = None) -> tuple[int, str]:
+    """:func:`update_acquisition`: rows extracted, and why not ('' when done).
+
+    For a process of its own (``run_apart``): a LakeError does not pickle.
+    """
+    try:
+        return update_acquisition(lake, storage_options=storage_options).extracted, ""
+    except DicomLakeError as exc:
+        return 0, str(exc)

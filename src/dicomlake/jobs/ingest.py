@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import pyarrow as pa
 
-from dicomlake._types import Parser, StorageOptions
+from dicomlake._types import Batches, Parser, StorageOptions
 from dicomlake.catalog import FileRef, check_sources, iter_files
 from dicomlake.engine.local import IN_PROCESS_MAX_FILES, LocalEngine, Task, run_apart
-from dicomlake.engine.sinks import SHARDS, ShardSink
+from dicomlake.engine.sinks import SHARDS, ShardSink, shards_of
 from dicomlake.kernels.instances import BULK_THRESHOLD, InstancesKernel
 from dicomlake.killpoints import kill_point
 from dicomlake.lake.fingerprints import Fingerprints
@@ -34,6 +34,7 @@ from dicomlake.lake.probe import check_lake_writable
 from dicomlake.lake.shards import new_job_id
 from dicomlake.lake.sync import delete_rows, stale_row_ids
 from dicomlake.lake.tables import (
+    ACQUISITION_TABLE,
     INSTANCES_TABLE,
     THUMBNAILS_TABLE,
     table_uri,
@@ -379,6 +380,7 @@ def ingest(
         storage_options=storage_options,
         thumbnails=drawing,
         parser=_check_parser(parser),
+        acquisition=True,
     )
     sharded = shards if shards is not None else pool > 0
     engine = LocalEngine(
@@ -425,6 +427,8 @@ class _Run:
     summary: IngestSummary = field(default_factory=IngestSummary)
     prefixes: list[str] = field(default_factory=list)
     seen: _Seen | None = None
+    # a lake made before the acquisition table: derive it from meta at the end
+    catch_up_acquisition: bool = False
 
     def extract(self, engine: LocalEngine) -> None:
         """List, skip what the lake has, extract the rest and commit it as it comes."""
@@ -452,20 +456,31 @@ class _Run:
             if self.drawing
             else None
         )
+        # committed only just before the instances rows they belong to (see
+        # acquisition_view in lake/sql.py for what a crash in between leaves)
+        acquired = TableWriter(
+            self.lake,
+            ACQUISITION_TABLE,
+            max_rows=1 << 62,
+            max_seconds=float("inf"),
+            storage_options=options,
+        )
         writer = TableWriter(
             self.lake,
             INSTANCES_TABLE,
             max_rows=self.commits.rows,
             max_seconds=self.commits.seconds,
             storage_options=options,
+            before_commit=acquired.flush,
         )
+        self.catch_up_acquisition = writer.existed and not acquired.existed
         fingerprints = Fingerprints.load(self.lake, storage_options=options)
         self.prefixes = [source_prefix(s, options) for s in self.sources]
         self.seen = _Seen(dedupe=_overlapping(self.prefixes), keep=self.sync)
         sizer = TaskSizer(workers=max(engine.workers, 1), fixed=self.task_size)
         tasks = _plan(refs, fingerprints, summary, self.seen, sizer)
         began, base = 0.0, -1  # the rate counts from the first result on
-        with writer, thumb_writer or nullcontext():
+        with acquired, writer, thumb_writer or nullcontext():
             for task, out in engine.map(tasks):
                 if base < 0:
                     began, base = time.monotonic(), summary.done + len(task.refs)
@@ -477,6 +492,7 @@ class _Run:
                 if thumb_writer is not None and THUMBNAILS_TABLE in out:
                     thumb_writer.write(out[THUMBNAILS_TABLE], replace=task.replace)
                     _count_thumbnails(summary, out[THUMBNAILS_TABLE])
+                _write_acquisition(acquired, out, task.replace)
                 if SHARDS in out:  # the worker wrote the rows itself
                     writer.add_shards(out[SHARDS].to_pylist())
                 else:
@@ -507,6 +523,8 @@ class _Run:
             )
             summary.thumbnails += catch_up.ok
             summary.thumbnail_errors.update(catch_up.errors)
+        if self.catch_up_acquisition:
+            self._catch_up_acquisition()
         if self.sync and self.seen is not None:
             stale = stale_row_ids(
                 self.lake,
@@ -517,7 +535,22 @@ class _Run:
             )
             if len(stale):
                 summary.deleted = delete_rows(self.lake, stale, storage_options=options)
+                delete_rows(self.lake, stale, storage_options=options, table=ACQUISITION_TABLE)
         summary.seconds = time.monotonic() - summary.started
+
+    def _catch_up_acquisition(self) -> None:
+        """Give a lake made before the ``acquisition`` table its rows, from ``meta``."""
+        from dicomlake.jobs.acquisition import update_or_say_why
+
+        options = self.storage_options
+        if self.workers == 0:
+            made, problem = update_or_say_why(self.lake, options)
+        else:  # apart, as compaction: it reads every header's JSON once
+            made, problem = run_apart(update_or_say_why, self.lake, options)
+        if problem:  # the instances are committed; this can wait
+            log.warning("acquisition table not made (%s); run `dicomlake optimize`", problem)
+        else:
+            log.info("acquisition table made for %d earlier instances", made)
 
     def _compact(self, *, force: bool) -> None:
         from dicomlake.lake.maintenance import AUTO_COMPACT_FILES, compact_or_say_why, file_count
@@ -526,15 +559,32 @@ class _Run:
         many = file_count(self.lake, INSTANCES_TABLE, options) > AUTO_COMPACT_FILES
         if not (force or many):
             return
+        tables = (INSTANCES_TABLE, ACQUISITION_TABLE)
         if self.workers == 0:
-            removed, problem = compact_or_say_why(self.lake, INSTANCES_TABLE, options)
+            removed, problem = compact_or_say_why(self.lake, tables, options)
         else:
             # apart, like a worker: reading and writing Parquet leaves the allocator
             # some 130 MiB larger, which the coordinator would keep to its end
-            removed, problem = run_apart(compact_or_say_why, self.lake, INSTANCES_TABLE, options)
+            removed, problem = run_apart(compact_or_say_why, self.lake, tables, options)
         if problem:  # the rows are committed; compaction can wait
             log.warning("compaction skipped (%s); run `dicomlake optimize`", problem)
         self.summary.compacted = removed
+
+
+def _write_acquisition(writer: TableWriter, out: Batches, replace: bool) -> None:
+    """Buffer a task's ``acquisition`` rows (or the shards a worker wrote of them).
+
+    Rows that replace earlier ones replace every row of their instances: a file that
+    is no longer ``ok`` has none.
+    """
+    if shards_of(ACQUISITION_TABLE) in out:
+        writer.add_shards(out[shards_of(ACQUISITION_TABLE)].to_pylist())
+    elif ACQUISITION_TABLE in out:
+        if replace:
+            ids = out[INSTANCES_TABLE].column("row_id").to_pylist()
+            writer.write(out[ACQUISITION_TABLE], instances=ids)
+        else:
+            writer.write(out[ACQUISITION_TABLE])
 
 
 def _count_thumbnails(summary: IngestSummary, batch: pa.RecordBatch) -> None:
@@ -557,12 +607,18 @@ def _check_parser(parser: Parser) -> Parser:
 
 
 def _shard_sink(lake: str, storage_options: StorageConfig) -> ShardSink:
-    """Where workers write shards: the instances table's folder, created if local."""
-    uri = table_uri(lake, INSTANCES_TABLE)
-    local = local_path(uri)
-    if local is not None:
-        os.makedirs(local, exist_ok=True)
-    return ShardSink(uri, new_job_id(), storage_options=storage_options)
+    """Where workers write shards: the instances and acquisition tables' folders."""
+    uris = {table: table_uri(lake, table) for table in (INSTANCES_TABLE, ACQUISITION_TABLE)}
+    for uri in uris.values():
+        local = local_path(uri)
+        if local is not None:
+            os.makedirs(local, exist_ok=True)
+    return ShardSink(
+        uris[INSTANCES_TABLE],
+        new_job_id(),
+        storage_options=storage_options,
+        companions=((ACQUISITION_TABLE, uris[ACQUISITION_TABLE]),),
+    )
 
 
 def _count(summary: IngestSummary, batch: pa.RecordBatch) -> None:

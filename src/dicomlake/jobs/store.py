@@ -325,7 +325,12 @@ class StoreRows:
         storage_options: StorageOptions = None,
     ) -> None:
         from dicomlake.kernels.instances import InstancesKernel
-        from dicomlake.lake.tables import INSTANCES_TABLE, THUMBNAILS_TABLE, table_exists
+        from dicomlake.lake.tables import (
+            ACQUISITION_TABLE,
+            INSTANCES_TABLE,
+            THUMBNAILS_TABLE,
+            table_exists,
+        )
         from dicomlake.lake.writer import TableWriter
 
         self.lake = lake
@@ -339,15 +344,24 @@ class StoreRows:
 
             drawing = ThumbnailOptions()
         self._kernel: InstancesKernel = InstancesKernel(
-            storage_options=storage_options, thumbnails=drawing
+            storage_options=storage_options, thumbnails=drawing, acquisition=True
         )
         self._lock = threading.RLock()
+        # committed just before the instance rows, as ingest does
+        self._acquired: TableWriter = TableWriter(
+            lake,
+            ACQUISITION_TABLE,
+            max_rows=1 << 62,
+            max_seconds=float("inf"),
+            storage_options=storage_options,
+        )
         self._writer: TableWriter = TableWriter(
             lake,
             INSTANCES_TABLE,
             max_rows=commit_rows,
             max_seconds=commit_seconds,
             storage_options=storage_options,
+            before_commit=self._acquired.flush,
         )
         self._thumbs: TableWriter | None = (
             TableWriter(
@@ -451,7 +465,7 @@ class StoreRows:
 
     def _hand_over(self) -> None:
         """Give the buffered rows to the writers (one batch each way)."""
-        from dicomlake.lake.tables import INSTANCES_TABLE, THUMBNAILS_TABLE
+        from dicomlake.lake.tables import ACQUISITION_TABLE, INSTANCES_TABLE, THUMBNAILS_TABLE
 
         for rows, replace in ((self._new, False), (self._changed, True)):
             if not rows:
@@ -461,7 +475,13 @@ class StoreRows:
             if self._thumbs is not None and THUMBNAILS_TABLE in out:
                 # thumbnails first: an instance row committed means its thumbnail was
                 self._thumbs.write(out[THUMBNAILS_TABLE], replace=True)
-            self._writer.write(out[INSTANCES_TABLE], replace=replace)
+            instances = out[INSTANCES_TABLE]
+            if replace:  # every earlier row of these instances goes (an error has none)
+                ids = instances.column("row_id").to_pylist()
+                self._acquired.write(out[ACQUISITION_TABLE], instances=ids)
+            else:
+                self._acquired.write(out[ACQUISITION_TABLE])
+            self._writer.write(instances, replace=replace)
         self._since = time.monotonic()
 
     def commit_if_due(self) -> int:
@@ -500,11 +520,13 @@ class StoreRows:
         import numpy as np
 
         from dicomlake.lake.sync import delete_rows
+        from dicomlake.lake.tables import ACQUISITION_TABLE
 
         ids = np.array(self._deletes, dtype=np.int64)
         self._deletes.clear()
         self._added.difference_update(ids.tolist())
         delete_rows(self.lake, ids, self._options)
+        delete_rows(self.lake, ids, self._options, table=ACQUISITION_TABLE)
         return 0
 
     def close(self) -> None:
@@ -517,6 +539,7 @@ class StoreRows:
             finally:
                 self._closed = True
                 self._writer.close()
+                self._acquired.close()
                 if self._thumbs is not None:
                     self._thumbs.close()
 

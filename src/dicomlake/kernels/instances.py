@@ -26,6 +26,7 @@ from dicomlake.dicom import native
 from dicomlake.dicom.header import Header, read_header
 from dicomlake.dicom.tags import promoted_values
 from dicomlake.errors import HeaderTooLarge, NotDicom, StorageError
+from dicomlake.kernels.acquisition import acquisition_batch, acquisition_row
 from dicomlake.killpoints import kill_point
 from dicomlake.rows import build_batch, clip_error, error_text, flatten
 from dicomlake.schema import INSTANCES_SCHEMA
@@ -99,13 +100,16 @@ def extract_row(
     storage_options: StorageOptions = None,
     thumbnails: ThumbnailOptions | None = None,
     parser: Parser = "auto",
+    acquisition: bool = False,
 ) -> Row:
     """Parse one file into a row dict with the lake's columns (never raises).
 
     The native parser reads the file when it is built and ``parser`` allows it (a zip
     member or an object from its first bytes); whatever it declines goes through
     pydicom. The ``parser`` column says which one read the file. With ``thumbnails``,
-    the row also carries ``_thumbnails``: the thumbnail rows drawn from the same file.
+    the row also carries ``_thumbnails``: the thumbnail rows drawn from the same file;
+    with ``acquisition``, an ``ok`` row carries ``_acquisition``, its row of the
+    ``acquisition`` table.
     """
     row = source_columns(ref)
     row["warnings"] = None
@@ -123,7 +127,7 @@ def extract_row(
         if row["size"] is None:
             row["size"] = read.size
         if header is not None and thumbnails is None and row["size"] is not None:
-            return _ok_row(row, header, promoted=True)
+            return _ok_row(row, header, promoted=True, acquisition=acquisition)
         with _reopen(ref, storage_options, read.data) as fp:
             if header is None:
                 header = read_header(fp, uri=ref.path, bulk_threshold=bulk_threshold)
@@ -144,7 +148,7 @@ def extract_row(
                     mtime=ref.mtime,
                     header=header,  # pixels decoded from its JSON: no second parse
                 )
-        return _ok_row(row, header, promoted=False)
+        return _ok_row(row, header, promoted=False, acquisition=acquisition)
     except NotDicom as exc:
         row.update(status="not_dicom", error=error_text(exc))
         return row
@@ -162,11 +166,20 @@ def _reopen(
     return open_ref(ref, storage_options=storage_options)
 
 
-def _ok_row(row: Row, header: Header, *, promoted: bool) -> Row:
-    """Fill an ``ok`` row from a parsed header (and its promoted tags, unless done)."""
+def _ok_row(row: Row, header: Header, *, promoted: bool, acquisition: bool) -> Row:
+    """Fill an ``ok`` row from a parsed header (and its promoted tags, unless done).
+
+    With ``acquisition``, the row also carries ``_acquisition``: its row of the
+    ``acquisition`` table, whose conversion warnings join the instance's.
+    """
     warnings = header.warnings
     if promoted:
         row.update(promoted_values(header.tags(), warnings))
+    if acquisition:
+        row["_acquisition"], problems = acquisition_row(row, header.tags())
+        if problems:
+            said = {warning.partition(":")[0] for warning in warnings}
+            warnings.extend(p for p in problems if p.partition(":")[0] not in said)
     row.update(
         status="ok",
         error=None,
@@ -227,6 +240,8 @@ class InstancesKernel:
         ingested_at: The run's timestamp, the same on every row of a run.
         thumbnails: Also draw thumbnails from the same read of each file.
         parser: 'auto' (native where it can, else pydicom), 'native' or 'pydicom'.
+        acquisition: Also make the ``acquisition`` table's rows (``"acquisition"``
+            in :meth:`batch`), from the same header.
 
     Raises:
         ValueError: ``parser`` is not one of :data:`PARSERS`.
@@ -240,6 +255,7 @@ class InstancesKernel:
         ingested_at: dt.datetime | None = None,
         thumbnails: ThumbnailOptions | None = None,
         parser: Parser = "auto",
+        acquisition: bool = False,
     ) -> None:
         if parser not in PARSERS:
             raise ValueError(f"parser must be one of {', '.join(PARSERS)}; got {parser!r}")
@@ -248,6 +264,7 @@ class InstancesKernel:
         self.ingested_at = ingested_at or dt.datetime.now(dt.UTC)
         self.thumbnails = thumbnails
         self.parser = parser
+        self.acquisition = acquisition
 
     def row(self, ref: FileRef) -> Row:
         """Return the row of one file (never raises)."""
@@ -258,11 +275,15 @@ class InstancesKernel:
             storage_options=self.storage_options,
             thumbnails=self.thumbnails,
             parser=self.parser,
+            acquisition=self.acquisition,
         )
 
     def batch(self, rows: Sequence[Row]) -> Batches:
-        """Return rows as ``{"instances": batch}`` (and ``"thumbnails"`` when drawn)."""
+        """Return one batch per table: ``instances``, and ``thumbnails`` or ``acquisition``."""
         out: Batches = {"instances": rows_to_batch(rows, self.ingested_at)}
+        if self.acquisition:
+            made = [row["_acquisition"] for row in rows if "_acquisition" in row]
+            out["acquisition"] = acquisition_batch(made, self.ingested_at)
         if self.thumbnails is not None:
             from dicomlake.kernels.thumbnails import thumbnails_batch
 

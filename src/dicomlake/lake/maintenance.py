@@ -15,6 +15,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Final
@@ -124,18 +125,21 @@ def optimize(
 
 
 def compact_or_say_why(
-    lake: str, table: str, storage_options: StorageOptions = None
+    lake: str, tables: Sequence[str], storage_options: StorageOptions = None
 ) -> tuple[int, str]:
-    """Compact and checkpoint one table: the files removed, and why not ('' when done).
+    """Compact and checkpoint tables: the first's files removed, and why not ('' when done).
 
-    The end of an ingest runs it in a process of its own (see ``run_apart``), so the
-    reason comes back as text: a :class:`~dicomlake.errors.LakeError` does not pickle.
+    Tables the lake does not have are passed over (the first is the run's ``instances``
+    table, whose count the ingest summary reports). The end of an ingest runs it in a
+    process of its own (see ``run_apart``), so the reason comes back as text: a
+    :class:`~dicomlake.errors.LakeError` does not pickle.
     """
     try:
-        done = optimize(lake, tables=(table,), storage_options=storage_options)
+        present = tuple(t for t in tables if table_exists(lake, t, storage_options=storage_options))
+        done = optimize(lake, tables=present, storage_options=storage_options) if present else None
     except LakeError as exc:
         return 0, str(exc)
-    return done.tables[0].files_removed, ""
+    return (done.tables[0].files_removed if done else 0), ""
 
 
 def _optimize_table(

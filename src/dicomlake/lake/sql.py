@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import duckdb
 import pyarrow as pa
@@ -155,6 +155,22 @@ OPTIONAL_TABLES = (
     SEGMENTS_TABLE,
     ACQUISITION_TABLE,
 )
+
+
+#: The ``acquisition`` table's stored rows, in a connection of :func:`connect`.
+ACQUISITION_ROWS: Final = 'dicomlake_internal."acquisition"'
+#: The ``acquisition`` view: the table's rows of the instances as they are now. Ingest
+#: commits a batch's acquisition rows just before its instance rows, so a crash in
+#: between leaves rows of instances never committed, or a second row for an instance
+#: extracted again; those are not the instance row's (``row_id``, ``ingested_at``).
+#: ``dicomlake optimize`` removes them; it reads the stored rows, all of them, as
+#: :data:`ACQUISITION_ROWS`.
+_ACQUISITION_SQL = """
+CREATE VIEW acquisition AS
+SELECT a.* FROM dicomlake_internal."acquisition" a
+SEMI JOIN (SELECT row_id, ingested_at FROM instances WHERE status = 'ok') i
+    ON a.row_id = i.row_id AND a.ingested_at = i.ingested_at
+"""
 
 
 def _constant(name: str) -> str:
@@ -359,13 +375,19 @@ def _register_table(
     dt: DeltaTable,
     lake: str,
     storage_options: StorageOptions = None,
-) -> None:
+    *,
+    private: bool = False,
+) -> str:
     """Create the view ``name`` over the files of ``dt``'s loaded version.
 
     The view is an empty table with the Delta schema UNION ALL BY NAME the Parquet
     files, so its columns and types are the table's even when the table has no files
     or older files lack a column added later. An object-store table's files are read
-    through its fsspec file system (see the module docstring).
+    through its fsspec file system (see the module docstring). A ``private`` view is
+    kept out of the user's sight, for a public view over it.
+
+    Returns:
+        The view's name in SQL.
     """
     features = set(dt.protocol().reader_features or ())
     unsupported = sorted(features & _UNSUPPORTED_READER_FEATURES)
@@ -378,8 +400,12 @@ def _register_table(
     local = url_local_path(dt.table_uri)
     if local is None and not _register_fsspec(con, dt.table_uri, storage_options):
         # DuckDB cannot reach this store: read through delta-rs (module docstring).
-        con.register(name, arrow_dataset(dt))
-        return
+        if not private:
+            con.register(name, arrow_dataset(dt))
+            return _sql_identifier(name)
+        con.register(f"_dicomlake_{name}", arrow_dataset(dt))
+        con.execute(f'CREATE VIEW {_PRIVATE}."{name}" AS SELECT * FROM "_dicomlake_{name}"')
+        return f'{_PRIVATE}."{name}"'
     empty = f'{_PRIVATE}."{name}_schema"'
     schema = pa.schema(dt.schema().to_arrow())
     columns = [(field.name, _sql_type(field.type)) for field in schema]
@@ -391,11 +417,13 @@ def _register_table(
         con.execute(f"CREATE TABLE {empty} AS SELECT * FROM _dicomlake_arrow_schema")
         con.unregister("_dicomlake_arrow_schema")
     files = [_plain_path(uri) for uri in dt.file_uris()]
-    sql = f'CREATE VIEW "{name}" AS SELECT * FROM {empty}'
+    view = f'{_PRIVATE}."{name}"' if private else _sql_identifier(name)
+    sql = f"CREATE VIEW {view} AS SELECT * FROM {empty}"
     if files:
         listing = ", ".join(_sql_string(f) for f in files)
         sql += f" UNION ALL BY NAME SELECT * FROM read_parquet([{listing}], union_by_name = true)"
     con.execute(sql)
+    return view
 
 
 #: DuckDB's names of the Arrow types the lake's tables use. Creating the typed empty
@@ -496,10 +524,13 @@ def connect(
         for name in OPTIONAL_TABLES:
             if table_exists(lake, name, storage_options=storage_options):
                 table = open_table(lake, name, storage_options=storage_options)
-                _register_table(con, name, table, lake, storage_options)
                 if name == ACQUISITION_TABLE:
+                    _register_table(con, name, table, lake, storage_options, private=True)
+                    con.execute(_ACQUISITION_SQL)
                     for view in _ACQUISITION_VIEWS:
                         con.execute(view)
+                else:
+                    _register_table(con, name, table, lake, storage_options)
         for name in user_tables(lake, storage_options=storage_options):
             table = open_table(lake, name, storage_options=storage_options)
             _register_table(con, name, table, lake, storage_options)

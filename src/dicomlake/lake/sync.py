@@ -12,7 +12,13 @@ import pyarrow.compute as pc
 from deltalake.exceptions import DeltaError
 
 from dicomlake.lake.ids import member_of, sorted_unique
-from dicomlake.lake.tables import WRITER_PROPERTIES, arrow_dataset, lake_error, try_open
+from dicomlake.lake.tables import (
+    INSTANCES_TABLE,
+    WRITER_PROPERTIES,
+    arrow_dataset,
+    lake_error,
+    try_open,
+)
 from dicomlake.storage.locations import file_uri, local_path, uri_forms
 
 if TYPE_CHECKING:
@@ -136,8 +142,9 @@ def delete_rows(
     storage_options: StorageOptions = None,
     *,
     chunk_size: int = DELETE_CHUNK,
+    table: str = INSTANCES_TABLE,
 ) -> int:
-    """Delete rows by row id.
+    """Delete rows by row id (of ``instances``, or of another table keyed by it).
 
     Each chunk is one MERGE ... WHEN MATCHED DELETE transaction: one scan of the
     table per chunk, where a ``row_id IN (...)`` predicate costs a comparison per id
@@ -148,6 +155,7 @@ def delete_rows(
         row_ids: Row ids to delete; duplicates and ids not in the lake are fine.
         storage_options: Options for the storage backend.
         chunk_size: Most row ids per transaction.
+        table: The table to delete from.
 
     Returns:
         Number of rows deleted.
@@ -161,7 +169,7 @@ def delete_rows(
     ids = sorted_unique(row_ids)
     if len(ids) == 0:
         return 0
-    dt = try_open(lake, storage_options)
+    dt = try_open(lake, storage_options, table)
     if dt is None:
         return 0
     deleted = 0

@@ -266,10 +266,12 @@ def open_table(
         raise lake_error("read", lake, exc) from exc
 
 
-def try_open(lake: str, storage_options: StorageOptions) -> DeltaTable | None:
-    """``<lake>/instances`` at its current version, or None when it does not exist yet."""
+def try_open(
+    lake: str, storage_options: StorageOptions, table: str = INSTANCES_TABLE
+) -> DeltaTable | None:
+    """``<lake>/<table>`` at its current version, or None when it does not exist yet."""
     try:
-        return open_table(lake, storage_options=storage_options)
+        return open_table(lake, table, storage_options=storage_options)
     except TableNotFound:
         return None
 

@@ -180,6 +180,9 @@ class TableWriter:
         target_file_size: Largest data file delta-rs writes in a MERGE.
         spec: Schema, keys and description of a table outside
             :data:`~dicomlake.lake.tables.TABLES` (a ``dicomlake apply`` table).
+        before_commit: Called before each commit: another writer's ``flush``, so
+            that table's rows land first (ingest commits a batch's ``acquisition``
+            rows before its ``instances`` rows, never after).
 
     Raises:
         ValueError: An unknown table, or a bound out of range.
@@ -201,6 +204,7 @@ class TableWriter:
         max_bytes: int = 256 * 1024 * 1024,
         storage_options: StorageOptions = None,
         target_file_size: int = TARGET_FILE_SIZE,
+        before_commit: Callable[[], object] | None = None,
         spec: TableSpec | None = None,
     ) -> None:
         from dicomlake.lake.shards import new_job_id
@@ -222,12 +226,15 @@ class TableWriter:
         self.max_seconds = float(max_seconds)
         self.max_bytes = max_bytes
         self.target_file_size = target_file_size
+        self._before_commit = before_commit
         self._storage = storage_options
         self._storage_options = delta_options(storage_options)
         self._job = new_job_id()
         # the table as it is now: its files are what this writer leaves to others'
         # checks, and the loaded object serves the first commit (see _ensure_table)
         self._table: DeltaTable | None = self._open_existing()
+        #: Whether the table existed when the writer was made.
+        self.existed = self._table is not None
         self._loaded_at = 0
         self._append: list[pa.RecordBatch] = []
         self._replace: list[pa.RecordBatch] = []
@@ -361,6 +368,8 @@ class TableWriter:
         """
         if not self._pending():
             return 0
+        if self._before_commit is not None:
+            self._before_commit()
         committed = 0
         try:
             dt = self._ensure_table()

@@ -249,6 +249,9 @@ class Catalog:
             mode: ``append`` adds the rows; ``overwrite`` replaces the table's rows.
             cleanup: Remove the files of failed task attempts after the commit.
 
+        Saving a lake's ``instances`` table also brings its ``acquisition`` table up
+        to date (see :mod:`dicomlake.jobs.acquisition`), as a local ingest does.
+
         Returns:
             The number of rows committed.
 
@@ -260,7 +263,7 @@ class Catalog:
             return self._save_with_delta_spark(df, mode)
         from dicomlake.engine.spark import save_dataframe
 
-        return save_dataframe(
+        saved = save_dataframe(
             df,
             self.table_uri,
             mode=mode,
@@ -268,6 +271,21 @@ class Catalog:
             storage_options=self.storage_options,
             cleanup=cleanup,
         )
+        if self.lake is not None and self.table == "instances":
+            self._refresh_acquisition()
+        return saved
+
+    def _refresh_acquisition(self) -> None:
+        """Bring the lake's ``acquisition`` table up to the instances just saved.
+
+        On the driver, from the new rows' ``meta`` (about 100 µs a row): the local
+        engine makes these rows in its workers; here the executors' Parquet files hold
+        the instances table alone.
+        """
+        from dicomlake.jobs.acquisition import update_acquisition
+
+        assert self.lake is not None
+        update_acquisition(self.lake, storage_options=self.storage_options)
 
     def _save_with_delta_spark(self, df: DataFrame, mode: str) -> int:
         """Spark's own Delta writer (Databricks): a catalog table name or a path."""

@@ -1,0 +1,66 @@
+"""Rows of the ``acquisition`` table, made beside an instance's row from the same header.
+
+Ingest's workers hold each header's top-level elements already (the native parser
+hands over those :data:`~dicomlake.dicom.acquisition.TOP_LEVEL_KEYS` names with the
+promoted tags), so extracting the acquisition attributes there costs a few
+microseconds a file; :mod:`dicomlake.jobs.acquisition` makes the same rows from the
+``meta`` column for instances ingested before the table existed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from dicomlake._types import Row
+from dicomlake.dicom.acquisition import found_values
+from dicomlake.schema import ACQUISITION_SCHEMA
+
+
+def acquisition_row(instance: Row, header: dict[str, Any]) -> tuple[Row, list[str]]:
+    """The ``acquisition`` row of an ``ok`` instance row, and its conversion warnings.
+
+    The row holds only the columns the header has (see :func:`found_values`);
+    :func:`acquisition_batch` makes the rest null.
+
+    Args:
+        instance: The instance's row (its ``row_id``, ``SeriesInstanceUID`` and
+            ``Modality`` are copied).
+        header: The header's DICOM JSON, or the part holding its top-level
+            acquisition elements.
+    """
+    row, warnings = found_values(header)
+    row["row_id"] = instance["row_id"]
+    row["SeriesInstanceUID"] = instance.get("SeriesInstanceUID")
+    row["Modality"] = instance.get("Modality")
+    row["ingested_at"] = instance.get("ingested_at")
+    row["warnings"] = warnings or None
+    return row, warnings
+
+
+def acquisition_batch(rows: Sequence[Row], ingested_at: dt.datetime | None) -> pa.RecordBatch:
+    """The rows in :data:`~dicomlake.schema.ACQUISITION_SCHEMA`.
+
+    Built a row's values at a time, as the rows are sparse: column by column, each
+    row's absent sixty-odd keys would cost more than its values.
+
+    Args:
+        rows: Rows made by :func:`acquisition_row`.
+        ingested_at: The run's timestamp for every row, or None to keep each row's
+            own (the instance row's, when made from the lake).
+    """
+    count = len(rows)
+    columns: dict[str, list[Any]] = {name: [None] * count for name in ACQUISITION_SCHEMA.names}
+    for index, row in enumerate(rows):
+        for name, value in row.items():
+            columns[name][index] = value
+    if ingested_at is not None:
+        columns["ingested_at"] = [ingested_at] * count
+    arrays = [pa.array(columns[field.name], type=field.type) for field in ACQUISITION_SCHEMA]
+    return pa.RecordBatch.from_arrays(arrays, schema=ACQUISITION_SCHEMA)
+
+
+__all__ = ["acquisition_batch", "acquisition_row"]
