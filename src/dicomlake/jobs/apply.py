@@ -22,7 +22,7 @@ import pickle
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final, Literal
 
@@ -294,8 +294,9 @@ def apply(
     kernel = ApplyKernel(options, table=table, sources=todo, storage_options=storage)
     engine = LocalEngine(kernel, workers=workers, file_timeout=unit_timeout, small_here=False)
     task_size = 1 if unit == "series" else 4
+    results = engine.map(_tasks(refs, task_size))
     try:
-        for task, batches in engine.map(_tasks(refs, task_size)):
+        for task, batches in results:
             stats = batches["stats"]
             failures = [t for texts in stats.column("failures").to_pylist() for t in texts]
             if on_error == "raise" and failures:
@@ -315,6 +316,8 @@ def apply(
                 progress(summary)
         out.close()
     finally:
+        if isinstance(results, Generator):  # stops the workers now, also after an error
+            results.close()
         engine.close()
     summary.replaced = out.replaced
     summary.widened = list(out.widened)
