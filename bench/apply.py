@@ -13,8 +13,9 @@ frame in physical units (Hounsfield units for CT), float64.
                function; one process, results in a list;
   loop-pool    the same loop per file on a ``ProcessPoolExecutor`` of all cores;
   apply        ``dicomlake.apply(lake, "SELECT path FROM instances", fn, unit="frame")``
-               with 1 worker and with all cores: selection by SQL, decoding, the
-               function, and the Delta table written and committed, all timed.
+               in this process (``workers=0``: no worker start, no timeout), with 1
+               worker and with all cores: selection by SQL, decoding, the function,
+               and the Delta table written and committed, all timed.
 
 Every contender runs in this one process tree on the same files; the results of
 ``apply`` are checked against the loop's before any ratio is printed. Prints frames/s
@@ -123,7 +124,7 @@ def main() -> None:
 
         base, expected = timed("loop (1 process)", frames, loop)
         rates = {"loop-pool": timed(f"loop-pool ({cores} procs)", frames, pool)[0]}
-        for workers in (1, cores):
+        for workers in (0, 1, cores):
             table = f"bench_w{workers}"
 
             def ours(table: str = table, workers: int = workers) -> Any:
@@ -131,7 +132,8 @@ def main() -> None:
                     lake, "SELECT path FROM instances", hu_stats, table=table, workers=workers
                 )
 
-            rate, summary = timed(f"apply ({workers} workers)", frames, ours)
+            label = f"apply ({workers} workers)" if workers else "apply (in process)"
+            rate, summary = timed(label, frames, ours)
             assert summary.ok == frames, summary
             rates[f"apply-{workers}"] = rate
             check(lake, table, expected)
