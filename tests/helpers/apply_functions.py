@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -75,3 +76,17 @@ def pixels(item: dict[str, Any]) -> dict[str, Any]:
     """The image itself, as little-endian float32 bytes, and its shape."""
     image = item["image"]
     return {"pixels": image.astype("<f4").tobytes(), "shape": list(image.shape)}
+
+
+def sleeps_on_volumes(item: dict[str, Any]) -> dict[str, Any]:
+    """Hang on a series of more than one slice (a whole series is one unit)."""
+    if item["image"].shape[-1] > 1:
+        time.sleep(120)
+    return {"slices": item["image"].shape[-1]}
+
+
+def exits_on_mr(item: dict[str, Any]) -> dict[str, Any]:
+    """Kill the worker process on the MR file, as a crashing codec would."""
+    if "MR_small" in item["meta"]["path"]:
+        os._exit(3)
+    return {"mean": float(item["image"].mean())}

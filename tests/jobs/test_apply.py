@@ -283,6 +283,31 @@ def test_unit_timeout_is_an_error_row(corpus: Corpus) -> None:
     assert got["CT_small.dcm"]["status"] == "ok"
 
 
+def test_a_series_past_the_timeout_is_one_error_row(corpus: Corpus) -> None:
+    summary = apply(
+        corpus.lake,
+        f"SeriesInstanceUID = '{corpus.series_uid}'",
+        f"{F}:sleeps_on_volumes",
+        table="slow_series",
+        unit="series",
+        workers=1,
+        unit_timeout=1,
+    )
+    assert (summary.units, summary.errors) == (1, {"Timeout": 1})
+    (row,) = rows(corpus.lake, "SELECT * FROM slow_series")
+    assert (row["SeriesInstanceUID"], row["status"]) == (corpus.series_uid, "error")
+    assert row["error"].startswith("Timeout: no result after 1 s")
+
+
+def test_a_crashed_worker_is_an_error_row_and_the_run_goes_on(corpus: Corpus) -> None:
+    where = "path LIKE '%CT_small%' OR path LIKE '%MR_small%'"
+    summary = apply(corpus.lake, where, f"{F}:exits_on_mr", table="crashed", workers=1)
+    assert summary.units == 2 and summary.ok == 1, summary
+    got = {Path(local(r["path"])).name: r for r in rows(corpus.lake, "SELECT * FROM crashed")}
+    assert got["MR_small.dcm"]["error"] == ("WorkerCrashed: the worker process died (exit code 3)")
+    assert got["CT_small.dcm"]["status"] == "ok"
+
+
 @pytest.mark.parametrize(
     ("fn", "error"),
     [
