@@ -273,13 +273,14 @@ def test_a_type_the_table_refuses_gives_error_rows(corpus: Corpus) -> None:
 
 
 def test_unit_timeout_is_an_error_row(corpus: Corpus) -> None:
+    # 3 s: ample for a CT frame (and a worker's first imports) on a loaded machine
     where = "path LIKE '%CT_small%' OR path LIKE '%MR_small%'"
     summary = apply(
-        corpus.lake, where, f"{F}:sleeps_on_mr", table="slow", workers=1, unit_timeout=1
+        corpus.lake, where, f"{F}:sleeps_on_mr", table="slow", workers=1, unit_timeout=3
     )
     assert summary.units == 2 and summary.errors == {"Timeout": 1}
     got = {Path(local(r["path"])).name: r for r in rows(corpus.lake, "SELECT * FROM slow")}
-    assert got["MR_small.dcm"]["error"].startswith("Timeout: no result after 1 s")
+    assert got["MR_small.dcm"]["error"].startswith("Timeout: no result after 3 s")
     assert got["CT_small.dcm"]["status"] == "ok"
 
 
@@ -291,12 +292,12 @@ def test_a_series_past_the_timeout_is_one_error_row(corpus: Corpus) -> None:
         table="slow_series",
         unit="series",
         workers=1,
-        unit_timeout=1,
+        unit_timeout=3,
     )
     assert (summary.units, summary.errors) == (1, {"Timeout": 1})
     (row,) = rows(corpus.lake, "SELECT * FROM slow_series")
     assert (row["SeriesInstanceUID"], row["status"]) == (corpus.series_uid, "error")
-    assert row["error"].startswith("Timeout: no result after 1 s")
+    assert row["error"].startswith("Timeout: no result after 3 s")
 
 
 def test_a_crashed_worker_is_an_error_row_and_the_run_goes_on(corpus: Corpus) -> None:
