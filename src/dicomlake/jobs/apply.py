@@ -11,7 +11,8 @@ Re-runs are incremental. A unit is skipped when the table has its rows with the 
 of its files' sizes and the latest time), error rows included: give a new ``version``
 to run a changed function again, or to retry errors. A unit whose file or version
 changed is run again and its rows replace the old ones in one transaction, so a run
-killed at any moment (``kill -9``) and run again leaves exactly one row per unit.
+killed at any moment (``kill -9``) and run again leaves exactly one row per unit. Rows of units a run does not select (another
+``sql``, or files gone from the lake) stay as they are: a run only adds and replaces.
 
 .. versionadded:: 0.1
 """
