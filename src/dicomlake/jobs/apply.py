@@ -11,8 +11,9 @@ Re-runs are incremental. A unit is skipped when the table has its rows with the 
 of its files' sizes and the latest time), error rows included: give a new ``version``
 to run a changed function again, or to retry errors. A unit whose file or version
 changed is run again and its rows replace the old ones in one transaction, so a run
-killed at any moment (``kill -9``) and run again leaves exactly one row per unit. Rows of units a run does not select (another
-``sql``, or files gone from the lake) stay as they are: a run only adds and replaces.
+killed at any moment (``kill -9``) and run again leaves exactly one row per unit.
+Rows of units a run does not select (another ``sql``, or files gone from the lake)
+stay as they are: a run only adds and replaces.
 
 .. versionadded:: 0.1
 """
@@ -39,6 +40,7 @@ from dicomlake.kernels.apply import (
     SeriesSource,
     Source,
     Unit,
+    UnitRef,
     resolve_function,
     series_key,
     series_row_id,
@@ -291,8 +293,8 @@ def apply(
             )
             continue
         todo[key] = source
-    refs = [FileRef(key, "", s.size, s.mtime) for key, s in todo.items()]
-    kernel = ApplyKernel(options, table=table, sources=todo, storage_options=storage)
+    refs = [UnitRef(key, "", s.size, s.mtime, source=s) for key, s in todo.items()]
+    kernel = ApplyKernel(options, table=table, storage_options=storage)
     engine = LocalEngine(kernel, workers=workers, file_timeout=unit_timeout, small_here=False)
     task_size = 1 if unit == "series" else 4
     results = engine.map(_tasks(refs, task_size))

@@ -45,13 +45,13 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
 
 import pyarrow as pa
 
+from dicomlake.catalog import FileRef
 from dicomlake.kernels.apply_columns import ValueTypeError, plain, typed_columns
 from dicomlake.kernels.apply_items import Decoder, frame_item, instance_item, series_item
 from dicomlake.rows import clip_error, error_text, row_id
 
 if TYPE_CHECKING:
     from dicomlake._types import StorageOptions
-    from dicomlake.catalog import FileRef
     from dicomlake.dicom.frames import Window
     from dicomlake.dicom.geometry import VolumeGeometry
 
@@ -185,6 +185,18 @@ Source: TypeAlias = InstanceSource | SeriesSource
 
 
 @dataclass(frozen=True, slots=True)
+class UnitRef(FileRef):
+    """An engine reference that carries what the lake knows of its unit.
+
+    The source travels with its task, not with the kernel: a kernel holding the
+    sources of a whole run would be pickled to every worker as it starts (the
+    coordinator waits while each new process reads it), and held by each.
+    """
+
+    source: Source | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ApplyOptions:
     """What the kernel does with each unit (picklable, validated once).
 
@@ -221,8 +233,10 @@ class ApplyKernel:
     Args:
         options: Function, unit, version, window and size.
         table: Name of the output table: the batches come under it.
-        sources: Engine reference path → what the lake knows of the unit. A frame or
-            instance reference not listed has its header read for frames and UID.
+        sources: Engine reference path → what the lake knows of the unit, for
+            references that are not a :class:`UnitRef` carrying it. A frame or
+            instance reference known neither way has its header read for frames and
+            UID.
         storage_options: fsspec options for object storage.
         created_at: Stamp of every row; now when None.
     """
@@ -284,7 +298,8 @@ class ApplyKernel:
 
     def source(self, ref: FileRef) -> Source:
         """What the kernel knows of a reference (a bare file: one frame, header unread)."""
-        known = self.sources.get(ref.path)
+        known = ref.source if isinstance(ref, UnitRef) else None
+        known = known or self.sources.get(ref.path)
         if known is not None:
             return known
         if ref.path.startswith(SERIES_PREFIX):
