@@ -290,7 +290,7 @@ def _column(name: str, typ: pa.DataType) -> _Column:
 _COLUMNS: Final = tuple(_column(name, typ) for name, typ in ACQUISITION_COLUMNS.items())
 
 
-#: How a column is read from one top-level key: its name, whether the key is its one
+#: How a column is read from one top-level key: its name, whether the key is its first
 #: top-level element (read there directly, else through :meth:`_Column.value`), and
 #: the direct read's conversion, list flag and value index (a plain tuple: read for
 #: every column of every instance at ingest, so attribute lookups count).
@@ -305,7 +305,10 @@ def _columns_by_root() -> dict[str, tuple[_Read, ...]]:
         if column.source.group:
             roots |= {_SHARED, _PER_FRAME}
         for root in roots:
-            direct = column.simple == (root,)
+            # read here directly when the root is the first top-level element to try
+            # (a later one, XRayTubeCurrentInmA, goes through value(), which tries the
+            # first again)
+            direct = bool(column.simple) and column.simple[0] == root
             read = (column.name, direct, column.convert, column.is_list, column.source.index)
             by_root.setdefault(root, []).append((*read, column))
     return {root: tuple(reads) for root, reads in by_root.items()}
@@ -348,22 +351,31 @@ def found_values(meta: JsonDict) -> tuple[dict[str, Any], list[str]]:
     """
     row: dict[str, Any] = {}
     warnings: list[str] = []
-    for key in meta.keys() & TOP_LEVEL_KEYS:
-        for name, direct, convert, is_list, index, column in _BY_ROOT[key]:
+    for key in meta:
+        reads = _BY_ROOT.get(key)
+        if reads is None:
+            continue
+        for name, direct, convert, is_list, index, column in reads:
             if name in row:  # a column with two roots in the header
                 continue
             if not direct:
                 row[name] = column.value(meta, warnings)
                 continue
             raw = meta[key].get("Value")  # most columns: their one top-level element
-            if not raw:  # empty here: a functional group may hold it
-                row[name] = column.value(meta, warnings) if column.source.group else None
+            if not raw:  # empty here: another element or a functional group may hold it
+                elsewhere = column.source.group or len(column.simple) > 1
+                row[name] = column.value(meta, warnings) if elsewhere else None
                 continue
             try:
                 if is_list:
                     row[name] = [None if v is None else convert(v) for v in raw]
+                    continue
+                value = raw[index]
+                # the usual types need no call: text as text, a DS or FD as a float
+                kind = type(value)
+                if (kind is str and convert is _text) or (kind is float and convert is _number):
+                    row[name] = value
                 else:
-                    value = raw[index]
                     row[name] = None if value is None else convert(value)
             except (ValueError, TypeError, IndexError) as exc:
                 row[name] = None

@@ -18,19 +18,12 @@ from dicomlake.killpoints import kill_point
 from dicomlake.rows import error_text
 
 if TYPE_CHECKING:
-    import pyarrow as pa
-
     from dicomlake._types import Batches, StorageOptions
 
 log = logging.getLogger(__name__)
 
 #: The key of the add-actions of the shards a sink wrote, in what it sends back.
 SHARDS: Final = "shards"
-
-
-def shards_of(table: str) -> str:
-    """The key of the add-actions of a companion table's shards (see :class:`ShardSink`)."""
-    return f"{SHARDS}:{table}"
 
 
 class Sink(Protocol):
@@ -51,9 +44,6 @@ class ShardSink:
         table: The key of the batches it writes.
         counted: The columns sent back in their place, for the coordinator's counts.
         storage_options: Settings for an object-storage table.
-        companions: Other tables written the same way, as ``(key, table URI)``
-            pairs (the ``acquisition`` rows made beside ``instances``); their
-            add-actions go back under :func:`shards_of` ``(key)``, and nothing else.
     """
 
     table_uri: str
@@ -61,46 +51,30 @@ class ShardSink:
     table: str = "instances"
     counted: tuple[str, ...] = ("status", "error", "parser")
     storage_options: StorageOptions = field(default=None)
-    companions: tuple[tuple[str, str], ...] = ()
 
     def ship(self, out: Batches, *, replace: bool) -> Batches:
         """Write ``out[table]`` as a shard unless its rows replace others (merged instead).
 
         A shard that cannot be written goes back whole: the coordinator then writes
-        it itself, or says why not. So does a companion's, on its own.
+        it itself, or says why not.
         """
         batch = out.get(self.table)
         if batch is None or replace or not batch.num_rows:
             return out
-        action = self._write(self.table_uri, batch)
-        if action is None:
-            return out
-        kill_point("shard")
-        shipped = {**out, self.table: batch.select(list(self.counted)), SHARDS: action}
-        for key, uri in self.companions:
-            rows = out.get(key)
-            if rows is None or not rows.num_rows:
-                continue
-            written = self._write(uri, rows)
-            if written is not None:
-                del shipped[key]
-                shipped[shards_of(key)] = written
-        return shipped
-
-    def _write(self, uri: str, batch: pa.RecordBatch) -> pa.RecordBatch | None:
-        """The add-action of ``batch`` written as a shard of ``uri``, or None (logged)."""
         import pyarrow as pa
 
         from dicomlake.lake.shards import ADD_ACTION_SCHEMA, shard_name, write_shard
 
         try:
             action = write_shard(
-                uri,
+                self.table_uri,
                 pa.Table.from_batches([batch]),
                 shard_name(self.job_id, f"w{os.getpid()}"),
                 storage_options=self.storage_options,
             )
         except Exception as exc:  # the coordinator's own write will say what is wrong
-            log.warning("could not write a shard to %s (%s)", uri, error_text(exc))
-            return None
-        return pa.RecordBatch.from_pylist([action], schema=ADD_ACTION_SCHEMA)
+            log.warning("could not write a shard to %s (%s)", self.table_uri, error_text(exc))
+            return out
+        kill_point("shard")
+        shards = pa.RecordBatch.from_pylist([action], schema=ADD_ACTION_SCHEMA)
+        return {**out, self.table: batch.select(list(self.counted)), SHARDS: shards}

@@ -53,13 +53,21 @@ def acquisition_batch(rows: Sequence[Row], ingested_at: dt.datetime | None) -> p
             own (the instance row's, when made from the lake).
     """
     count = len(rows)
-    columns: dict[str, list[Any]] = {name: [None] * count for name in ACQUISITION_SCHEMA.names}
+    columns: dict[str, list[Any]] = {}  # only those some row has: a CT batch has no MR's
     for index, row in enumerate(rows):
         for name, value in row.items():
-            columns[name][index] = value
+            column = columns.get(name)
+            if column is None:
+                column = columns[name] = [None] * count
+            column[index] = value
     if ingested_at is not None:
         columns["ingested_at"] = [ingested_at] * count
-    arrays = [pa.array(columns[field.name], type=field.type) for field in ACQUISITION_SCHEMA]
+    arrays = [
+        pa.array(columns[field.name], type=field.type)
+        if field.name in columns
+        else pa.nulls(count, type=field.type)
+        for field in ACQUISITION_SCHEMA
+    ]
     return pa.RecordBatch.from_arrays(arrays, schema=ACQUISITION_SCHEMA)
 
 
