@@ -35,8 +35,9 @@ from dicomlake.kernels.apply import (
     Unit,
     key_schema,
     series_key,
+    series_source,
 )
-from dicomlake.kernels.apply_columns import widen
+from dicomlake.kernels.apply_columns import undecided, widen
 from dicomlake.rows import clip_error
 
 if TYPE_CHECKING:
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
 
     from dicomlake._types import StorageOptions
     from dicomlake.engine.spark import ArrowMapper
-    from dicomlake.jobs.volumes import SeriesSlices
 
 #: The table name the kernel's batches come under (Spark saves them under any name).
 _TABLE: Final = "apply"
@@ -218,26 +218,6 @@ def units_mapper(
 # --------------------------------------------------------------------------- series
 
 
-def series_source(series: SeriesSlices) -> SeriesSource:
-    """What the kernel needs of one series: its checked geometry or why it has none.
-
-    The size is the sum of its files' sizes (None when one is unknown) and the time
-    the latest of theirs, as the local job records them for re-runs.
-    """
-    from dicomlake.dicom.geometry import Rejection
-
-    uid = series.SeriesInstanceUID
-    files = series.files
-    sizes = [size for size, _ in files.values()]
-    times = [moment for _, moment in files.values() if moment is not None]
-    size = sum(s for s in sizes if s is not None) if None not in sizes else None
-    mtime = max(times) if times else None
-    result = series.geometry()
-    if isinstance(result, Rejection):
-        return SeriesSource(uid, None, str(result), min(files), size, mtime)
-    return SeriesSource(uid, result, None, result.paths[0], size, mtime)
-
-
 def run_series(
     group: pa.Table,
     options: ApplyOptions,
@@ -248,7 +228,10 @@ def run_series(
     """One row per series among ``group``'s slice rows (:data:`SLICE_COLUMNS`)."""
     from dicomlake.jobs.volumes import group_slices
 
-    sources = {series_key(uid): series_source(s) for uid, s in group_slices(group).items()}
+    sources = {
+        series_key(uid): series_source(uid, s.files, s.geometry())
+        for uid, s in group_slices(group).items()
+    }
     refs = [FileRef(key, "", s.size, s.mtime) for key, s in sources.items()]
     return _run_units(
         options, refs, sources, storage_options=storage_options, created_at=created_at
@@ -354,7 +337,7 @@ def infer_columns(
             f"on the driver gave an ok row{first}; declare them with "
             "DicomApply(columns={'name': 'double', ...}) or raise sample="
         )
-    unknown = [f.name for f in columns if _has_null(f.type)]
+    unknown = [f.name for f in columns if undecided(f.type)]
     if unknown:
         raise ValueError(
             f"cannot infer the type of {unknown}: the function returned only None (or "
@@ -362,12 +345,6 @@ def infer_columns(
             "DicomApply(columns={'name': 'double', ...})"
         )
     return columns
-
-
-def _has_null(kind: pa.DataType) -> bool:
-    if pa.types.is_null(kind):
-        return True
-    return pa.types.is_list(kind) and _has_null(kind.value_type)
 
 
 def declared_columns(columns: pa.Schema | Mapping[str, pa.DataType | str]) -> pa.Schema:

@@ -32,7 +32,6 @@ from dicomlake.catalog import FileRef
 from dicomlake.errors import DicomLakeError
 from dicomlake.jobs.apply_table import ApplyTable
 from dicomlake.kernels.apply import (
-    UNITS,
     ApplyKernel,
     ApplyOptions,
     Function,
@@ -44,6 +43,7 @@ from dicomlake.kernels.apply import (
     resolve_function,
     series_key,
     series_row_id,
+    series_source,
 )
 from dicomlake.killpoints import kill_point
 from dicomlake.lake.user_tables import check_table_name
@@ -129,7 +129,6 @@ def _instance_sources(lake: str, sql: str, storage: StorageOptions) -> dict[str,
 
 
 def _series_sources(lake: str, sql: str, storage: StorageOptions) -> dict[str, Source]:
-    from dicomlake.dicom.geometry import Rejection
     from dicomlake.jobs.volumes import select_series
 
     selected, slices = select_series(lake, sql, storage_options=storage)
@@ -139,20 +138,8 @@ def _series_sources(lake: str, sql: str, storage: StorageOptions) -> dict[str, S
         if series is None:
             reason = "too_few_slices: no ok instance with pixel data"
             sources[series_key(uid)] = SeriesSource(uid, None, reason, None, None, None)
-            continue
-        result = series.geometry()
-        files = series.files
-        sizes = [s for s, _ in files.values()]
-        times = [t for _, t in files.values() if t is not None]
-        known = [s for s in sizes if s is not None]
-        size = sum(known) if len(known) == len(sizes) else None
-        mtime = max(times) if times else None
-        if isinstance(result, Rejection):
-            first = min(files)
-            source = SeriesSource(uid, None, str(result), first, size, mtime)
         else:
-            source = SeriesSource(uid, result, None, result.paths[0], size, mtime)
-        sources[series_key(uid)] = source
+            sources[series_key(uid)] = series_source(uid, series.files, series.geometry())
     return sources
 
 
@@ -264,8 +251,6 @@ def apply(
     from dicomlake.ml.selection import lake_location
 
     started = time.monotonic()
-    if unit not in UNITS:
-        raise ValueError(f"unit must be one of {', '.join(UNITS)}, got {unit!r}")
     if on_error not in ("row", "raise"):
         raise ValueError(f"on_error must be 'row' or 'raise', got {on_error!r}")
     if not unit_timeout > 0:

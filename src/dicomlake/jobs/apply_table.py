@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from dicomlake.kernels.apply import RESERVED, Unit, key_schema
-from dicomlake.kernels.apply_columns import widen
+from dicomlake.kernels.apply_columns import undecided, widen
 from dicomlake.lake.tables import TableSpec, lake_error, table_exists, table_uri
 from dicomlake.lake.writer import TableWriter
 from dicomlake.rows import clip_error
@@ -35,12 +35,6 @@ if TYPE_CHECKING:
     from deltalake import DeltaTable
 
     from dicomlake._types import StorageOptions
-
-
-def _has_null(kind: pa.DataType) -> bool:
-    if pa.types.is_null(kind):
-        return True
-    return pa.types.is_list(kind) and _has_null(kind.value_type)
 
 
 def table_unit(schema: pa.Schema) -> Unit:
@@ -145,7 +139,7 @@ class ApplyTable:
                 continue
             at = names.get(field.name)
             if at is None:
-                if not _has_null(field.type):
+                if not undecided(field.type):
                     names[field.name] = len(target)
                     target.append(pa.field(field.name, field.type))
                 continue

@@ -53,7 +53,7 @@ from dicomlake.rows import clip_error, error_text, row_id
 if TYPE_CHECKING:
     from dicomlake._types import StorageOptions
     from dicomlake.dicom.frames import Window
-    from dicomlake.dicom.geometry import VolumeGeometry
+    from dicomlake.dicom.geometry import Rejection, VolumeGeometry
 
 Unit: TypeAlias = Literal["frame", "instance", "series"]
 #: The units an item may be.
@@ -182,6 +182,32 @@ class SeriesSource:
 
 
 Source: TypeAlias = InstanceSource | SeriesSource
+
+
+def series_source(
+    uid: str,
+    files: Mapping[str, tuple[int | None, dt.datetime | None]],
+    geometry: VolumeGeometry | Rejection,
+) -> SeriesSource:
+    """What the kernel needs of one series, as the local job and Spark both build it.
+
+    The size is the sum of its files' sizes (None when one is unknown) and the time
+    the latest of theirs: what a re-run compares, so both engines must agree on it.
+
+    Args:
+        uid: SeriesInstanceUID.
+        files: path → (size, modification time) of each of its instances.
+        geometry: Its checked geometry, or why it is not one regular volume.
+    """
+    from dicomlake.dicom.geometry import Rejection
+
+    sizes = [size for size, _ in files.values()]
+    times = [moment for _, moment in files.values() if moment is not None]
+    size = sum(s for s in sizes if s is not None) if None not in sizes else None
+    mtime = max(times) if times else None
+    if isinstance(geometry, Rejection):
+        return SeriesSource(uid, None, str(geometry), min(files), size, mtime)
+    return SeriesSource(uid, geometry, None, geometry.paths[0], size, mtime)
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,6 +84,17 @@ def widen(old: pa.DataType, new: pa.DataType) -> pa.DataType | None:
     return None
 
 
+def undecided(kind: pa.DataType) -> bool:
+    """Whether ``kind`` still waits for a value to say it: null, or a list of nulls.
+
+    Such a column (only None or empty lists so far) has no type a table can store:
+    the local job adds it when a value comes, Spark asks for it to be declared.
+    """
+    if pa.types.is_null(kind):
+        return True
+    return pa.types.is_list(kind) and undecided(kind.value_type)
+
+
 def value_type(value: Any) -> pa.DataType:
     """The Arrow type of one plain value (null for None and empty lists).
 
