@@ -91,3 +91,39 @@ def test_cli_optimize(tmp_path: Path) -> None:
 def test_negative_retention_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="retention_hours"):
         optimize(str(tmp_path), retention_hours=-1)
+
+
+def _size(item: dict) -> dict:
+    return {"n": int(item["image"].size)}
+
+
+def _size_and_note(item: dict) -> dict:
+    return {"n": int(item["image"].size), "note": "mr"}
+
+
+def test_optimize_compacts_user_tables(tmp_path: Path) -> None:
+    """An apply table's small commits become one file; the column added later reads null."""
+    from dicomlake.jobs.apply import apply
+
+    lake = tmp_path / "lake"
+    small_runs(tmp_path / "src", lake)  # 6 CT and 6 MR files
+    # tasks of 4 files, a commit after each: two data files per run
+    apply(str(lake), "Modality = 'CT'", _size, table="sizes", workers=0, commit_rows=1)
+    apply(str(lake), "Modality = 'MR'", _size_and_note, table="sizes", workers=0, commit_rows=1)
+    con = dicomlake.connect(str(lake))
+    query = "SELECT path, frame, status, n, note, version FROM sizes ORDER BY path, frame"
+    try:
+        before = con.sql(query).fetchall()
+    finally:
+        con.close()
+    assert len(before) == 12 and sum(note == "mr" for *_, note, _ in before) == 6
+    assert file_count(str(lake), "sizes") == 4
+    summary = optimize(str(lake))
+    done = {t.table: t for t in summary.tables}["sizes"]
+    assert (done.files_before, done.files_after) == (4, 1)
+    assert list((lake / "sizes" / "_delta_log").glob("*.checkpoint.parquet"))
+    con = dicomlake.connect(str(lake))
+    try:
+        assert con.sql(query).fetchall() == before
+    finally:
+        con.close()

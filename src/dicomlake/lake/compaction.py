@@ -81,8 +81,9 @@ def compact_table(
     """
     from deltalake.exceptions import CommitFailedError
 
-    schema = TABLES[table].schema
     dt = open_table(lake, table, storage_options=storage_options)
+    # a user's table (dicomlake apply) has no spec: its schema is the one its log says
+    schema = TABLES[table].schema if table in TABLES else pa.schema(dt.schema().to_arrow())
     fs, root = filesystem(dt.table_uri, storage_options)
     job = new_job_id()
     files = _data_files(dt)
@@ -180,10 +181,18 @@ def _merge(
 
 
 def _conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
-    """The batch in the table's schema: files delta-rs wrote may use other string types."""
+    """The batch in the table's schema, its missing columns null.
+
+    Files delta-rs wrote may use other string types, and a file written before a
+    column was added (a user's apply table grows) lacks that column.
+    """
     if batch.schema.equals(schema):
         return batch
-    columns = [batch.column(f.name).cast(f.type) for f in schema]
+    names = set(batch.schema.names)
+    columns = [
+        batch.column(f.name).cast(f.type) if f.name in names else pa.nulls(len(batch), f.type)
+        for f in schema
+    ]
     return pa.RecordBatch.from_arrays(columns, schema=schema)
 
 

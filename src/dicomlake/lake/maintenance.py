@@ -34,6 +34,7 @@ from dicomlake.lake.tables import (
     table_exists,
     table_uri,
 )
+from dicomlake.lake.user_tables import user_tables
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ def optimize(
         lake: Lake folder or URI.
         vacuum: Also delete files no version younger than ``retention_hours`` needs.
         retention_hours: How long replaced files are kept for readers of old versions.
-        tables: Which tables (default: ``instances`` and whichever of thumbnails,
-            volumes and patches the lake has).
+        tables: Which tables (default: ``instances``, whichever of the derived
+            tables the lake has, and its user tables: an apply run commits every
+            ``commit_rows`` rows, so its table gathers small files as ``instances``
+            does).
         storage_options: Options for object storage.
 
     Returns:
@@ -115,7 +118,7 @@ def optimize(
         present = (
             t for t in OPTIONAL_TABLES if table_exists(lake, t, storage_options=storage_options)
         )
-        tables = (INSTANCES_TABLE, *present)
+        tables = (INSTANCES_TABLE, *present, *user_tables(lake, storage_options=storage_options))
     summary = OptimizeSummary()
     for name in tables:
         summary.tables.append(_optimize_table(lake, name, vacuum, retention_hours, storage_options))
