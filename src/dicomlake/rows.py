@@ -75,12 +75,20 @@ def build_batch(
     Keys a row lacks become nulls; keys the schema lacks are ignored (private ones
     such as ``_thumbnails`` included).
     """
+    # row by row, each row's values appended to its columns: one pass over each dict
+    # while it is in the cache (column by column cost three times as much)
+    columns: dict[str, list[Any]] = {f.name: [] for f in schema if f.name not in stamps}
+    appends = [(name, values.append) for name, values in columns.items()]
+    for row in rows:
+        get = row.get
+        for name, append in appends:
+            append(get(name))
     arrays = []
     for field in schema:
         if field.name in stamps:
             values: list[Any] = [stamps[field.name]] * len(rows)
         else:
-            values = [row.get(field.name) for row in rows]
+            values = columns[field.name]
         arrays.append(pa.array(values, type=field.type))
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

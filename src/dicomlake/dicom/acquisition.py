@@ -375,6 +375,8 @@ def found_values(meta: JsonDict) -> tuple[dict[str, Any], list[str]]:
                 kind = type(value)
                 if (kind is str and convert is _text) or (kind is float and convert is _number):
                     row[name] = value
+                elif kind is int and convert is _number:  # a DS or IS written as an integer
+                    row[name] = float(value)
                 else:
                     row[name] = None if value is None else convert(value)
             except (ValueError, TypeError, IndexError) as exc:

@@ -130,6 +130,11 @@ def promoted_values(meta: JsonDict, warnings: list[str] | None = None) -> dict[s
             if values and type(values[0]) is str:
                 row[keyword] = values[0]
                 continue
+        elif convert is _as_int32:  # Rows, Columns, bits: a small JSON integer
+            values = element.get("Value")
+            if values and type(values[0]) is int and _INT32[0] <= values[0] <= _INT32[1]:
+                row[keyword] = values[0]
+                continue
         try:
             row[keyword] = convert(element)
         except (ValueError, TypeError) as exc:
