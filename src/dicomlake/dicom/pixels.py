@@ -30,7 +30,7 @@ import re
 import struct
 import warnings
 from dataclasses import dataclass
-from typing import IO, Any, BinaryIO, cast
+from typing import IO, Any, BinaryIO, TypeAlias, cast
 
 import numpy as np
 import pydicom
@@ -143,6 +143,7 @@ def read_frame(
     *,
     max_side: int | None = None,
     header: JsonDict | None = None,
+    source: PixelSource | None = None,
 ) -> tuple[np.ndarray, Dataset, int]:
     """Decode one frame of the file open in ``fp``: (stored values, dataset, scale).
 
@@ -156,11 +157,15 @@ def read_frame(
             decoding when the codec supports it.
         header: The file's DICOM JSON as the header parse gave it, with the pixel
             data as a BulkDataURI (see :func:`pixel_source`); None parses the header.
+        source: What :func:`pixel_source` gave for another frame of this header, when
+            it holds for this frame too (:func:`frame_independent`): the small
+            dataset is then not built again for every frame.
 
     Raises:
         Exception: Whatever the decoder raises for data it cannot decode.
     """
-    source = None if header is None else pixel_source(header, fp, frame)
+    if source is None and header is not None:
+        source = pixel_source(header, fp, frame)
     ds: Dataset
     if source is None:
         fp.seek(0)
@@ -264,9 +269,19 @@ _DISPLAY_TAGS = (
 _SHARED_GROUPS, _PER_FRAME_GROUPS = "52009229", "52009230"
 
 
-def pixel_source(
-    header: JsonDict, fp: IO[bytes], frame: int
-) -> tuple[Dataset, IO[bytes], int] | None:
+#: What :func:`pixel_source` gives: (dataset, stream, offset of the pixel data element).
+PixelSource: TypeAlias = tuple[Dataset, IO[bytes], int]
+
+
+def frame_independent(header: JsonDict) -> bool:
+    """Whether :func:`pixel_source` gives the same for every frame of ``header``.
+
+    Only per-frame functional groups make it differ (shared ones hold for all).
+    """
+    return _PER_FRAME_GROUPS not in header
+
+
+def pixel_source(header: JsonDict, fp: IO[bytes], frame: int) -> PixelSource | None:
     """What :func:`read_frame` needs to decode a frame, from a header's DICOM JSON.
 
     Ingest has already parsed the header into DICOM JSON, whose pixel data is a
