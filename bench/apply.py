@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 import pydicom
+from corpora import write_ct_slices
 from pydicom.pixels import apply_modality_lut
-from pydicom.uid import generate_uid
 
 import dicomlake
 from dicomlake.sample import sample_file
@@ -48,21 +48,6 @@ def hu_stats(item: dict[str, Any]) -> dict[str, Any]:
     """The cheap function: mean and standard deviation of the frame's values."""
     image = item["image"].astype(np.float64)
     return {"mean": float(image.mean()), "std": float(image.std())}
-
-
-def write_ct_slices(folder: Path, count: int) -> None:
-    """``count`` 512 x 512 CT slices: CT_small's pixels, each one shifted a little."""
-    folder.mkdir(parents=True)
-    ds = pydicom.dcmread(sample_file("CT_small.dcm"))
-    big = np.kron(ds.pixel_array, np.ones((4, 4), dtype=ds.pixel_array.dtype))
-    ds.Rows, ds.Columns = big.shape
-    series = generate_uid()
-    for index in range(count):
-        ds.SeriesInstanceUID = series
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.InstanceNumber = index + 1
-        ds.PixelData = np.roll(big, index, axis=1).tobytes()
-        ds.save_as(folder / f"ct{index:05d}.dcm", enforce_file_format=True)
 
 
 def write_multiframe(folder: Path, count: int) -> None:
