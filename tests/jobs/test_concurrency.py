@@ -125,6 +125,14 @@ def test_two_ingests_over_overlapping_folders_give_one_row_per_file(tmp_path: Pa
     assert set(paths) == expected
     again = subprocess.run(ingest_command([root], lake, *options), capture_output=True, text=True)
     assert again.returncode == 0 and "900 skipped unchanged" in again.stdout
+    # both runs' acquisition rows of a raced file are kept; the view shows the one of
+    # the instance row that won
+    con = dicomlake.connect(str(lake))
+    try:
+        [counts] = con.sql("SELECT count(*), count(DISTINCT row_id) FROM acquisition").fetchall()
+    finally:
+        con.close()
+    assert counts == (900, 900)
 
 
 #: An ingest that, after each batch that brought a new commit, prints the number of

@@ -463,6 +463,7 @@ class _Run:
             ACQUISITION_TABLE,
             max_rows=1 << 62,
             max_seconds=float("inf"),
+            dedupe=False,
             storage_options=options,
         )
         writer = TableWriter(

@@ -353,6 +353,7 @@ class StoreRows:
             ACQUISITION_TABLE,
             max_rows=1 << 62,
             max_seconds=float("inf"),
+            dedupe=False,
             storage_options=storage_options,
         )
         self._writer: TableWriter = TableWriter(

@@ -183,6 +183,9 @@ class TableWriter:
         before_commit: Called before each commit: another writer's ``flush``, so
             that table's rows land first (ingest commits a batch's ``acquisition``
             rows before its ``instances`` rows, never after).
+        dedupe: Drop buffered rows whose id another writer committed first (see
+            above). Off for ``acquisition``: its view keeps the row of the instance
+            row that won, which the instances writer decides, so both are kept.
 
     Raises:
         ValueError: An unknown table, or a bound out of range.
@@ -206,6 +209,7 @@ class TableWriter:
         target_file_size: int = TARGET_FILE_SIZE,
         before_commit: Callable[[], object] | None = None,
         spec: TableSpec | None = None,
+        dedupe: bool = True,
     ) -> None:
         from dicomlake.lake.shards import new_job_id
 
@@ -227,6 +231,7 @@ class TableWriter:
         self.max_bytes = max_bytes
         self.target_file_size = target_file_size
         self._before_commit = before_commit
+        self._dedupe = dedupe
         self._storage = storage_options
         self._storage_options = delta_options(storage_options)
         self._job = new_job_id()
@@ -418,6 +423,8 @@ class TableWriter:
         each): a file may reach a shard long after another run committed it.
         """
         dt.update_incremental()
+        if not self._dedupe:
+            return
         files = data_files(dt)
         fresh = files - self._known_files
         self._known_files = files
