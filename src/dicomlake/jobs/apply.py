@@ -50,7 +50,7 @@ from dicomlake.lake.user_tables import check_table_name
 from dicomlake.rows import row_id, tally
 
 if TYPE_CHECKING:
-    from dicomlake._types import StorageOptions
+    from dicomlake._types import Batches, StorageOptions
     from dicomlake.dicom.frames import Window
     from dicomlake.engine.local import Task
     from dicomlake.ml.selection import LakeLike
@@ -141,6 +141,45 @@ def _series_sources(lake: str, sql: str, storage: StorageOptions) -> dict[str, S
         else:
             sources[series_key(uid)] = series_source(uid, series.files, series.geometry())
     return sources
+
+
+def _plan(
+    lake: str,
+    sql: str,
+    options: ApplyOptions,
+    table: str,
+    storage: StorageOptions,
+    commit_rows: int,
+) -> tuple[ApplySummary, ApplyTable, dict[str, Source]]:
+    """The units ``sql`` selects, the table they go to, and those to run (not unchanged).
+
+    Raises:
+        QueryError: The query fails or lacks the column it must return.
+        TableNotFound: Nothing has been ingested into the lake.
+        ValueError: The table holds another unit's rows.
+        LakeError: The table cannot be read.
+    """
+    unit = options.unit
+    query = selection_sql(sql, unit)
+    if unit == "series":
+        sources = _series_sources(lake, query, storage)
+    else:
+        sources = _instance_sources(lake, query, storage)
+    summary = ApplySummary(table=table, unit=unit, selected=len(sources))
+    if unit == "frame":
+        summary.selected = sum(s.frames for s in sources.values() if isinstance(s, InstanceSource))
+    out = ApplyTable(lake, table, unit, storage_options=storage, max_rows=commit_rows)
+    done = out.done()
+    todo: dict[str, Source] = {}
+    for key, source in sources.items():
+        found = done.get(_unit_id(source))
+        if found is not None and found == (options.version, source.size, source.mtime):
+            summary.skipped += (
+                source.frames if isinstance(source, InstanceSource) and (unit == "frame") else 1
+            )
+            continue
+        todo[key] = source
+    return summary, out, todo
 
 
 def _unit_id(source: Source) -> int:
@@ -259,31 +298,17 @@ def apply(
     options = ApplyOptions(fn, unit, str(version), check_window(window), check_size(size))
     _check_callable(fn, workers)
     path, storage = lake_location(lake, storage_options)
-    query = selection_sql(sql, unit)
-    if unit == "series":
-        sources = _series_sources(path, query, storage)
-    else:
-        sources = _instance_sources(path, query, storage)
-    summary = ApplySummary(table=table, unit=unit, selected=len(sources))
-    if unit == "frame":
-        summary.selected = sum(s.frames for s in sources.values() if isinstance(s, InstanceSource))
-    out = ApplyTable(path, table, unit, storage_options=storage, max_rows=commit_rows)
-    done = out.done()
-    todo: dict[str, Source] = {}
-    for key, source in sources.items():
-        found = done.get(_unit_id(source))
-        if found is not None and found == (options.version, source.size, source.mtime):
-            summary.skipped += (
-                source.frames if isinstance(source, InstanceSource) and (unit == "frame") else 1
-            )
-            continue
-        todo[key] = source
-    refs = [UnitRef(key, "", s.size, s.mtime, source=s) for key, s in todo.items()]
     kernel = ApplyKernel(options, table=table, storage_options=storage)
     engine = LocalEngine(kernel, workers=workers, file_timeout=unit_timeout, small_here=False)
-    task_size = 1 if unit == "series" else 4
-    results = engine.map(_tasks(refs, task_size))
+    # a worker takes ~0.4 s to start (a fresh interpreter importing pydicom, pyarrow
+    # and the function's module): started now, that overlaps the selection query and
+    # the reading of the table's rows; a run with nothing to do stops them unused
+    engine.start()
+    results: Iterator[tuple[Task, Batches]] | None = None
     try:
+        summary, out, todo = _plan(path, sql, options, table, storage, commit_rows)
+        refs = [UnitRef(key, "", s.size, s.mtime, source=s) for key, s in todo.items()]
+        results = engine.map(_tasks(refs, 1 if unit == "series" else 4))
         for task, batches in results:
             stats = batches["stats"]
             failures = [t for texts in stats.column("failures").to_pylist() for t in texts]
@@ -306,7 +331,7 @@ def apply(
     finally:
         if isinstance(results, Generator):  # stops the workers now, also after an error
             results.close()
-        engine.close()
+        engine.close()  # workers started ahead and never given work (a query error)
     summary.replaced = out.replaced
     summary.widened = list(out.widened)
     summary.seconds = time.monotonic() - started
