@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -86,6 +87,8 @@ def test_saved_table_equals_the_local_engine(
     ]
     assert acquired[0].num_rows == sum(r["status"] == "ok" for r in local.values())
     assert acquired[1].sort_by("row_id").equals(acquired[0].sort_by("row_id"))
+    files = DeltaTable(str(tmp_path / "spark-lake" / "acquisition")).file_uris()
+    assert all(re.search(r"/part-\d{5}-", uri) for uri in files)  # written by the tasks
 
 
 def test_saved_rows_are_the_dataframe_rows(
@@ -167,3 +170,28 @@ def test_killed_attempt_of_a_chained_save_is_never_committed(
     assert loaded.count() == 6
     assert loaded.select("path").distinct().count() == 6
     assert loaded.where("thumbnail is not null").count() == 4  # the images; not rtstruct
+
+
+def test_a_save_into_an_old_lake_gives_its_earlier_instances_their_acquisition_rows(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    import dicomlake
+    from dicomlake.spark import Catalog
+    from dicomlake.spark.dicom import DicomMetaExtractor
+
+    earlier, later = tmp_path / "earlier", tmp_path / "later"
+    for folder, names in ((earlier, ["CT_small.dcm", "MR_small.dcm"]), (later, ["rtdose.dcm"])):
+        folder.mkdir()
+        for name in names:
+            shutil.copyfile(sample_file(name), folder / name)
+    lake = tmp_path / "lake"
+    dicomlake.ingest([str(earlier)], str(lake), workers=0)
+    shutil.rmtree(lake / "acquisition")  # as a lake made before the table was
+    catalog = Catalog(spark, table="instances", lake=str(lake))
+    assert catalog.save(DicomMetaExtractor(catalog).transform(catalog.catalog(str(later)))) == 1
+    con = dicomlake.connect(str(lake))
+    try:
+        modalities = con.sql("SELECT list(Modality ORDER BY Modality) FROM acquisition").fetchall()
+    finally:
+        con.close()
+    assert modalities == [(["CT", "MR", "RTDOSE"],)]

@@ -391,6 +391,25 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
 # --------------------------------------------------------------------------- writing
 
 
+@dataclass(frozen=True)
+class Companion:
+    """A second table written from the same rows, in the same task (picklable).
+
+    Its rows are made from each batch written to the main table (``rows``, a
+    module-level function); :func:`save_dataframe` commits them just before the main
+    table's (``acquisition`` before ``instances``).
+    """
+
+    name: str
+    table_uri: str
+    schema: pa.Schema
+    rows: Callable[[pa.RecordBatch], pa.RecordBatch]
+
+
+#: What a task returns when it also wrote a companion: each file's add-action and table.
+TABLED_ACTIONS: Final = ADD_ACTION_SCHEMA.append(pa.field("table", pa.string()))
+
+
 def parquet_writer(
     table_uri: str,
     schema: pa.Schema,
@@ -399,6 +418,7 @@ def parquet_writer(
     stages: Sequence[ArrowMapper] = (),
     task_hook: ArrowMapper | None = None,
     storage_options: StorageOptions = None,
+    companion: Companion | None = None,
 ) -> ArrowMapper:
     """The ``mapInArrow`` function that writes a partition as one Parquet file.
 
@@ -418,10 +438,13 @@ def parquet_writer(
             attempt midway.
         storage_options: Credentials and endpoint for an object-storage table (a
             :class:`~dicomlake.storage.StorageConfig` or dict, pickled to the tasks).
+        companion: Also write its rows, made from the same batches, as a file of
+            its table.
 
     Returns:
         A function from a partition's batches to one row in
-        :data:`ADD_ACTION_SCHEMA` (none for an empty partition).
+        :data:`ADD_ACTION_SCHEMA` (none for an empty partition); with a companion,
+        rows in :data:`TABLED_ACTIONS`, the companion's file too.
     """
 
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -435,6 +458,7 @@ def parquet_writer(
         fs, root = filesystem(table_uri, storage_options)
         target = f"{root.rstrip('/')}/{name}"
         collected: list[pa.RecordBatch] = []
+        made: list[pa.RecordBatch] = []  # the companion's rows
         writer: pq.ParquetWriter | None = None
         batches = _stages_then(stages)(batches)
         if task_hook is not None:
@@ -448,15 +472,28 @@ def parquet_writer(
                     )
                 writer.write_batch(batch)
                 collected.append(batch)
+                if companion is not None:
+                    made.append(companion.rows(batch))
         finally:
             if writer is not None:
                 writer.close()
         if writer is None:
             return
         table = pa.Table.from_batches(collected, schema=schema)
-        yield pa.RecordBatch.from_pylist(
-            [add_action(fs, target, name, table)], schema=ADD_ACTION_SCHEMA
-        )
+        action = add_action(fs, target, name, table)
+        if companion is None:
+            yield pa.RecordBatch.from_pylist([action], schema=ADD_ACTION_SCHEMA)
+            return
+        actions = [{**action, "table": None}]
+        rows = pa.Table.from_batches(made, schema=companion.schema)
+        if rows.num_rows:
+            other_fs, other_root = filesystem(companion.table_uri, storage_options)
+            other = f"{other_root.rstrip('/')}/{name}"
+            pq.write_table(
+                rows, other, filesystem=other_fs, compression="zstd", compression_level=3
+            )
+            actions.append({**add_action(other_fs, other, name, rows), "table": companion.name})
+        yield pa.RecordBatch.from_pylist(actions, schema=TABLED_ACTIONS)
 
     return run
 
@@ -513,6 +550,7 @@ def save_dataframe(
     storage_options: StorageOptions = None,
     cleanup: bool = True,
     task_hook: ArrowMapper | None = None,
+    companion: Companion | None = None,
 ) -> int:
     """Write ``df`` as the Delta table at ``table_uri``, in one transaction.
 
@@ -535,9 +573,11 @@ def save_dataframe(
             executors write with it (it is pickled to them), the driver commits with it.
         cleanup: Delete files of failed task attempts after the commit.
         task_hook: See :func:`parquet_writer`.
+        companion: Another table the tasks also write, from the same rows; it is
+            committed (in the same ``mode``) just before ``df``'s table.
 
     Returns:
-        The number of rows committed.
+        The number of rows committed (to ``df``'s table).
 
     Raises:
         ValueError: ``mode`` is neither ``append`` nor ``overwrite``.
@@ -546,11 +586,12 @@ def save_dataframe(
     if mode not in ("append", "overwrite"):
         raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
     schema = nullable(to_arrow(df.schema))
-    local = local_path(table_uri)
-    if local is not None:
-        if os.path.exists(local) and not os.path.isdir(local):
-            raise LakeError(f"cannot save to {local}: it is a file, not a folder", lake=local)
-        os.makedirs(local, exist_ok=True)
+    for uri in (table_uri, *([] if companion is None else [companion.table_uri])):
+        local = local_path(uri)
+        if local is not None:
+            if os.path.exists(local) and not os.path.isdir(local):
+                raise LakeError(f"cannot save to {local}: it is a file, not a folder", lake=local)
+            os.makedirs(local, exist_ok=True)
     job_id = new_job_id()
     made = chain_of(df)
     source, stages = (df, ()) if made is None else (made.source, made.stages)
@@ -561,12 +602,29 @@ def save_dataframe(
         stages=stages,
         task_hook=task_hook,
         storage_options=storage_options,
+        companion=companion,
     )
-    written = source.mapInArrow(writer, to_spark(ADD_ACTION_SCHEMA)).collect()
+    returned = TABLED_ACTIONS if companion is not None else ADD_ACTION_SCHEMA
+    written = [row.asDict() for row in source.mapInArrow(writer, to_spark(returned)).collect()]
+    if companion is not None:
+        tables = [action.pop("table") for action in written]
+        companions = [a for a, t in zip(written, tables, strict=True) if t == companion.name]
+        if companions or mode == "overwrite":
+            commit(
+                companion.table_uri,
+                companion.schema,
+                companions,
+                mode=mode,
+                job_id=job_id,
+                name=companion.name,
+                storage_options=storage_options,
+                cleanup=cleanup,
+            )
+        written = [a for a, t in zip(written, tables, strict=True) if t is None]
     return commit(
         table_uri,
         schema,
-        [row.asDict() for row in written],
+        written,
         mode=mode,
         job_id=job_id,
         name=name,

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import numpy as np
-import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from dicomlake.errors import DicomLakeError
-from dicomlake.kernels.acquisition import acquisition_batch, acquisition_row
+from dicomlake.kernels.acquisition import batch_from_meta
 from dicomlake.lake.sql import ACQUISITION_ROWS, connect
 from dicomlake.lake.tables import ACQUISITION_TABLE, table_exists
 from dicomlake.lake.writer import TableWriter
@@ -80,30 +79,6 @@ class AcquisitionSummary:
     removed: int = 0  # rows of instances gone from the lake
     warnings: int = 0  # rows with a value that did not convert
     seconds: float = 0.0
-
-
-def batch_from_meta(rows: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
-    """Rows of the ``acquisition`` table for a batch of ``instances`` rows.
-
-    Args:
-        rows: ``row_id``, ``SeriesInstanceUID``, ``Modality``, ``ingested_at`` and
-            ``meta`` of ``ok`` instances.
-
-    Returns:
-        The batch in :data:`~dicomlake.schema.ACQUISITION_SCHEMA`, and how many of its
-        rows have warnings.
-
-    Raises:
-        orjson.JSONDecodeError: If a ``meta`` is not JSON (the lake never writes one).
-    """
-    made = []
-    warned = 0
-    instances = rows.select(["row_id", "SeriesInstanceUID", "Modality", "ingested_at"])
-    for instance, meta in zip(instances.to_pylist(), rows.column("meta").to_pylist(), strict=True):
-        row, warnings = acquisition_row(instance, orjson.loads(meta) if meta else {})
-        made.append(row)
-        warned += bool(warnings)
-    return acquisition_batch(made, ingested_at=None), warned
 
 
 def update_acquisition(lake: str, storage_options: StorageOptions = None) -> AcquisitionSummary:

@@ -13,6 +13,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import pyarrow as pa
 
 from dicomlake._types import Row
@@ -71,4 +72,39 @@ def acquisition_batch(rows: Sequence[Row], ingested_at: dt.datetime | None) -> p
     return pa.RecordBatch.from_arrays(arrays, schema=ACQUISITION_SCHEMA)
 
 
-__all__ = ["acquisition_batch", "acquisition_row"]
+def batch_from_meta(rows: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
+    """Rows of the ``acquisition`` table for a batch of ``ok`` ``instances`` rows.
+
+    For rows written without them (a lake made before the table, a Spark save): the
+    values come from each row's ``meta``, never from the file.
+
+    Args:
+        rows: ``row_id``, ``SeriesInstanceUID``, ``Modality``, ``ingested_at`` and
+            ``meta`` of ``ok`` instances.
+
+    Returns:
+        The batch in :data:`~dicomlake.schema.ACQUISITION_SCHEMA`, and how many of its
+        rows have warnings.
+
+    Raises:
+        orjson.JSONDecodeError: If a ``meta`` is not JSON (the lake never writes one).
+    """
+    made = []
+    warned = 0
+    instances = rows.select(["row_id", "SeriesInstanceUID", "Modality", "ingested_at"])
+    for instance, meta in zip(instances.to_pylist(), rows.column("meta").to_pylist(), strict=True):
+        row, warnings = acquisition_row(instance, orjson.loads(meta) if meta else {})
+        made.append(row)
+        warned += bool(warnings)
+    return acquisition_batch(made, ingested_at=None), warned
+
+
+def of_saved_instances(rows: pa.RecordBatch) -> pa.RecordBatch:
+    """The ``acquisition`` rows of the ``ok`` rows of an ``instances`` batch (Spark's save)."""
+    import pyarrow.compute as pc
+
+    ok = rows.filter(pc.equal(rows.column("status"), "ok"))
+    return batch_from_meta(ok)[0]
+
+
+__all__ = ["acquisition_batch", "acquisition_row", "batch_from_meta", "of_saved_instances"]

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from pyspark import Broadcast
     from pyspark.sql import DataFrame, SparkSession
 
-    from dicomlake.engine.spark import ArrowMapper
+    from dicomlake.engine.spark import ArrowMapper, Companion
 
 #: pixels' ``object_catalog`` columns, then dicomlake's own names for the same facts.
 CATALOG_SCHEMA: Final = pa.schema(
@@ -249,8 +249,9 @@ class Catalog:
             mode: ``append`` adds the rows; ``overwrite`` replaces the table's rows.
             cleanup: Remove the files of failed task attempts after the commit.
 
-        Saving a lake's ``instances`` table also brings its ``acquisition`` table up
-        to date (see :mod:`dicomlake.jobs.acquisition`), as a local ingest does.
+        Saving a lake's ``instances`` table also writes the saved rows'
+        ``acquisition`` rows, made by the executors from their ``meta``, as a local
+        ingest does (committed just before the instances).
 
         Returns:
             The number of rows committed.
@@ -263,6 +264,7 @@ class Catalog:
             return self._save_with_delta_spark(df, mode)
         from dicomlake.engine.spark import save_dataframe
 
+        companion, catch_up = self._acquisition(df)
         saved = save_dataframe(
             df,
             self.table_uri,
@@ -270,22 +272,38 @@ class Catalog:
             name=self.table,
             storage_options=self.storage_options,
             cleanup=cleanup,
+            companion=companion,
         )
-        if self.lake is not None and self.table == "instances":
-            self._refresh_acquisition()
+        if catch_up and mode == "append":
+            from dicomlake.jobs.acquisition import update_acquisition
+
+            assert self.lake is not None
+            update_acquisition(self.lake, storage_options=self.storage_options)
         return saved
 
-    def _refresh_acquisition(self) -> None:
-        """Bring the lake's ``acquisition`` table up to the instances just saved.
+    def _acquisition(self, df: DataFrame) -> tuple[Companion | None, bool]:
+        """The ``acquisition`` rows a save of a lake's ``instances`` also writes.
 
-        On the driver, from the new rows' ``meta`` (about 100 µs a row): the local
-        engine makes these rows in its workers; here the executors' Parquet files hold
-        the instances table alone.
+        The executors make them from each saved row's ``meta``, beside its Parquet
+        file, as the local engine's workers do. Also says whether the lake's earlier
+        instances lack theirs (a lake made before the table): those are derived on
+        the driver after the save.
         """
-        from dicomlake.jobs.acquisition import update_acquisition
+        from dicomlake.lake.tables import ACQUISITION_TABLE, INSTANCES_TABLE, table_exists
 
-        assert self.lake is not None
-        update_acquisition(self.lake, storage_options=self.storage_options)
+        needed = {"row_id", "SeriesInstanceUID", "Modality", "ingested_at", "meta", "status"}
+        if self.lake is None or self.table != INSTANCES_TABLE or not needed <= set(df.columns):
+            return None, False
+        from dicomlake.engine.spark import Companion
+        from dicomlake.kernels.acquisition import of_saved_instances
+        from dicomlake.lake.tables import table_uri
+        from dicomlake.schema import ACQUISITION_SCHEMA
+
+        options = self.storage_options
+        older = table_exists(self.lake, INSTANCES_TABLE, storage_options=options)
+        catch_up = older and not table_exists(self.lake, ACQUISITION_TABLE, storage_options=options)
+        uri = table_uri(self.lake, ACQUISITION_TABLE)
+        return Companion(ACQUISITION_TABLE, uri, ACQUISITION_SCHEMA, of_saved_instances), catch_up
 
     def _save_with_delta_spark(self, df: DataFrame, mode: str) -> int:
         """Spark's own Delta writer (Databricks): a catalog table name or a path."""
