@@ -102,8 +102,12 @@ class LiveLine:
         return self
 
     def show(self, text: str) -> None:
-        """Replace the line's text."""
-        self._progress.update(self._task, description=text)
+        """Replace the line's text, and draw it now.
+
+        A short job's last update would otherwise fall between two of rich's timed
+        refreshes and never show.
+        """
+        self._progress.update(self._task, description=text, refresh=True)
 
     def __exit__(self, *exc: object) -> None:
         self._progress.__exit__(None, None, None)
