@@ -120,19 +120,21 @@ WHERE status = 'ok' AND "StudyInstanceUID" IS NOT NULL
 GROUP BY "StudyInstanceUID"
 """
 
-# ``tag(meta, key)``: the key becomes "GGGGEEEE" (a keyword through the map held in the
-# variable ``dicom_keywords``); one json_extract pulls that tag's small element out of
-# ``meta``, the only parse of the whole header; the lambda binds the element so that a
-# WHERE clause does not extract it three times. The key may be a column, not only a
-# constant. An unknown keyword raises instead of quietly giving NULL on every row.
+# ``tag(meta, key)``: the key becomes "GGGGEEEE" (a keyword looked up in the table
+# ``dicom_keywords``: once per query for a constant key; a map of all 5,000 built at
+# every connection cost more than the rest of its views); one json_extract pulls that
+# tag's small element out of ``meta``, the only parse of the whole header; the lambda
+# binds the element so that a WHERE clause does not extract it three times. The key may
+# be a column, not only a constant. An unknown keyword raises instead of quietly giving
+# NULL on every row.
 _TAG_SQL = """
 CREATE MACRO _dicom_tag_key(key) AS
     CASE
         WHEN regexp_full_match(key, '[0-9A-Fa-f]{8}') THEN upper(key)
-        WHEN getvariable('dicom_keywords')[key] IS NULL THEN error(
-            'tag(): ' || key || ' is neither a DICOM keyword (case-sensitive, as in '
-            || 'PatientAge) nor 8 hex digits (as in 00101010)')
-        ELSE getvariable('dicom_keywords')[key]
+        ELSE coalesce(
+            (SELECT k.tag FROM main.dicom_keywords k WHERE k.keyword = key),
+            error('tag(): ' || key || ' is neither a DICOM keyword (case-sensitive, as in '
+                || 'PatientAge) nor 8 hex digits (as in 00101010)'))
     END;
 CREATE MACRO tag(meta, key) AS
     list_transform(
@@ -477,9 +479,6 @@ def _register_tag_helpers(con: duckdb.DuckDBPyConnection) -> None:
         "CREATE TABLE dicom_keywords AS "
         "SELECT unnest($keywords::VARCHAR[]) AS keyword, unnest($tags::VARCHAR[]) AS tag",
         dict(zip(("keywords", "tags"), _keywords(), strict=True)),
-    )
-    con.execute(
-        "SET VARIABLE dicom_keywords = (SELECT map(list(keyword), list(tag)) FROM dicom_keywords)"
     )
     con.execute(_TAG_SQL)
 

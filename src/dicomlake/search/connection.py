@@ -225,11 +225,6 @@ class LakeConnection:
 
     def _new_cursor(self, gen: _Generation) -> duckdb.DuckDBPyConnection:
         cur = gen.con.cursor()
-        # Variables belong to one cursor; tag() needs dicom_keywords.
-        cur.execute(
-            "SET VARIABLE dicom_keywords = "
-            "(SELECT map(list(keyword), list(tag)) FROM dicom_keywords)"
-        )
         cur.execute("SET VARIABLE dicomlake_lake = ?", [self.lake])
         cur.execute("SET VARIABLE dicomlake_version = ?::BIGINT", [gen.versions[0]])
         return cur
