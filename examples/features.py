@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 import dicomlake
-from dicomlake.sample import write_sample_corpus
+from dicomlake.sample import sample_lake
 
 #: Voxels above this many Hounsfield units are inside the body (air is -1000 HU).
 BODY_HU = -500.0
@@ -89,11 +89,9 @@ def features(item: dict[str, Any]) -> dict[str, Any]:
 
 def build_lake(lake: Path, data: Path) -> None:
     """Ingest the built-in sample data into ``lake`` unless it is there already."""
-    if (lake / "instances").exists():
-        return
-    corpus = write_sample_corpus(data)
-    summary = dicomlake.ingest([str(corpus)], str(lake))
-    print(f"ingested {summary.done} files into {lake} ({summary.ok} ok)")
+    done = sample_lake(lake, data)
+    if done:
+        print(done)
 
 
 #: The report: one line per measured series, with what ``series`` knows of it.

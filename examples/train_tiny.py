@@ -19,9 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import dicomlake
 from dicomlake.ml import FrameDataset
-from dicomlake.sample import write_sample_corpus
+from dicomlake.sample import sample_lake
 
 DEFAULT_SQL = """
 SELECT path, Modality
@@ -52,11 +51,9 @@ class TinyNet(nn.Module):
 
 def build_lake(lake: Path, data: Path) -> None:
     """Ingest the built-in sample data into ``lake`` unless it is there already."""
-    if (lake / "instances").exists():
-        return
-    corpus = write_sample_corpus(data)
-    summary = dicomlake.ingest([str(corpus)], str(lake))
-    print(f"ingested {summary.done} files into {lake} ({summary.ok} ok)")
+    done = sample_lake(lake, data)
+    if done:
+        print(done)
 
 
 def main() -> None:

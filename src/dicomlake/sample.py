@@ -167,6 +167,23 @@ def write_sample_corpus(dest: Path | str, *, include_pydicom_data: bool = True) 
     return root
 
 
+def sample_lake(lake: Path | str, data: Path | str) -> str | None:
+    """Ingest the demo corpus (written to ``data``) into ``lake``, unless it has rows.
+
+    For the examples, which each start from the same lake.
+
+    Returns:
+        The ingest's summary line, or None when the lake was there already.
+    """
+    import dicomlake
+
+    if (Path(lake) / "instances").exists():
+        return None
+    corpus = write_sample_corpus(data)
+    summary = dicomlake.ingest([str(corpus)], str(lake))
+    return f"ingested {summary.done} files into {lake} ({summary.ok} ok)"
+
+
 #: Rows, columns of a mammogram-sized frame.
 MAMMOGRAM_SHAPE = (3072, 4096)
 
