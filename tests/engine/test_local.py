@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,41 @@ def test_workers_that_die_as_they_start_end_the_run_with_a_clear_error(
     with pytest.raises(WorkersFailed, match=r"die as they start \(exit code 3\)"):
         list(engine.map(tasks))
     assert engine.crashes == 2  # restarted twice, then gave up; no file was blamed
+
+
+class _PandasKernel(_PidKernel):
+    """A kernel whose row says whether its process has imported pandas so far."""
+
+    pandas_free = True
+
+    def row(self, ref: FileRef) -> dict[str, object]:
+        import sys
+
+        import pyarrow as pa
+
+        pa.array(["a list, as the kernels hand pyarrow"])
+        return {"path": ref.path, "pid": os.getpid(), "pandas": "pandas" in sys.modules}
+
+
+def test_workers_of_a_pandas_free_kernel_never_import_pandas(
+    tmp_path: Path, workers_import_tests: None
+) -> None:
+    """pyarrow's probe for pandas (0.3 s a worker) is skipped; pandas still imports on use."""
+    pytest.importorskip("pandas", reason="not applicable: pandas is not installed")
+    files = [tmp_path / f"f{i}.dcm" for i in range(2)]
+    for path in files:
+        path.write_bytes(b"x")
+    engine = LocalEngine(_PandasKernel(), workers=1)
+    rows = [
+        r
+        for _t, b in engine.map([Task(refs=[_ref(p)]) for p in files])
+        for r in b["rows"].to_pylist()
+    ]
+    assert rows and not any(r["pandas"] for r in rows)
+    assert InstancesKernel.pandas_free
+    probe = (
+        "import sys; from dicomlake.engine.local import skip_pandas_probe; import pyarrow as pa\n"
+        "skip_pandas_probe(); pa.array(['x']); assert 'pandas' not in sys.modules\n"
+        "assert type(pa.table({'a': [1]}).to_pandas()).__name__ == 'DataFrame'"
+    )
+    subprocess.run([sys.executable, "-c", probe], check=True, timeout=120)

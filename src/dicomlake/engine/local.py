@@ -123,9 +123,40 @@ class _Worker:
     tasks: deque[Task] = field(default_factory=deque)
 
 
+class _NoPandas:
+    """A meta path finder that refuses pandas: see :func:`skip_pandas_probe`."""
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ImportError("pandas is not used by this worker's kernel")
+
+
+def skip_pandas_probe() -> None:
+    """Let pyarrow's one-time probe for pandas find none, in this process.
+
+    pyarrow imports pandas, when it is installed, on a process's first ``pa.array`` of a
+    Python list, to recognise pandas objects: 0.3 s of every worker's start, for a
+    kernel that never hands pyarrow one. The probe runs once per process; anything
+    that needs pandas later (``to_pandas``) still imports it. A process that has
+    imported pandas already is left as it is.
+    """
+    import sys
+
+    import pyarrow as pa
+
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        pa.array([0])
+    finally:
+        sys.meta_path.remove(finder)
+
+
 def _worker_main(work: _Work, inbox: Any, outbox: Any, state: Any, slot: int, parent: int) -> None:
     """Worker loop: run tasks from ``inbox``, publishing progress in ``state``."""
     warnings.simplefilter("ignore")  # pydicom warns on every odd value; rows say it
+    if getattr(work.kernel, "pandas_free", False):
+        skip_pandas_probe()
     base = slot * _SLOT
     # ``parent`` is the coordinator's pid, sent along: asking os.getppid() here would
     # give 1 if the coordinator was killed while this process was still starting

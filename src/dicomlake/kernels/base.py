@@ -18,7 +18,13 @@ if TYPE_CHECKING:
 
 
 class Kernel(Protocol):
-    """What an engine runs: one row per file, then one batch per table per task."""
+    """What an engine runs: one row per file, then one batch per table per task.
+
+    A kernel may also say ``pandas_free = True``: it never gives pyarrow a pandas
+    object, so the local engine's workers skip pyarrow's import of pandas (see
+    :func:`dicomlake.engine.local.skip_pandas_probe`). A user's function may, so
+    ``ApplyKernel`` does not.
+    """
 
     def row(self, ref: FileRef) -> Row:
         """Return the row of one file; never raises for a bad file."""

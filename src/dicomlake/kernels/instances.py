@@ -247,6 +247,9 @@ class InstancesKernel:
         ValueError: ``parser`` is not one of :data:`PARSERS`.
     """
 
+    #: It hands pyarrow lists and numpy arrays only (see :class:`~dicomlake.kernels.base.Kernel`).
+    pandas_free = True
+
     def __init__(
         self,
         *,
