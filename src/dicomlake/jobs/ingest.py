@@ -23,10 +23,11 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import pyarrow as pa
 
-from dicomlake._types import Batches, Parser, StorageOptions
+from dicomlake._types import Parser, StorageOptions
 from dicomlake.catalog import FileRef, check_sources, iter_files
 from dicomlake.engine.local import IN_PROCESS_MAX_FILES, LocalEngine, Task, run_apart
 from dicomlake.engine.sinks import SHARDS, ShardSink
+from dicomlake.jobs.acquisition_rows import acquisition_writer, write_acquisition
 from dicomlake.kernels.instances import BULK_THRESHOLD, InstancesKernel
 from dicomlake.killpoints import kill_point
 from dicomlake.lake.fingerprints import Fingerprints
@@ -456,16 +457,7 @@ class _Run:
             if self.drawing
             else None
         )
-        # committed only just before the instances rows they belong to (see
-        # acquisition_view in lake/sql.py for what a crash in between leaves)
-        acquired = TableWriter(
-            self.lake,
-            ACQUISITION_TABLE,
-            max_rows=1 << 62,
-            max_seconds=float("inf"),
-            dedupe=False,
-            storage_options=options,
-        )
+        acquired = acquisition_writer(self.lake, options)
         writer = TableWriter(
             self.lake,
             INSTANCES_TABLE,
@@ -493,7 +485,7 @@ class _Run:
                 if thumb_writer is not None and THUMBNAILS_TABLE in out:
                     thumb_writer.write(out[THUMBNAILS_TABLE], replace=task.replace)
                     _count_thumbnails(summary, out[THUMBNAILS_TABLE])
-                _write_acquisition(acquired, out, task.replace)
+                write_acquisition(acquired, out, replace=task.replace)
                 if SHARDS in out:  # the worker wrote the rows itself
                     writer.add_shards(out[SHARDS].to_pylist())
                 else:
@@ -570,23 +562,6 @@ class _Run:
         if problem:  # the rows are committed; compaction can wait
             log.warning("compaction skipped (%s); run `dicomlake optimize`", problem)
         self.summary.compacted = removed
-
-
-def _write_acquisition(writer: TableWriter, out: Batches, replace: bool) -> None:
-    """Buffer a task's ``acquisition`` rows.
-
-    They come back from the worker whole (serialising them costs it 0.1 µs a row; a
-    shard of their sixty-odd columns would cost it 10 µs), and this writer turns a
-    commit's worth into one data file. Rows that replace earlier ones replace every
-    row of their instances: a file that is no longer ``ok`` has none.
-    """
-    batch = out.get(ACQUISITION_TABLE)
-    if batch is None:
-        return
-    if replace:
-        writer.write(batch, instances=out[INSTANCES_TABLE].column("row_id").to_pylist())
-    else:
-        writer.write(batch)
 
 
 def _count_thumbnails(summary: IngestSummary, batch: pa.RecordBatch) -> None:

@@ -324,13 +324,9 @@ class StoreRows:
         commit_seconds: float = 2.0,
         storage_options: StorageOptions = None,
     ) -> None:
+        from dicomlake.jobs.acquisition_rows import acquisition_writer
         from dicomlake.kernels.instances import InstancesKernel
-        from dicomlake.lake.tables import (
-            ACQUISITION_TABLE,
-            INSTANCES_TABLE,
-            THUMBNAILS_TABLE,
-            table_exists,
-        )
+        from dicomlake.lake.tables import INSTANCES_TABLE, THUMBNAILS_TABLE, table_exists
         from dicomlake.lake.writer import TableWriter
 
         self.lake = lake
@@ -347,15 +343,7 @@ class StoreRows:
             storage_options=storage_options, thumbnails=drawing, acquisition=True
         )
         self._lock = threading.RLock()
-        # committed just before the instance rows, as ingest does
-        self._acquired: TableWriter = TableWriter(
-            lake,
-            ACQUISITION_TABLE,
-            max_rows=1 << 62,
-            max_seconds=float("inf"),
-            dedupe=False,
-            storage_options=storage_options,
-        )
+        self._acquired: TableWriter = acquisition_writer(lake, storage_options)
         self._writer: TableWriter = TableWriter(
             lake,
             INSTANCES_TABLE,
@@ -466,7 +454,8 @@ class StoreRows:
 
     def _hand_over(self) -> None:
         """Give the buffered rows to the writers (one batch each way)."""
-        from dicomlake.lake.tables import ACQUISITION_TABLE, INSTANCES_TABLE, THUMBNAILS_TABLE
+        from dicomlake.jobs.acquisition_rows import write_acquisition
+        from dicomlake.lake.tables import INSTANCES_TABLE, THUMBNAILS_TABLE
 
         for rows, replace in ((self._new, False), (self._changed, True)):
             if not rows:
@@ -476,13 +465,8 @@ class StoreRows:
             if self._thumbs is not None and THUMBNAILS_TABLE in out:
                 # thumbnails first: an instance row committed means its thumbnail was
                 self._thumbs.write(out[THUMBNAILS_TABLE], replace=True)
-            instances = out[INSTANCES_TABLE]
-            if replace:  # every earlier row of these instances goes (an error has none)
-                ids = instances.column("row_id").to_pylist()
-                self._acquired.write(out[ACQUISITION_TABLE], instances=ids)
-            else:
-                self._acquired.write(out[ACQUISITION_TABLE])
-            self._writer.write(instances, replace=replace)
+            write_acquisition(self._acquired, out, replace=replace)
+            self._writer.write(out[INSTANCES_TABLE], replace=replace)
         self._since = time.monotonic()
 
     def commit_if_due(self) -> int:
