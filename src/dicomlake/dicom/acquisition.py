@@ -248,18 +248,11 @@ class _Column:
 
     def value(self, meta: JsonDict, warnings: list[str]) -> Any:
         """The column's typed value in ``meta``, or None (a warning when it does not convert)."""
-        raw: list[Any] | None = None
-        if self.simple and not self.source.group:
-            for key in self.simple:  # the common case: a top-level element
-                element = meta.get(key)
-                if element is not None:
-                    raw = element.get("Value")
-                    if raw:
-                        break
-        else:
-            raw = _values(meta, self.source, every_frame=self.every_frame)
-        if not raw:
-            return None
+        raw = _values(meta, self.source, every_frame=self.every_frame)
+        return self.typed(raw, warnings) if raw else None
+
+    def typed(self, raw: list[Any], warnings: list[str]) -> Any:
+        """The column's value from an element's raw JSON values (or one per frame)."""
         try:
             if self.is_list:
                 return [None if v is None else self.convert(v) for v in raw]
@@ -366,20 +359,16 @@ def found_values(meta: JsonDict) -> tuple[dict[str, Any], list[str]]:
                 elsewhere = column.source.group or len(column.simple) > 1
                 row[name] = column.value(meta, warnings) if elsewhere else None
                 continue
-            try:
-                if is_list:
-                    row[name] = [None if v is None else convert(v) for v in raw]
-                    continue
+            if not is_list and index < len(raw):
+                # the usual single values need no call: text as text, a DS or FD as a
+                # float, a DS or IS written as an integer made a float
                 value = raw[index]
-                # the usual types need no call: text as text, a DS or FD as a float
                 kind = type(value)
                 if (kind is str and convert is _text) or (kind is float and convert is _number):
                     row[name] = value
-                elif kind is int and convert is _number:  # a DS or IS written as an integer
+                    continue
+                if kind is int and convert is _number:
                     row[name] = float(value)
-                else:
-                    row[name] = None if value is None else convert(value)
-            except (ValueError, TypeError, IndexError) as exc:
-                row[name] = None
-                warnings.append(f"{name}: {type(exc).__name__}: the value does not convert")
+                    continue
+            row[name] = column.typed(raw, warnings)
     return row, warnings
