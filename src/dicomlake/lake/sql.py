@@ -159,17 +159,19 @@ OPTIONAL_TABLES = (
 )
 
 
+#: DuckDB schema for helper tables that users need not see in SHOW TABLES.
+_PRIVATE = "dicomlake_internal"
 #: The ``acquisition`` table's stored rows, in a connection of :func:`connect`.
-ACQUISITION_ROWS: Final = 'dicomlake_internal."acquisition"'
+ACQUISITION_ROWS: Final = f'{_PRIVATE}."{ACQUISITION_TABLE}"'
 #: The ``acquisition`` view: the table's rows of the instances as they are now. Ingest
 #: commits a batch's acquisition rows just before its instance rows, so a crash in
 #: between leaves rows of instances never committed, or a second row for an instance
 #: extracted again; those are not the instance row's (``row_id``, ``ingested_at``).
 #: ``dicomlake optimize`` removes them; it reads the stored rows, all of them, as
 #: :data:`ACQUISITION_ROWS`.
-_ACQUISITION_SQL = """
-CREATE VIEW acquisition AS
-SELECT a.* FROM dicomlake_internal."acquisition" a
+_ACQUISITION_SQL = f"""
+CREATE VIEW {ACQUISITION_TABLE} AS
+SELECT a.* FROM {ACQUISITION_ROWS} a
 SEMI JOIN (SELECT row_id, ingested_at FROM instances WHERE status = 'ok') i
     ON a.row_id = i.row_id AND a.ingested_at = i.ingested_at
 """
@@ -329,9 +331,6 @@ _ACQUISITION_VIEWS = (
     ),
 )
 
-#: DuckDB schema for helper tables that users need not see in SHOW TABLES.
-_PRIVATE = "dicomlake_internal"
-
 #: Delta reader features that neither DuckDB's Parquet reader nor pyarrow applies.
 _UNSUPPORTED_READER_FEATURES = frozenset({"deletionVectors", "columnMapping"})
 
@@ -379,17 +378,14 @@ def _register_table(
     storage_options: StorageOptions = None,
     *,
     private: bool = False,
-) -> str:
+) -> None:
     """Create the view ``name`` over the files of ``dt``'s loaded version.
 
     The view is an empty table with the Delta schema UNION ALL BY NAME the Parquet
     files, so its columns and types are the table's even when the table has no files
     or older files lack a column added later. An object-store table's files are read
     through its fsspec file system (see the module docstring). A ``private`` view is
-    kept out of the user's sight, for a public view over it.
-
-    Returns:
-        The view's name in SQL.
+    ``dicomlake_internal.<name>``, out of the user's sight, for a public view over it.
     """
     features = set(dt.protocol().reader_features or ())
     unsupported = sorted(features & _UNSUPPORTED_READER_FEATURES)
@@ -404,10 +400,10 @@ def _register_table(
         # DuckDB cannot reach this store: read through delta-rs (module docstring).
         if not private:
             con.register(name, arrow_dataset(dt))
-            return _sql_identifier(name)
+            return
         con.register(f"_dicomlake_{name}", arrow_dataset(dt))
         con.execute(f'CREATE VIEW {_PRIVATE}."{name}" AS SELECT * FROM "_dicomlake_{name}"')
-        return f'{_PRIVATE}."{name}"'
+        return
     empty = f'{_PRIVATE}."{name}_schema"'
     schema = pa.schema(dt.schema().to_arrow())
     columns = [(field.name, _sql_type(field.type)) for field in schema]
@@ -425,7 +421,6 @@ def _register_table(
         listing = ", ".join(_sql_string(f) for f in files)
         sql += f" UNION ALL BY NAME SELECT * FROM read_parquet([{listing}], union_by_name = true)"
     con.execute(sql)
-    return view
 
 
 #: DuckDB's names of the Arrow types the lake's tables use. Creating the typed empty
