@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 import orjson
 import pyarrow as pa
@@ -19,6 +19,9 @@ import pyarrow as pa
 from dicomlake._types import Row
 from dicomlake.dicom.acquisition import found_values
 from dicomlake.schema import ACQUISITION_SCHEMA
+
+#: The instance row's columns an ``acquisition`` row copies.
+FROM_INSTANCE: Final = ("row_id", "SeriesInstanceUID", "Modality", "ingested_at")
 
 
 def acquisition_row(instance: Row, header: dict[str, Any]) -> tuple[Row, list[str]]:
@@ -28,16 +31,13 @@ def acquisition_row(instance: Row, header: dict[str, Any]) -> tuple[Row, list[st
     :func:`acquisition_batch` makes the rest null.
 
     Args:
-        instance: The instance's row (its ``row_id``, ``SeriesInstanceUID`` and
-            ``Modality`` are copied).
+        instance: The instance's row (its :data:`FROM_INSTANCE` columns are copied).
         header: The header's DICOM JSON, or the part holding its top-level
             acquisition elements.
     """
     row, warnings = found_values(header)
-    row["row_id"] = instance["row_id"]
-    row["SeriesInstanceUID"] = instance.get("SeriesInstanceUID")
-    row["Modality"] = instance.get("Modality")
-    row["ingested_at"] = instance.get("ingested_at")
+    for name in FROM_INSTANCE:
+        row[name] = instance.get(name)
     row["warnings"] = warnings or None
     return row, warnings
 
@@ -79,8 +79,7 @@ def batch_from_meta(rows: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
     values come from each row's ``meta``, never from the file.
 
     Args:
-        rows: ``row_id``, ``SeriesInstanceUID``, ``Modality``, ``ingested_at`` and
-            ``meta`` of ``ok`` instances.
+        rows: The :data:`FROM_INSTANCE` columns and ``meta`` of ``ok`` instances.
 
     Returns:
         The batch in :data:`~dicomlake.schema.ACQUISITION_SCHEMA`, and how many of its
@@ -91,7 +90,7 @@ def batch_from_meta(rows: pa.RecordBatch) -> tuple[pa.RecordBatch, int]:
     """
     made = []
     warned = 0
-    instances = rows.select(["row_id", "SeriesInstanceUID", "Modality", "ingested_at"])
+    instances = rows.select(list(FROM_INSTANCE))
     for instance, meta in zip(instances.to_pylist(), rows.column("meta").to_pylist(), strict=True):
         row, warnings = acquisition_row(instance, orjson.loads(meta) if meta else {})
         made.append(row)
@@ -107,4 +106,10 @@ def of_saved_instances(rows: pa.RecordBatch) -> pa.RecordBatch:
     return batch_from_meta(ok)[0]
 
 
-__all__ = ["acquisition_batch", "acquisition_row", "batch_from_meta", "of_saved_instances"]
+__all__ = [
+    "FROM_INSTANCE",
+    "acquisition_batch",
+    "acquisition_row",
+    "batch_from_meta",
+    "of_saved_instances",
+]

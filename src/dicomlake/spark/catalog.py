@@ -289,13 +289,13 @@ class Catalog:
         instances lack theirs (a lake made before the table): those are derived on
         the driver after the save.
         """
+        from dicomlake.kernels.acquisition import FROM_INSTANCE, of_saved_instances
         from dicomlake.lake.tables import ACQUISITION_TABLE, INSTANCES_TABLE, table_exists
 
-        needed = {"row_id", "SeriesInstanceUID", "Modality", "ingested_at", "meta", "status"}
+        needed = {*FROM_INSTANCE, "meta", "status"}
         if self.lake is None or self.table != INSTANCES_TABLE or not needed <= set(df.columns):
             return None, False
         from dicomlake.engine.spark import Companion
-        from dicomlake.kernels.acquisition import of_saved_instances
         from dicomlake.lake.tables import table_uri
         from dicomlake.schema import ACQUISITION_SCHEMA
 
