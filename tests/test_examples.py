@@ -22,29 +22,11 @@ def train(
     script: str, lake: Path, data: Path, cache: Path, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     """Run a training example for two epochs in the foreground (no loader workers)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(EXAMPLES / script),
-            "--lake",
-            str(lake),
-            "--data",
-            str(data),
-            "--epochs",
-            "2",
-            "--workers",
-            "0",
-            "--cache-dir",
-            str(cache),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    return run_example(
+        script,
+        *("--lake", str(lake), "--data", str(data), "--epochs", "2", "--workers", "0"),
+        *("--cache-dir", str(cache), *extra),
     )
-    assert result.returncode == 0, result.stderr[-2000:]
-    return result
 
 
 @pytest.mark.slow
