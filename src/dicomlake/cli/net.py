@@ -15,7 +15,7 @@ from dicomlake.errors import DicomLakeError
 if TYPE_CHECKING:
     from dicomlake.net.peers import TlsFiles
     from dicomlake.net.pull import PullSummary
-    from dicomlake.net.receive import ReceiveSummary
+    from dicomlake.net.receive import Receiver, ReceiveSummary
 
 StoreOption = Annotated[
     str,
@@ -49,21 +49,38 @@ def _tls(cert: str | None, key: str | None, ca: str | None) -> TlsFiles:
     return TlsFiles(cert=cert, key=key, ca=ca)
 
 
-def _wait_for_signal() -> None:
-    """Block until Ctrl-C or SIGTERM."""
-    stop = threading.Event()
+class _StopOnSignal:
+    """Ctrl-C and SIGTERM stop a listening receiver cleanly, whenever they come.
 
-    def on_term(signum: int, frame: object) -> None:
-        stop.set()
+    Installed before the receiver starts, so a signal that arrives just after the
+    port is bound still commits the buffered rows. Before that (while earlier runs'
+    files are caught up), and for a second signal, it interrupts as Ctrl-C always does.
+    """
 
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        while not stop.wait(0.5):
+    def __init__(self, receiver: Receiver) -> None:
+        self.receiver = receiver
+        self.stop = threading.Event()
+
+    def __enter__(self) -> _StopOnSignal:
+        self._previous = {
+            signum: signal.signal(signum, self._on_signal)
+            for signum in (signal.SIGINT, signal.SIGTERM)
+        }
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if not self.receiver.listening or self.stop.is_set():  # a second Ctrl-C forces
+            raise KeyboardInterrupt
+        self.stop.set()
+
+    def wait(self) -> None:
+        """Block until a signal asks to stop."""
+        while not self.stop.wait(0.5):
             pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def receive_line(summary: ReceiveSummary) -> str:
@@ -129,31 +146,34 @@ def receive(
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
-    try:
-        receiver.start()
-    except DicomLakeError as exc:
-        raise fail(str(exc)) from None
-    except OSError as exc:
-        raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-    if not quiet:
-        typer.echo(
-            f"dicomlake: receiving as {receiver.aet} on {host}:{receiver.port} "
-            f"({'TLS' if receiver.ssl_context else 'no TLS'}); Ctrl-C to stop",
-            err=True,
-        )
-    try:
-        with live_progress("waiting for associations…", _receive_progress, quiet) as progress:
-            receiver.progress = progress
-            _wait_for_signal()
-    finally:
-        receiver.progress = None  # the live line is gone
+    with _StopOnSignal(receiver) as signals:
         try:
-            summary = receiver.stop()
+            receiver.start()
+        except KeyboardInterrupt:
+            raise fail("interrupted while catching up; re-run to go on", 130) from None
         except DicomLakeError as exc:
-            raise fail(
-                f"{exc}; the files are in {store}: the next receive (or an ingest of it) "
-                "brings them into the lake"
-            ) from None
+            raise fail(str(exc)) from None
+        except OSError as exc:
+            raise fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        if not quiet:
+            typer.echo(
+                f"dicomlake: receiving as {receiver.aet} on {host}:{receiver.port} "
+                f"({'TLS' if receiver.ssl_context else 'no TLS'}); Ctrl-C to stop",
+                err=True,
+            )
+        try:
+            with live_progress("waiting for associations…", _receive_progress, quiet) as progress:
+                receiver.progress = progress
+                signals.wait()
+        finally:
+            receiver.progress = None  # the live line is gone
+            try:
+                summary = receiver.stop()
+            except DicomLakeError as exc:
+                raise fail(
+                    f"{exc}; the files are in {store}: the next receive (or an ingest of it) "
+                    "brings them into the lake"
+                ) from None
     typer.echo(receive_line(summary))
 
 

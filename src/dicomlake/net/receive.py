@@ -432,6 +432,11 @@ class Receiver:
         self.commit_error: BaseException | None = None
 
     @property
+    def listening(self) -> bool:
+        """Whether ``start`` has bound the port (and not yet stopped)."""
+        return self._server is not None
+
+    @property
     def port(self) -> int:
         """The port listened on (the one picked, when 0 was asked for)."""
         if self._server is not None:
