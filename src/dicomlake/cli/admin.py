@@ -177,20 +177,20 @@ def serve(
     if store_dir is not None and not allow_store:
         raise fail("--store-dir is where uploads go: it needs --allow-store")
     scp = None
-    if dimse_port is not None:
-        scp = dimse_server(
-            lake,
-            host=host,
-            port=dimse_port,
-            aet=dimse_aet,
-            peers=dimse_peer,
-            allow_aets=dimse_allow_aet,
-            tls_cert=dimse_tls_cert,
-            tls_key=dimse_tls_key,
-            tls_ca=dimse_tls_ca,
-        )
-        typer.echo(f"DIMSE: {scp.aet} on {host}:{scp.port}", err=True)
-    try:
+    try:  # Ctrl-C (SIGINT) stops the servers whenever it comes, and exits 0
+        if dimse_port is not None:
+            scp = dimse_server(
+                lake,
+                host=host,
+                port=dimse_port,
+                aet=dimse_aet,
+                peers=dimse_peer,
+                allow_aets=dimse_allow_aet,
+                tls_cert=dimse_tls_cert,
+                tls_key=dimse_tls_key,
+                tls_ca=dimse_tls_ca,
+            )
+            typer.echo(f"DIMSE: {scp.aet} on {host}:{scp.port}", err=True)
         if no_web:
             _wait_for_interrupt()
             return
@@ -206,6 +206,8 @@ def serve(
             store_dir=store_dir,
             ohif_dir=ohif_dir,
         )
+    except KeyboardInterrupt:
+        pass
     except ImportError as exc:
         raise fail(str(exc)) from None
     except DicomLakeError as exc:
@@ -219,8 +221,5 @@ def _wait_for_interrupt() -> None:
     """Sleep until Ctrl-C (the DIMSE server runs in its own threads)."""
     import time
 
-    try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        return
+    while True:
+        time.sleep(3600)
