@@ -7,26 +7,37 @@ single Delta transaction through delta-rs. Rows never travel through a pipe or t
 driver, and a crash between writing a shard and committing it leaves a file that no
 table version names: readers never see it, the next run parses those files again, and
 :func:`remove_orphans` (or a vacuum) deletes it.
+
+A commit in ``replace`` mode also takes away every earlier row of the new rows'
+``row_id`` (a re-run's rows give way to nothing else): the table's files that hold any
+of those ids (pruned by their ``row_id`` bounds, then read) are rewritten without them,
+and the one transaction removes them and adds their rewrites and the new shards.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import os
 import time
+import urllib.parse
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+import numpy as np
 import pyarrow as pa
 
 from dicomlake._types import StorageOptions
+from dicomlake.lake.ids import sorted_unique
 from dicomlake.storage.settings import delta_options, fsspec_options
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
+    from deltalake import DeltaTable
+    from deltalake.transaction import AddAction, RemoveAction
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +51,11 @@ ADD_ACTION_SCHEMA: Final = pa.schema(
         pa.field("stats", pa.string()),
     ]
 )
+
+#: How a commit treats the table's earlier rows (see :func:`commit_shards`).
+CommitMode = Literal["append", "overwrite", "replace"]
+#: The column whose values a ``replace`` commit replaces the earlier rows of.
+REPLACE_KEY: Final = "row_id"
 
 
 def filesystem(uri: str, storage_options: StorageOptions = None) -> tuple[pafs.FileSystem, str]:
@@ -202,9 +218,13 @@ def write_shard(
     Returns:
         The file's add-action as a row of :data:`ADD_ACTION_SCHEMA`.
     """
+    fs, root = filesystem(table_uri, storage_options)
+    return _write_at(fs, root, table, name)
+
+
+def _write_at(fs: pafs.FileSystem, root: str, table: pa.Table, name: str) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
-    fs, root = filesystem(table_uri, storage_options)
     target = f"{root.rstrip('/')}/{name}"
     pq.write_table(table, target, filesystem=fs, compression="zstd", compression_level=3)
     return add_action(fs, target, name, table)
@@ -245,26 +265,78 @@ def add_actions(actions: Iterable[dict[str, Any]]) -> list[Any]:
     ]
 
 
+def require_key(schema: pa.Schema, table_uri: str) -> None:
+    """Check that a table can be saved in ``replace`` mode: it has a ``row_id`` column.
+
+    Raises:
+        ValueError: ``schema`` has no ``row_id`` column.
+    """
+    if REPLACE_KEY not in schema.names:
+        raise ValueError(
+            f"mode='replace' replaces earlier rows by their {REPLACE_KEY!r}, and the table "
+            f"at {table_uri} has no such column (its columns: {', '.join(schema.names)}); "
+            "add a row_id column, or save with mode='append' or 'overwrite'"
+        )
+
+
+def row_ids(
+    table_uri: str, actions: Iterable[dict[str, Any]], storage_options: StorageOptions = None
+) -> np.ndarray:
+    """The distinct ``row_id`` values (sorted, nulls left out) of written shards.
+
+    Args:
+        table_uri: The table's folder or URI the shards are in.
+        actions: The shards' add-actions (:data:`ADD_ACTION_SCHEMA` rows).
+        storage_options: Credentials and endpoint for an object-storage table.
+
+    Returns:
+        A sorted int64 array; only the ``row_id`` column of each file is read.
+    """
+    import pyarrow.parquet as pq
+
+    fs, root = filesystem(table_uri, storage_options)
+    parts = [np.empty(0, dtype=np.int64)]
+    for action in actions:
+        column = pq.read_table(
+            f"{root.rstrip('/')}/{action['path']}", columns=[REPLACE_KEY], filesystem=fs
+        ).column(REPLACE_KEY)
+        parts.append(column.drop_null().to_numpy().astype(np.int64, copy=False))
+    return sorted_unique(np.concatenate(parts))
+
+
 def commit_shards(
     table_uri: str,
     schema: pa.Schema,
     actions: Iterable[dict[str, Any]],
     *,
-    mode: Literal["append", "overwrite"] = "append",
+    mode: CommitMode = "append",
     name: str | None = None,
     storage_options: StorageOptions = None,
+    replacing: np.ndarray | None = None,
 ) -> int:
     """Commit written shards in one Delta transaction; create the table if need be.
 
     A new table is created with the files in its first commit
     (``deltalake.transaction.create_table_with_add_actions``); an existing one gets a
     write transaction (``DeltaTable.create_write_transaction``), which for
-    ``overwrite`` also removes every file the table had.
+    ``overwrite`` also removes every file the table had, and for ``replace`` every
+    earlier row of the ids being replaced (:func:`replace_rows`).
+
+    Args:
+        table_uri: The table's folder or URI.
+        schema: The shards' Arrow schema.
+        actions: The shards' add-actions (:data:`ADD_ACTION_SCHEMA` rows).
+        mode: ``append``, ``overwrite`` or ``replace``.
+        name: The table's name, for a new table's metadata.
+        storage_options: Credentials and endpoint for an object-storage table.
+        replacing: With ``replace``: the row ids whose earlier rows go (sorted,
+            distinct); by default those of the shards' rows (:func:`row_ids`).
 
     Returns:
         The number of rows committed.
 
     Raises:
+        ValueError: ``replace`` on a table without a ``row_id`` column.
         LakeError: If delta-rs cannot commit.
     """
     from deltalake import DeltaTable, Schema
@@ -273,6 +345,9 @@ def commit_shards(
 
     from dicomlake.lake.tables import lake_error
 
+    actions = list(actions)
+    if mode == "replace":
+        require_key(schema, table_uri)
     adds = add_actions(actions)
     rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
     delta_schema = Schema.from_arrow(schema)
@@ -280,7 +355,12 @@ def commit_shards(
     try:
         if DeltaTable.is_deltatable(table_uri, delta):
             table = DeltaTable(table_uri, storage_options=delta)
-            table.create_write_transaction(adds, mode=mode, schema=delta_schema)
+            if mode == "replace":
+                if replacing is None:
+                    replacing = row_ids(table_uri, actions, storage_options)
+                replace_rows(table, table_uri, schema, adds, replacing, storage_options)
+            else:
+                table.create_write_transaction(adds, mode=mode, schema=delta_schema)
         else:
             create_table_with_add_actions(
                 table_uri, delta_schema, adds, mode="error", name=name, storage_options=delta
@@ -288,3 +368,123 @@ def commit_shards(
     except (DeltaError, OSError) as exc:
         raise lake_error("write", table_uri, exc) from exc
     return int(rows)
+
+
+def replace_rows(
+    table: DeltaTable,
+    table_uri: str,
+    schema: pa.Schema,
+    adds: Sequence[AddAction],
+    ids: np.ndarray,
+    storage_options: StorageOptions = None,
+) -> None:
+    """One transaction: the rows of ``ids`` the table had give way to the files ``adds``.
+
+    Each data file whose ``row_id`` bounds (from its statistics; none: every file)
+    take in one of ``ids`` has its ``row_id`` column read; a file holding some of them
+    is removed and, unless all its rows go, rewritten without them as a new file
+    named like a shard (``part-replace-...``). The removes, the rewrites and ``adds``
+    are committed together against the version read, so a concurrent commit that
+    removed one of those files makes delta-rs refuse this one; the rewrites are then
+    deleted.
+
+    Args:
+        table: The table, loaded at the version the replacement is based on.
+        table_uri: Its folder or URI (to read and write its files).
+        schema: The Arrow schema of the files in ``adds``.
+        adds: The new files' add-actions.
+        ids: The row ids whose earlier rows go: sorted, distinct.
+        storage_options: Credentials and endpoint for an object-storage table.
+
+    Raises:
+        ValueError: The table has no ``row_id`` column.
+        LakeError: The table uses deletion vectors.
+        DeltaError: delta-rs refused the commit.
+    """
+    from deltalake import Schema
+
+    from dicomlake.errors import LakeError
+
+    require_key(pa.schema(table.schema().to_arrow()), table_uri)
+    if "deletionVectors" in (table.protocol().writer_features or []):
+        raise LakeError(
+            f"cannot replace rows of {table_uri}: it uses deletion vectors, which this "
+            "writer cannot rewrite; save with mode='append' or 'overwrite', or through "
+            "Spark's Delta writer",
+            lake=table_uri,
+        )
+    fs, root = filesystem(table_uri, storage_options)
+    root = root.rstrip("/")
+    job = new_job_id()
+    written: list[str] = []
+    actions: list[AddAction | RemoveAction] = list(adds)
+    try:
+        for path, size in _files_in_range(table, ids):
+            actions.extend(_without_ids(fs, root, path, size, ids, job, written))
+        table.create_write_transaction(actions, mode="append", schema=Schema.from_arrow(schema))
+    except BaseException:
+        for name in written:
+            with contextlib.suppress(OSError):
+                fs.delete_file(f"{root}/{name}")
+        raise
+    if written:
+        log.info("replace: %d files rewritten without the replaced rows", len(written))
+
+
+def _files_in_range(table: DeltaTable, ids: np.ndarray) -> list[tuple[str, int]]:
+    """(path as the log names it, size) of the files whose ``row_id`` bounds take an id."""
+    if len(ids) == 0:
+        return []
+    files = pa.table(table.get_add_actions(flatten=True))
+    paths = files.column("path").to_pylist()
+    sizes = files.column("size_bytes").to_pylist()
+    n = len(paths)
+    low_name, high_name = f"min.{REPLACE_KEY}", f"max.{REPLACE_KEY}"
+    lows = files.column(low_name).to_pylist() if low_name in files.column_names else [None] * n
+    highs = files.column(high_name).to_pylist() if high_name in files.column_names else [None] * n
+    found = []
+    for path, size, low, high in zip(paths, sizes, lows, highs, strict=True):
+        if low is not None and high is not None:
+            first = np.searchsorted(ids, low, side="left")
+            if first == len(ids) or ids[first] > high:
+                continue
+        found.append((path, int(size)))
+    return found
+
+
+def _without_ids(
+    fs: pafs.FileSystem,
+    root: str,
+    path: str,
+    size: int,
+    ids: np.ndarray,
+    job: str,
+    written: list[str],
+) -> list[AddAction | RemoveAction]:
+    """The actions that take ``ids``' rows out of one data file (none if it has none).
+
+    The file is removed; the rows it keeps, if any, go to a new file whose name is
+    appended to ``written``.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from deltalake.transaction import RemoveAction
+
+    source = f"{root}/{urllib.parse.unquote(path)}"
+    wanted = pa.array(ids, pa.int64())
+    keys = pq.read_table(source, columns=[REPLACE_KEY], filesystem=fs).column(REPLACE_KEY)
+    going = pc.is_in(keys, value_set=wanted)
+    gone = pc.sum(going).as_py() or 0
+    if gone == 0:
+        return []
+    now = int(time.time() * 1000)
+    actions: list[AddAction | RemoveAction] = [
+        RemoveAction(path=path, data_change=True, deletion_timestamp=now, size=size)
+    ]
+    if gone < len(keys):
+        rows = pq.read_table(source, filesystem=fs)
+        kept = rows.filter(pc.invert(pc.is_in(rows.column(REPLACE_KEY), value_set=wanted)))
+        name = shard_name(job, "replace")
+        written.append(name)
+        actions.extend(add_actions([_write_at(fs, root, kept, name)]))
+    return actions

@@ -511,6 +511,9 @@ def connect(
     dt = open_table(lake, INSTANCES_TABLE, version=version, storage_options=storage_options)
     con = duckdb.connect(":memory:")
     try:
+        # Delta's data files never change, so their Parquet footers can be kept: each
+        # view over ``instances`` binds its files again, and every query reads them.
+        con.execute("SET parquet_metadata_cache = true")
         con.execute(f"CREATE SCHEMA {_PRIVATE}")
         _register_table(con, INSTANCES_TABLE, dt, lake, storage_options)
         con.execute(_SERIES_SQL)
