@@ -612,11 +612,14 @@ def _evict(path: Path) -> None:
         os.close(fd)
 
 
-def _drained(prefetcher: Any) -> None:
-    deadline = time.monotonic() + 5
-    while not prefetcher._queue.empty() and time.monotonic() < deadline:
+def _drained(prefetcher: Any, files: int) -> None:
+    """Wait until ``files`` local paths in all were judged cached or queued, and read."""
+    deadline = time.monotonic() + 30  # a loaded machine: never a fixed sleep
+    while time.monotonic() < deadline:
+        if prefetcher.cached + prefetcher.queued >= files and prefetcher._queue.empty():
+            break
         time.sleep(0.01)
-    time.sleep(0.05)  # the last item taken is handled
+    assert prefetcher.cached + prefetcher.queued == files
     assert prefetcher._queue.empty()
 
 
@@ -634,18 +637,17 @@ def test_prefetcher_reads_ahead_cold_local_files_and_skips_the_rest(tmp_path: Pa
     # just written, so in memory: nothing to read ahead (on a file system whose reads
     # can say so; elsewhere the task is read ahead as if cold)
     prefetcher.submit(refs)
-    _drained(prefetcher)
+    _drained(prefetcher, 2)
     assert (prefetcher.cached, prefetcher.queued) in ((2, 0), (0, 2))
     warm_known = prefetcher.cached == 2
     # evicted: the two local paths are read ahead, not the zip member, and a vanished
     # file stops no thread
     _evict(real)
     prefetcher.submit(refs)
-    _drained(prefetcher)
+    _drained(prefetcher, 4)
     if warm_known:
         assert prefetcher.queued == 2
     prefetcher.submit(refs[:1])
-    _drained(prefetcher)
-    assert prefetcher.queued + prefetcher.cached == 5
+    _drained(prefetcher, 5)
     threads = [t for t in threading.enumerate() if t.name == "dicomlake-prefetch"]
     assert threads and all(t.daemon for t in threads)  # never keeps a process alive
