@@ -24,7 +24,7 @@ from dicomlake.catalog import FileRef, iter_files, local_file, open_ref, zips
 from dicomlake.cli import app
 from dicomlake.dicom import native
 from dicomlake.dicom.frames import load_frame
-from dicomlake.lake.tables import INSTANCES_TABLE, table_uri
+from dicomlake.lake.location import INSTANCES_TABLE, table_uri
 from dicomlake.sample import sample_file
 from dicomlake.storage.locations import display_name, file_uri, local_path
 

@@ -151,7 +151,8 @@ def make_studies(folder: Path, count: int, *, studies: int = 2, series: int = 2)
 
 def lake_rows(lake: str) -> list[tuple[str | None, str, str]]:
     """(SOPInstanceUID, status, path) of every row of the lake's ``instances``."""
-    from dicomlake.lake.tables import arrow_dataset, open_table
+    from dicomlake.lake.location import open_table
+    from dicomlake.lake.tables import arrow_dataset
 
     data = arrow_dataset(open_table(lake)).to_table(columns=["SOPInstanceUID", "status", "path"])
     return list(

@@ -17,7 +17,7 @@ import pytest
 from deltalake import DeltaTable
 
 import dicomlake
-from dicomlake.lake.tables import instances_uri
+from dicomlake.lake.location import instances_uri
 from dicomlake.lake.writer import TableWriter
 from helpers.lake_rows import make_batch
 from helpers.runs import ingest_command, lake_paths, write_files

@@ -15,8 +15,8 @@ from deltalake.exceptions import CommitFailedError
 import dicomlake
 from dicomlake.lake import compaction
 from dicomlake.lake.compaction import compact_table
+from dicomlake.lake.location import open_table
 from dicomlake.lake.shards import filesystem
-from dicomlake.lake.tables import open_table
 from dicomlake.schema import INSTANCES_SCHEMA
 from helpers.lakes import small_runs
 

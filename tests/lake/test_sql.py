@@ -390,8 +390,8 @@ def test_keyword_file_is_pydicoms_dictionary() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
-def test_connect_reads_no_pydicom_and_no_pandas(lake: str) -> None:
-    """A connection's start-up needs neither (they were most of `dicomlake sql`'s time)."""
+def test_connect_reads_no_pydicom_pandas_or_pyarrow(lake: str) -> None:
+    """A connection's start-up needs none of them (they were most of `dicomlake sql`'s time)."""
     code = (
         "import sys\n"
         "from dicomlake.lake.sql import connect\n"
@@ -399,8 +399,26 @@ def test_connect_reads_no_pydicom_and_no_pandas(lake: str) -> None:
         "assert con.sql(\"SELECT tag(meta, 'Modality') FROM instances LIMIT 1\").fetchall()\n"
         "assert con.sql(\"SELECT tag FROM dicom_keywords WHERE keyword = 'PatientAge'\")"
         ".fetchall() == [('00101010',)]\n"
-        "print(sorted({'pydicom', 'pandas'} & set(sys.modules)))\n"
+        "print(sorted({'pydicom', 'pandas', 'pyarrow'} & set(sys.modules)))\n"
     )
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("output_format", ["table", "json"])
+def test_sql_command_prints_without_pyarrow(lake: str, output_format: str) -> None:
+    """`dicomlake sql` printing to the terminal fetches Python values, not Arrow."""
+    code = (
+        "import sys\n"
+        "from dicomlake.cli import app\n"
+        f"args = ['sql', '--lake', {lake!r}, '--format', {output_format!r},"
+        " 'SELECT Modality, count(*) AS n FROM instances GROUP BY 1 ORDER BY 1']\n"
+        "app(args, standalone_mode=False)\n"
+        "print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    printed, modules = run.stdout.rstrip().rsplit("\n", 1)
+    assert modules == "[]"
+    assert "Modality" in printed

@@ -8,6 +8,8 @@ import pyarrow as pa
 import pytest
 from deltalake import write_deltalake
 
+from dicomlake.lake.location import BUILT_IN_TABLES
+from dicomlake.lake.tables import TABLES
 from dicomlake.lake.user_tables import check_table_name, user_tables
 
 
@@ -21,10 +23,17 @@ def test_only_delta_folders_with_a_user_name_count(tmp_path: Path) -> None:
     assert user_tables(str(tmp_path / "missing")) == []
 
 
-@pytest.mark.parametrize("name", ["series", "SERIES", "instances", "ct_series", "dicom_keywords"])
+@pytest.mark.parametrize(
+    "name", ["series", "SERIES", "instances", "ct_series", "dicom_keywords", *TABLES]
+)
 def test_built_in_names_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="built-in table or view"):
         check_table_name(name)
+
+
+def test_every_table_with_a_schema_is_a_built_in_name() -> None:
+    """The light list the name check reads is the schemas' list, table for table."""
+    assert sorted(BUILT_IN_TABLES) == sorted(TABLES)
 
 
 @pytest.mark.parametrize("name", ["", "1x", "a b", "a-b", "x" * 64, "é"])

@@ -370,7 +370,8 @@ def test_cli_wrong_flags_exit_2(flags: list[str], message: str, tmp_path: Path) 
 
 def test_a_lake_with_thumbnails_gets_those_of_received_instances(tmp_path: Path) -> None:
     import dicomlake
-    from dicomlake.lake.tables import arrow_dataset, open_table
+    from dicomlake.lake.location import open_table
+    from dicomlake.lake.tables import arrow_dataset
 
     lake = str(tmp_path / "lake")
     first, second = make_studies(tmp_path / "f", 2)

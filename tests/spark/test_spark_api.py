@@ -106,7 +106,8 @@ def test_pixels_program_end_to_end(spark: SparkSession, spark_folder: Path, tmp_
 
 def test_engines_agree(spark: SparkSession, tmp_path: Path) -> None:
     import dicomlake
-    from dicomlake.lake.tables import arrow_dataset, open_table
+    from dicomlake.lake.location import open_table
+    from dicomlake.lake.tables import arrow_dataset
     from dicomlake.sample import write_sample_corpus
     from dicomlake.spark import Catalog
     from dicomlake.spark.dicom import DicomMetaExtractor

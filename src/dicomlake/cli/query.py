@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -15,8 +15,11 @@ from dicomlake.cli.options import (
     fail,
     storage_config,
 )
-from dicomlake.cli.render import print_info, state_rows, write_result
+from dicomlake.cli.render import Rows, print_info, state_rows, write_result
 from dicomlake.errors import DicomLakeError
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def sql(
@@ -49,10 +52,13 @@ def sql(
     if relation is None:  # a statement with no result set
         return
     try:
-        table = relation.to_arrow_table()
+        if output_format in (OutputFormat.csv, OutputFormat.parquet):
+            result: pa.Table | Rows = relation.to_arrow_table()
+        else:
+            result = Rows(relation.columns, relation.fetchall())
     except duckdb.Error as exc:
         raise fail(f"query failed: {str(exc).splitlines()[0]}") from None
-    write_result(table, output_format, output)
+    write_result(result, output_format, output)
 
 
 def info(

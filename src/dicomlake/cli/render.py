@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Self, TypeVar
 
 import typer
 
@@ -143,35 +143,51 @@ class Progress(LiveLine):
         )
 
 
-def write_result(table: pa.Table, output_format: OutputFormat, output: Path | None) -> None:
-    """A query's result in ``output_format``, to ``output`` or stdout."""
+class Rows(NamedTuple):
+    """A query's result as Python values: what the table and JSON formats print.
+
+    Fetched without Arrow, so a query printed to the terminal never imports pyarrow
+    (a sixth of a short ``dicomlake sql``).
+    """
+
+    columns: list[str]
+    values: list[tuple[Any, ...]]
+
+
+def write_result(result: pa.Table | Rows, output_format: OutputFormat, output: Path | None) -> None:
+    """A query's result in ``output_format``, to ``output`` or stdout.
+
+    ``result`` is an Arrow table for the csv and parquet formats, :class:`Rows` else.
+    """
+    if isinstance(result, Rows):
+        if output_format is OutputFormat.json:
+            _write_json(
+                [dict(zip(result.columns, row, strict=True)) for row in result.values], output
+            )
+        else:
+            _print_table(result, output)
+        return
     import pyarrow.csv as pa_csv
     import pyarrow.parquet as pq
 
     if output_format is OutputFormat.parquet:
-        pq.write_table(table, output)
-        return
-    if output_format is OutputFormat.csv:
-        if output is not None:
-            pa_csv.write_csv(table, output)
-        else:
-            sink = _StdoutBytes()
-            pa_csv.write_csv(table, sink)
-        return
-    if output_format is OutputFormat.json:
-        import orjson
+        pq.write_table(result, output)
+    elif output is not None:
+        pa_csv.write_csv(result, output)
+    else:
+        pa_csv.write_csv(result, _StdoutBytes())
 
-        text = orjson.dumps(
-            table.to_pylist(),
-            default=str,
-            option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS,
-        ).decode()
-        if output is not None:
-            output.write_text(text + "\n")
-        else:
-            typer.echo(text)
-        return
-    _print_table(table, output)
+
+def _write_json(records: list[dict[str, Any]], output: Path | None) -> None:
+    import orjson
+
+    text = orjson.dumps(
+        records, default=str, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
+    ).decode()
+    if output is not None:
+        output.write_text(text + "\n")
+    else:
+        typer.echo(text)
 
 
 class _StdoutBytes:
@@ -187,15 +203,15 @@ class _StdoutBytes:
         sys.stdout.buffer.flush()
 
 
-def _print_table(table: Any, output: Path | None, limit: int = 1000) -> None:
+def _print_table(result: Rows, output: Path | None, limit: int = 1000) -> None:
     from rich.console import Console
     from rich.table import Table
 
     view = Table(show_lines=False)
-    for name in table.column_names:
+    for name in result.columns:
         view.add_column(name, overflow="fold")
-    for row in table.slice(0, limit).to_pylist():
-        view.add_row(*("" if v is None else str(v) for v in row.values()))
+    for row in result.values[:limit]:
+        view.add_row(*("" if v is None else str(v) for v in row))
     if output is not None:
         with output.open("w") as handle:
             Console(file=handle, width=200).print(view)
@@ -203,8 +219,8 @@ def _print_table(table: Any, output: Path | None, limit: int = 1000) -> None:
     # piped output is not squeezed to 80 columns: the reader is a file or a pager
     console = Console() if sys.stdout.isatty() else Console(width=240)
     console.print(view)
-    if table.num_rows > limit:
-        console.print(f"({table.num_rows} rows, first {limit} shown; use --format csv for all)")
+    if len(result.values) > limit:
+        console.print(f"({len(result.values)} rows, first {limit} shown; use --format csv for all)")
 
 
 def state_rows(state: TableState) -> dict[str, Any]:

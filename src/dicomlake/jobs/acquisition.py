@@ -27,8 +27,8 @@ import pyarrow.compute as pc
 
 from dicomlake.errors import DicomLakeError
 from dicomlake.kernels.acquisition import batch_from_meta
+from dicomlake.lake.location import ACQUISITION_TABLE, table_exists
 from dicomlake.lake.sql import ACQUISITION_ROWS, connect
-from dicomlake.lake.tables import ACQUISITION_TABLE, table_exists
 from dicomlake.lake.writer import TableWriter
 from dicomlake.schema import ACQUISITION_SCHEMA
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from dicomlake.lake.tables import ACQUISITION_TABLE, INSTANCES_TABLE
+from dicomlake.lake.location import ACQUISITION_TABLE, INSTANCES_TABLE
 from dicomlake.lake.writer import TableWriter
 
 if TYPE_CHECKING:

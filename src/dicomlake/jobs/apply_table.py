@@ -27,7 +27,8 @@ import pyarrow.compute as pc
 
 from dicomlake.kernels.apply import RESERVED, Unit, key_schema
 from dicomlake.kernels.apply_columns import undecided, widen
-from dicomlake.lake.tables import TableSpec, lake_error, table_exists, table_uri
+from dicomlake.lake.location import lake_error, table_exists, table_uri
+from dicomlake.lake.tables import TableSpec
 from dicomlake.lake.writer import TableWriter
 from dicomlake.rows import clip_error
 

@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from dicomlake.errors import QueryError
 from dicomlake.kernels.deid import DeidKernel, deid_batch, destination_uri
-from dicomlake.lake.tables import DEID_TABLE
+from dicomlake.lake.location import DEID_TABLE
 from dicomlake.lake.writer import TableWriter
 from dicomlake.storage.locations import local_path
 

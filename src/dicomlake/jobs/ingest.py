@@ -31,15 +31,10 @@ from dicomlake.jobs.acquisition_rows import acquisition_writer, write_acquisitio
 from dicomlake.kernels.instances import BULK_THRESHOLD, InstancesKernel
 from dicomlake.killpoints import kill_point
 from dicomlake.lake.fingerprints import Fingerprints
+from dicomlake.lake.location import ACQUISITION_TABLE, INSTANCES_TABLE, THUMBNAILS_TABLE, table_uri
 from dicomlake.lake.probe import check_lake_writable
 from dicomlake.lake.shards import new_job_id
 from dicomlake.lake.sync import delete_rows, stale_row_ids
-from dicomlake.lake.tables import (
-    ACQUISITION_TABLE,
-    INSTANCES_TABLE,
-    THUMBNAILS_TABLE,
-    table_uri,
-)
 from dicomlake.lake.writer import TableWriter
 from dicomlake.rows import row_id, tally
 from dicomlake.storage.locations import file_uri, local_path, uri_forms

@@ -47,7 +47,7 @@ from dicomlake.dicom.segments import (
 )
 from dicomlake.errors import ExtractError, QueryError, TableNotFound
 from dicomlake.jobs.volumes import SeriesSlices, read_series_slices
-from dicomlake.lake.tables import SEGMENTS_TABLE
+from dicomlake.lake.location import SEGMENTS_TABLE
 from dicomlake.lake.writer import TableWriter
 from dicomlake.rows import error_text
 from dicomlake.schema import SEGMENTS_SCHEMA
@@ -658,9 +658,9 @@ def select_segmentations(
         TableNotFound: The lake has no ``segments`` table (run ``dicomlake labels``)
             or no instances.
     """
+    from dicomlake.lake.location import table_exists
     from dicomlake.lake.selection import PRIVATE, query_columns, strip_query
     from dicomlake.lake.sql import connect
-    from dicomlake.lake.tables import table_exists
 
     if not table_exists(lake, SEGMENTS_TABLE, storage_options=storage_options):
         raise TableNotFound(

@@ -18,8 +18,8 @@ import pyarrow as pa
 
 from dicomlake.jobs.runner import run_kernel
 from dicomlake.kernels.patches import PatchKernel, PatchOptions
+from dicomlake.lake.location import PATCHES_TABLE
 from dicomlake.lake.selection import PRIVATE, select_pixel_instances
-from dicomlake.lake.tables import PATCHES_TABLE
 from dicomlake.lake.writer import TableWriter
 from dicomlake.rows import tally
 

@@ -326,7 +326,7 @@ class StoreRows:
     ) -> None:
         from dicomlake.jobs.acquisition_rows import acquisition_writer
         from dicomlake.kernels.instances import InstancesKernel
-        from dicomlake.lake.tables import INSTANCES_TABLE, THUMBNAILS_TABLE, table_exists
+        from dicomlake.lake.location import INSTANCES_TABLE, THUMBNAILS_TABLE, table_exists
         from dicomlake.lake.writer import TableWriter
 
         self.lake = lake
@@ -455,7 +455,7 @@ class StoreRows:
     def _hand_over(self) -> None:
         """Give the buffered rows to the writers (one batch each way)."""
         from dicomlake.jobs.acquisition_rows import write_acquisition
-        from dicomlake.lake.tables import INSTANCES_TABLE, THUMBNAILS_TABLE
+        from dicomlake.lake.location import INSTANCES_TABLE, THUMBNAILS_TABLE
 
         for rows, replace in ((self._new, False), (self._changed, True)):
             if not rows:
@@ -504,8 +504,8 @@ class StoreRows:
         """Delete the rows of replaced copies, after the rows that replaced them."""
         import numpy as np
 
+        from dicomlake.lake.location import ACQUISITION_TABLE
         from dicomlake.lake.sync import delete_rows
-        from dicomlake.lake.tables import ACQUISITION_TABLE
 
         ids = np.array(self._deletes, dtype=np.int64)
         self._deletes.clear()
@@ -539,7 +539,7 @@ def catch_up(lake: str, root: str, storage_options: StorageOptions = None) -> in
         Files the lake did not hold yet (new or changed rows).
     """
     import dicomlake
-    from dicomlake.lake.tables import THUMBNAILS_TABLE, table_exists
+    from dicomlake.lake.location import THUMBNAILS_TABLE, table_exists
 
     os.makedirs(root, exist_ok=True)
     with store_lock(root):

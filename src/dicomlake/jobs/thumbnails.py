@@ -20,7 +20,7 @@ import pyarrow as pa
 from dicomlake.dicom.waveform import AUDIO_SOP_CLASSES
 from dicomlake.jobs.runner import refs_of, run_kernel
 from dicomlake.kernels.thumbnails import DEFAULT_SIZE, ThumbnailOptions, ThumbnailsKernel
-from dicomlake.lake.tables import THUMBNAILS_TABLE
+from dicomlake.lake.location import THUMBNAILS_TABLE
 from dicomlake.lake.writer import TableWriter
 from dicomlake.rows import tally
 

@@ -39,8 +39,8 @@ from dicomlake.dicom.geometry import (
     series_geometry,
 )
 from dicomlake.errors import QueryError
+from dicomlake.lake.location import VOLUMES_TABLE
 from dicomlake.lake.selection import PRIVATE, query_columns, strip_query
-from dicomlake.lake.tables import VOLUMES_TABLE
 from dicomlake.lake.writer import TableWriter
 from dicomlake.schema import VOLUMES_SCHEMA
 

@@ -1,6 +1,7 @@
 """The lake: Delta tables written through delta-rs, read with SQL through DuckDB.
 
-- :mod:`~dicomlake.lake.tables`: where each table lives, opening it, read errors;
+- :mod:`~dicomlake.lake.location`: where each table lives, opening it, read errors;
+- :mod:`~dicomlake.lake.tables`: the tables' schemas and keys, reading their files;
 - :mod:`~dicomlake.lake.writer`: :class:`TableWriter`, the one writer of every table;
 - :mod:`~dicomlake.lake.shards`: Parquet files written by workers, committed as
   add-actions;
@@ -22,16 +23,16 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dicomlake.lake.fingerprints import CHANGED, NEW, UNCHANGED, UNKNOWN, Fingerprints
-    from dicomlake.lake.probe import check_lake_writable
-    from dicomlake.lake.sql import connect, lake_summary
-    from dicomlake.lake.sync import delete_rows, stale_row_ids
-    from dicomlake.lake.tables import (
+    from dicomlake.lake.location import (
         instances_uri,
         open_table,
         table_exists,
         table_uri,
         table_version,
     )
+    from dicomlake.lake.probe import check_lake_writable
+    from dicomlake.lake.sql import connect, lake_summary
+    from dicomlake.lake.sync import delete_rows, stale_row_ids
     from dicomlake.lake.writer import (
         TableWriter,
         conform_batch,
@@ -48,11 +49,11 @@ _HOMES = {
     "lake_summary": "sql",
     "delete_rows": "sync",
     "stale_row_ids": "sync",
-    "instances_uri": "tables",
-    "open_table": "tables",
-    "table_exists": "tables",
-    "table_uri": "tables",
-    "table_version": "tables",
+    "instances_uri": "location",
+    "open_table": "location",
+    "table_exists": "location",
+    "table_uri": "location",
+    "table_version": "location",
     "TableWriter": "writer",
     "conform_batch": "writer",
 }

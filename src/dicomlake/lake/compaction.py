@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Final
 import pyarrow as pa
 
 from dicomlake._types import StorageOptions
+from dicomlake.lake.location import open_table
 from dicomlake.lake.shards import FileStats, filesystem, new_job_id, shard_name
-from dicomlake.lake.tables import TABLES, TARGET_FILE_SIZE, open_table
+from dicomlake.lake.tables import TABLES, TARGET_FILE_SIZE
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs

@@ -12,7 +12,8 @@ import pyarrow.compute as pc
 from deltalake.exceptions import DeltaError
 
 from dicomlake.lake.ids import positions
-from dicomlake.lake.tables import arrow_dataset, lake_error, try_open
+from dicomlake.lake.location import lake_error, try_open
+from dicomlake.lake.tables import arrow_dataset
 
 if TYPE_CHECKING:
     from dicomlake._types import StorageOptions

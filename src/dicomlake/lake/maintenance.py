@@ -24,16 +24,16 @@ from deltalake.exceptions import DeltaError
 
 from dicomlake._types import StorageOptions
 from dicomlake.errors import LakeError
-from dicomlake.lake.sql import OPTIONAL_TABLES
-from dicomlake.lake.tables import (
+from dicomlake.lake.location import (
     INSTANCES_TABLE,
-    data_files,
     is_panic,
     lake_error,
     open_table,
     table_exists,
     table_uri,
 )
+from dicomlake.lake.sql import OPTIONAL_TABLES
+from dicomlake.lake.tables import data_files
 from dicomlake.lake.user_tables import user_tables
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import pyarrow as pa
 from deltalake.exceptions import DeltaError
 
 from dicomlake.errors import LakeError
-from dicomlake.lake.tables import INSTANCES_TABLE, lake_error, lake_root
+from dicomlake.lake.location import INSTANCES_TABLE, lake_error, lake_root
 from dicomlake.storage.locations import local_path
 from dicomlake.storage.settings import delta_options, fsspec_options
 

@@ -343,7 +343,7 @@ def commit_shards(
     from deltalake.exceptions import DeltaError
     from deltalake.transaction import create_table_with_add_actions
 
-    from dicomlake.lake.tables import lake_error
+    from dicomlake.lake.location import lake_error
 
     actions = list(actions)
     if mode == "replace":

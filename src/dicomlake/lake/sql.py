@@ -29,17 +29,17 @@ Helpers: the macro ``tag(meta, key)`` and the table ``dicom_keywords(keyword, ta
 
 from __future__ import annotations
 
+import json
 import logging
 import urllib.parse
 from typing import TYPE_CHECKING, Any, Final
 
 import duckdb
-import pyarrow as pa
 
 from dicomlake._types import StorageOptions
 from dicomlake.dicom.keywords import keyword_table
 from dicomlake.errors import LakeError
-from dicomlake.lake.tables import (
+from dicomlake.lake.location import (
     ACQUISITION_TABLE,
     DEID_TABLE,
     INSTANCES_TABLE,
@@ -47,7 +47,6 @@ from dicomlake.lake.tables import (
     SEGMENTS_TABLE,
     THUMBNAILS_TABLE,
     VOLUMES_TABLE,
-    arrow_dataset,
     open_table,
     table_exists,
 )
@@ -398,6 +397,8 @@ def _register_table(
     local = url_local_path(dt.table_uri)
     if local is None and not _register_fsspec(con, dt.table_uri, storage_options):
         # DuckDB cannot reach this store: read through delta-rs (module docstring).
+        from dicomlake.lake.tables import arrow_dataset
+
         if not private:
             con.register(name, arrow_dataset(dt))
             return
@@ -405,13 +406,15 @@ def _register_table(
         con.execute(f'CREATE VIEW {_PRIVATE}."{name}" AS SELECT * FROM "_dicomlake_{name}"')
         return
     empty = f'{_PRIVATE}."{name}_schema"'
-    schema = pa.schema(dt.schema().to_arrow())
-    columns = [(field.name, _sql_type(field.type)) for field in schema]
+    fields = json.loads(dt.schema().to_json())["fields"]
+    columns = [(field["name"], _sql_type(field["type"])) for field in fields]
     if all(sql_type is not None for _, sql_type in columns):
         listing = ", ".join(f"{_sql_identifier(n)} {t}" for n, t in columns)
         con.execute(f"CREATE TABLE {empty} ({listing})")
     else:  # a type without a plain SQL name: let DuckDB read the Arrow schema
-        con.register("_dicomlake_arrow_schema", schema.empty_table())
+        import pyarrow as pa
+
+        con.register("_dicomlake_arrow_schema", pa.schema(dt.schema().to_arrow()).empty_table())
         con.execute(f"CREATE TABLE {empty} AS SELECT * FROM _dicomlake_arrow_schema")
         con.unregister("_dicomlake_arrow_schema")
     files = [_plain_path(uri) for uri in dt.file_uris()]
@@ -423,35 +426,33 @@ def _register_table(
     con.execute(sql)
 
 
-#: DuckDB's names of the Arrow types the lake's tables use. Creating the typed empty
-#: table from SQL, not from a registered Arrow table, keeps pandas (which DuckDB imports
-#: to scan Arrow) out of a connection's start-up.
-_SQL_TYPES: dict[pa.DataType, str] = {
-    pa.bool_(): "BOOLEAN",
-    pa.int8(): "TINYINT",
-    pa.int16(): "SMALLINT",
-    pa.int32(): "INTEGER",
-    pa.int64(): "BIGINT",
-    pa.float32(): "FLOAT",
-    pa.float64(): "DOUBLE",
-    pa.string(): "VARCHAR",
-    pa.large_string(): "VARCHAR",
-    pa.string_view(): "VARCHAR",
-    pa.binary(): "BLOB",
-    pa.large_binary(): "BLOB",
-    pa.binary_view(): "BLOB",
-    pa.date32(): "DATE",
-    pa.timestamp("us"): "TIMESTAMP",
-    pa.timestamp("us", tz="UTC"): "TIMESTAMPTZ",
+#: DuckDB's names of the Delta types the lake's tables use. Creating the typed empty
+#: table from SQL, not from a registered Arrow table, keeps pyarrow and pandas (which
+#: DuckDB imports to scan Arrow) out of a connection's start-up.
+_SQL_TYPES: Final[dict[str, str]] = {
+    "boolean": "BOOLEAN",
+    "byte": "TINYINT",
+    "short": "SMALLINT",
+    "integer": "INTEGER",
+    "long": "BIGINT",
+    "float": "FLOAT",
+    "double": "DOUBLE",
+    "string": "VARCHAR",
+    "binary": "BLOB",
+    "date": "DATE",
+    "timestamp": "TIMESTAMPTZ",
+    "timestamp_ntz": "TIMESTAMP",
 }
 
 
-def _sql_type(arrow: pa.DataType) -> str | None:
-    """The DuckDB type of an Arrow type the lake uses (lists of them too), else None."""
-    if pa.types.is_list(arrow) or pa.types.is_large_list(arrow):
-        inner = _sql_type(arrow.value_type)
+def _sql_type(delta: str | dict[str, Any]) -> str | None:
+    """The DuckDB type of a Delta schema type (lists of them too), else None."""
+    if isinstance(delta, dict):
+        if delta.get("type") != "array":
+            return None  # a struct, map or decimal: the Arrow path names it
+        inner = _sql_type(delta["elementType"])
         return None if inner is None else f"{inner}[]"
-    return _SQL_TYPES.get(arrow)
+    return _SQL_TYPES.get(delta)
 
 
 def _sql_identifier(name: str) -> str:

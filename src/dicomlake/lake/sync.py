@@ -12,13 +12,8 @@ import pyarrow.compute as pc
 from deltalake.exceptions import DeltaError
 
 from dicomlake.lake.ids import member_of, sorted_unique
-from dicomlake.lake.tables import (
-    INSTANCES_TABLE,
-    WRITER_PROPERTIES,
-    arrow_dataset,
-    lake_error,
-    try_open,
-)
+from dicomlake.lake.location import INSTANCES_TABLE, lake_error, try_open
+from dicomlake.lake.tables import WRITER_PROPERTIES, arrow_dataset
 from dicomlake.storage.locations import file_uri, local_path, uri_forms
 
 if TYPE_CHECKING:

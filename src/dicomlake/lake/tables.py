@@ -1,6 +1,7 @@
-"""The lake's tables: where they live, opening them, and the errors of reading them.
+"""The lake's tables: their schemas and keys, and reading their files with pyarrow.
 
-A lake is a folder (or an object-store prefix) of Delta tables written through
+Where the tables live and how to open them is :mod:`dicomlake.lake.location`. A lake
+is a folder (or an object-store prefix) of Delta tables written through
 delta-rs (:mod:`deltalake`), so no JVM is needed and Spark, DuckDB or Trino can read
 the same tables. Every function takes ``storage_options``
 (:data:`dicomlake._types.StorageOptions`), turned into delta-rs's options by
@@ -9,18 +10,22 @@ the same tables. Every function takes ``storage_options``
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 import pyarrow as pa
 from deltalake import DeltaTable, WriterProperties
-from deltalake.exceptions import DeltaError
 
-from dicomlake.errors import LakeError, TableNotFound
+from dicomlake.lake.location import (
+    ACQUISITION_TABLE,
+    DEID_TABLE,
+    INSTANCES_TABLE,
+    PATCHES_TABLE,
+    SEGMENTS_TABLE,
+    THUMBNAILS_TABLE,
+    VOLUMES_TABLE,
+)
 from dicomlake.schema import (
     ACQUISITION_SCHEMA,
     DEID_SCHEMA,
@@ -31,23 +36,12 @@ from dicomlake.schema import (
     VOLUMES_SCHEMA,
 )
 from dicomlake.storage.locations import url_local_path
-from dicomlake.storage.settings import delta_options
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads
 
-    from dicomlake._types import StorageOptions
 
 log = logging.getLogger(__name__)
-
-
-INSTANCES_TABLE: Final = "instances"
-THUMBNAILS_TABLE: Final = "thumbnails"
-VOLUMES_TABLE: Final = "volumes"
-PATCHES_TABLE: Final = "patches"
-DEID_TABLE: Final = "deid"
-SEGMENTS_TABLE: Final = "segments"
-ACQUISITION_TABLE: Final = "acquisition"
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,182 +109,6 @@ WRITER_PROPERTIES: Final = WriterProperties(compression="ZSTD", compression_leve
 
 #: Target size of data files (delta-rs splits larger writes; compaction merges smaller).
 TARGET_FILE_SIZE: Final = 128 * 1024 * 1024
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-
-
-def lake_root(lake: str) -> str:
-    """Normalise a lake location: absolute for a local path, no trailing slash.
-
-    delta-rs 1.6.6 turns a local path into a URL: a ``[`` makes it panic and a ``%``
-    is decoded (so ``a%20b`` means ``a b``). Refuse both here, with a clear message.
-    """
-    if not lake:
-        raise LakeError("the lake location is empty: pass a folder or a URI", lake=lake)
-    plain = "://" not in lake
-    if "[" in lake or ((plain or lake.startswith("file://")) and "%" in lake):
-        raise LakeError(
-            f"cannot use lake at {lake}: delta-rs cannot open local paths that contain "
-            "'[' or '%'; choose a folder without them",
-            lake=lake,
-        )
-    root = os.path.abspath(os.path.expanduser(lake)) if plain else lake
-    return root.rstrip("/") or root
-
-
-def is_panic(exc: BaseException) -> bool:
-    """A Rust panic inside delta-rs (pyo3's PanicException derives from BaseException)."""
-    return type(exc).__name__ == "PanicException"
-
-
-def lake_error(action: str, lake: str, exc: BaseException) -> LakeError:
-    """The :class:`LakeError` of a failed read or write, its reason safe to show.
-
-    A full disk gets its own message (what is kept and how to go on); any other
-    reason is :func:`_reason` of the error: one line, no patient values.
-    """
-    if _disk_full(exc):
-        return LakeError(
-            f"cannot {action} lake at {lake}: the disk is full (no space left on device); "
-            "committed rows are kept: free space and run again to go on",
-            lake=lake,
-        )
-    return LakeError(f"cannot {action} lake at {lake}: {_reason(exc)}", lake=lake)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """ENOSPC (or a quota), from Python, pyarrow, or delta-rs (which gives only text)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc)
-    return "No space left on device" in text or "Disk quota exceeded" in text
-
-
-def table_uri(lake: str, table: str) -> str:
-    """Location of the Delta table ``table`` inside ``lake``.
-
-    Args:
-        lake: Lake folder or object-store URI prefix.
-        table: Table name, e.g. ``"instances"`` or ``"thumbnails"``.
-
-    Returns:
-        ``<lake>/<table>``, with a local ``lake`` made absolute.
-
-    Raises:
-        LakeError: If ``lake`` is empty.
-    """
-    return f"{lake_root(lake)}/{table}"
-
-
-def instances_uri(lake: str) -> str:
-    """Location of the ``instances`` table inside ``lake``.
-
-    Args:
-        lake: Lake folder or object-store URI prefix.
-
-    Returns:
-        ``<lake>/instances``, with a local ``lake`` made absolute.
-
-    Raises:
-        LakeError: If ``lake`` is empty.
-    """
-    return table_uri(lake, INSTANCES_TABLE)
-
-
-def _reason(exc: BaseException) -> str:
-    """A one-line reason from a delta-rs or OS error, safe to show.
-
-    delta-rs colours its messages and, for constraint failures, appends a preview of
-    the offending rows; rows can hold patient data, so that part is dropped.
-    """
-    text = _ANSI.sub("", str(exc)).split("Preview of invalid data", 1)[0]
-    text = " ".join(part.strip(" ↳") for part in text.splitlines() if part.strip())
-    return text or type(exc).__name__
-
-
-def table_exists(
-    lake: str, table: str = INSTANCES_TABLE, *, storage_options: StorageOptions = None
-) -> bool:
-    """Whether ``<lake>/<table>`` is a Delta table.
-
-    Args:
-        lake: Lake folder or object-store URI prefix.
-        table: Table name.
-        storage_options: Options for the storage backend.
-
-    Returns:
-        True if the table has at least one commit.
-
-    Raises:
-        LakeError: If the location cannot be read (e.g. a path runs through a file).
-    """
-    uri = table_uri(lake, table)
-    try:
-        return bool(DeltaTable.is_deltatable(uri, delta_options(storage_options)))
-    except (DeltaError, OSError) as exc:
-        raise lake_error("read", lake, exc) from exc
-
-
-def open_table(
-    lake: str,
-    table: str = INSTANCES_TABLE,
-    *,
-    version: int | None = None,
-    storage_options: StorageOptions = None,
-) -> DeltaTable:
-    """Open ``<lake>/<table>`` at its current (or a given) version.
-
-    Args:
-        lake: Lake folder or object-store URI prefix.
-        table: Table name.
-        version: Table version to load; None for the latest.
-        storage_options: Options for the storage backend.
-
-    Returns:
-        The loaded table.
-
-    Raises:
-        TableNotFound: If the lake has no such table yet.
-        LakeError: If the table exists but cannot be read.
-    """
-    if not table_exists(lake, table, storage_options=storage_options):
-        raise TableNotFound(
-            f"no {table} table in lake {lake}: run `dicomlake ingest SRC --lake {lake}` first",
-            lake=lake,
-        )
-    try:
-        return DeltaTable(
-            table_uri(lake, table), version=version, storage_options=delta_options(storage_options)
-        )
-    except (DeltaError, OSError) as exc:
-        raise lake_error("read", lake, exc) from exc
-
-
-def try_open(
-    lake: str, storage_options: StorageOptions, table: str = INSTANCES_TABLE
-) -> DeltaTable | None:
-    """``<lake>/<table>`` at its current version, or None when it does not exist yet."""
-    try:
-        return open_table(lake, table, storage_options=storage_options)
-    except TableNotFound:
-        return None
-
-
-def table_version(lake: str, *, storage_options: StorageOptions = None) -> int | None:
-    """Current version of the ``instances`` table.
-
-    Args:
-        lake: Lake folder or object-store URI prefix.
-        storage_options: Options for the storage backend.
-
-    Returns:
-        The version number, or None when the table does not exist yet.
-
-    Raises:
-        LakeError: If the table exists but cannot be read.
-    """
-    dt = try_open(lake, storage_options)
-    return None if dt is None else dt.version()
 
 
 def arrow_dataset(dt: DeltaTable) -> pads.Dataset:

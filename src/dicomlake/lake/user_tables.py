@@ -17,7 +17,7 @@ import os
 import re
 from typing import TYPE_CHECKING, Final
 
-from dicomlake.lake.tables import TABLES, lake_root
+from dicomlake.lake.location import BUILT_IN_TABLES, lake_root
 from dicomlake.storage.locations import local_path
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def check_table_name(name: str) -> str:
             f"a table name is letters, digits and _ (not starting with a digit, at most "
             f"63 characters), got {name!r}"
         )
-    taken = {n.lower() for n in (*TABLES, *BUILT_IN_VIEWS)}
+    taken = {n.lower() for n in (*BUILT_IN_TABLES, *BUILT_IN_VIEWS)}
     if name.lower() in taken or name.startswith("_"):
         raise ValueError(
             f"{name!r} is a built-in table or view of the lake (or starts with _): choose "

@@ -24,17 +24,14 @@ from deltalake.exceptions import CommitFailedError, DeltaError
 from dicomlake.errors import LakeError
 from dicomlake.killpoints import kill_point
 from dicomlake.lake.ids import member_of, sorted_unique
+from dicomlake.lake.location import INSTANCES_TABLE, is_panic, lake_error, table_uri
 from dicomlake.lake.tables import (
-    INSTANCES_TABLE,
     TABLES,
     TARGET_FILE_SIZE,
     WRITER_PROPERTIES,
     TableSpec,
     arrow_dataset,
     data_files,
-    is_panic,
-    lake_error,
-    table_uri,
 )
 from dicomlake.schema import INSTANCES_SCHEMA
 from dicomlake.storage.locations import local_path

@@ -157,7 +157,8 @@ def lake_sop_instances(lake: str, storage_options: StorageOptions = None) -> set
     Two columns read whole and compared here: the lake's dataset must not be filtered
     on string columns (see :func:`~dicomlake.lake.tables.arrow_dataset`).
     """
-    from dicomlake.lake.tables import arrow_dataset, try_open
+    from dicomlake.lake.location import try_open
+    from dicomlake.lake.tables import arrow_dataset
 
     table = try_open(lake, storage_options)
     if table is None:

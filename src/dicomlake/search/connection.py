@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from dicomlake.lake.tables import (
+from dicomlake.lake.location import (
     INSTANCES_TABLE,
     THUMBNAILS_TABLE,
     open_table,

@@ -172,7 +172,7 @@ class Catalog:
         if lake is None:
             self.table_uri = os.path.abspath(table)
         else:
-            from dicomlake.lake.tables import table_uri
+            from dicomlake.lake.location import table_uri
 
             self.table_uri = table_uri(lake, table)
 
@@ -290,13 +290,13 @@ class Catalog:
         the driver after the save.
         """
         from dicomlake.kernels.acquisition import FROM_INSTANCE, of_saved_instances
-        from dicomlake.lake.tables import ACQUISITION_TABLE, INSTANCES_TABLE, table_exists
+        from dicomlake.lake.location import ACQUISITION_TABLE, INSTANCES_TABLE, table_exists
 
         needed = {*FROM_INSTANCE, "meta", "status"}
         if self.lake is None or self.table != INSTANCES_TABLE or not needed <= set(df.columns):
             return None, False
         from dicomlake.engine.spark import Companion
-        from dicomlake.lake.tables import table_uri
+        from dicomlake.lake.location import table_uri
         from dicomlake.schema import ACQUISITION_SCHEMA
 
         options = self.storage_options

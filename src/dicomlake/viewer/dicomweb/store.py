@@ -126,7 +126,7 @@ def default_store_dir(lake: str) -> str:
         LakeError: The lake is in object storage, so it has no local folder: give a
             store folder explicitly (``dicomlake serve --store-dir``).
     """
-    from dicomlake.lake.tables import lake_root
+    from dicomlake.lake.location import lake_root
 
     root = local_path(lake_root(lake))
     if root is None:
@@ -319,8 +319,8 @@ def _ingest(lake: str, root: str, stored: list[_Outcome], storage_options: Stora
     import numpy as np
 
     import dicomlake
+    from dicomlake.lake.location import THUMBNAILS_TABLE, table_exists
     from dicomlake.lake.sync import delete_rows
-    from dicomlake.lake.tables import THUMBNAILS_TABLE, table_exists
     from dicomlake.rows import row_id
 
     winners = {o.sop_instance: o.path for o in stored}  # the last part wins
@@ -355,7 +355,8 @@ def _row_statuses(lake: str, paths: set[str], storage_options: StorageOptions) -
     """The ``status`` of each stored file's row in the lake, by local path."""
     import pyarrow.compute as pc
 
-    from dicomlake.lake.tables import arrow_dataset, open_table
+    from dicomlake.lake.location import open_table
+    from dicomlake.lake.tables import arrow_dataset
     from dicomlake.rows import row_id
 
     by_id = {row_id(file_uri(path)): path for path in paths}
