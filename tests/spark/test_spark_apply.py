@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pytest
+from deltalake import DeltaTable
 
 import dicomlake
 from dicomlake.sample import sample_file
@@ -138,3 +139,41 @@ def test_values_that_do_not_fit_the_declared_columns_are_error_rows() -> None:
     assert rows[0]["mean"] == 1.0 and rows[1]["label"] is None
     assert rows[1]["error"].startswith("TypeError: 'label' is string here but double")
     assert rows[2]["error"] == "ValueError: bad frame"  # the kernel's own error stays
+
+
+def test_a_rerun_saved_with_replace_leaves_one_generation_of_rows_per_unit(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    from pyspark.sql import functions as F
+
+    from dicomlake.spark import Catalog
+    from dicomlake.spark.dicom import DicomApply
+
+    folder, lake = tmp_path / "src", str(tmp_path / "lake")
+    folder.mkdir()
+    for name, sample in (("a", "CT_small"), ("b", "MR_small"), ("c", "emri_small")):
+        shutil.copyfile(sample_file(f"{sample}.dcm"), folder / f"{name}.dcm")
+    fn, columns = apply_functions.whole, {"n": "int64"}
+    catalog = Catalog(spark, table="spark_runs", lake=lake)
+    first = DicomApply(fn, unit="frame", columns=columns).transform(catalog.catalog(str(folder)))
+    assert catalog.save(first, mode="replace") == 12  # no table yet: an append; c: 10 frames
+    # c.dcm changes (one frame now), b.dcm is not in the second run
+    shutil.copyfile(sample_file("CT_small.dcm"), folder / "c.dcm")
+    listed = catalog.catalog(str(folder)).where(~F.col("path").endswith("/b.dcm"))
+    second = DicomApply(fn, unit="frame", version="2", columns=columns).transform(listed)
+    assert catalog.save(second, mode="replace") == 2
+    assert DeltaTable(f"{lake}/spark_runs").version() == 1  # one commit for each save
+
+    dicomlake.ingest([str(folder)], lake, workers=0)
+    sql = "SELECT path FROM instances WHERE NOT ends_with(path, '/b.dcm')"
+    dicomlake.apply(lake, sql, fn, table="local_runs", version="2", workers=0)
+    saved = rows_of(lake, "spark_runs", "path, frame")
+    names = [p.rsplit("/", 1)[-1] for p in saved.column("path").to_pylist()]
+    assert list(zip(names, saved.column("version").to_pylist(), strict=True)) == [
+        ("a.dcm", "2"),
+        ("b.dcm", "1"),  # untouched
+        ("c.dcm", "2"),  # its ten frames of version 1 are gone
+    ]
+    # the second run's rows are what dicomlake.apply writes for the same files
+    local = rows_of(lake, "local_runs", "path, frame")
+    assert_same_rows(rows_of(lake, "spark_runs WHERE version = '2'", "path, frame"), local)

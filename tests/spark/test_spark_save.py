@@ -131,6 +131,13 @@ def test_other_dataframes_are_saved_through_their_rows(
     expected = {r["path"]: r["Modality"] for r in only_ok.collect()}
     everything = meta_df.count()
     assert 0 < len(expected) < everything
+    # a replace swaps rows by row_id: a table without one is refused before any task runs
+    with pytest.raises(ValueError, match="no such column"):
+        catalog.save(only_ok, mode="replace")
+    with pytest.raises(ValueError, match="needs the default writer"):
+        Catalog(spark, lake=str(tmp_path / "lake"), writer="delta-spark").save(
+            meta_df, mode="replace"
+        )
     assert catalog.save(only_ok) == len(expected)
     saved = catalog.load()
     assert saved.columns == ["path", "Modality"]
@@ -189,9 +196,15 @@ def test_a_save_into_an_old_lake_gives_its_earlier_instances_their_acquisition_r
     shutil.rmtree(lake / "acquisition")  # as a lake made before the table was
     catalog = Catalog(spark, table="instances", lake=str(lake))
     assert catalog.save(DicomMetaExtractor(catalog).transform(catalog.catalog(str(later)))) == 1
+    # all three again, with replace: still one instances and one acquisition row each
+    again = DicomMetaExtractor(catalog).transform(catalog.catalog([str(earlier), str(later)]))
+    assert catalog.save(again, mode="replace") == 3
     con = dicomlake.connect(str(lake))
     try:
         modalities = con.sql("SELECT list(Modality ORDER BY Modality) FROM acquisition").fetchall()
+        assert con.sql("SELECT count(*), count(DISTINCT row_id) FROM instances").fetchall() == [
+            (3, 3)
+        ]
     finally:
         con.close()
     assert modalities == [(["CT", "MR", "RTDOSE"],)]

@@ -16,7 +16,9 @@ functions that need a task context, so this module imports without Spark. Three 
   as the local engine's workers write shards);
 - :func:`commit` is the driver's side: it commits the add-actions of the successful
   tasks in one Delta transaction through delta-rs, then deletes the files the job wrote
-  that are not in the log (failed or retried task attempts).
+  that are not in the log (failed or retried task attempts). In ``replace`` mode the
+  same transaction takes away every earlier row of the saved rows' ``row_id``
+  (:func:`~dicomlake.lake.shards.replace_rows`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import posixpath
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final
 
 import pyarrow as pa
 
@@ -39,16 +41,20 @@ from dicomlake.catalog import FileRef
 from dicomlake.errors import LakeError
 from dicomlake.lake.shards import (
     ADD_ACTION_SCHEMA,
+    CommitMode,
     add_action,
+    check_replaceable,
     commit_shards,
     filesystem,
     new_job_id,
     remove_orphans,
+    row_ids,
 )
 from dicomlake.schema import INSTANCES_SCHEMA
 from dicomlake.storage.locations import local_path
 
 if TYPE_CHECKING:
+    import numpy as np
     from pyspark.sql import DataFrame
     from pyspark.sql.types import StructType
 
@@ -503,38 +509,49 @@ def commit(
     schema: pa.Schema,
     actions: Iterable[dict[str, Any]],
     *,
-    mode: Literal["append", "overwrite"],
+    mode: CommitMode,
     job_id: str,
     name: str | None = None,
     storage_options: StorageOptions = None,
     cleanup: bool = True,
+    replacing: np.ndarray | None = None,
 ) -> int:
     """Commit the files the tasks wrote, in one Delta transaction, then remove orphans.
 
     The commit is :func:`~dicomlake.lake.shards.commit_shards`'s (a new table gets the
-    files in its first commit; ``overwrite`` replaces every file the table had).
+    files in its first commit; ``overwrite`` replaces every file the table had;
+    ``replace`` every earlier row of the new rows' ``row_id``).
 
     Args:
         table_uri: The table's folder or URI.
         schema: The table's Arrow schema.
         actions: What the successful tasks returned (:data:`ADD_ACTION_SCHEMA` rows).
-        mode: ``append`` or ``overwrite``.
+        mode: ``append``, ``overwrite`` or ``replace``.
         job_id: The id the job's files carry in their names.
         name: The table's name, recorded in a new table's metadata.
         storage_options: A :class:`~dicomlake.storage.StorageConfig` or dict of options
             (either library's names), for delta-rs and for removing orphans.
         cleanup: Delete this job's files that are not in the commit (written by task
             attempts that failed or were retried).
+        replacing: With ``replace``: the row ids whose earlier rows go (sorted,
+            distinct); by default those of the files' rows.
 
     Returns:
         The number of rows committed.
 
     Raises:
+        ValueError: ``replace`` on a table without a ``row_id`` column.
         LakeError: If delta-rs cannot commit.
     """
     actions = list(actions)
     rows = commit_shards(
-        table_uri, schema, actions, mode=mode, name=name, storage_options=storage_options
+        table_uri,
+        schema,
+        actions,
+        mode=mode,
+        name=name,
+        storage_options=storage_options,
+        replacing=replacing,
     )
     if cleanup:
         remove_orphans(table_uri, job_id, {a["path"] for a in actions}, storage_options)
@@ -545,7 +562,7 @@ def save_dataframe(
     df: DataFrame,
     table_uri: str,
     *,
-    mode: Literal["append", "overwrite"] = "append",
+    mode: CommitMode = "append",
     name: str | None = None,
     storage_options: StorageOptions = None,
     cleanup: bool = True,
@@ -564,10 +581,18 @@ def save_dataframe(
     references) and writes their rows straight away: the same rows, without sending
     them to the JVM and back to a second Python pass.
 
+    With ``replace``, the driver reads the ``row_id`` column of the tasks' files, and
+    the commit also removes every earlier row with one of those ids (the files that
+    hold some are rewritten without them): a re-run of the same units leaves one
+    generation of their rows, and other rows are untouched. A companion loses the
+    rows of the same ids, so an instance saved again keeps one ``acquisition`` row
+    (none, if it is no longer ``ok``).
+
     Args:
         df: The rows to write.
         table_uri: The table's folder or URI (a local folder is created).
-        mode: ``append`` or ``overwrite``.
+        mode: ``append``, ``overwrite``, or ``replace`` (the rows of the saved
+            ``row_id`` values give way to the new ones; the table needs that column).
         name: The table's name, for a new table's metadata.
         storage_options: A :class:`~dicomlake.storage.StorageConfig` or dict: the
             executors write with it (it is pickled to them), the driver commits with it.
@@ -580,12 +605,15 @@ def save_dataframe(
         The number of rows committed (to ``df``'s table).
 
     Raises:
-        ValueError: ``mode`` is neither ``append`` nor ``overwrite``.
+        ValueError: ``mode`` is not ``append``, ``overwrite`` or ``replace``, or it is
+            ``replace`` and ``df`` (or the table) has no ``row_id`` column.
         LakeError: The table cannot be written.
     """
-    if mode not in ("append", "overwrite"):
-        raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
+    if mode not in ("append", "overwrite", "replace"):
+        raise ValueError(f"mode must be 'append', 'overwrite' or 'replace', got {mode!r}")
     schema = nullable(to_arrow(df.schema))
+    if mode == "replace":
+        check_replaceable(table_uri, schema, storage_options)
     for uri in (table_uri, *([] if companion is None else [companion.table_uri])):
         local = local_path(uri)
         if local is not None:
@@ -606,10 +634,12 @@ def save_dataframe(
     )
     returned = TABLED_ACTIONS if companion is not None else ADD_ACTION_SCHEMA
     written = [row.asDict() for row in source.mapInArrow(writer, to_spark(returned)).collect()]
+    tables = [action.pop("table", None) for action in written]
+    mine = [a for a, t in zip(written, tables, strict=True) if t is None]
+    ids = row_ids(table_uri, mine, storage_options) if mode == "replace" else None
     if companion is not None:
-        tables = [action.pop("table") for action in written]
         companions = [a for a, t in zip(written, tables, strict=True) if t == companion.name]
-        if companions or mode == "overwrite":
+        if companions or mode == "overwrite" or (ids is not None and len(ids)):
             commit(
                 companion.table_uri,
                 companion.schema,
@@ -619,17 +649,18 @@ def save_dataframe(
                 name=companion.name,
                 storage_options=storage_options,
                 cleanup=cleanup,
+                replacing=ids,
             )
-        written = [a for a, t in zip(written, tables, strict=True) if t is None]
     return commit(
         table_uri,
         schema,
-        written,
+        mine,
         mode=mode,
         job_id=job_id,
         name=name,
         storage_options=storage_options,
         cleanup=cleanup,
+        replacing=ids,
     )
 
 

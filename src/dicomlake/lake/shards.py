@@ -279,6 +279,23 @@ def require_key(schema: pa.Schema, table_uri: str) -> None:
         )
 
 
+def check_replaceable(
+    table_uri: str, schema: pa.Schema, storage_options: StorageOptions = None
+) -> None:
+    """Check, before any file is written, that rows of ``schema`` can replace by ``row_id``.
+
+    Raises:
+        ValueError: ``schema``, or the table already at ``table_uri``, has no ``row_id``.
+    """
+    from deltalake import DeltaTable
+
+    require_key(schema, table_uri)
+    delta = delta_options(storage_options)
+    if DeltaTable.is_deltatable(table_uri, delta):
+        existing = DeltaTable(table_uri, storage_options=delta).schema().to_arrow()
+        require_key(pa.schema(existing), table_uri)
+
+
 def row_ids(
     table_uri: str, actions: Iterable[dict[str, Any]], storage_options: StorageOptions = None
 ) -> np.ndarray:

@@ -234,7 +234,7 @@ class Catalog:
     def save(
         self,
         df: DataFrame,
-        mode: Literal["append", "overwrite"] = "append",
+        mode: Literal["append", "overwrite", "replace"] = "append",
         *,
         cleanup: bool = True,
     ) -> int:
@@ -246,18 +246,25 @@ class Catalog:
 
         Args:
             df: The rows to write.
-            mode: ``append`` adds the rows; ``overwrite`` replaces the table's rows.
+            mode: ``append`` adds the rows; ``overwrite`` replaces the table's rows;
+                ``replace`` replaces every earlier row of the saved rows' ``row_id``
+                values and leaves the others, in the same one commit (a re-run of
+                :class:`~dicomlake.spark.dicom.DicomApply`, or a re-extraction of
+                ``instances``, then leaves one generation of rows per unit).
             cleanup: Remove the files of failed task attempts after the commit.
 
         Saving a lake's ``instances`` table also writes the saved rows'
         ``acquisition`` rows, made by the executors from their ``meta``, as a local
-        ingest does (committed just before the instances).
+        ingest does (committed just before the instances, in the same mode: with
+        ``replace``, the saved instances' earlier ``acquisition`` rows go too).
 
         Returns:
             The number of rows committed.
 
         Raises:
-            ValueError: ``mode`` is neither ``append`` nor ``overwrite``.
+            ValueError: ``mode`` is not ``append``, ``overwrite`` or ``replace``; or it
+                is ``replace`` and the rows or the table have no ``row_id`` column, or
+                the writer is ``delta-spark``.
             LakeError: The table cannot be written.
         """
         if self.writer == "delta-spark":
@@ -274,7 +281,7 @@ class Catalog:
             cleanup=cleanup,
             companion=companion,
         )
-        if catch_up and mode == "append":
+        if catch_up and mode != "overwrite":
             from dicomlake.jobs.acquisition import update_acquisition
 
             assert self.lake is not None
@@ -307,6 +314,12 @@ class Catalog:
 
     def _save_with_delta_spark(self, df: DataFrame, mode: str) -> int:
         """Spark's own Delta writer (Databricks): a catalog table name or a path."""
+        if mode == "replace":
+            raise ValueError(
+                "mode='replace' needs the default writer (writer='delta-rs'): Spark's Delta "
+                "writer cannot replace rows by row_id in one commit here; save with "
+                "mode='append' or 'overwrite', or use the default writer"
+            )
         if mode not in ("append", "overwrite"):
             raise ValueError(f"mode must be 'append' or 'overwrite', got {mode!r}")
         writer = df.write.format("delta").mode(mode)

@@ -572,8 +572,10 @@ class DicomApply(_Transformer):
     not one regular volume, each is an error row. Save the rows as the lake's table
     with ``Catalog(spark, table=NAME, lake=LAKE).save(df)``: it is a view of that name
     in SQL afterwards. A save appends (or, with ``mode="overwrite"``, replaces the whole
-    table); it does not replace a unit's earlier rows as ``dicomlake.apply`` does, so
-    save a re-run with ``mode="overwrite"`` or into a table of its own.
+    table). Save a re-run with ``mode="replace"``: in the same one commit, every
+    earlier row of each saved unit's ``row_id`` gives way to its new rows, and units
+    not in this run keep theirs, so the table holds one generation of rows per unit,
+    as ``dicomlake.apply`` leaves (it needs the default ``delta-rs`` writer).
 
     A DataFrame's schema is fixed before its rows are made, so the function's columns
     are declared with ``columns``, or inferred here, on the driver, by running the
