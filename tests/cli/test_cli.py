@@ -178,3 +178,39 @@ def test_progress_and_summary_table_on_a_terminal(small_folder: Path, tmp_path: 
     assert "files/s" in run.screen  # the live line and the table both say it
     assert "skipped unchanged" in run.screen and "not_dicom" in run.screen
     assert run.stdout == b""  # nothing on stdout
+
+
+def test_the_ingest_script_skips_pandas_and_an_in_process_call_leaves_it(
+    small_folder: Path, tmp_path: Path
+) -> None:
+    """pyarrow imports pandas on its first list: 0.15-0.3 s the script's process skips.
+
+    A caller that runs ``app`` in its own process keeps pyarrow's pandas support: a
+    pandas Series' None still becomes a null.
+    """
+    script = (
+        "import sys\n"
+        "from dicomlake.cli import main\n"
+        f"sys.argv = ['dicomlake', 'ingest', {str(small_folder)!r}, '--lake',"
+        f" {str(tmp_path / 'a')!r}, '-w', '0', '-q']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit as exc:\n"
+        "    assert not exc.code, exc.code\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1] == "False"
+    in_process = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from dicomlake.cli import app\n"
+        f"args = ['ingest', {str(small_folder)!r}, '--lake', {str(tmp_path / 'b')!r}, '-w', '0']\n"
+        "assert CliRunner().invoke(app, args).exit_code == 0\n"
+        "import pandas, pyarrow\n"
+        "print(pyarrow.array(pandas.Series([1.0, None])).null_count)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", in_process], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "1"

@@ -8,7 +8,19 @@ how results look is :mod:`dicomlake.cli.render`.
 
 from __future__ import annotations
 
-from dicomlake.cli import admin, apply, deid, derive, export, ingest, labels, net, ohif, query
+from dicomlake.cli import (
+    admin,
+    apply,
+    deid,
+    derive,
+    export,
+    ingest,
+    labels,
+    net,
+    ohif,
+    options,
+    query,
+)
 from dicomlake.cli.options import app
 
 app.command()(ingest.ingest)
@@ -33,4 +45,5 @@ __all__ = ["app", "main"]
 
 def main() -> None:
     """Entry point of the ``dicomlake`` script."""
+    options.own_process = True
     app()

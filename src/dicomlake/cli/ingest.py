@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from dicomlake.cli import options
 from dicomlake.cli.options import (
     AnonOption,
     FrameOption,
@@ -90,9 +91,8 @@ def ingest(
         from dicomlake.kernels.thumbnails import ThumbnailOptions
 
         drawing = ThumbnailOptions(thumbnail_size, frame.value)
-    # This process is ours and never hands pyarrow a pandas object: skip pyarrow's
-    # import of pandas, 0.15-0.3 s of a short ingest (the workers skip it too)
-    skip_pandas_probe()
+    if options.own_process:  # it never hands pyarrow a pandas object: skip pyarrow's
+        skip_pandas_probe()  # import of pandas, 0.15-0.3 s of a short ingest (as workers do)
     display = Progress() if interactive(quiet) else None
     try:
         with display or nullcontext():

@@ -19,6 +19,11 @@ app = typer.Typer(
     add_completion=False,
 )
 
+#: Whether the process is the command's own (the ``dicomlake`` script, set by
+#: :func:`dicomlake.cli.main`), not a caller's that runs ``app`` in-process (a test's
+#: CliRunner, a notebook): only then may a command change process-wide settings.
+own_process = False
+
 LakeOption = Annotated[
     str, typer.Option("--lake", "-l", help="Lake folder or URI (s3://bucket/prefix).")
 ]
