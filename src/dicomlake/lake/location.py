@@ -29,9 +29,8 @@ DEID_TABLE: Final = "deid"
 SEGMENTS_TABLE: Final = "segments"
 ACQUISITION_TABLE: Final = "acquisition"
 
-#: The tables dicomlake writes (a user table takes none of these names).
-BUILT_IN_TABLES: Final = (
-    INSTANCES_TABLE,
+#: Tables a lake may have beside ``instances`` (each is a view of its name in SQL).
+OPTIONAL_TABLES: Final = (
     THUMBNAILS_TABLE,
     VOLUMES_TABLE,
     PATCHES_TABLE,
@@ -39,6 +38,8 @@ BUILT_IN_TABLES: Final = (
     SEGMENTS_TABLE,
     ACQUISITION_TABLE,
 )
+#: The tables dicomlake writes (a user table takes none of these names).
+BUILT_IN_TABLES: Final = (INSTANCES_TABLE, *OPTIONAL_TABLES)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 

@@ -26,13 +26,13 @@ from dicomlake._types import StorageOptions
 from dicomlake.errors import LakeError
 from dicomlake.lake.location import (
     INSTANCES_TABLE,
+    OPTIONAL_TABLES,
     is_panic,
     lake_error,
     open_table,
     table_exists,
     table_uri,
 )
-from dicomlake.lake.sql import OPTIONAL_TABLES
 from dicomlake.lake.tables import data_files
 from dicomlake.lake.user_tables import user_tables
 

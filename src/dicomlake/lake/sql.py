@@ -41,12 +41,8 @@ from dicomlake.dicom.keywords import keyword_table
 from dicomlake.errors import LakeError
 from dicomlake.lake.location import (
     ACQUISITION_TABLE,
-    DEID_TABLE,
     INSTANCES_TABLE,
-    PATCHES_TABLE,
-    SEGMENTS_TABLE,
-    THUMBNAILS_TABLE,
-    VOLUMES_TABLE,
+    OPTIONAL_TABLES,
     open_table,
     table_exists,
 )
@@ -145,17 +141,6 @@ CREATE MACRO tag(meta, key) AS
             END, '')
     )[1];
 """
-
-
-#: Tables a lake may have beside ``instances``; each becomes a view of its name.
-OPTIONAL_TABLES = (
-    THUMBNAILS_TABLE,
-    VOLUMES_TABLE,
-    PATCHES_TABLE,
-    DEID_TABLE,
-    SEGMENTS_TABLE,
-    ACQUISITION_TABLE,
-)
 
 
 #: DuckDB schema for helper tables that users need not see in SHOW TABLES.
