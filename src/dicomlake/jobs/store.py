@@ -41,7 +41,7 @@ import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import IO, TYPE_CHECKING, Any, Final
+from typing import IO, TYPE_CHECKING, Any, Final, NoReturn
 
 from dicomlake.dicom.uids import is_uid
 from dicomlake.errors import DiskFull
@@ -63,11 +63,13 @@ __all__ = [
     "disk_full",
     "instance_path",
     "other_copies",
+    "place_part",
     "purge_parts",
     "remove_files",
     "spool_dir",
     "store_lock",
     "write_file",
+    "write_part",
 ]
 
 log = logging.getLogger(__name__)
@@ -175,6 +177,22 @@ def write_file(root: str, target: str, data: bytes | IO[bytes]) -> None:
             ``target`` (if any) is untouched.
         OSError: Any other write error, with the same guarantees.
     """
+    place_part(write_part(root, data), target)
+
+
+def write_part(root: str, data: bytes | IO[bytes]) -> str:
+    """Write ``data`` to a new ``<root>/.incoming/<random>.part``, fsynced; its path.
+
+    The first half of :func:`write_file`, which a caller may do without holding
+    :func:`store_lock` (several threads then fsync at once, which the file system
+    commits together), then :func:`place_part` holding it. A ``.part`` purged in
+    between (another process starting on the store) makes :func:`place_part` fail
+    with FileNotFoundError; the caller then writes again, holding the lock.
+
+    Raises:
+        DiskFull: As :func:`write_file` (nothing is left behind).
+        OSError: Any other write error (nothing is left behind).
+    """
     temp = os.path.join(root, INCOMING, secrets.token_hex(8) + PART_SUFFIX)
     try:
         try:
@@ -189,14 +207,33 @@ def write_file(root: str, target: str, data: bytes | IO[bytes]) -> None:
                 shutil.copyfileobj(data, out, _COPY_CHUNK)
             out.flush()
             os.fsync(out.fileno())
+    except OSError as exc:
+        _failed(temp, exc)
+    return temp
+
+
+def place_part(temp: str, target: str) -> None:
+    """Rename a :func:`write_part` file to ``target`` (its folders made); hold the lock.
+
+    Raises:
+        DiskFull: No space for the folders (the ``.part`` is removed).
+        OSError: Any other error (the ``.part`` is removed); FileNotFoundError when
+            the ``.part`` itself is gone.
+    """
+    try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         os.replace(temp, target)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(temp)
-        if disk_full(exc):
-            raise DiskFull(exc.errno, "the disk is full (no space left on device)") from exc
-        raise
+        _failed(temp, exc)
+
+
+def _failed(temp: str, exc: OSError) -> NoReturn:
+    """Remove a temporary file after ``exc``; raise ``exc`` (DiskFull for a full disk)."""
+    with contextlib.suppress(OSError):
+        os.unlink(temp)
+    if disk_full(exc):
+        raise DiskFull(exc.errno, "the disk is full (no space left on device)") from exc
+    raise exc
 
 
 def other_copies(root: str, kept: Mapping[str, str]) -> list[str]:
@@ -297,9 +334,11 @@ class StoreRows:
     Thread-safe: receivers call :meth:`add` from each association's thread. The row
     is made on the calling thread (the instances kernel on the stored file, as ingest
     makes it); rows are handed to the table's writer and committed by its policy
-    (``commit_rows`` rows or ``commit_seconds`` seconds), checked on each
-    :meth:`add` and by :meth:`commit_if_due`, which a timer calls. :meth:`close`
-    commits everything still buffered.
+    (``commit_rows`` rows or ``commit_seconds`` seconds), checked by
+    :meth:`commit_if_due`, which a timer calls (and on :meth:`add` once many rows
+    wait, unless a commit is under way). :meth:`close` commits everything still
+    buffered. A commit never holds up :meth:`add`: the rows waiting are guarded by a
+    lock of their own, taken only to append or to take them all.
 
     Args:
         lake: The lake folder or URI.
@@ -342,7 +381,8 @@ class StoreRows:
         self._kernel: InstancesKernel = InstancesKernel(
             storage_options=storage_options, thumbnails=drawing, acquisition=True
         )
-        self._lock = threading.RLock()
+        self._lock = threading.RLock()  # hand-overs, commits, the writers
+        self._pending = threading.Lock()  # the rows waiting, ``_added``, ``_deletes``
         self._acquired: TableWriter = acquisition_writer(lake, storage_options)
         self._writer: TableWriter = TableWriter(
             lake,
@@ -372,6 +412,9 @@ class StoreRows:
         self._batch_seconds = min(0.5, commit_seconds)
         self._closed = False
         self.counts = _Counts()
+        # the first batch imports what building one needs (a third of a second):
+        # done now, not while the first instances wait for their answers
+        self._kernel.batch([])
 
     def _lake_row_ids(self) -> Any:
         from dicomlake.lake.fingerprints import Fingerprints
@@ -414,7 +457,7 @@ class StoreRows:
 
         rid = int(row["row_id"])
         status = str(row["status"])
-        with self._lock:
+        with self._pending:
             if self._closed:
                 raise RuntimeError("StoreRows is closed")
             known = rid in self._added or (
@@ -438,30 +481,42 @@ class StoreRows:
                 self.counts.errors += 1
                 name = str(row.get("error") or status).split(":", 1)[0]
                 self.counts.error_classes[name] = self.counts.error_classes.get(name, 0) + 1
-            if len(self._new) + len(self._changed) >= 256:
+            many = len(self._new) + len(self._changed) >= 256
+        if many and self._lock.acquire(blocking=False):  # else a commit is under way
+            try:
                 self._hand_over()
+            finally:
+                self._lock.release()
         return StoredRow(str(row["path"]), status, row.get("error"))
 
     def remove(self, path: str) -> None:
         """The row of ``path`` goes (its file was replaced by a copy elsewhere)."""
         from dicomlake.rows import row_id
 
-        with self._lock:
+        with self._pending:
             self._deletes.append(row_id(file_uri(path)))
             self.counts.removed += 1
 
     # -- commits
 
     def _hand_over(self) -> None:
-        """Give the buffered rows to the writers (one batch each way)."""
+        """Give the buffered rows to the writers (one batch each way); hold ``_lock``."""
         from dicomlake.jobs.acquisition_rows import write_acquisition
         from dicomlake.lake.location import INSTANCES_TABLE, THUMBNAILS_TABLE
 
-        for rows, replace in ((self._new, False), (self._changed, True)):
+        with self._pending:
+            taken = ((self._new, False), (self._changed, True))
+            self._new, self._changed = [], []
+        for index, (rows, replace) in enumerate(taken):
             if not rows:
                 continue
-            out = self._kernel.batch(rows)
-            rows.clear()
+            try:
+                out = self._kernel.batch(rows)
+            except BaseException:  # these rows and the next wait for another try
+                with self._pending:
+                    for back, replaced in taken[index:]:
+                        (self._changed if replaced else self._new)[:0] = back
+                raise
             if self._thumbs is not None and THUMBNAILS_TABLE in out:
                 # thumbnails first: an instance row committed means its thumbnail was
                 self._thumbs.write(out[THUMBNAILS_TABLE], replace=True)
@@ -507,9 +562,10 @@ class StoreRows:
         from dicomlake.lake.location import ACQUISITION_TABLE
         from dicomlake.lake.sync import delete_rows
 
-        ids = np.array(self._deletes, dtype=np.int64)
-        self._deletes.clear()
-        self._added.difference_update(ids.tolist())
+        with self._pending:
+            ids = np.array(self._deletes, dtype=np.int64)
+            self._deletes.clear()
+            self._added.difference_update(ids.tolist())
         delete_rows(self.lake, ids, self._options)
         delete_rows(self.lake, ids, self._options, table=ACQUISITION_TABLE)
         return 0
@@ -521,8 +577,14 @@ class StoreRows:
                 return
             try:
                 self.flush()
+                with self._pending:
+                    self._closed = True  # no add from now on...
+                    late = bool(self._new or self._changed or self._deletes)
+                if late:  # ...and those that came during the flush are committed too
+                    self.flush()
             finally:
-                self._closed = True
+                with self._pending:
+                    self._closed = True
                 self._writer.close()
                 self._acquired.close()
                 if self._thumbs is not None:

@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from dicomlake.dicom.uids import is_uid
 from dicomlake.errors import PeerError
@@ -56,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = ["Pull", "PullSummary", "Timeouts", "lake_sop_instances", "parse_matches"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 #: SOP Instance UIDs asked for in one IMAGE-level retrieve.
 UIDS_PER_RETRIEVE: Final = 100
@@ -247,6 +248,12 @@ class Pull:
                 the C-MOVE destination; what was stored is committed first.
             LakeError: The lake cannot be read or written.
         """
+        from pynetdicom import _config
+
+        # identifiers hold patient values: never logged (as the Q/R SCP); pynetdicom
+        # would also format each C-FIND answer's lines, a third of the query's time
+        _config.LOG_REQUEST_IDENTIFIERS = False
+        _config.LOG_RESPONSE_IDENTIFIERS = False
         self.summary = PullSummary()
         self._received = ReceiveSummary()
         self._pacs = Counter()
@@ -289,13 +296,14 @@ class Pull:
     def _associate(self, ae: AE, what: str, **kwargs: Any) -> Association:
         from pynetdicom import evt
 
-        from dicomlake.net.receive import no_delay
+        from dicomlake.net.receive import no_delay, quicken
 
         connected = threading.Event()
 
         def on_open(event: evt.Event) -> None:
             connected.set()
             no_delay(event)
+            quicken(event)
 
         handlers = [*kwargs.pop("evt_handlers", []), (evt.EVT_CONN_OPEN, on_open)]
         began = time.monotonic()
@@ -347,48 +355,64 @@ class Pull:
         ae = self._ae()
         ae.add_requested_context(Find)
         assoc = self._associate(ae, "C-FIND")
+        more: list[Association] = []
         study_keys = {"StudyInstanceUID": "", "NumberOfStudyRelatedSeries": "", **self.keys}
         try:
             studies = self._find(assoc, Find, "STUDY", study_keys)
-            found: list[_Series] = []
-            for study in studies:
-                study_uid = _uid(study, "StudyInstanceUID")
-                if not study_uid:
-                    continue
-                self.summary.studies += 1
+            listed = [(study, uid) for study in studies if (uid := _uid(study, "StudyInstanceUID"))]
+            self.summary.studies += len(listed)
+
+            def series_of(study: Dataset, study_uid: str, on: Association) -> list[Dataset]:
                 series_keys = {
                     "StudyInstanceUID": study_uid,
                     "SeriesInstanceUID": "",
                     "NumberOfSeriesRelatedInstances": "",
                 }
-                series_answers = self._complete(
-                    functools.partial(self._find, assoc, Find, "SERIES", series_keys),
+                answers = self._complete(
+                    functools.partial(self._find, on, Find, "SERIES", series_keys),
                     _count(study, "NumberOfStudyRelatedSeries"),
                     "series",
                     "SeriesInstanceUID",
                 )
-                for answer in series_answers:
-                    series_uid = _uid(answer, "SeriesInstanceUID")
-                    self.summary.series += 1
-                    image_keys = {
-                        "StudyInstanceUID": study_uid,
-                        "SeriesInstanceUID": series_uid,
-                        "SOPInstanceUID": "",
-                        "SOPClassUID": "",
-                    }
-                    images = self._complete(
-                        functools.partial(self._find, assoc, Find, "IMAGE", image_keys),
-                        _count(answer, "NumberOfSeriesRelatedInstances"),
-                        "instances",
-                        "SOPInstanceUID",
-                    )
-                    instances = {_uid(i, "SOPInstanceUID"): _uid(i, "SOPClassUID") for i in images}
+                with self._lock:
+                    self.summary.series += len(answers)
+                return answers
+
+            def instances_of(study_uid: str, answer: Dataset, on: Association) -> _Series:
+                series_uid = _uid(answer, "SeriesInstanceUID")
+                image_keys = {
+                    "StudyInstanceUID": study_uid,
+                    "SeriesInstanceUID": series_uid,
+                    "SOPInstanceUID": "",
+                    "SOPClassUID": "",
+                }
+                images = self._complete(
+                    functools.partial(self._find, on, Find, "IMAGE", image_keys),
+                    _count(answer, "NumberOfSeriesRelatedInstances"),
+                    "instances",
+                    "SOPInstanceUID",
+                )
+                instances = {_uid(i, "SOPInstanceUID"): _uid(i, "SOPClassUID") for i in images}
+                with self._lock:
                     self.summary.instances += len(instances)
-                    found.append(_Series(study_uid, series_uid, instances))
                 self._report()
+                return _Series(study_uid, series_uid, instances)
+
+            pool = _Pool(self, ae, assoc, more)
+            series_lists = pool.map(
+                [functools.partial(series_of, study, uid) for study, uid in listed]
+            )
+            self._report()
+            return pool.map(
+                [
+                    functools.partial(instances_of, uid, answer)
+                    for (_, uid), answers in zip(listed, series_lists, strict=True)
+                    for answer in answers
+                ]
+            )
         finally:
-            _release(assoc)
-        return found
+            for each in (assoc, *more):
+                _release(each)
 
     def _complete(
         self, ask: Callable[[], list[Dataset]], counted: int | None, what: str, key: str
@@ -409,8 +433,9 @@ class Pull:
             time.sleep(0.5 * (attempt + 1))
         assert counted is not None
         short = counted - len({_uid(a, key) for a in answers})
-        self.summary.failed += short
-        self.summary.failures[f"{what} the PACS counts but did not list"] += short
+        with self._lock:
+            self.summary.failed += short
+            self.summary.failures[f"{what} the PACS counts but did not list"] += short
         return answers
 
     def _find(
@@ -642,6 +667,61 @@ class Pull:
             failed = int(getattr(final, "NumberOfFailedSuboperations", 0) or 0)
             with self._lock:
                 self._pacs[f"{what}: status 0x{code:04X}"] += failed or asked
+
+
+class _Pool:
+    """C-FINDs on up to ``pull.parallel`` associations at once, answers in order.
+
+    The PACS answers a C-FIND after its own lookup (Orthanc: about 20 ms for a
+    series' instances); one association waited for each in turn. Associations beyond
+    the first open when there are tasks for them; a PACS that refuses one leaves the
+    work to those it took. The first error stops the other workers and is raised.
+    """
+
+    def __init__(self, pull: Pull, ae: AE, first: Association, more: list[Association]) -> None:
+        self.pull = pull
+        self.ae = ae
+        self.first = first
+        self.more = more  # opened here, released by the caller
+
+    def map(self, tasks: list[Callable[[Association], _T]]) -> list[_T]:
+        """Each task's result, called with an association of its own at that time."""
+        wanted = min(self.pull.parallel, len(tasks)) - 1 - len(self.more)
+        try:
+            for _ in range(max(0, wanted)):
+                self.more.append(self.pull._associate(self.ae, "C-FIND"))
+        except PeerError:
+            log.warning(
+                "%s took %d C-FIND associations at once", self.pull.peer, 1 + len(self.more)
+            )
+        associations = [self.first, *self.more][: max(1, len(tasks))]
+        if len(associations) == 1:
+            return [task(self.first) for task in tasks]
+        results: list[Any] = [None] * len(tasks)
+        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
+        for index in range(len(tasks)):
+            todo.put(index)
+        errors: list[BaseException] = []
+
+        def work(assoc: Association) -> None:
+            try:
+                while not errors:
+                    try:
+                        index = todo.get_nowait()
+                    except queue.Empty:
+                        return
+                    results[index] = tasks[index](assoc)
+            except BaseException as exc:  # the first error stops every worker
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(a,), daemon=True) for a in associations]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if errors:
+            raise errors[0]
+        return results
 
 
 def _suboperations(status: Dataset) -> int:
