@@ -109,6 +109,9 @@ LOOP_DELAY: Final = 0.0002
 #: Seconds an acceptor's reactor waits on its message queue between its checks for a
 #: release or an abort (pynetdicom's loop sleeps 1 ms, then only peeks at the queue).
 _MESSAGE_WAIT: Final = 0.005
+#: An acceptor idle this many seconds naps pynetdicom's 1 ms again until a request.
+_IDLE_AFTER: Final = 1.0
+_IDLE_DELAY: Final = 0.001
 
 
 @dataclass(slots=True)
@@ -707,7 +710,8 @@ def quicken(event: Event, *, acceptor: bool = False) -> None:
     standard DIMSE logging handlers (their lines would go nowhere). With
     ``acceptor`` (an association a peer opened to us, on which we only answer), its
     reactor also waits on the message queue instead of finding a message only after
-    its next 1 ms nap: a request is served as soon as it is decoded. Not for an
+    its next 1 ms nap: a request is served as soon as it is decoded, and its DUL
+    naps 1 ms again while no request came for a second. Not for an
     association that sends requests itself: pynetdicom pauses the reactor before
     each request, which a reactor waiting on the queue would answer late.
     """
@@ -726,16 +730,32 @@ def quicken(event: Event, *, acceptor: bool = False) -> None:
     dimse = getattr(event.assoc, "dimse", None)
     messages = getattr(dimse, "msg_queue", None)
     if acceptor and isinstance(messages, queue.Queue):
-        dimse.get_msg = functools.partial(_get_msg, messages, dimse.get_msg)  # type: ignore[union-attr]
+        dimse.get_msg = _Reactor(dul, messages, dimse.get_msg)  # type: ignore[union-attr]
 
 
-def _get_msg(
-    messages: queue.Queue[tuple[Any, Any]], get: Callable[..., Any], block: bool = False
-) -> Any:
-    """``DIMSEServiceProvider.get_msg``, where a non-blocking peek waits a little."""
-    if block:
-        return get(block=True)
-    try:
-        return messages.get(timeout=_MESSAGE_WAIT)
-    except queue.Empty:
-        return None, None
+class _Reactor:
+    """An acceptor's ``DIMSEServiceProvider.get_msg``: a non-blocking peek waits a little.
+
+    It also sets the DUL thread's nap: :data:`LOOP_DELAY` from a request on, back
+    to pynetdicom's 1 ms once none came for :data:`_IDLE_AFTER` seconds (an
+    association left open costs little while it waits).
+    """
+
+    def __init__(self, dul: Any, messages: queue.Queue[Any], get: Callable[..., Any]) -> None:
+        self.dul = dul
+        self.messages = messages
+        self.get = get
+        self.last = time.monotonic()
+
+    def __call__(self, block: bool = False) -> Any:
+        if block:
+            return self.get(block=True)
+        try:
+            item = self.messages.get(timeout=_MESSAGE_WAIT)
+        except queue.Empty:
+            if time.monotonic() - self.last > _IDLE_AFTER:
+                self.dul._run_loop_delay = _IDLE_DELAY
+            return None, None
+        self.last = time.monotonic()
+        self.dul._run_loop_delay = LOOP_DELAY
+        return item

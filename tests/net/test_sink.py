@@ -1,0 +1,103 @@
+"""The C-STORE handler on its own (no network): the races its speed-ups open.
+
+The file is fsynced before the store's lock is taken, so a process starting on the
+same store may purge the ``.part`` in between: the instance is then written again
+under the lock and still answered Success. Rows are buffered under a lock of their
+own, so a commit under way never holds up a store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pydicom
+import pytest
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import UID, CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.events import Event
+from pynetdicom.presentation import PresentationContextTuple
+
+import dicomlake.net.receive as receive
+from dicomlake.jobs.store import INCOMING, StoreRows, purge_parts, store_lock, write_file
+from dicomlake.net.receive import SUCCESS, InstanceSink
+from dicomlake.sample import sample_file
+from helpers.dimse import lake_sops
+
+
+def _event(ds: pydicom.Dataset) -> Event:
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = CTImageStorage
+    request.AffectedSOPInstanceUID = ds.SOPInstanceUID
+    request.Priority = 0
+    request.DataSet = io.BytesIO(body.getvalue())
+    context = PresentationContextTuple(1, UID(CTImageStorage), UID(ExplicitVRLittleEndian))
+    assoc = SimpleNamespace(requestor=SimpleNamespace(ae_title="TESTSCU"))
+    return Event(assoc, evt.EVT_C_STORE, {"request": request, "context": context})  # type: ignore[arg-type]
+
+
+def _instance() -> pydicom.Dataset:
+    ds = pydicom.dcmread(sample_file("CT_small.dcm"))
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = generate_uid()
+    return ds
+
+
+@pytest.fixture
+def sink(tmp_path: Path) -> Iterator[InstanceSink]:
+    store = str(tmp_path / "store")
+    rows = StoreRows(str(tmp_path / "lake"), store)
+    yield InstanceSink(store, rows)
+    rows.close()
+
+
+def test_a_part_purged_before_its_rename_is_written_again(
+    sink: InstanceSink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    locked = store_lock
+
+    def purge_first(root: str) -> contextlib.AbstractContextManager[None]:
+        with locked(root):  # what a process starting on the store does meanwhile
+            purge_parts(root)
+        return locked(root)
+
+    monkeypatch.setattr(receive, "store_lock", purge_first)
+    rewritten: list[str] = []
+
+    def write_again(root: str, target: str, data: bytes) -> None:
+        rewritten.append(target)
+        write_file(root, target, data)
+
+    monkeypatch.setattr(receive, "write_file", write_again)
+    ds = _instance()
+    assert sink.handle_store(_event(ds)) == SUCCESS
+    stored = Path(sink.root, ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID + ".dcm")
+    assert pydicom.dcmread(stored).SOPInstanceUID == ds.SOPInstanceUID
+    assert list(Path(sink.root, INCOMING).iterdir()) == []
+    assert rewritten == [str(stored)]  # the second write, holding the lock
+    sink.rows.close()
+    assert lake_sops(str(Path(sink.root).parent / "lake")) == {ds.SOPInstanceUID}
+
+
+def test_a_store_does_not_wait_for_a_commit_under_way(sink: InstanceSink) -> None:
+    done = threading.Event()
+    with sink.rows._lock:  # what a commit holds while it writes to the lake
+        worker = threading.Thread(
+            target=lambda: done.set() if sink.handle_store(_event(_instance())) == 0 else None
+        )
+        worker.start()
+        assert done.wait(30), "the store waited for the commit"
+    worker.join()
+    sink.rows.close()
+    assert sink.rows.counts.committed == 1
