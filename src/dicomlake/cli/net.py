@@ -243,7 +243,10 @@ def pull(
         ),
     ] = "0.0.0.0",
     parallel: Annotated[
-        int, typer.Option("--parallel", min=1, max=16, help="C-GET associations at once.")
+        int,
+        typer.Option(
+            "--parallel", min=1, max=16, help="Associations at once: C-FIND per level, and C-GET."
+        ),
     ] = 2,
     acse_timeout: Annotated[
         float, typer.Option(min=1, help="Seconds to wait for association answers.")
