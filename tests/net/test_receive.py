@@ -347,6 +347,51 @@ def test_cli_sigterm_commits_and_a_killed_receiver_catches_up(dcmtk: None, tmp_p
     assert len(lake_sops(lake)) == 7 and len(lake_rows(lake)) == 7
 
 
+#: Runs ``dicomlake receive`` in a process that signals itself at one precise moment:
+#: a real signal, timed where a test from outside can only hope to land.
+_SIGNAL_AT = """
+import os, signal, sys
+import dicomlake.net.receive as receive
+from dicomlake.cli import main
+
+moment, signame, lake, store, port = sys.argv[1:]
+def signalled(call):
+    def wrapper(*args, **kwargs):
+        result = call(*args, **kwargs)
+        os.kill(os.getpid(), getattr(signal, signame))
+        return result
+    return wrapper
+if moment == "binding":  # the port is bound, start_server has not returned yet
+    import pynetdicom
+    pynetdicom.AE.start_server = signalled(pynetdicom.AE.start_server)
+else:  # while earlier runs' files are caught up
+    receive.catch_up = signalled(receive.catch_up)
+sys.argv = ["dicomlake", "receive", "--lake", lake, "--store", store, "--port", port, "-q"]
+main()
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_a_signal_while_the_port_is_bound_stops_cleanly(tmp_path: Path, signame: str) -> None:
+    lake, store = str(tmp_path / "lake"), str(tmp_path / "store")
+    args = ["binding", signame, lake, store, str(free_port())]
+    run = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AT, *args], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.startswith("received: 0 instances")
+
+
+def test_a_signal_while_catching_up_interrupts(tmp_path: Path) -> None:
+    lake, store = str(tmp_path / "lake"), str(tmp_path / "store")
+    args = ["catching-up", "SIGINT", lake, store, str(free_port())]
+    run = subprocess.run(
+        [sys.executable, "-c", _SIGNAL_AT, *args], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 130, run.stderr
+    assert run.stderr.strip() == "dicomlake: error: interrupted while catching up; re-run to go on"
+
+
 @pytest.mark.parametrize(
     ("flags", "message"),
     [

@@ -52,9 +52,10 @@ def _tls(cert: str | None, key: str | None, ca: str | None) -> TlsFiles:
 class _StopOnSignal:
     """Ctrl-C and SIGTERM stop a listening receiver cleanly, whenever they come.
 
-    Installed before the receiver starts, so a signal that arrives just after the
-    port is bound still commits the buffered rows. Before that (while earlier runs'
-    files are caught up), and for a second signal, it interrupts as Ctrl-C always does.
+    Installed before the receiver starts, so a signal that arrives while the port is
+    being bound, or just after, still stops it cleanly once started. While earlier
+    runs' files are caught up (an ingest that resumes), and for a second signal, it
+    interrupts as Ctrl-C always does.
     """
 
     def __init__(self, receiver: Receiver) -> None:
@@ -73,7 +74,7 @@ class _StopOnSignal:
             signal.signal(signum, previous)
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        if not self.receiver.listening or self.stop.is_set():  # a second Ctrl-C forces
+        if self.receiver.catching_up or self.stop.is_set():  # a second Ctrl-C forces
             raise KeyboardInterrupt
         self.stop.set()
 

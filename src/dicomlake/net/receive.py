@@ -540,11 +540,8 @@ class Receiver:
         self._ticker: threading.Thread | None = None
         #: The last error of a background commit (the rows stay buffered).
         self.commit_error: BaseException | None = None
-
-    @property
-    def listening(self) -> bool:
-        """Whether ``start`` has bound the port (and not yet stopped)."""
-        return self._server is not None
+        #: Whether ``start`` is ingesting earlier runs' files (the long part of a start).
+        self.catching_up = False
 
     @property
     def port(self) -> int:
@@ -565,7 +562,11 @@ class Receiver:
 
         os.makedirs(self.store, exist_ok=True)
         if self._own_sink:
-            self.summary.caught_up = catch_up(self.lake, self.store, self.storage_options)
+            self.catching_up = True
+            try:
+                self.summary.caught_up = catch_up(self.lake, self.store, self.storage_options)
+            finally:
+                self.catching_up = False
             rows = StoreRows(
                 self.lake,
                 self.store,
