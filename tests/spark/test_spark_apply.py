@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -139,6 +140,52 @@ def test_values_that_do_not_fit_the_declared_columns_are_error_rows() -> None:
     assert rows[0]["mean"] == 1.0 and rows[1]["label"] is None
     assert rows[1]["error"].startswith("TypeError: 'label' is string here but double")
     assert rows[2]["error"] == "ValueError: bad frame"  # the kernel's own error stays
+
+
+def test_a_unit_past_its_time_is_an_error_row_on_an_executor(
+    spark: SparkSession, apply_lake: tuple[str, str]
+) -> None:
+    from dicomlake.spark import Catalog
+    from dicomlake.spark.dicom import DicomApply
+
+    folder, lake = apply_lake
+    catalog = Catalog(spark, table="unused", lake=lake)
+    slow = DicomApply(apply_functions.sleeps_on_mr, columns={"mean": "double"}, unit_timeout=3)
+    got = {
+        r["path"].rsplit("/", 1)[-1]: r
+        for r in (x.asDict() for x in slow.transform(catalog.catalog(folder)).collect())
+    }
+    assert got["MR_small.dcm"]["status"] == "error"
+    assert got["MR_small.dcm"]["error"] == "Timeout: no result after 3 s"
+    assert got["CT_small.dcm"]["status"] == "ok" and got["CT_small.dcm"]["mean"] is not None
+    with pytest.raises(ValueError, match="unit_timeout"):
+        DicomApply(apply_functions.whole, unit_timeout=0)
+
+
+def test_the_timer_leaves_the_units_before_and_after_alone(apply_lake: tuple[str, str]) -> None:
+    """Without Spark: the time limit cuts one file's frames, the next file runs in full."""
+    import datetime as dt
+
+    from dicomlake.catalog import FileRef
+    from dicomlake.engine.spark_apply import _run_units
+    from dicomlake.kernels.apply import ApplyOptions
+
+    folder, _ = apply_lake
+    refs = [
+        FileRef(Path(folder, name).as_uri(), name, None, None)
+        for name in ("CT_small.dcm", "MR_small.dcm", "CT_small.dcm")
+    ]
+    options = ApplyOptions(apply_functions.sleeps_on_mr, "frame", "1", None, None)
+    made = _run_units(
+        options, refs, {}, storage_options=None, created_at=dt.datetime.now(dt.UTC), unit_timeout=1
+    ).to_pylist()
+    assert [(r["status"], r["error"]) for r in made] == [
+        ("ok", None),
+        ("error", "Timeout: no result after 1 s"),
+        ("ok", None),
+    ]
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no timer left running
+    assert signal.getsignal(signal.SIGALRM) is signal.SIG_DFL  # the handler put back
 
 
 def test_a_rerun_saved_with_replace_leaves_one_generation_of_rows_per_unit(

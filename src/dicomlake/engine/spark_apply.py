@@ -7,6 +7,10 @@ place: the meta rows are grouped by *Series Instance UID* and each group becomes
 unit in ``applyInArrow``, its geometry checked by the same code as the lake's
 (:func:`~dicomlake.jobs.volumes.group_slices`).
 
+A unit past its time (``unit_timeout``) is an error row, as in the local engine; here
+the executor's Python worker interrupts the unit with a timer signal instead of
+stopping a worker process, so a call stuck inside C code ends only when it returns.
+
 One difference from the local engine cannot be hidden: a Spark DataFrame's schema is
 fixed before any row is made, while the local job grows its table as the function
 returns new keys. The function's columns are therefore declared up front (given, or
@@ -18,7 +22,10 @@ does.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import signal
+import threading
 import warnings
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Final
@@ -165,6 +172,37 @@ def instance_units(batch: pa.RecordBatch) -> tuple[list[FileRef], dict[str, Inst
     return kept, sources
 
 
+class UnitTimeout(BaseException):
+    """A unit ran past ``unit_timeout``.
+
+    A BaseException, as KeyboardInterrupt is: the kernel turns a function's errors
+    into error rows, and must not take the timer's for one of them.
+    """
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None) -> Iterator[None]:
+    """Raise :class:`UnitTimeout` in the body after ``seconds`` (None: no limit).
+
+    A SIGALRM timer, so only in a process's main thread, where Spark's Python workers
+    run their functions; in another thread the body runs without a limit.
+    """
+    if seconds is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise UnitTimeout
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def _run_units(
     options: ApplyOptions,
     refs: list[FileRef],
@@ -172,7 +210,9 @@ def _run_units(
     *,
     storage_options: StorageOptions,
     created_at: dt.datetime,
+    unit_timeout: float | None = None,
 ) -> pa.RecordBatch:
+    """The kernel's rows of ``refs``; one past ``unit_timeout`` gives its error row(s)."""
     kernel = ApplyKernel(
         options,
         table=_TABLE,
@@ -180,7 +220,15 @@ def _run_units(
         storage_options=storage_options,
         created_at=created_at,
     )
-    return kernel.batch([kernel.row(ref) for ref in refs])[_TABLE]
+    rows = []
+    for ref in refs:
+        try:
+            with time_limit(unit_timeout):
+                rows.append(kernel.row(ref))
+        except UnitTimeout:  # the same text as the local engine's
+            reason = f"Timeout: no result after {unit_timeout:g} s"
+            rows.append(kernel.error_row(ref, reason))
+    return kernel.batch(rows)[_TABLE]
 
 
 def units_mapper(
@@ -189,6 +237,7 @@ def units_mapper(
     *,
     storage_options: StorageOptions,
     created_at: dt.datetime,
+    unit_timeout: float | None = None,
 ) -> ArrowMapper:
     """The ``mapInArrow`` function of frame and instance units: rows in ``out``.
 
@@ -197,6 +246,7 @@ def units_mapper(
         out: :func:`output_schema` of the unit and the function's columns.
         storage_options: Settings to read object storage with (pickled to tasks).
         created_at: The run's ``created_at``, stamped on every row.
+        unit_timeout: Seconds one file's units may take; None: no limit.
 
     Returns:
         A function from catalog or meta batches to batches of the apply table.
@@ -208,7 +258,12 @@ def units_mapper(
             refs, sources = instance_units(batch)
             if refs:
                 made = _run_units(
-                    options, refs, sources, storage_options=storage_options, created_at=created_at
+                    options,
+                    refs,
+                    sources,
+                    storage_options=storage_options,
+                    created_at=created_at,
+                    unit_timeout=unit_timeout,
                 )
                 yield fit(made, out)
 
@@ -224,6 +279,7 @@ def run_series(
     *,
     storage_options: StorageOptions,
     created_at: dt.datetime,
+    unit_timeout: float | None = None,
 ) -> pa.RecordBatch:
     """One row per series among ``group``'s slice rows (:data:`SLICE_COLUMNS`)."""
     from dicomlake.jobs.volumes import group_slices
@@ -234,7 +290,12 @@ def run_series(
     }
     refs = [FileRef(key, "", s.size, s.mtime) for key, s in sources.items()]
     return _run_units(
-        options, refs, sources, storage_options=storage_options, created_at=created_at
+        options,
+        refs,
+        sources,
+        storage_options=storage_options,
+        created_at=created_at,
+        unit_timeout=unit_timeout,
     )
 
 
@@ -244,12 +305,19 @@ def series_function(
     *,
     storage_options: StorageOptions,
     created_at: dt.datetime,
+    unit_timeout: float | None = None,
 ) -> Any:
     """The ``applyInArrow`` function of series units: a series' slice rows to its row."""
 
     def run(group: pa.Table) -> pa.Table:
         warnings.simplefilter("ignore")
-        made = run_series(group, options, storage_options=storage_options, created_at=created_at)
+        made = run_series(
+            group,
+            options,
+            storage_options=storage_options,
+            created_at=created_at,
+            unit_timeout=unit_timeout,
+        )
         return pa.Table.from_batches([fit(made, out)], schema=out)
 
     return run

@@ -597,13 +597,17 @@ class DicomApply(_Transformer):
         columns: The function's columns: a pyarrow schema, or names to Arrow types or
             type names (``{"mean": "double", "label": "string"}``); None infers them.
         sample: Most units to try on the driver when inferring ``columns``.
+        unit_timeout: Seconds one unit may take (a frame unit: all frames of its
+            file) before it becomes an error row (``Timeout: ...``), as with
+            ``dicomlake.apply``; None: no limit. The executor interrupts Python code
+            with a timer signal: a call stuck inside C code ends when it returns.
         inputCol: The column holding the file paths.
         storage_options: Object-storage settings; by default those of the last
             :class:`Catalog` made.
 
     Raises:
-        ValueError: An unknown unit, an invalid window, size, column type or function
-            name, or ``size`` with series units.
+        ValueError: An unknown unit, an invalid window, size, column type, function
+            name or ``unit_timeout``, or ``size`` with series units.
         ImportError: The function's module cannot be imported on the driver.
         AttributeError: The module has no such function.
         TypeError: ``fn`` is not callable.
@@ -625,6 +629,7 @@ class DicomApply(_Transformer):
         size: int | tuple[int, int] | None = None,
         columns: pa.Schema | Mapping[str, pa.DataType | str] | None = None,
         sample: int = 16,
+        unit_timeout: float | None = 600.0,
         inputCol: str = "path",
         storage_options: StorageOptions = None,
     ) -> None:
@@ -638,7 +643,12 @@ class DicomApply(_Transformer):
         self.columns = None if columns is None else declared_columns(columns)
         if sample < 1:
             raise ValueError(f"sample must be at least 1, got {sample}")
+        if unit_timeout is not None and not unit_timeout > 0:
+            raise ValueError(
+                f"unit_timeout must be a positive number of seconds or None, got {unit_timeout}"
+            )
         self.sample = sample
+        self.unit_timeout = unit_timeout
         self.input_col = inputCol
         self.requires = ((inputCol, "Catalog.catalog()"),)
         if unit == "series":
@@ -691,11 +701,19 @@ class DicomApply(_Transformer):
         out = spark_apply.output_schema(options.unit, columns)
         if options.unit == "series":
             run = spark_apply.series_function(
-                options, out, storage_options=storage, created_at=created_at
+                options,
+                out,
+                storage_options=storage,
+                created_at=created_at,
+                unit_timeout=self.unit_timeout,
             )
             return df.groupBy("SeriesInstanceUID").applyInArrow(run, to_spark(out))
         mapper = spark_apply.units_mapper(
-            options, out, storage_options=storage, created_at=created_at
+            options,
+            out,
+            storage_options=storage,
+            created_at=created_at,
+            unit_timeout=self.unit_timeout,
         )
         return chain(df, mapper, out)
 
