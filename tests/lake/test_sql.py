@@ -406,6 +406,21 @@ def test_connect_reads_no_pydicom_pandas_or_pyarrow(lake: str) -> None:
     assert run.stdout.strip() == "[]"
 
 
+def test_info_command_reads_the_table_state_without_pandas(lake: str) -> None:
+    """`dicomlake info` lists the table's files through Arrow's C stream, not pa.table()."""
+    code = (
+        "import sys\n"
+        "from dicomlake.cli import app\n"
+        f"app(['info', '--lake', {lake!r}], standalone_mode=False)\n"
+        "print('pandas' in sys.modules)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    printed, pandas = run.stdout.rstrip().rsplit("\n", 1)
+    assert pandas == "False"
+    assert "data files" in printed
+
+
 @pytest.mark.parametrize("output_format", ["table", "json"])
 def test_sql_command_prints_without_pyarrow(lake: str, output_format: str) -> None:
     """`dicomlake sql` printing to the terminal fetches Python values, not Arrow."""

@@ -28,7 +28,7 @@ import pyarrow as pa
 from dicomlake._types import StorageOptions
 from dicomlake.lake.location import open_table
 from dicomlake.lake.shards import FileStats, filesystem, new_job_id, shard_name
-from dicomlake.lake.tables import TABLES, TARGET_FILE_SIZE
+from dicomlake.lake.tables import TABLES, TARGET_FILE_SIZE, file_actions
 
 if TYPE_CHECKING:
     import pyarrow.fs as pafs
@@ -116,7 +116,7 @@ def _delete(fs: pafs.FileSystem, path: str) -> None:
 
 
 def _data_files(dt: DeltaTable) -> list[_DataFile]:
-    actions = pa.table(dt.get_add_actions(flatten=True))
+    actions = file_actions(dt, flatten=True)
     paths = actions.column("path").to_pylist()
     sizes = actions.column("size_bytes").to_pylist()
     counts = actions.column("num_records").to_pylist()

@@ -450,9 +450,11 @@ def replace_rows(
 
 def _files_in_range(table: DeltaTable, ids: np.ndarray) -> list[tuple[str, int]]:
     """(path as the log names it, size) of the files whose ``row_id`` bounds take an id."""
+    from dicomlake.lake.tables import file_actions
+
     if len(ids) == 0:
         return []
-    files = pa.table(table.get_add_actions(flatten=True))
+    files = file_actions(table, flatten=True)
     paths = files.column("path").to_pylist()
     sizes = files.column("size_bytes").to_pylist()
     n = len(paths)
