@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from dicomlake.catalog import FileRef, Prefetcher
 from dicomlake.catalog.refs import split_zip_uri
 from dicomlake.errors import WorkersFailed
-from dicomlake.kernels.base import Kernel
+from dicomlake.kernels.base import Kernel, timeout_reason
 from dicomlake.storage.locations import local_path
 
 _T = TypeVar("_T")
@@ -413,7 +413,7 @@ class _Pool:
                 self._replace(i, list(worker.tasks))
                 continue
             reason = (
-                f"Timeout: no result after {self.engine.file_timeout:g} s"
+                timeout_reason(self.engine.file_timeout)
                 if stuck and not dead
                 else f"WorkerCrashed: the worker process died (exit code {worker.process.exitcode})"
             )

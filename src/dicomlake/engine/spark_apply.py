@@ -45,6 +45,7 @@ from dicomlake.kernels.apply import (
     series_source,
 )
 from dicomlake.kernels.apply_columns import undecided, widen
+from dicomlake.kernels.base import timeout_reason
 from dicomlake.rows import clip_error
 
 if TYPE_CHECKING:
@@ -225,9 +226,9 @@ def _run_units(
         try:
             with time_limit(unit_timeout):
                 rows.append(kernel.row(ref))
-        except UnitTimeout:  # the same text as the local engine's
-            reason = f"Timeout: no result after {unit_timeout:g} s"
-            rows.append(kernel.error_row(ref, reason))
+        except UnitTimeout:
+            assert unit_timeout is not None  # only a limit raises it
+            rows.append(kernel.error_row(ref, timeout_reason(unit_timeout)))
     return kernel.batch(rows)[_TABLE]
 
 

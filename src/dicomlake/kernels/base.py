@@ -37,3 +37,12 @@ class Kernel(Protocol):
     def error_row(self, ref: FileRef, reason: str) -> Row:
         """Return the row of a file the engine gave up on (it timed out or crashed)."""
         ...
+
+
+def timeout_reason(seconds: float) -> str:
+    """The reason an engine gives :meth:`Kernel.error_row` for a file past its time.
+
+    One text for every engine (a killed worker locally, a timer on Spark), so their
+    error rows stay identical.
+    """
+    return f"Timeout: no result after {seconds:g} s"
