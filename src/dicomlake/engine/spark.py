@@ -49,6 +49,7 @@ from dicomlake.lake.shards import (
     new_job_id,
     remove_orphans,
     row_ids,
+    write_shard,
 )
 from dicomlake.schema import INSTANCES_SCHEMA
 from dicomlake.storage.locations import local_path
@@ -493,12 +494,8 @@ def parquet_writer(
         actions = [{**action, "table": None}]
         rows = pa.Table.from_batches(made, schema=companion.schema)
         if rows.num_rows:
-            other_fs, other_root = filesystem(companion.table_uri, storage_options)
-            other = f"{other_root.rstrip('/')}/{name}"
-            pq.write_table(
-                rows, other, filesystem=other_fs, compression="zstd", compression_level=3
-            )
-            actions.append({**add_action(other_fs, other, name, rows), "table": companion.name})
+            other = write_shard(companion.table_uri, rows, name, storage_options=storage_options)
+            actions.append({**other, "table": companion.name})
         yield pa.RecordBatch.from_pylist(actions, schema=TABLED_ACTIONS)
 
     return run

@@ -31,7 +31,7 @@ import numpy as np
 import pyarrow as pa
 
 from dicomlake._types import StorageOptions
-from dicomlake.lake.ids import sorted_unique
+from dicomlake.lake.ids import member_of, sorted_unique
 from dicomlake.storage.settings import delta_options, fsspec_options
 
 if TYPE_CHECKING:
@@ -228,6 +228,41 @@ def _write_at(fs: pafs.FileSystem, root: str, table: pa.Table, name: str) -> dic
     target = f"{root.rstrip('/')}/{name}"
     pq.write_table(table, target, filesystem=fs, compression="zstd", compression_level=3)
     return add_action(fs, target, name, table)
+
+
+def row_ids_of(path: str, fs: Any) -> np.ndarray:
+    """The ``row_id`` column of one data file (read alone: 8 bytes a row)."""
+    import pyarrow.parquet as pq
+
+    ids: np.ndarray = (
+        pq.read_table(path, columns=[REPLACE_KEY], filesystem=fs).column(REPLACE_KEY).to_numpy()
+    )
+    return ids
+
+
+def without_ids(
+    fs: pafs.FileSystem, root: str, path: str, ids: np.ndarray, job: str, tag: str
+) -> tuple[int, dict[str, Any] | None]:
+    """Take the rows whose ``row_id`` is in ``ids`` (sorted, distinct) out of a data file.
+
+    Only the file's ``row_id`` column is read, unless some rows go and others stay:
+    those are then written to a new file (:func:`shard_name` of ``job`` and ``tag``).
+    The file ``<root>/<path>`` itself is left as it is, for the caller to delete or to
+    remove in a commit.
+
+    Returns:
+        How many rows go, and the new file's add-action (None when no row goes, or
+        every row does).
+    """
+    import pyarrow.parquet as pq
+
+    source = f"{root.rstrip('/')}/{path}"
+    keep = ~member_of(row_ids_of(source, fs), ids)
+    gone = int(len(keep) - keep.sum())
+    if not gone or not keep.any():
+        return gone, None
+    rest = pq.read_table(source, filesystem=fs).filter(pa.array(keep))
+    return gone, _write_at(fs, root, rest, shard_name(job, tag))
 
 
 def add_action(fs: pafs.FileSystem, target: str, name: str, table: pa.Table) -> dict[str, Any]:
@@ -485,25 +520,16 @@ def _without_ids(
     The file is removed; the rows it keeps, if any, go to a new file whose name is
     appended to ``written``.
     """
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
     from deltalake.transaction import RemoveAction
 
-    source = f"{root}/{urllib.parse.unquote(path)}"
-    wanted = pa.array(ids, pa.int64())
-    keys = pq.read_table(source, columns=[REPLACE_KEY], filesystem=fs).column(REPLACE_KEY)
-    going = pc.is_in(keys, value_set=wanted)
-    gone = pc.sum(going).as_py() or 0
+    gone, kept = without_ids(fs, root, urllib.parse.unquote(path), ids, job, "replace")
     if gone == 0:
         return []
     now = int(time.time() * 1000)
     actions: list[AddAction | RemoveAction] = [
         RemoveAction(path=path, data_change=True, deletion_timestamp=now, size=size)
     ]
-    if gone < len(keys):
-        rows = pq.read_table(source, filesystem=fs)
-        kept = rows.filter(pc.invert(pc.is_in(rows.column(REPLACE_KEY), value_set=wanted)))
-        name = shard_name(job, "replace")
-        written.append(name)
-        actions.extend(add_actions([_write_at(fs, root, kept, name)]))
+    if kept is not None:
+        written.append(kept["path"])
+        actions.extend(add_actions([kept]))
     return actions

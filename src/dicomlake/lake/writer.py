@@ -131,16 +131,6 @@ def _last_per_key(table: pa.Table, keys: Sequence[str] = ("row_id",)) -> pa.Tabl
     return table.take(pa.array(sorted(last.values())))
 
 
-def row_ids_of(path: str, fs: Any) -> np.ndarray:
-    """The ``row_id`` column of one data file (read alone: 8 bytes a row)."""
-    import pyarrow.parquet as pq
-
-    ids: np.ndarray = (
-        pq.read_table(path, columns=["row_id"], filesystem=fs).column("row_id").to_numpy()
-    )
-    return ids
-
-
 class TableWriter:
     """Write row batches to a table of the lake in small commits.
 
@@ -433,7 +423,7 @@ class TableWriter:
 
     def _row_ids_in(self, paths: Iterable[str]) -> np.ndarray:
         """Sorted distinct row ids held by some data files of the table."""
-        from dicomlake.lake.shards import filesystem
+        from dicomlake.lake.shards import filesystem, row_ids_of
 
         fs, root = filesystem(self.uri, self._storage)
         ids = [row_ids_of(f"{root}/{urllib.parse.unquote(p)}", fs) for p in paths]
@@ -441,9 +431,7 @@ class TableWriter:
 
     def _drop_taken(self, taken: np.ndarray) -> None:
         """Rewrite the buffered shards without the rows whose id is in ``taken``."""
-        import pyarrow.parquet as pq
-
-        from dicomlake.lake.shards import filesystem, shard_name, write_shard
+        from dicomlake.lake.shards import filesystem, without_ids
 
         if not len(taken):
             return
@@ -455,18 +443,13 @@ class TableWriter:
                 kept.append(action)  # checked against these ids already
                 continue
             action["_checked"] = len(taken)
-            path = f"{root}/{action['path']}"
-            keep = ~member_of(row_ids_of(path, fs), taken)
-            dropped = int(len(keep) - keep.sum())
+            dropped, rewritten = without_ids(fs, root, action["path"], taken, self._job, "kept")
             if not dropped:
                 kept.append(action)
                 continue
-            if keep.any():
-                rest = pq.read_table(path, filesystem=fs).filter(pa.array(keep))
-                name = shard_name(self._job, "kept")
-                rewritten = write_shard(self.uri, rest, name, storage_options=self._storage)
+            if rewritten is not None:
                 kept.append({**rewritten, "_checked": len(taken)})
-            fs.delete_file(path)
+            fs.delete_file(f"{root}/{action['path']}")
             self.rows_taken += dropped
             self._buffered -= dropped
             self._shard_rows -= dropped
