@@ -553,30 +553,18 @@ class Pull:
         if len(classes) > _MAX_CONTEXTS:
             log.warning("more SOP classes than presentation contexts; some may fail")
         roles = [build_role(c, scp_role=True) for c in classes[:_MAX_CONTEXTS]]
-        requests: queue.SimpleQueue[tuple[_Series, list[str], Dataset]] = queue.SimpleQueue()
-        for request in self._requests(wanted):
-            requests.put(request)
-        errors: list[BaseException] = []
+        requests = list(self._requests(wanted))
 
-        def work(assoc: Association) -> None:
-            try:
-                while not errors:
-                    try:
-                        _series, asked, query = requests.get_nowait()
-                    except queue.Empty:
-                        return
-                    level = query.QueryRetrieveLevel
-                    responses = assoc.send_c_get(query, Get)
-                    self._retrieve_one(responses, assoc, f"C-GET at {level} level", len(asked))
-                    self._report()
-            except BaseException as exc:  # the first error stops every worker
-                errors.append(exc)
-            finally:
-                _release(assoc)
+        def get(assoc: Association, request: tuple[_Series, list[str], Dataset]) -> None:
+            _series, asked, query = request
+            level = query.QueryRetrieveLevel
+            responses = assoc.send_c_get(query, Get)
+            self._retrieve_one(responses, assoc, f"C-GET at {level} level", len(asked))
+            self._report()
 
         associations: list[Association] = []
         try:
-            for _ in range(min(self.parallel, requests.qsize())):
+            for _ in range(min(self.parallel, len(requests))):
                 handlers = [(evt.EVT_C_STORE, sink.handle_store)]
                 associations.append(
                     self._associate(ae, "C-GET", ext_neg=roles, evt_handlers=handlers)
@@ -585,13 +573,7 @@ class Pull:
             if not associations:
                 raise
             log.warning("%s took %d C-GET associations at once", self.peer, len(associations))
-        workers = [threading.Thread(target=work, args=(a,), daemon=True) for a in associations]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        if errors:
-            raise errors[0]
+        _share(associations, requests, get, release=True)
 
     def _move_all(self, wanted: list[tuple[_Series, list[str]]], sink: InstanceSink) -> None:
         from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -698,30 +680,52 @@ class _Pool:
         if len(associations) == 1:
             return [task(self.first) for task in tasks]
         results: list[Any] = [None] * len(tasks)
-        todo: queue.SimpleQueue[int] = queue.SimpleQueue()
-        for index in range(len(tasks)):
-            todo.put(index)
-        errors: list[BaseException] = []
 
-        def work(assoc: Association) -> None:
-            try:
-                while not errors:
-                    try:
-                        index = todo.get_nowait()
-                    except queue.Empty:
-                        return
-                    results[index] = tasks[index](assoc)
-            except BaseException as exc:  # the first error stops every worker
-                errors.append(exc)
+        def run(assoc: Association, index: int) -> None:
+            results[index] = tasks[index](assoc)
 
-        workers = [threading.Thread(target=work, args=(a,), daemon=True) for a in associations]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
-        if errors:
-            raise errors[0]
+        _share(associations, range(len(tasks)), run)
         return results
+
+
+def _share(
+    associations: list[Association],
+    items: Iterable[_T],
+    do: Callable[[Association, _T], None],
+    *,
+    release: bool = False,
+) -> None:
+    """``do(association, item)`` for every item, a thread per association taking the next.
+
+    The first error stops every thread and is raised here. With ``release``, each
+    association is released when its thread ends.
+    """
+    todo: queue.SimpleQueue[_T] = queue.SimpleQueue()
+    for item in items:
+        todo.put(item)
+    errors: list[BaseException] = []
+
+    def work(assoc: Association) -> None:
+        try:
+            while not errors:
+                try:
+                    item = todo.get_nowait()
+                except queue.Empty:
+                    return
+                do(assoc, item)
+        except BaseException as exc:  # the first error stops every worker
+            errors.append(exc)
+        finally:
+            if release:
+                _release(assoc)
+
+    workers = [threading.Thread(target=work, args=(a,), daemon=True) for a in associations]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    if errors:
+        raise errors[0]
 
 
 def _suboperations(status: Dataset) -> int:
