@@ -633,7 +633,8 @@ def save_dataframe(
     written = [row.asDict() for row in source.mapInArrow(writer, to_spark(returned)).collect()]
     tables = [action.pop("table", None) for action in written]
     mine = [a for a, t in zip(written, tables, strict=True) if t is None]
-    ids = row_ids(table_uri, mine, storage_options) if mode == "replace" else None
+    paths = [a["path"] for a in mine]
+    ids = row_ids(table_uri, paths, storage_options) if mode == "replace" else None
     if companion is not None:
         companions = [a for a, t in zip(written, tables, strict=True) if t == companion.name]
         if companions or mode == "overwrite" or (ids is not None and len(ids)):

@@ -332,13 +332,13 @@ def check_replaceable(
 
 
 def row_ids(
-    table_uri: str, actions: Iterable[dict[str, Any]], storage_options: StorageOptions = None
+    table_uri: str, paths: Iterable[str], storage_options: StorageOptions = None
 ) -> np.ndarray:
-    """The distinct ``row_id`` values (sorted, nulls left out) of written shards.
+    """The distinct ``row_id`` values (sorted, nulls left out) of some data files.
 
     Args:
-        table_uri: The table's folder or URI the shards are in.
-        actions: The shards' add-actions (:data:`ADD_ACTION_SCHEMA` rows).
+        table_uri: The table's folder or URI the files are in.
+        paths: The files, relative to the table, as its log or an add-action names them.
         storage_options: Credentials and endpoint for an object-storage table.
 
     Returns:
@@ -348,9 +348,11 @@ def row_ids(
 
     fs, root = filesystem(table_uri, storage_options)
     parts = [np.empty(0, dtype=np.int64)]
-    for action in actions:
+    for path in paths:
         column = pq.read_table(
-            f"{root.rstrip('/')}/{action['path']}", columns=[REPLACE_KEY], filesystem=fs
+            f"{root.rstrip('/')}/{urllib.parse.unquote(path)}",
+            columns=[REPLACE_KEY],
+            filesystem=fs,
         ).column(REPLACE_KEY)
         parts.append(column.drop_null().to_numpy().astype(np.int64, copy=False))
     return sorted_unique(np.concatenate(parts))
@@ -409,7 +411,7 @@ def commit_shards(
             table = DeltaTable(table_uri, storage_options=delta)
             if mode == "replace":
                 if replacing is None:
-                    replacing = row_ids(table_uri, actions, storage_options)
+                    replacing = row_ids(table_uri, [a["path"] for a in actions], storage_options)
                 replace_rows(table, table_uri, schema, adds, replacing, storage_options)
             else:
                 table.create_write_transaction(adds, mode=mode, schema=delta_schema)

@@ -11,7 +11,6 @@ import logging
 import os
 import random
 import time
-import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self
@@ -409,6 +408,8 @@ class TableWriter:
         The ids other writers committed since this writer was made are kept (8 bytes
         each): a file may reach a shard long after another run committed it.
         """
+        from dicomlake.lake.shards import row_ids
+
         dt.update_incremental()
         if not self._dedupe:
             return
@@ -416,18 +417,10 @@ class TableWriter:
         fresh = files - self._known_files
         self._known_files = files
         if fresh:
-            ids = np.concatenate([self._taken, self._row_ids_in(fresh)])
+            ids = np.concatenate([self._taken, row_ids(self.uri, fresh, self._storage)])
             self._taken = sorted_unique(ids)
         if len(self._taken) and self._shards:
             self._drop_taken(self._taken)
-
-    def _row_ids_in(self, paths: Iterable[str]) -> np.ndarray:
-        """Sorted distinct row ids held by some data files of the table."""
-        from dicomlake.lake.shards import filesystem, row_ids_of
-
-        fs, root = filesystem(self.uri, self._storage)
-        ids = [row_ids_of(f"{root}/{urllib.parse.unquote(p)}", fs) for p in paths]
-        return sorted_unique(np.concatenate(ids)) if ids else np.empty(0, dtype=np.int64)
 
     def _drop_taken(self, taken: np.ndarray) -> None:
         """Rewrite the buffered shards without the rows whose id is in ``taken``."""
