@@ -390,6 +390,13 @@ def test_keyword_file_is_pydicoms_dictionary() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
 
 
+def _python(code: str) -> str:
+    """What ``code`` prints, run in a fresh interpreter (whose imports are its own)."""
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
 def test_connect_reads_no_pydicom_pandas_or_pyarrow(lake: str) -> None:
     """A connection's start-up needs none of them (they were most of `dicomlake sql`'s time)."""
     code = (
@@ -401,9 +408,7 @@ def test_connect_reads_no_pydicom_pandas_or_pyarrow(lake: str) -> None:
         ".fetchall() == [('00101010',)]\n"
         "print(sorted({'pydicom', 'pandas', 'pyarrow'} & set(sys.modules)))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == "[]"
+    assert _python(code).strip() == "[]"
 
 
 def test_info_command_reads_the_table_state_without_pandas(lake: str) -> None:
@@ -414,9 +419,7 @@ def test_info_command_reads_the_table_state_without_pandas(lake: str) -> None:
         f"app(['info', '--lake', {lake!r}], standalone_mode=False)\n"
         "print('pandas' in sys.modules)\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert run.returncode == 0, run.stderr
-    printed, pandas = run.stdout.rstrip().rsplit("\n", 1)
+    printed, pandas = _python(code).rstrip().rsplit("\n", 1)
     assert pandas == "False"
     assert "data files" in printed
 
@@ -432,8 +435,6 @@ def test_sql_command_prints_without_pyarrow(lake: str, output_format: str) -> No
         "app(args, standalone_mode=False)\n"
         "print(sorted({'pandas', 'pyarrow'} & set(sys.modules)))\n"
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
-    assert run.returncode == 0, run.stderr
-    printed, modules = run.stdout.rstrip().rsplit("\n", 1)
+    printed, modules = _python(code).rstrip().rsplit("\n", 1)
     assert modules == "[]"
     assert "Modality" in printed
