@@ -29,7 +29,7 @@ import dicomlake.net.receive as receive
 from dicomlake.jobs.store import INCOMING, StoreRows, purge_parts, store_lock, write_file
 from dicomlake.net.receive import SUCCESS, InstanceSink
 from dicomlake.sample import sample_file
-from helpers.dimse import lake_sops
+from helpers.dimse import lake_rows, lake_sops
 
 
 def _event(ds: pydicom.Dataset) -> Event:
@@ -101,3 +101,26 @@ def test_a_store_does_not_wait_for_a_commit_under_way(sink: InstanceSink) -> Non
     worker.join()
     sink.rows.close()
     assert sink.rows.counts.committed == 1
+
+
+def test_a_moved_instance_leaves_no_row_behind_when_its_old_row_still_waits(
+    sink: InstanceSink,
+) -> None:
+    """The old place's row is deleted only once every row it had is committed.
+
+    Sent, committed, sent again (that row waits for its hand-over), then moved to
+    another series: a commit tick right then must not delete the old place's
+    committed row and let the waiting one land after it.
+    """
+    ds = _instance()
+    assert sink.handle_store(_event(ds)) == SUCCESS
+    sink.rows.flush()
+    assert sink.handle_store(_event(ds)) == SUCCESS  # its row waits
+    ds.SeriesInstanceUID = generate_uid()
+    assert sink.handle_store(_event(ds)) == SUCCESS  # moved: the old place goes
+    sink.rows.commit_if_due()  # a timer tick, before the waiting rows are handed over
+    sink.rows.close()
+    lake = str(Path(sink.root).parent / "lake")
+    rows = lake_rows(lake)
+    assert len(rows) == 1, rows
+    assert ds.SeriesInstanceUID in rows[0][2]

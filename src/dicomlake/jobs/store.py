@@ -533,42 +533,50 @@ class StoreRows:
         with self._lock:
             if self._closed:
                 return 0
-            if time.monotonic() - self._since >= self._batch_seconds:
+            with self._pending:
+                deletes = len(self._deletes)
+            if deletes or time.monotonic() - self._since >= self._batch_seconds:
+                # a deletion waits for every row added before it: handed over now...
                 self._hand_over()
             if self._thumbs is not None:
                 self._thumbs.commit_if_due()
             committed = self._writer.commit_if_due()
-            if self._deletes and (committed or not self._writer.buffered_rows):
-                committed += self._delete()
+            if deletes and not self._writer.buffered_rows:  # ...and committed
+                self._delete(deletes)
             self.counts.committed += committed
             return committed
 
     def flush(self) -> int:
         """Commit every buffered row now; rows committed."""
         with self._lock:
+            with self._pending:
+                deletes = len(self._deletes)
             self._hand_over()
             if self._thumbs is not None:
                 self._thumbs.flush()
             committed = self._writer.flush()
-            if self._deletes:
-                self._delete()
+            if deletes:
+                self._delete(deletes)
             self.counts.committed += committed
             return committed
 
-    def _delete(self) -> int:
-        """Delete the rows of replaced copies, after the rows that replaced them."""
+    def _delete(self, count: int) -> None:
+        """Delete the rows of the first ``count`` replaced copies.
+
+        Call it once every row buffered before those copies were replaced is
+        committed: a row still waiting would land after the deletion and stay.
+        """
         import numpy as np
 
         from dicomlake.lake.location import ACQUISITION_TABLE
         from dicomlake.lake.sync import delete_rows
 
         with self._pending:
-            ids = np.array(self._deletes, dtype=np.int64)
-            self._deletes.clear()
+            ids = np.array(self._deletes[:count], dtype=np.int64)
+            del self._deletes[:count]
             self._added.difference_update(ids.tolist())
         delete_rows(self.lake, ids, self._options)
         delete_rows(self.lake, ids, self._options, table=ACQUISITION_TABLE)
-        return 0
 
     def close(self) -> None:
         """Commit everything buffered; the object is spent."""
