@@ -18,6 +18,7 @@ from dicomlake.cli.options import (
 )
 from dicomlake.cli.render import live_progress
 from dicomlake.errors import DicomLakeError
+from dicomlake.kernels.base import UNIT_TIMEOUT
 
 if TYPE_CHECKING:
     from dicomlake.jobs.apply import ApplySummary
@@ -71,7 +72,7 @@ def apply_command(
         typer.Option(
             "--unit-timeout", min=0.001, help="Seconds a unit may take, then it is an error row."
         ),
-    ] = 600.0,
+    ] = UNIT_TIMEOUT,
     quiet: QuietOption = False,
     anon: AnonOption = False,
     storage_option: StorageOptionOption = None,

@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal
+from typing import TYPE_CHECKING, Literal
 
 from dicomlake.catalog import FileRef
 from dicomlake.errors import DicomLakeError
@@ -45,6 +45,7 @@ from dicomlake.kernels.apply import (
     series_row_id,
     series_source,
 )
+from dicomlake.kernels.base import UNIT_TIMEOUT
 from dicomlake.killpoints import kill_point
 from dicomlake.lake.user_tables import check_table_name
 from dicomlake.rows import row_id, tally
@@ -54,9 +55,6 @@ if TYPE_CHECKING:
     from dicomlake.dicom.frames import Window
     from dicomlake.engine.local import Task
     from dicomlake.ml.selection import LakeLike
-
-#: Seconds one unit may take by default before it becomes an error row.
-UNIT_TIMEOUT: Final = 600.0
 
 _QUERY = re.compile(r"^\s*\(*\s*(select|with|from|values)\b", re.IGNORECASE)
 

@@ -10,7 +10,7 @@ the engine ships them to its workers.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from dicomlake._types import Batches, Row
@@ -37,6 +37,12 @@ class Kernel(Protocol):
     def error_row(self, ref: FileRef, reason: str) -> Row:
         """Return the row of a file the engine gave up on (it timed out or crashed)."""
         ...
+
+
+#: Seconds one unit of the user's function (``dicomlake.apply``, Spark's ``DicomApply``)
+#: may take by default before it becomes an error row. Here, not in ``jobs.apply``:
+#: the CLI and Spark's driver need the number without importing pydicom.
+UNIT_TIMEOUT: Final = 600.0
 
 
 def timeout_reason(seconds: float) -> str:

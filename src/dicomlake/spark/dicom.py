@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import pyarrow as pa
 
 from dicomlake.errors import DicomLakeError
+from dicomlake.kernels.base import UNIT_TIMEOUT
 from dicomlake.spark._compat import require_pyspark, to_arrow, to_spark
 
 if TYPE_CHECKING:
@@ -629,7 +630,7 @@ class DicomApply(_Transformer):
         size: int | tuple[int, int] | None = None,
         columns: pa.Schema | Mapping[str, pa.DataType | str] | None = None,
         sample: int = 16,
-        unit_timeout: float | None = 600.0,
+        unit_timeout: float | None = UNIT_TIMEOUT,
         inputCol: str = "path",
         storage_options: StorageOptions = None,
     ) -> None:
