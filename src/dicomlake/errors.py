@@ -38,6 +38,7 @@ paths are fine, tag values are not.
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 
 
@@ -221,6 +222,14 @@ class DiskFull(DicomLakeError, OSError):
     Raised by the store folder (:mod:`dicomlake.jobs.store`) after removing what it had
     written of the file, so nothing half-written is ever left or acknowledged.
     """
+
+
+def disk_full(exc: BaseException) -> bool:
+    """ENOSPC (or a quota), from Python, pyarrow, or delta-rs (which gives only text)."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(exc)
+    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 class PeerError(DicomLakeError):

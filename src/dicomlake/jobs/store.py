@@ -31,7 +31,6 @@ again replaces its row (merge on ``row_id``), never doubles it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import os
 import secrets
@@ -44,7 +43,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, Final, NoReturn
 
 from dicomlake.dicom.uids import is_uid
-from dicomlake.errors import DiskFull
+from dicomlake.errors import DiskFull, disk_full
 from dicomlake.storage.locations import file_uri
 
 if TYPE_CHECKING:
@@ -60,7 +59,6 @@ __all__ = [
     "StoreRows",
     "StoredRow",
     "catch_up",
-    "disk_full",
     "instance_path",
     "other_copies",
     "place_part",
@@ -159,11 +157,6 @@ def spool_dir(root: str) -> str:
     path = os.path.join(os.path.abspath(root), INCOMING)
     os.makedirs(path, exist_ok=True)
     return path
-
-
-def disk_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says the disk or a quota is full."""
-    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def write_file(root: str, target: str, data: bytes | IO[bytes]) -> None:

@@ -7,7 +7,6 @@ imports pyarrow: that import was a sixth of a short query's start-up.
 
 from __future__ import annotations
 
-import errno
 import os
 import re
 from typing import TYPE_CHECKING, Final
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Final
 from deltalake import DeltaTable
 from deltalake.exceptions import DeltaError
 
-from dicomlake.errors import LakeError, TableNotFound
+from dicomlake.errors import LakeError, TableNotFound, disk_full
 from dicomlake.storage.settings import delta_options
 
 if TYPE_CHECKING:
@@ -74,21 +73,13 @@ def lake_error(action: str, lake: str, exc: BaseException) -> LakeError:
     A full disk gets its own message (what is kept and how to go on); any other
     reason is :func:`_reason` of the error: one line, no patient values.
     """
-    if _disk_full(exc):
+    if disk_full(exc):
         return LakeError(
             f"cannot {action} lake at {lake}: the disk is full (no space left on device); "
             "committed rows are kept: free space and run again to go on",
             lake=lake,
         )
     return LakeError(f"cannot {action} lake at {lake}: {_reason(exc)}", lake=lake)
-
-
-def _disk_full(exc: BaseException) -> bool:
-    """ENOSPC (or a quota), from Python, pyarrow, or delta-rs (which gives only text)."""
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    text = str(exc)
-    return "No space left on device" in text or "Disk quota exceeded" in text
 
 
 def table_uri(lake: str, table: str) -> str:
