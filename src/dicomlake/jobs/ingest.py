@@ -34,7 +34,7 @@ from dicomlake.lake.fingerprints import Fingerprints
 from dicomlake.lake.location import ACQUISITION_TABLE, INSTANCES_TABLE, THUMBNAILS_TABLE, table_uri
 from dicomlake.lake.probe import check_lake_writable
 from dicomlake.lake.shards import new_job_id
-from dicomlake.lake.sync import delete_rows, stale_row_ids
+from dicomlake.lake.sync import delete_instances, stale_row_ids
 from dicomlake.lake.writer import TableWriter
 from dicomlake.rows import row_id, tally
 from dicomlake.storage.locations import file_uri, local_path, uri_forms
@@ -522,8 +522,7 @@ class _Run:
                 keep=self.seen.unlisted,
             )
             if len(stale):
-                summary.deleted = delete_rows(self.lake, stale, storage_options=options)
-                delete_rows(self.lake, stale, storage_options=options, table=ACQUISITION_TABLE)
+                summary.deleted = delete_instances(self.lake, stale, options)
         summary.seconds = time.monotonic() - summary.started
 
     def _catch_up_acquisition(self) -> None:

@@ -556,20 +556,21 @@ class StoreRows:
     def _delete(self, count: int) -> None:
         """Delete the rows of the first ``count`` replaced copies.
 
-        Call it once every row buffered before those copies were replaced is
-        committed: a row still waiting would land after the deletion and stay.
+        Call it once every instance row buffered before those copies were replaced
+        is committed: a row still waiting would land after the deletion and stay.
+        Their thumbnails still buffered are committed here, for the same reason.
         """
         import numpy as np
 
-        from dicomlake.lake.location import ACQUISITION_TABLE
-        from dicomlake.lake.sync import delete_rows
+        from dicomlake.lake.sync import delete_instances
 
         with self._pending:
             ids = np.array(self._deletes[:count], dtype=np.int64)
             del self._deletes[:count]
             self._added.difference_update(ids.tolist())
-        delete_rows(self.lake, ids, self._options)
-        delete_rows(self.lake, ids, self._options, table=ACQUISITION_TABLE)
+        if self._thumbs is not None:  # a copy's thumbnails still waiting would land after
+            self._thumbs.flush()
+        delete_instances(self.lake, ids, self._options)
 
     def close(self) -> None:
         """Commit everything buffered; the object is spent."""

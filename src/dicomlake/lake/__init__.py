@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     )
     from dicomlake.lake.probe import check_lake_writable
     from dicomlake.lake.sql import connect, lake_summary
-    from dicomlake.lake.sync import delete_rows, stale_row_ids
+    from dicomlake.lake.sync import delete_instances, delete_rows, stale_row_ids
     from dicomlake.lake.writer import (
         TableWriter,
         conform_batch,
@@ -47,6 +47,7 @@ _HOMES = {
     "check_lake_writable": "probe",
     "connect": "sql",
     "lake_summary": "sql",
+    "delete_instances": "sync",
     "delete_rows": "sync",
     "stale_row_ids": "sync",
     "instances_uri": "location",
@@ -76,6 +77,7 @@ __all__ = [
     "check_lake_writable",
     "conform_batch",
     "connect",
+    "delete_instances",
     "delete_rows",
     "instances_uri",
     "lake_summary",

@@ -12,7 +12,13 @@ import pyarrow.compute as pc
 from deltalake.exceptions import DeltaError
 
 from dicomlake.lake.ids import member_of, sorted_unique
-from dicomlake.lake.location import INSTANCES_TABLE, lake_error, try_open
+from dicomlake.lake.location import (
+    ACQUISITION_TABLE,
+    INSTANCES_TABLE,
+    THUMBNAILS_TABLE,
+    lake_error,
+    try_open,
+)
 from dicomlake.lake.tables import WRITER_PROPERTIES, arrow_dataset
 from dicomlake.storage.locations import file_uri, local_path, uri_forms
 
@@ -24,6 +30,11 @@ log = logging.getLogger(__name__)
 
 #: How many row ids one delete transaction handles.
 DELETE_CHUNK: Final = 1_000_000
+
+#: The tables an instance's rows are deleted from, in this order (see
+#: :func:`delete_instances`): the thumbnails before the instance row, its acquisition
+#: row after it.
+INSTANCE_TABLES: Final = (THUMBNAILS_TABLE, INSTANCES_TABLE, ACQUISITION_TABLE)
 
 
 def _source_prefix(prefix: str) -> str:
@@ -186,4 +197,38 @@ def delete_rows(
     except (DeltaError, OSError) as exc:
         raise lake_error("write", lake, exc) from exc
     log.info("deleted %d rows from %s", deleted, lake)
+    return deleted
+
+
+def delete_instances(lake: str, row_ids: np.ndarray, storage_options: StorageOptions = None) -> int:
+    """Delete instances by row id: their ``instances`` rows and the rows keyed by them.
+
+    The one place that knows which tables hang off an instance row
+    (:data:`INSTANCE_TABLES`; a table the lake lacks is skipped): a caller that
+    deleted the instance rows alone left the file's thumbnails and acquisition row.
+
+    The order leaves a crash in between nothing that stays wrong. Thumbnails go
+    first: a crash after them leaves the instance row, which the next ``--sync``
+    finds stale again and deletes with the rest (a reader meanwhile sees the gone
+    file's row without its thumbnail); deleted after it, they would stay for good,
+    since nothing finds a thumbnail whose instance row is gone. The acquisition row
+    goes last: one left by a crash is hidden by the ``acquisition`` view, which
+    joins the instance row, and ``dicomlake optimize`` removes it.
+
+    Args:
+        lake: Lake folder or object-store URI prefix.
+        row_ids: Row ids of the instances; duplicates and ids not in the lake are fine.
+        storage_options: Options for the storage backend.
+
+    Returns:
+        Number of ``instances`` rows deleted.
+
+    Raises:
+        LakeError: If a table cannot be written.
+    """
+    deleted = 0
+    for table in INSTANCE_TABLES:
+        count = delete_rows(lake, row_ids, storage_options, table=table)
+        if table == INSTANCES_TABLE:
+            deleted = count
     return deleted

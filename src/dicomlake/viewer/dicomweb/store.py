@@ -320,7 +320,7 @@ def _ingest(lake: str, root: str, stored: list[_Outcome], storage_options: Stora
 
     import dicomlake
     from dicomlake.lake.location import THUMBNAILS_TABLE, table_exists
-    from dicomlake.lake.sync import delete_rows
+    from dicomlake.lake.sync import delete_instances
     from dicomlake.rows import row_id
 
     winners = {o.sop_instance: o.path for o in stored}  # the last part wins
@@ -334,7 +334,7 @@ def _ingest(lake: str, root: str, stored: list[_Outcome], storage_options: Stora
         )
         if stale:
             ids = np.array([row_id(file_uri(p)) for p in stale], dtype=np.int64)
-            delete_rows(lake, ids, storage_options)
+            delete_instances(lake, ids, storage_options)
         statuses = _row_statuses(lake, set(winners.values()), storage_options)
     except Exception as exc:  # the files stay: the next request's ingest picks them up
         log.exception("STOW-RS: the ingest into %s failed", lake)
