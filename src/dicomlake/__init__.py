@@ -27,7 +27,7 @@ from dicomlake.errors import (
     SourceNotFound,
     TableNotFound,
 )
-from dicomlake.kernels.base import UNIT_TIMEOUT
+from dicomlake.kernels.base import UNIT_TIMEOUT as _UNIT_TIMEOUT
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -174,7 +174,7 @@ def apply(
     window: Window = None,
     size: int | tuple[int, int] | None = None,
     on_error: Literal["row", "raise"] = "row",
-    unit_timeout: float = UNIT_TIMEOUT,
+    unit_timeout: float = _UNIT_TIMEOUT,
     progress: Callable[[ApplySummary], None] | None = None,
     storage_options: StorageOptions = None,
 ) -> ApplySummary:
