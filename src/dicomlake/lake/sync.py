@@ -15,6 +15,8 @@ from dicomlake.lake.ids import member_of, sorted_unique
 from dicomlake.lake.location import (
     ACQUISITION_TABLE,
     INSTANCES_TABLE,
+    PATCHES_TABLE,
+    SEGMENTS_TABLE,
     THUMBNAILS_TABLE,
     lake_error,
     try_open,
@@ -32,9 +34,16 @@ log = logging.getLogger(__name__)
 DELETE_CHUNK: Final = 1_000_000
 
 #: The tables an instance's rows are deleted from, in this order (see
-#: :func:`delete_instances`): the thumbnails before the instance row, its acquisition
-#: row after it.
-INSTANCE_TABLES: Final = (THUMBNAILS_TABLE, INSTANCES_TABLE, ACQUISITION_TABLE)
+#: :func:`delete_instances`): what was made from it (thumbnails, patches, a
+#: segmentation's segments) before the instance row, its acquisition row after it.
+#: ``deid`` is not among them: its rows record copies written, which stay.
+INSTANCE_TABLES: Final = (
+    THUMBNAILS_TABLE,
+    PATCHES_TABLE,
+    SEGMENTS_TABLE,
+    INSTANCES_TABLE,
+    ACQUISITION_TABLE,
+)
 
 
 def _source_prefix(prefix: str) -> str:
@@ -205,15 +214,17 @@ def delete_instances(lake: str, row_ids: np.ndarray, storage_options: StorageOpt
 
     The one place that knows which tables hang off an instance row
     (:data:`INSTANCE_TABLES`; a table the lake lacks is skipped): a caller that
-    deleted the instance rows alone left the file's thumbnails and acquisition row.
+    deleted the instance rows alone left the file's thumbnails, patches (which
+    ``PatchDataset`` would still serve, then fail to read) and acquisition row.
 
-    The order leaves a crash in between nothing that stays wrong. Thumbnails go
-    first: a crash after them leaves the instance row, which the next ``--sync``
-    finds stale again and deletes with the rest (a reader meanwhile sees the gone
-    file's row without its thumbnail); deleted after it, they would stay for good,
-    since nothing finds a thumbnail whose instance row is gone. The acquisition row
-    goes last: one left by a crash is hidden by the ``acquisition`` view, which
-    joins the instance row, and ``dicomlake optimize`` removes it.
+    The order leaves a crash in between nothing that stays wrong. What was made
+    from the file goes first: a crash after it leaves the instance row, which the
+    next ``--sync`` finds stale again and deletes with the rest (a reader meanwhile
+    sees the gone file's row without its thumbnail); deleted after it, they would
+    stay for good, since nothing that deletes finds a row whose instance is gone.
+    The acquisition row goes last: one left by a crash is hidden by the
+    ``acquisition`` view, which joins the instance row, and ``dicomlake optimize``
+    removes it.
 
     Args:
         lake: Lake folder or object-store URI prefix.
