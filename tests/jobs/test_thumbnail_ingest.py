@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 import dicomlake
 from dicomlake.cli import app
+from dicomlake.jobs.thumbnails import build_thumbnails
 from dicomlake.sample import no_pixel_file, sample_file
 
 
@@ -65,13 +66,40 @@ def test_changed_file_gets_a_new_thumbnail(small_folder: Path, tmp_path: Path) -
     dicomlake.ingest([str(small_folder)], str(lake), workers=0, thumbnails=True)
     target = small_folder / "CT_small.dcm"
     before = next(r for r in thumbs(lake) if r["path"].endswith("CT_small.dcm"))
-    ds = pydicom.dcmread(target)
-    ds.WindowCenter, ds.WindowWidth = -600, 1500  # a lung window: a different picture
-    ds.save_as(target)
-    os.utime(target, (time.time() + 5, time.time() + 5))
+    _window_changed(target)
     dicomlake.ingest([str(small_folder)], str(lake), workers=0, thumbnails=True)
     after = [r for r in thumbs(lake) if r["path"].endswith("CT_small.dcm")]
     assert len(after) == 1 and after[0]["data"] != before["data"]
+
+
+def _window_changed(target: Path) -> None:
+    """Give ``target`` a lung window (another picture) and a later modification time."""
+    ds = pydicom.dcmread(target)
+    ds.WindowCenter, ds.WindowWidth = -600, 1500
+    ds.save_as(target)
+    os.utime(target, (time.time() + 5, time.time() + 5))
+
+
+def test_a_file_changed_while_ingested_without_thumbnails_is_drawn_again(
+    small_folder: Path, tmp_path: Path
+) -> None:
+    """A thumbnail drawn from a file's old content is redrawn, not kept beside the new row."""
+    lake = tmp_path / "lake"
+    dicomlake.ingest([str(small_folder)], str(lake), workers=0, thumbnails=True)
+    target = small_folder / "CT_small.dcm"
+    before = {r["path"]: r for r in thumbs(lake)}
+    _window_changed(target)
+    dicomlake.ingest([str(small_folder)], str(lake), workers=0)  # no thumbnails this time
+    summary = build_thumbnails(str(lake), workers=0)
+    assert summary.instances == 1 and summary.ok == 1  # only the changed file
+    after = {r["path"]: r for r in thumbs(lake)}
+    assert after.keys() == before.keys()  # one row per instance still
+    (changed,) = [path for path in after if path.endswith("CT_small.dcm")]
+    assert after[changed]["data"] != before[changed]["data"]
+    assert abs(after[changed]["modification_time"].timestamp() - target.stat().st_mtime) < 1e-5
+    for path in after.keys() - {changed}:
+        assert after[path]["data"] == before[path]["data"]
+    assert build_thumbnails(str(lake), workers=0).instances == 0
 
 
 def test_thumbnails_command_fills_a_lake_ingested_without(

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from dicomlake.dicom.waveform import AUDIO_SOP_CLASSES
 from dicomlake.jobs.runner import refs_of, run_kernel
@@ -54,9 +55,12 @@ WAVEFORM_SQL = (
 
 
 def missing_thumbnails(lake: str, storage_options: StorageOptions = None) -> pa.Table:
-    """Instances with pixel data or a waveform and no thumbnail row yet, by path.
+    """Instances with pixel data or a waveform whose thumbnails are missing, by path.
 
-    The ``waveform`` column is true for those drawn as a waveform plot.
+    Missing: no thumbnail row yet, or rows drawn from the file before it changed
+    (their size or modification time is not the instance's: a changed file ingested
+    without ``--thumbnails``). The ``waveform`` column is true for those drawn as a
+    waveform plot; ``redraw`` for those that have old rows to replace.
 
     Raises:
         TableNotFound: The lake has no instances yet.
@@ -70,12 +74,22 @@ def missing_thumbnails(lake: str, storage_options: StorageOptions = None) -> pa.
                 "SELECT count(*) FROM duckdb_views() WHERE view_name = 'thumbnails'"
             ).fetchall()[0][0]
         )
-        anti = "AND row_id NOT IN (SELECT row_id FROM thumbnails)" if has_thumbnails else ""
+        select = (
+            "SELECT path, relative_path, i.size, i.modification_time, SOPInstanceUID, "
+            "coalesce(NumberOfFrames, 1) AS frames, NOT has_pixel_data AS waveform, "
+        )
+        where = f"WHERE status = 'ok' AND (has_pixel_data OR ({WAVEFORM_SQL}))"
+        if not has_thumbnails:
+            return con.sql(
+                f"{select} false AS redraw FROM instances i {where} ORDER BY path"
+            ).to_arrow_table()
         return con.sql(
-            "SELECT path, relative_path, size, modification_time, SOPInstanceUID, "
-            "coalesce(NumberOfFrames, 1) AS frames, NOT has_pixel_data AS waveform "
-            "FROM instances WHERE status = 'ok' "
-            f"AND (has_pixel_data OR ({WAVEFORM_SQL})) {anti} ORDER BY path"
+            f"{select} d.row_id IS NOT NULL AS redraw FROM instances i "
+            "LEFT JOIN (SELECT DISTINCT row_id FROM thumbnails) d USING (row_id) "
+            f"{where} AND NOT EXISTS (SELECT 1 FROM thumbnails t WHERE t.row_id = i.row_id "
+            "AND t.size IS NOT DISTINCT FROM i.size "
+            "AND t.modification_time IS NOT DISTINCT FROM i.modification_time) "
+            "ORDER BY path"
         ).to_arrow_table()
     finally:
         con.close()
@@ -132,14 +146,24 @@ def build_thumbnails(
         if progress is not None:
             progress(summary)
 
-    run_kernel(
-        kernel,
-        refs_of(missing),
-        TableWriter(lake, THUMBNAILS_TABLE, max_rows=2000, storage_options=storage_options),
-        workers=workers,
-        file_timeout=file_timeout,
-        task_size=task_size,
-        on_result=count,
-    )
+    redraw = pc.fill_null(missing.column("redraw"), False)
+    # new ones are appended; old drawings are replaced, all of an instance's frames
+    # (a replace by instance rewrites the table's files that hold them: kept apart)
+    for chosen, by_instance in (
+        (missing.filter(pc.invert(redraw)), False),
+        (missing.filter(redraw), True),
+    ):
+        if not chosen.num_rows:
+            continue
+        run_kernel(
+            kernel,
+            refs_of(chosen),
+            TableWriter(lake, THUMBNAILS_TABLE, max_rows=2000, storage_options=storage_options),
+            workers=workers,
+            file_timeout=file_timeout,
+            task_size=task_size,
+            by_instance=by_instance,
+            on_result=count,
+        )
     summary.seconds = time.monotonic() - started
     return summary
