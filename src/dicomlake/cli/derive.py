@@ -30,7 +30,7 @@ def thumbnails_command(
     anon: AnonOption = False,
     storage_option: StorageOptionOption = None,
 ) -> None:
-    """Draw thumbnails for instances of the lake that have pixel data and none yet."""
+    """Draw thumbnails for instances with pixel data and none yet, or an outdated one."""
     from dicomlake.jobs.thumbnails import build_thumbnails
 
     storage = storage_config(anon, storage_option)

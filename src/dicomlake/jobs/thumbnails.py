@@ -108,6 +108,9 @@ def build_thumbnails(
 ) -> ThumbnailSummary:
     """Draw thumbnails for every instance of ``lake`` with pixels or a waveform and none yet.
 
+    An instance whose thumbnails were drawn from its file before the file changed
+    (see :func:`missing_thumbnails`) is drawn again: all its old rows are replaced.
+
     Args:
         lake: The lake folder or URI.
         size: Longest side of a thumbnail, in pixels.
