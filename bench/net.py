@@ -10,7 +10,9 @@ explicit VR little endian) in ``--studies`` studies of two series, then times:
      otherwise: SQLite index, files in its storage folder);
   3. pull: ``dicomlake pull --get`` of every study from that Orthanc into a new lake
      (C-FIND study/series/image, C-GET per series, rows committed), beside dcmtk's
-     ``getscu`` fetching the same studies into a folder (no index, no rows);
+     ``getscu`` fetching the same studies into a folder (no index, no rows), and
+     beside the way to the same lake without pull: that ``getscu``, then
+     ``dicomlake ingest`` of its folder (all cores);
   4. checks: the lakes hold exactly the SOP Instance UIDs sent, Orthanc counts them.
 
 dcmtk (storescu, getscu, and Orthanc's own DICOM stack) keeps Nagle's algorithm on
@@ -144,6 +146,21 @@ def bench_getscu(server: OrthancServer, work: Path, studies: list[str], count: i
     return seconds
 
 
+def bench_ingest(work: Path, expected: set[str]) -> float:
+    """``dicomlake ingest`` of getscu's folder into a new lake (its own process)."""
+    lake = work / "lake-getscu"
+    command = [*DICOMLAKE, "ingest", str(work / "getscu"), "--lake", str(lake), "--quiet"]
+    began = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"dicomlake ingest failed: {done.stderr[-2000:]}")
+    got = {sop for sop, status, _ in lake_rows(str(lake)) if status == "ok"}
+    if got != expected:
+        raise RuntimeError(f"ingest of getscu's folder holds {len(got)} of {len(expected)}")
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--instances", type=int, default=2000)
@@ -176,12 +193,14 @@ def main() -> None:
             theirs = bench_orthanc(folder, server, args.instances)
             pulled = bench_pull(server, work, expected)
             fetched = bench_getscu(server, work, studies, args.instances)
+        ingested = bench_ingest(work, expected)
         n = args.instances
         rows = [
             ("receive: storescu -> dicomlake receive (rows committed)", ours, detail),
             ("receive: storescu -> Orthanc", theirs, ""),
             ("pull: dicomlake pull --get from Orthanc (rows committed)", pulled, ""),
             ("pull: getscu from Orthanc (files only)", fetched, ""),
+            ("pull: getscu, then dicomlake ingest (rows committed)", fetched + ingested, ""),
         ]
         print()
         for name, seconds, note in rows:
@@ -189,6 +208,8 @@ def main() -> None:
         print()
         print(f"receive, dicomlake / Orthanc: {theirs / ours:.2f}x Orthanc's rate (aim: >= 1)")
         print(f"pull --get, dicomlake / getscu: {fetched / pulled:.2f}x getscu's rate")
+        both = fetched + ingested
+        print(f"pull --get, dicomlake / getscu + ingest: {both / pulled:.2f}x (the same lake)")
     finally:
         if args.keep:
             print(f"kept {work}")
