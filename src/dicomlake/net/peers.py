@@ -13,9 +13,14 @@ TLS (PS3.15 annex B): :func:`server_tls` and :func:`client_tls` build the
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import ssl
 from dataclasses import dataclass
-from typing import Final
+from typing import TYPE_CHECKING, Final
+
+if TYPE_CHECKING:
+    from pynetdicom.events import Event
 
 __all__ = [
     "DEFAULT_AET",
@@ -24,6 +29,7 @@ __all__ = [
     "TlsFiles",
     "check_ae_title",
     "client_tls",
+    "no_delay",
     "parse_peer",
     "server_tls",
 ]
@@ -213,3 +219,18 @@ def client_tls(files: TlsFiles, host: str) -> tuple[ssl.SSLContext, str] | None:
         context.load_default_certs(ssl.Purpose.SERVER_AUTH)
     _load_chain(context, files)
     return context, host
+
+
+def no_delay(event: Event) -> None:
+    """Turn Nagle's algorithm off on an association's socket (``EVT_CONN_OPEN``).
+
+    A small PDU sent while an earlier one is not yet acknowledged would otherwise wait
+    for the peer's delayed ACK (40 ms on Linux). The peer's own sends are its
+    business: dcmtk as Debian builds it keeps Nagle on unless ``TCP_NODELAY=1`` is
+    in its environment, which caps a ``storescu`` session near 20 instances a second
+    against any receiver (the benchmark sets it for both receivers it compares).
+    """
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # not TCP (a test double), or already closed
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

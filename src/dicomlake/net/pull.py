@@ -296,7 +296,8 @@ class Pull:
     def _associate(self, ae: AE, what: str, **kwargs: Any) -> Association:
         from pynetdicom import evt
 
-        from dicomlake.net.receive import no_delay, quicken
+        from dicomlake.net.peers import no_delay
+        from dicomlake.net.receive import quicken
 
         connected = threading.Event()
 

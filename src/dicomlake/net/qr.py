@@ -14,15 +14,13 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from dicomlake.errors import DicomLakeError
-from dicomlake.net.peers import DEFAULT_AET, Peer, check_ae_title, parse_peer
+from dicomlake.net.peers import DEFAULT_AET, Peer, check_ae_title, no_delay, parse_peer
 from dicomlake.net.qr_find import PATIENT_ROOT, STUDY_ROOT, BadIdentifier, find, read_find
 from dicomlake.net.qr_retrieve import (
     UNCOMPRESSED,
@@ -213,7 +211,7 @@ class QueryRetrieveSCP:
             (evt.EVT_C_GET, self._get),
             (evt.EVT_C_MOVE, self._move),
             (evt.EVT_C_STORE, _refuse_store),
-            (evt.EVT_CONN_OPEN, _no_delay),
+            (evt.EVT_CONN_OPEN, no_delay),
         ]
 
     @property
@@ -287,7 +285,7 @@ class QueryRetrieveSCP:
         from pynetdicom import evt
 
         options: dict[str, Any] = {
-            "evt_handlers": [(evt.EVT_ESTABLISHED, opened.seen), (evt.EVT_CONN_OPEN, _no_delay)]
+            "evt_handlers": [(evt.EVT_ESTABLISHED, opened.seen), (evt.EVT_CONN_OPEN, no_delay)]
         }
         if found:
             options["contexts"] = proposed_contexts(found)
@@ -344,18 +342,6 @@ def _model(event: Event) -> str:
     """``patient`` or ``study``: the information model of the request's context."""
     syntax = str(event.context.abstract_syntax)
     return PATIENT_ROOT if syntax in PATIENT_ROOT_MODELS else STUDY_ROOT
-
-
-def _no_delay(event: Event) -> None:
-    """Send each PDU at once (TCP_NODELAY).
-
-    pynetdicom writes a message in several small sends; with Nagle's algorithm
-    and the peer's delayed ACKs each C-STORE sub-operation waited about 40 ms more.
-    """
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _echo(event: Event) -> int:

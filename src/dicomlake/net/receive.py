@@ -63,7 +63,7 @@ from dicomlake.jobs.store import (
     write_file,
     write_part,
 )
-from dicomlake.net.peers import DEFAULT_AET, TlsFiles, check_ae_title, server_tls
+from dicomlake.net.peers import DEFAULT_AET, TlsFiles, check_ae_title, no_delay, server_tls
 
 if TYPE_CHECKING:
     from pynetdicom import AE
@@ -686,21 +686,6 @@ def _calling_aet(event: Event) -> str:
     """The calling AE title of an event's association, without padding."""
     title = event.assoc.requestor.ae_title
     return (title.decode("ascii", "replace") if isinstance(title, bytes) else str(title)).strip()
-
-
-def no_delay(event: Event) -> None:
-    """Turn Nagle's algorithm off on an association's socket (``EVT_CONN_OPEN``).
-
-    A small PDU sent while an earlier one is not yet acknowledged would otherwise wait
-    for the peer's delayed ACK (40 ms on Linux). The peer's own sends are its
-    business: dcmtk as Debian builds it keeps Nagle on unless ``TCP_NODELAY=1`` is
-    in its environment, which caps a ``storescu`` session near 20 instances a second
-    against any receiver (the benchmark sets it for both receivers it compares).
-    """
-    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):  # not TCP (a test double), or already closed
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def quicken(event: Event, *, acceptor: bool = False) -> None:
