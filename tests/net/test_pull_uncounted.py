@@ -1,13 +1,16 @@
-"""``dicomlake pull`` from a PACS that does not count what it lists.
+"""``dicomlake pull`` from a PACS that lists short, or does not count what it lists.
 
-Without Number of Study Related Series / Number of Series Related Instances in its
-C-FIND answers, a short listing cannot be noticed, so pull asks one C-FIND at a time:
-a PACS asked on several associations at once was seen to list short (Orthanc, about
-one series-level query in 170). The PACS here is pynetdicom's, answering from files.
+A PACS asked on several associations at once was seen to list short (Orthanc, about
+one series-level query in 170). Where its C-FIND answers count what they hold
+(Number of Study Related Series, Number of Series Related Instances), a short
+listing is asked again, and what stays missing counts as failed. Without counts it
+cannot be noticed, so pull asks one C-FIND at a time. The PACS here is
+pynetdicom's, answering from files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -22,7 +25,6 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
 )
-from pynetdicom.transport import ThreadedAssociationServer
 
 from dicomlake.net.peers import Peer
 from dicomlake.net.pull import Pull
@@ -36,10 +38,16 @@ _LEVEL_KEYS = {
 
 
 class _UncountingPacs:
-    """A Q/R SCP over ``files`` whose answers carry no counts; it notes C-FIND overlap."""
+    """A Q/R SCP over ``files`` whose answers carry no counts; it notes C-FIND overlap.
 
-    def __init__(self, files: list[Path]) -> None:
+    With ``counts``, study answers count their series; the first ``short`` series
+    queries then leave one series out.
+    """
+
+    def __init__(self, files: list[Path], *, counts: bool = False, short: int = 0) -> None:
         self.datasets = [pydicom.dcmread(path) for path in files]
+        self.counts = counts
+        self.short = short
         self.finding = 0
         self.most_at_once = 0
         self._lock = threading.Lock()
@@ -64,7 +72,17 @@ class _UncountingPacs:
             self.most_at_once = max(self.most_at_once, self.finding)
         try:
             time.sleep(0.05)  # a PACS's lookup: long enough for a second one to overlap
-            for answer in self._matches(event.identifier):
+            answers = self._matches(event.identifier)
+            level = str(event.identifier.QueryRetrieveLevel)
+            if self.counts and level == "STUDY":
+                for answer in answers:
+                    answer.NumberOfStudyRelatedSeries = len(
+                        self._matches(_query("SERIES", answer.StudyInstanceUID))
+                    )
+            if level == "SERIES" and self.short:
+                self.short -= 1
+                answers = answers[1:]
+            for answer in answers:
                 yield 0xFF00, answer
         finally:
             with self._lock:
@@ -86,9 +104,14 @@ class _UncountingPacs:
             yield 0xFF00, ds
 
 
-@pytest.fixture
-def pacs(tmp_path: Path) -> Iterator[tuple[_UncountingPacs, ThreadedAssociationServer]]:
-    scp = _UncountingPacs(make_studies(tmp_path / "pacs", 24, studies=3, series=2))
+def _query(level: str, study: str) -> pydicom.Dataset:
+    query = pydicom.Dataset()
+    query.QueryRetrieveLevel, query.StudyInstanceUID = level, study
+    return query
+
+
+@contextlib.contextmanager
+def _serving(scp: _UncountingPacs) -> Iterator[Peer]:
     ae = AE(ae_title="UNCOUNTED")
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
     ae.add_supported_context(StudyRootQueryRetrieveInformationModelGet)
@@ -100,18 +123,36 @@ def pacs(tmp_path: Path) -> Iterator[tuple[_UncountingPacs, ThreadedAssociationS
     )
     assert server is not None  # block=False returns the running server
     try:
-        yield scp, server
+        yield Peer("UNCOUNTED", "127.0.0.1", server.server_address[1])
     finally:
         server.shutdown()
 
 
-def test_a_pacs_without_counts_is_asked_one_c_find_at_a_time(
-    pacs: tuple[_UncountingPacs, ThreadedAssociationServer], tmp_path: Path
-) -> None:
-    scp, server = pacs
-    peer = Peer("UNCOUNTED", "127.0.0.1", server.server_address[1])
-    summary = Pull(peer, str(tmp_path / "lake"), str(tmp_path / "store"), parallel=2).run()
+def _files(tmp_path: Path) -> list[Path]:
+    return make_studies(tmp_path / "pacs", 24, studies=3, series=2)
+
+
+def test_a_pacs_without_counts_is_asked_one_c_find_at_a_time(tmp_path: Path) -> None:
+    scp = _UncountingPacs(_files(tmp_path))
+    with _serving(scp) as peer:
+        summary = Pull(peer, str(tmp_path / "lake"), str(tmp_path / "store"), parallel=2).run()
     assert (summary.studies, summary.series, summary.instances) == (3, 6, 24)
     assert (summary.fetched, summary.failed) == (24, 0)
     assert lake_sops(str(tmp_path / "lake")) == {str(ds.SOPInstanceUID) for ds in scp.datasets}
     assert scp.most_at_once == 1  # 10 C-FINDs, never two at once
+
+
+@pytest.mark.parametrize(("short", "missing"), [(1, 0), (2, 0), (3, 1)])
+def test_a_short_series_listing_is_asked_again_then_counts_as_failed(
+    tmp_path: Path, short: int, missing: int
+) -> None:
+    """Three tries: a listing short once or twice costs nothing; short three times,
+    the series it leaves out counts as failed (pull says so, and a re-run retries)."""
+    scp = _UncountingPacs(_files(tmp_path), counts=True, short=short)
+    with _serving(scp) as peer:
+        summary = Pull(peer, str(tmp_path / "lake"), str(tmp_path / "store"), parallel=1).run()
+    assert summary.series == 6 - missing
+    assert summary.failed == missing
+    assert summary.fetched == 24 - 4 * missing  # a series holds 4 instances
+    if missing:
+        assert summary.failures == {"series the PACS counts but did not list": 1}

@@ -428,6 +428,8 @@ class Pull:
         """The answers with a valid ``key`` UID, asked again while fewer than counted."""
         answers: list[Dataset] = []
         for attempt in range(3):
+            if attempt:  # again at once (a glitch of concurrent queries), then in 0.5 s
+                time.sleep(0.5 * (attempt - 1))
             answers = [a for a in ask() if _uid(a, key)]
             if counted is None or len({_uid(a, key) for a in answers}) >= counted:
                 return answers
@@ -438,7 +440,6 @@ class Pull:
                 counted,
                 attempt + 1,
             )
-            time.sleep(0.5 * (attempt + 1))
         assert counted is not None
         short = counted - len({_uid(a, key) for a in answers})
         with self._lock:
