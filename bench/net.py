@@ -75,6 +75,13 @@ def storescu(folder: Path, port: int, called: str) -> float:
     return seconds
 
 
+def check_lake(lake: Path, expected: set[str], what: str) -> None:
+    """Raise unless ``lake`` holds an ``ok`` row of exactly the ``expected`` instances."""
+    got = {sop for sop, status, _ in lake_rows(str(lake)) if status == "ok"}
+    if got != expected:
+        raise RuntimeError(f"{what}: the lake holds {len(got)} of {len(expected)} instances")
+
+
 def bench_receive(folder: Path, work: Path, expected: set[str]) -> tuple[float, str]:
     lake, store, port = work / "lake-receive", work / "store-receive", free_port()
     command = [
@@ -90,9 +97,7 @@ def bench_receive(folder: Path, work: Path, expected: set[str]) -> tuple[float, 
     stopping = time.perf_counter() - began
     if process.returncode != 0:
         raise RuntimeError(f"dicomlake receive failed: {err.decode()[-2000:]}")
-    got = {sop for sop, status, _ in lake_rows(str(lake)) if status == "ok"}
-    if got != expected:
-        raise RuntimeError(f"the lake holds {len(got)} of the {len(expected)} instances sent")
+    check_lake(lake, expected, "receive")
     return sending + stopping, f"(send {sending:.1f} s + final commit {stopping:.2f} s)"
 
 
@@ -118,11 +123,7 @@ def bench_pull(server: OrthancServer, work: Path, expected: set[str]) -> float:
         raise RuntimeError(f"dicomlake pull failed: {done.stdout} {done.stderr[-2000:]}")
     for line in done.stderr.splitlines():  # a PACS listing less than it counts, ...
         print(f"  pull: {line}")
-    got = {sop for sop, status, _ in lake_rows(str(lake)) if status == "ok"}
-    if got != expected:
-        raise RuntimeError(
-            f"the pulled lake holds {len(got)} of {len(expected)} instances: {done.stdout}"
-        )
+    check_lake(lake, expected, f"pull ({done.stdout.strip()})")
     return seconds
 
 
@@ -155,9 +156,7 @@ def bench_ingest(work: Path, expected: set[str]) -> float:
     seconds = time.perf_counter() - began
     if done.returncode != 0:
         raise RuntimeError(f"dicomlake ingest failed: {done.stderr[-2000:]}")
-    got = {sop for sop, status, _ in lake_rows(str(lake)) if status == "ok"}
-    if got != expected:
-        raise RuntimeError(f"ingest of getscu's folder holds {len(got)} of {len(expected)}")
+    check_lake(lake, expected, "ingest of getscu's folder")
     return seconds
 
 
