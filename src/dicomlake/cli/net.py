@@ -246,7 +246,10 @@ def pull(
     parallel: Annotated[
         int,
         typer.Option(
-            "--parallel", min=1, max=16, help="Associations at once: C-FIND per level, and C-GET."
+            "--parallel",
+            min=1,
+            max=16,
+            help="Associations at once: C-GET, and C-FIND where the PACS counts its answers.",
         ),
     ] = 2,
     acse_timeout: Annotated[
