@@ -26,7 +26,14 @@ from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContextTuple
 
 import dicomlake.net.receive as receive
-from dicomlake.jobs.store import INCOMING, StoreRows, purge_parts, store_lock, write_file
+from dicomlake.jobs.store import (
+    INCOMING,
+    StoreRows,
+    catch_up,
+    purge_parts,
+    store_lock,
+    write_file,
+)
 from dicomlake.net.receive import SUCCESS, InstanceSink
 from dicomlake.sample import sample_file
 from helpers.dimse import lake_rows, lake_sops
@@ -124,3 +131,18 @@ def test_a_moved_instance_leaves_no_row_behind_when_its_old_row_still_waits(
     rows = lake_rows(lake)
     assert len(rows) == 1, rows
     assert ds.SeriesInstanceUID in rows[0][2]
+
+
+def test_catching_up_drops_the_row_of_a_file_a_crash_left_behind(sink: InstanceSink) -> None:
+    """A receiver killed between removing a moved instance's old file and deleting its
+    row leaves that row; the next start's catch-up finds the file gone and drops it."""
+    kept, moved = _instance(), _instance()
+    for ds in (kept, moved):
+        assert sink.handle_store(_event(ds)) == SUCCESS
+    sink.rows.close()
+    lake = str(Path(sink.root).parent / "lake")
+    old = Path(sink.root, moved.StudyInstanceUID, moved.SeriesInstanceUID)
+    (old / f"{moved.SOPInstanceUID}.dcm").unlink()  # the crash: the row is not deleted
+    assert lake_sops(lake) == {kept.SOPInstanceUID, moved.SOPInstanceUID}
+    assert catch_up(lake, sink.root) == 0  # nothing new to ingest...
+    assert lake_sops(lake) == {kept.SOPInstanceUID}  # ...and the stale row is gone

@@ -594,10 +594,13 @@ class StoreRows:
 
 
 def catch_up(lake: str, root: str, storage_options: StorageOptions = None) -> int:
-    """Ingest the store folder once: files stored before a crash got no row yet.
+    """Ingest the store folder once: what a crash left between files and rows.
 
-    An incremental ingest: files the lake holds unchanged are skipped. The
-    ``.incoming`` folder is emptied of leftovers first.
+    An incremental ingest: files the lake holds unchanged are skipped, files stored
+    before the crash get their rows, and rows of files no longer in the store go
+    (``--sync``: a moved instance whose old file was removed but whose row was not
+    deleted yet). The ``.incoming`` folder is emptied of leftovers first. A store
+    without files is left alone: an unmounted volume must not empty the lake.
 
     Returns:
         Files the lake did not hold yet (new or changed rows).
@@ -612,7 +615,12 @@ def catch_up(lake: str, root: str, storage_options: StorageOptions = None) -> in
         return 0
     thumbnails = table_exists(lake, THUMBNAILS_TABLE, storage_options=storage_options)
     summary = dicomlake.ingest(
-        [root], lake, workers=0, thumbnails=thumbnails, storage_options=storage_options
+        [root],
+        lake,
+        workers=0,
+        thumbnails=thumbnails,
+        sync=True,
+        storage_options=storage_options,
     )
     return int(summary.done)
 
